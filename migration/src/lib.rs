@@ -1,0 +1,37 @@
+//! Versioned, additive schema migrations for Atelier (SQLite and PostgreSQL).
+//!
+//! One migration per file: `DeriveMigrationName` names a migration after its module,
+//! and that name is what `seaql_migrations` records. Never edit a released migration;
+//! add a new file instead.
+
+pub use sea_orm_migration::prelude::*;
+
+mod columns;
+mod m20261126_000001_identity;
+mod m20261126_000002_catalog;
+mod m20261126_000003_assets;
+mod m20261126_000004_runs;
+mod m20261126_000005_conversation;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261126_000001_identity::Migration),
+            Box::new(m20261126_000002_catalog::Migration),
+            Box::new(m20261126_000003_assets::Migration),
+            Box::new(m20261126_000004_runs::Migration),
+            Box::new(m20261126_000005_conversation::Migration),
+        ]
+    }
+}
+
+/// Names of every migration this build knows, oldest first.
+pub fn known_migration_names() -> Vec<String> {
+    Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect()
+}
