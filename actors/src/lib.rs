@@ -1,1 +1,20 @@
+//! Atelier's domain layer: the services every request and every actor goes through.
+//!
+//! Business logic lives in plain async functions over a [`sea_orm::ConnectionTrait`],
+//! so HTTP handlers, CLI commands and (later) the supervised actors call the same
+//! code. Each mutation writes its audit event in the same transaction, so a change
+//! and its audit record commit or fail together.
+//!
+//! - [`auth`]: API tokens (minting, hashing, verification cache, bootstrap).
+//! - [`projects`]: project lifecycle, slugs, storage policy.
+//! - [`audit`]: the append-only audit log.
 
+pub mod audit;
+pub mod auth;
+mod error;
+mod principal;
+pub mod projects;
+pub mod time;
+
+pub use error::ServiceError;
+pub use principal::{Principal, TokenPrincipal};

@@ -1,1 +1,12 @@
+//! Project file storage.
+//!
+//! - [`paths`]: where a project's files may live on this server. Roots derive only
+//!   from the project's storage policy and must stay inside an allowed base
+//!   (no `..`, no symlink escapes).
+//! - [`ObjectStore`]: an opendal operator behind project-scoped, validated keys;
+//!   local filesystem by default, S3-compatible optionally, memory in tests.
 
+pub mod paths;
+mod store;
+
+pub use store::{ObjectKey, ObjectStore, S3Config, StorageError};

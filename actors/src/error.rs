@@ -1,0 +1,65 @@
+//! The domain layer's one error type. The API maps each variant to the frozen
+//! envelope (`error_kind`, `error_code`, HTTP status).
+
+use sea_orm::DbErr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Bad input; `code` is the stable `error_code`.
+    #[error("{message}")]
+    Validation { code: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request is valid but conflicts with current state.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error("database error: {0}")]
+    Db(#[from] DbErr),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ServiceError {
+    pub fn validation(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Validation {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn required(field: &str) -> Self {
+        Self::validation("field_required", format!("Field '{field}' is required"))
+    }
+
+    pub fn too_long(field: &str, max: usize) -> Self {
+        Self::validation(
+            "field_too_long",
+            format!("Field '{field}' must be at most {max} characters"),
+        )
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(message.into())
+    }
+}
+
+/// Trims `value`; blank becomes `None`; longer than `max` characters is an error.
+pub fn optional_text(
+    field: &str,
+    value: Option<&str>,
+    max: usize,
+) -> Result<Option<String>, ServiceError> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(v) if v.chars().count() > max => Err(ServiceError::too_long(field, max)),
+        other => Ok(other.map(str::to_string)),
+    }
+}
+
+/// Like [`optional_text`] but the field must be present and non-blank.
+pub fn required_text(field: &str, value: Option<&str>, max: usize) -> Result<String, ServiceError> {
+    optional_text(field, value, max)?.ok_or_else(|| ServiceError::required(field))
+}

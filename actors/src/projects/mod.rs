@@ -1,0 +1,289 @@
+//! Projects: slugs, create/upsert, listing, detail and the storage policy.
+//!
+//! Slugs are unique across the whole service (not per user), so a slug always
+//! names exactly one project. Unscoped principals act on every project; a
+//! project-scoped token sees and changes only its own.
+
+mod storage_policy;
+
+use std::collections::HashMap;
+
+use entities::{app_users, assets, project_storage, projects, run_jobs, runs};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait, DatabaseConnection,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+pub use storage_policy::{
+    LocalStorageUpdate, S3StorageUpdate, StorageView, load_storage_row, storage_row, storage_view, update_local_storage,
+    update_s3_storage,
+};
+
+use crate::audit::{self, AuditEntry};
+use crate::auth::users;
+use crate::error::{optional_text, required_text};
+use crate::{Principal, ServiceError, time};
+
+pub const NAME_MAX: usize = 200;
+pub const SLUG_MAX: usize = 64;
+pub const DESCRIPTION_MAX: usize = 10_000;
+
+/// Lowercase ASCII letters, digits, `-` and `_`; every other run of characters
+/// becomes one `_`; leading/trailing `_` are dropped. `None` when nothing is left.
+pub fn normalize_slug(raw: &str) -> Option<String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut pending_sep = false;
+    for c in raw.trim().chars() {
+        let c = c.to_ascii_lowercase();
+        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+            if pending_sep && !out.is_empty() {
+                out.push('_');
+            }
+            pending_sep = false;
+            out.push(c);
+        } else {
+            pending_sep = true;
+        }
+    }
+    let out = out.trim_matches('_').to_string();
+    (!out.is_empty()).then_some(out)
+}
+
+/// A slug from a request: normalised, non-empty, bounded.
+pub fn parse_slug(raw: &str) -> Result<String, ServiceError> {
+    let slug = normalize_slug(raw).ok_or_else(|| {
+        ServiceError::validation("invalid_project_slug", "Project slug is invalid")
+    })?;
+    if slug.len() > SLUG_MAX {
+        return Err(ServiceError::validation(
+            "invalid_project_slug",
+            format!("Project slug must be at most {SLUG_MAX} characters"),
+        ));
+    }
+    Ok(slug)
+}
+
+/// Loads the project named by `raw_slug` if `principal` may act on it.
+/// A scoped token gets 403 for any other slug, whether or not it exists.
+pub async fn authorize<C: ConnectionTrait>(
+    db: &C,
+    principal: &Principal,
+    raw_slug: &str,
+) -> Result<projects::Model, ServiceError> {
+    let slug = parse_slug(raw_slug)?;
+    let project = projects::Entity::find()
+        .filter(projects::Column::Slug.eq(slug))
+        .one(db)
+        .await?;
+    match project {
+        Some(p) if principal.may_access(p.id) => Ok(p),
+        _ if principal.is_scoped() => Err(ServiceError::Forbidden(
+            "Token is not authorized for this project".into(),
+        )),
+        Some(_) => Err(ServiceError::Internal("unreachable access state".into())),
+        None => Err(ServiceError::not_found("Project not found")),
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct UpsertProject {
+    pub name: Option<String>,
+    pub slug: Option<String>,
+    pub description: Option<String>,
+    pub username: Option<String>,
+    pub user_display_name: Option<String>,
+}
+
+pub struct UpsertedProject {
+    pub project: projects::Model,
+    pub storage: project_storage::Model,
+    pub created: bool,
+    pub audit_id: Uuid,
+}
+
+/// Creates a project, or updates the one with that slug. Omitted fields keep
+/// their stored values (the reference implementation wiped `description`).
+pub async fn upsert(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    input: UpsertProject,
+) -> Result<UpsertedProject, ServiceError> {
+    // Body validation comes before any lookup (contract: 400 before 404).
+    let name = required_text("name", input.name.as_deref(), NAME_MAX)?;
+    let slug = match input.slug.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(raw) => parse_slug(raw)?,
+        None => normalize_slug(&name)
+            .map(|s| s.chars().take(SLUG_MAX).collect())
+            .unwrap_or_else(|| "project".to_string()),
+    };
+    let description = optional_text("description", input.description.as_deref(), DESCRIPTION_MAX)?;
+    let username = match input.username.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        Some(raw) => normalize_slug(raw)
+            .filter(|u| u.len() <= SLUG_MAX)
+            .ok_or_else(|| ServiceError::validation("invalid_username", "Field 'username' is invalid"))?,
+        None => users::LOCAL_USERNAME.to_string(),
+    };
+    let display_name = optional_text("user_display_name", input.user_display_name.as_deref(), NAME_MAX)?
+        .unwrap_or_else(|| {
+            if username == users::LOCAL_USERNAME {
+                users::LOCAL_DISPLAY_NAME.to_string()
+            } else {
+                username.clone()
+            }
+        });
+
+    let txn = db.begin().await?;
+    let existing = projects::Entity::find()
+        .filter(projects::Column::Slug.eq(slug.as_str()))
+        .one(&txn)
+        .await?;
+    if let Some(scope) = principal.scope()
+        && existing.as_ref().is_none_or(|p| p.id != scope)
+    {
+        return Err(ServiceError::Forbidden(
+            "A project-scoped token cannot create or change other projects".into(),
+        ));
+    }
+    let owner_id = users::ensure_user(&txn, &username, &display_name).await?;
+    let now = time::now();
+    let (project, created) = match existing {
+        Some(current) => {
+            if current.owner_user_id != owner_id {
+                return Err(ServiceError::validation(
+                    "slug_taken",
+                    "Project slug is already used by another user. Choose a different slug.",
+                ));
+            }
+            let mut active: projects::ActiveModel = current.into();
+            active.name = Set(name);
+            if let Some(d) = description {
+                active.description = Set(d);
+            }
+            active.updated_at = Set(now);
+            (active.update(&txn).await?, false)
+        }
+        None => {
+            let row = projects::Model {
+                id: Uuid::now_v7(),
+                owner_user_id: owner_id,
+                slug: slug.clone(),
+                name,
+                description: description.unwrap_or_default(),
+                status: "active".into(),
+                settings_json: json!({}),
+                created_at: now,
+                updated_at: now,
+            };
+            projects::Entity::insert(projects::ActiveModel::from(row.clone()))
+                .exec_without_returning(&txn)
+                .await?;
+            (row, true)
+        }
+    };
+    let storage = storage_policy::ensure_storage_row(&txn, project.id).await?;
+    let audit_id = audit::record(
+        &txn,
+        AuditEntry {
+            principal,
+            project_id: Some(project.id),
+            event_code: if created { "project.created" } else { "project.updated" },
+            payload: json!({ "slug": project.slug, "name": project.name, "owner": username }),
+        },
+    )
+    .await?;
+    txn.commit().await?;
+    Ok(UpsertedProject {
+        project,
+        storage,
+        created,
+        audit_id,
+    })
+}
+
+pub struct ProjectWithOwner {
+    pub project: projects::Model,
+    pub username: String,
+}
+
+/// Projects visible to `principal`, most recently updated first.
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    principal: &Principal,
+    username: Option<&str>,
+) -> Result<Vec<ProjectWithOwner>, ServiceError> {
+    let mut query = projects::Entity::find()
+        .order_by_desc(projects::Column::UpdatedAt)
+        .order_by_desc(projects::Column::CreatedAt);
+    if let Some(scope) = principal.scope() {
+        query = query.filter(projects::Column::Id.eq(scope));
+    }
+    if let Some(raw) = username.map(str::trim).filter(|u| !u.is_empty()) {
+        let owner = match normalize_slug(raw) {
+            Some(name) => users::find_by_username(db, &name).await?,
+            None => None,
+        };
+        let Some(owner) = owner else {
+            return Ok(Vec::new());
+        };
+        query = query.filter(projects::Column::OwnerUserId.eq(owner.id));
+    }
+    let rows = query.all(db).await?;
+    let mut owner_ids: Vec<Uuid> = rows.iter().map(|p| p.owner_user_id).collect();
+    owner_ids.sort_unstable();
+    owner_ids.dedup();
+    let owners: HashMap<Uuid, String> = app_users::Entity::find()
+        .filter(app_users::Column::Id.is_in(owner_ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|u| (u.id, u.username))
+        .collect();
+    Ok(rows
+        .into_iter()
+        .map(|project| ProjectWithOwner {
+            username: owners.get(&project.owner_user_id).cloned().unwrap_or_default(),
+            project,
+        })
+        .collect())
+}
+
+pub struct ProjectCounts {
+    pub runs: u64,
+    pub jobs: u64,
+    pub assets: u64,
+}
+
+pub async fn counts<C: ConnectionTrait>(db: &C, project_id: Uuid) -> Result<ProjectCounts, ServiceError> {
+    Ok(ProjectCounts {
+        runs: runs::Entity::find()
+            .filter(runs::Column::ProjectId.eq(project_id))
+            .count(db)
+            .await?,
+        jobs: run_jobs::Entity::find()
+            .filter(run_jobs::Column::ProjectId.eq(project_id))
+            .count(db)
+            .await?,
+        assets: assets::Entity::find()
+            .filter(assets::Column::ProjectId.eq(project_id))
+            .count(db)
+            .await?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slug_normalisation_matches_contract() {
+        assert_eq!(normalize_slug("Demo Book!").as_deref(), Some("demo_book"));
+        assert_eq!(normalize_slug("Bob Smith").as_deref(), Some("bob_smith"));
+        assert_eq!(normalize_slug("  DEMO_BOOK ").as_deref(), Some("demo_book"));
+        assert_eq!(normalize_slug("a--b  c").as_deref(), Some("a--b_c"));
+        assert_eq!(normalize_slug("!!!"), None);
+        assert_eq!(normalize_slug("Ünïcode"), Some("n_code".into()));
+        assert!(parse_slug(&"x".repeat(65)).is_err());
+    }
+}

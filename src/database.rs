@@ -1,0 +1,234 @@
+//! Database selection, connection pooling and guarded migrations.
+//!
+//! SQLite (the embedded default) runs in WAL mode with a busy timeout and a small
+//! pool; PostgreSQL is chosen by `DATABASE_URL`. Before pending migrations touch an
+//! existing SQLite file it is copied aside, and a database whose schema is newer
+//! than this build is refused rather than half-understood.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr};
+
+use crate::settings::{Settings, redact_url};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    #[error("cannot open the database at {target}: {source}")]
+    Connect { target: String, source: DbErr },
+    #[error("cannot prepare {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the database schema is newer than this build of Atelier (unknown migrations: {unknown}); \
+         upgrade Atelier or restore the backup taken before the newer version migrated it"
+    )]
+    SchemaTooNew { unknown: String },
+    #[error("migration failed: {0}")]
+    Migrate(DbErr),
+}
+
+pub struct Db {
+    pub conn: DatabaseConnection,
+    /// Where the data lives, safe to print (no password).
+    pub target: String,
+}
+
+pub fn backend_name(conn: &DatabaseConnection) -> &'static str {
+    match conn.get_database_backend() {
+        DbBackend::Postgres => "postgres",
+        DbBackend::Sqlite => "sqlite",
+        _ => "other",
+    }
+}
+
+pub async fn connect(settings: &Settings) -> Result<Db, DatabaseError> {
+    match &settings.database_url {
+        Some(url) => {
+            let mut opts = ConnectOptions::new(url.clone());
+            opts.max_connections(settings.database.max_connections)
+                .min_connections(1)
+                .connect_timeout(Duration::from_secs(10))
+                .sqlx_logging(false);
+            let target = redact_url(url);
+            let conn = Database::connect(opts)
+                .await
+                .map_err(|source| DatabaseError::Connect {
+                    target: target.clone(),
+                    source: redact_err(source, url),
+                })?;
+            Ok(Db { conn, target })
+        }
+        None => {
+            let path = settings.sqlite_path();
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| DatabaseError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+            let conn = connect_sqlite(&path, settings).await?;
+            Ok(Db {
+                conn,
+                target: path.display().to_string(),
+            })
+        }
+    }
+}
+
+async fn connect_sqlite(
+    path: &std::path::Path,
+    settings: &Settings,
+) -> Result<DatabaseConnection, DatabaseError> {
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let busy = Duration::from_millis(settings.database.busy_timeout_ms);
+    let mut opts = ConnectOptions::new(url);
+    opts.max_connections(settings.database.max_connections)
+        .min_connections(1)
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(move |o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(busy)
+                .foreign_keys(true)
+        });
+    Database::connect(opts)
+        .await
+        .map_err(|source| DatabaseError::Connect {
+            target: path.display().to_string(),
+            source,
+        })
+}
+
+/// sqlx may echo the URL in its error text; never let the password through.
+fn redact_err(err: DbErr, url: &str) -> DbErr {
+    let text = err.to_string();
+    if text.contains(url) {
+        DbErr::Custom(text.replace(url, &redact_url(url)))
+    } else {
+        err
+    }
+}
+
+/// Applied vs known migrations.
+#[derive(Debug, serde::Serialize)]
+pub struct SchemaStatus {
+    pub applied: Vec<String>,
+    pub pending: Vec<String>,
+    /// Applied by a newer build; this build does not know them.
+    pub unknown: Vec<String>,
+}
+
+impl SchemaStatus {
+    pub fn current_version(&self) -> Option<&str> {
+        self.applied.last().map(String::as_str)
+    }
+}
+
+pub async fn schema_status(conn: &DatabaseConnection) -> Result<SchemaStatus, DbErr> {
+    let known = migration::known_migration_names();
+    let applied = applied_migrations(conn).await?;
+    let unknown = applied
+        .iter()
+        .filter(|a| !known.contains(a))
+        .cloned()
+        .collect();
+    let pending = known
+        .iter()
+        .filter(|k| !applied.contains(k))
+        .cloned()
+        .collect();
+    Ok(SchemaStatus {
+        applied,
+        pending,
+        unknown,
+    })
+}
+
+async fn applied_migrations(conn: &DatabaseConnection) -> Result<Vec<String>, DbErr> {
+    let backend = conn.get_database_backend();
+    let exists_sql = match backend {
+        DbBackend::Postgres => {
+            "SELECT 1 AS present FROM information_schema.tables WHERE table_name = 'seaql_migrations' AND table_schema = current_schema()"
+        }
+        _ => "SELECT 1 AS present FROM sqlite_master WHERE type = 'table' AND name = 'seaql_migrations'",
+    };
+    let exists = conn
+        .query_one_raw(sea_orm::Statement::from_string(backend, exists_sql))
+        .await?
+        .is_some();
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows = conn
+        .query_all_raw(sea_orm::Statement::from_string(
+            backend,
+            "SELECT version FROM seaql_migrations ORDER BY version",
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| r.try_get::<String>("", "version"))
+        .collect()
+}
+
+/// Brings the schema up to date: refuses a newer schema, backs up an existing
+/// SQLite file when something is pending, then applies the pending migrations.
+pub async fn migrate_up(db: &Db, settings: &Settings) -> Result<SchemaStatus, DatabaseError> {
+    let status = schema_status(&db.conn).await.map_err(DatabaseError::Migrate)?;
+    if !status.unknown.is_empty() {
+        return Err(DatabaseError::SchemaTooNew {
+            unknown: status.unknown.join(", "),
+        });
+    }
+    if !status.pending.is_empty() {
+        if settings.database_url.is_none()
+            && settings.database.backup_before_migrate
+            && !status.applied.is_empty()
+        {
+            let backup = backup_sqlite(&db.conn, settings).await?;
+            tracing::info!(backup = %backup.display(), "backed up the database before migrating");
+        }
+        tracing::info!(pending = ?status.pending, "applying migrations");
+        Migrator::up(&db.conn, None)
+            .await
+            .map_err(DatabaseError::Migrate)?;
+    }
+    schema_status(&db.conn).await.map_err(DatabaseError::Migrate)
+}
+
+/// Rolls back `steps` migrations (all of them when `None`).
+pub async fn migrate_down(db: &Db, steps: Option<u32>) -> Result<SchemaStatus, DatabaseError> {
+    let status = schema_status(&db.conn).await.map_err(DatabaseError::Migrate)?;
+    if !status.unknown.is_empty() {
+        return Err(DatabaseError::SchemaTooNew {
+            unknown: status.unknown.join(", "),
+        });
+    }
+    Migrator::down(&db.conn, steps)
+        .await
+        .map_err(DatabaseError::Migrate)?;
+    schema_status(&db.conn).await.map_err(DatabaseError::Migrate)
+}
+
+/// A consistent copy through `VACUUM INTO` (safe while the WAL is active).
+async fn backup_sqlite(
+    conn: &DatabaseConnection,
+    settings: &Settings,
+) -> Result<PathBuf, DatabaseError> {
+    let dir = settings.backend_dir().join("backups");
+    std::fs::create_dir_all(&dir).map_err(|source| DatabaseError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+    let path = dir.join(format!("app-{stamp}.db"));
+    let escaped = path.display().to_string().replace('\'', "''");
+    conn.execute_unprepared(&format!("VACUUM INTO '{escaped}'"))
+        .await
+        .map_err(DatabaseError::Migrate)?;
+    Ok(path)
+}

@@ -1,0 +1,303 @@
+//! Layered configuration: built-in defaults < config file < environment < CLI flags.
+//!
+//! The config file is TOML, read from `--config`/`ATELIER_CONFIG`, or from
+//! `{data_dir}/backend/atelier.toml` when that file exists. Environment variables
+//! use the `ATELIER_` prefix with `__` between nested keys
+//! (`ATELIER_HTTP__JSON_LIMIT_BYTES=4194304`); `DATABASE_URL` selects PostgreSQL.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_BIND: &str = "127.0.0.1:8788";
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Root of everything Atelier writes: app state in `backend/`, project files in `projects/`.
+    pub data_dir: PathBuf,
+    pub bind: String,
+    /// PostgreSQL URL; when unset, SQLite at `{data_dir}/backend/app.db`.
+    pub database_url: Option<String>,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub http: HttpSettings,
+    pub storage: StorageSettings,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub max_connections: u32,
+    pub busy_timeout_ms: u64,
+    /// Copy the SQLite file aside before applying pending migrations.
+    pub backup_before_migrate: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Accept every request without a token. Refused on a non-loopback bind.
+    pub dev_bypass: bool,
+    /// Allow `POST /auth/token` without a token while no active token exists
+    /// (loopback bind and loopback client only).
+    pub bootstrap_first_token: bool,
+    /// How long a verified token stays cached in memory (revocations on this node
+    /// evict at once; other nodes see them within this window).
+    pub token_cache_seconds: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    pub json_limit_bytes: usize,
+    pub workers: usize,
+    pub shutdown_timeout_seconds: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageSettings {
+    /// Extra directories project storage may live under, besides `{data_dir}/projects`.
+    pub allowed_roots: Vec<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("var"),
+            bind: DEFAULT_BIND.to_string(),
+            database_url: None,
+            database: DatabaseSettings::default(),
+            auth: AuthSettings::default(),
+            http: HttpSettings::default(),
+            storage: StorageSettings::default(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            busy_timeout_ms: 5_000,
+            backup_before_migrate: true,
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            dev_bypass: false,
+            bootstrap_first_token: true,
+            token_cache_seconds: 30,
+        }
+    }
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            json_limit_bytes: 2 * 1024 * 1024,
+            workers: 2,
+            shutdown_timeout_seconds: 10,
+        }
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            allowed_roots: Vec::new(),
+        }
+    }
+}
+
+/// The database URL never reaches a log: `Debug` redacts it.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("data_dir", &self.data_dir)
+            .field("bind", &self.bind)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
+            .field("database", &self.database)
+            .field("auth", &self.auth)
+            .field("http", &self.http)
+            .field("storage", &self.storage)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub bind: Option<String>,
+    pub database_url: Option<String>,
+}
+
+impl Settings {
+    pub fn load(overrides: &Overrides) -> Result<Self, SettingsError> {
+        let data_dir_hint = overrides
+            .data_dir
+            .clone()
+            .or_else(|| std::env::var_os("ATELIER_DATA_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("var"));
+        let config_file = overrides
+            .config_file
+            .clone()
+            .or_else(|| std::env::var_os("ATELIER_CONFIG").map(PathBuf::from));
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        match config_file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(SettingsError::Invalid(format!(
+                        "config file {} does not exist",
+                        path.display()
+                    )));
+                }
+                figment = figment.merge(Toml::file(path));
+            }
+            None => {
+                let default_file = data_dir_hint.join("backend").join("atelier.toml");
+                if default_file.is_file() {
+                    figment = figment.merge(Toml::file(default_file));
+                }
+            }
+        }
+        figment = figment
+            .merge(
+                Env::prefixed("ATELIER_")
+                    .filter(|key| {
+                        let key = key.as_str();
+                        ["data_dir", "bind", "database_url"].contains(&key)
+                            || ["database__", "auth__", "http__", "storage__"]
+                                .iter()
+                                .any(|p| key.starts_with(p))
+                    })
+                    .split("__"),
+            )
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()));
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| SettingsError::Invalid(e.to_string()))?;
+        if let Some(dir) = &overrides.data_dir {
+            settings.data_dir = dir.clone();
+        }
+        if let Some(bind) = &overrides.bind {
+            settings.bind = bind.clone();
+        }
+        if let Some(url) = &overrides.database_url {
+            settings.database_url = Some(url.clone());
+        }
+        if settings.database_url.as_deref().is_some_and(|u| u.trim().is_empty()) {
+            settings.database_url = None;
+        }
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), SettingsError> {
+        if self.http.json_limit_bytes == 0 || self.http.workers == 0 {
+            return Err(SettingsError::Invalid(
+                "http.json_limit_bytes and http.workers must be positive".into(),
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(SettingsError::Invalid(
+                "database.max_connections must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn backend_dir(&self) -> PathBuf {
+        self.data_dir.join("backend")
+    }
+
+    pub fn projects_dir(&self) -> PathBuf {
+        self.data_dir.join("projects")
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.backend_dir().join("app.db")
+    }
+
+    pub fn bind_addr(&self) -> Result<SocketAddr, SettingsError> {
+        parse_bind(&self.bind)
+    }
+}
+
+pub fn parse_bind(bind: &str) -> Result<SocketAddr, SettingsError> {
+    let normalized = bind.trim().replacen("localhost:", "127.0.0.1:", 1);
+    normalized.parse().map_err(|_| {
+        SettingsError::Invalid(format!(
+            "bind address '{bind}' is not IP:PORT (e.g. 127.0.0.1:8788)"
+        ))
+    })
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".to_string();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let tail = tail.split('?').next().unwrap_or("");
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => format!("{scheme}://{authority}{tail}"),
+    }
+}
+
+/// Absolute form of `path`, relative paths taken against the current directory.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_password_and_query() {
+        assert_eq!(
+            redact_url("postgres://bob:hunter2@db:5432/app?sslmode=require&password=x"),
+            "postgres://bob:***@db:5432/app"
+        );
+        assert_eq!(redact_url("postgres://db/app"), "postgres://db/app");
+        assert!(!format!("{:?}", Settings {
+            database_url: Some("postgres://u:topsecret@h/d".into()),
+            ..Settings::default()
+        })
+        .contains("topsecret"));
+    }
+
+    #[test]
+    fn bind_parsing() {
+        assert!(parse_bind("127.0.0.1:0").is_ok());
+        assert!(parse_bind("localhost:8788").is_ok());
+        assert!(parse_bind("nonsense").is_err());
+    }
+}
