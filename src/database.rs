@@ -155,7 +155,9 @@ async fn applied_migrations(conn: &DatabaseConnection) -> Result<Vec<String>, Db
         DbBackend::Postgres => {
             "SELECT 1 AS present FROM information_schema.tables WHERE table_name = 'seaql_migrations' AND table_schema = current_schema()"
         }
-        _ => "SELECT 1 AS present FROM sqlite_master WHERE type = 'table' AND name = 'seaql_migrations'",
+        _ => {
+            "SELECT 1 AS present FROM sqlite_master WHERE type = 'table' AND name = 'seaql_migrations'"
+        }
     };
     let exists = conn
         .query_one_raw(sea_orm::Statement::from_string(backend, exists_sql))
@@ -178,7 +180,9 @@ async fn applied_migrations(conn: &DatabaseConnection) -> Result<Vec<String>, Db
 /// Brings the schema up to date: refuses a newer schema, backs up an existing
 /// SQLite file when something is pending, then applies the pending migrations.
 pub async fn migrate_up(db: &Db, settings: &Settings) -> Result<SchemaStatus, DatabaseError> {
-    let status = schema_status(&db.conn).await.map_err(DatabaseError::Migrate)?;
+    let status = schema_status(&db.conn)
+        .await
+        .map_err(DatabaseError::Migrate)?;
     if !status.unknown.is_empty() {
         return Err(DatabaseError::SchemaTooNew {
             unknown: status.unknown.join(", "),
@@ -197,12 +201,16 @@ pub async fn migrate_up(db: &Db, settings: &Settings) -> Result<SchemaStatus, Da
             .await
             .map_err(DatabaseError::Migrate)?;
     }
-    schema_status(&db.conn).await.map_err(DatabaseError::Migrate)
+    schema_status(&db.conn)
+        .await
+        .map_err(DatabaseError::Migrate)
 }
 
 /// Rolls back `steps` migrations (all of them when `None`).
 pub async fn migrate_down(db: &Db, steps: Option<u32>) -> Result<SchemaStatus, DatabaseError> {
-    let status = schema_status(&db.conn).await.map_err(DatabaseError::Migrate)?;
+    let status = schema_status(&db.conn)
+        .await
+        .map_err(DatabaseError::Migrate)?;
     if !status.unknown.is_empty() {
         return Err(DatabaseError::SchemaTooNew {
             unknown: status.unknown.join(", "),
@@ -211,7 +219,9 @@ pub async fn migrate_down(db: &Db, steps: Option<u32>) -> Result<SchemaStatus, D
     Migrator::down(&db.conn, steps)
         .await
         .map_err(DatabaseError::Migrate)?;
-    schema_status(&db.conn).await.map_err(DatabaseError::Migrate)
+    schema_status(&db.conn)
+        .await
+        .map_err(DatabaseError::Migrate)
 }
 
 /// A consistent copy through `VACUUM INTO` (safe while the WAL is active).

@@ -59,7 +59,7 @@ pub struct HttpSettings {
     pub shutdown_timeout_seconds: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
     /// Extra directories project storage may live under, besides `{data_dir}/projects`.
@@ -106,14 +106,6 @@ impl Default for HttpSettings {
             json_limit_bytes: 2 * 1024 * 1024,
             workers: 2,
             shutdown_timeout_seconds: 10,
-        }
-    }
-}
-
-impl Default for StorageSettings {
-    fn default() -> Self {
-        Self {
-            allowed_roots: Vec::new(),
         }
     }
 }
@@ -192,7 +184,11 @@ impl Settings {
                     })
                     .split("__"),
             )
-            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()));
+            .merge(
+                Env::raw()
+                    .only(&["DATABASE_URL"])
+                    .map(|_| "database_url".into()),
+            );
         let mut settings: Settings = figment
             .extract()
             .map_err(|e| SettingsError::Invalid(e.to_string()))?;
@@ -205,7 +201,11 @@ impl Settings {
         if let Some(url) = &overrides.database_url {
             settings.database_url = Some(url.clone());
         }
-        if settings.database_url.as_deref().is_some_and(|u| u.trim().is_empty()) {
+        if settings
+            .database_url
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
             settings.database_url = None;
         }
         settings.validate()?;
@@ -287,11 +287,16 @@ mod tests {
             "postgres://bob:***@db:5432/app"
         );
         assert_eq!(redact_url("postgres://db/app"), "postgres://db/app");
-        assert!(!format!("{:?}", Settings {
-            database_url: Some("postgres://u:topsecret@h/d".into()),
-            ..Settings::default()
-        })
-        .contains("topsecret"));
+        assert!(
+            !format!(
+                "{:?}",
+                Settings {
+                    database_url: Some("postgres://u:topsecret@h/d".into()),
+                    ..Settings::default()
+                }
+            )
+            .contains("topsecret")
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod db;
 mod error;
 mod principal;
 pub mod projects;

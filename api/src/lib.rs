@@ -1,1 +1,227 @@
+//! Atelier's HTTP facade (actix-web): routes, the frozen v1 envelope, auth and
+//! the generated OpenAPI document. No business logic lives here: handlers parse,
+//! authorise, call a domain service in `actors`, and shape the response.
 
+pub mod dto;
+pub mod error;
+pub mod extract;
+mod routes;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ResourceDef, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Compress;
+use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, web};
+use actors::auth::TokenVerifier;
+use sea_orm::DatabaseConnection;
+use storage::paths::StorageRoots;
+use tracing_actix_web::{RequestId, TracingLogger};
+use utoipa::OpenApi;
+use utoipa_actix_web::AppExt;
+
+use crate::error::{ApiError, ErrorKind};
+
+/// Version of the HTTP contract (paths, fields, envelopes). Sent on every
+/// response as `x-atelier-contract` and reported by `/health`.
+pub const CONTRACT_VERSION: &str = "v1";
+pub const CONTRACT_HEADER: &str = "x-atelier-contract";
+pub const SERVICE_NAME: &str = "atelier";
+
+/// Facts fixed at startup.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub dev_bypass: bool,
+    /// First-token bootstrap allowed (setting on and the server bound to loopback).
+    pub bootstrap_allowed: bool,
+    pub json_limit_bytes: usize,
+    pub database_backend: &'static str,
+    pub schema_version: String,
+}
+
+/// Shared by every worker thread.
+pub struct AppState {
+    pub db: DatabaseConnection,
+    pub tokens: Arc<TokenVerifier>,
+    pub roots: StorageRoots,
+    pub config: ApiConfig,
+    pub started: SystemTime,
+    pub routes: RouteCatalogue,
+    /// The served `/openapi.json`, generated once at startup.
+    pub openapi: serde_json::Value,
+}
+
+impl AppState {
+    pub fn new(
+        db: DatabaseConnection,
+        tokens: Arc<TokenVerifier>,
+        roots: StorageRoots,
+        config: ApiConfig,
+    ) -> Self {
+        let doc = openapi();
+        Self {
+            db,
+            tokens,
+            roots,
+            config,
+            started: SystemTime::now(),
+            routes: RouteCatalogue::from_openapi(&doc),
+            openapi: serde_json::to_value(&doc).unwrap_or_default(),
+        }
+    }
+}
+
+/// The mounted (method, path) pairs, taken from the OpenAPI document that the
+/// handlers themselves generate; used for 404-vs-405 and `/health`.
+#[derive(Clone, Debug)]
+pub struct RouteCatalogue {
+    entries: Vec<(Method, String, ResourceDef)>,
+}
+
+impl RouteCatalogue {
+    pub fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
+        let mut entries = Vec::new();
+        for (path, item) in doc.paths.paths.iter() {
+            let methods = [
+                (Method::GET, item.get.is_some()),
+                (Method::POST, item.post.is_some()),
+                (Method::PUT, item.put.is_some()),
+                (Method::DELETE, item.delete.is_some()),
+                (Method::PATCH, item.patch.is_some()),
+            ];
+            for (method, present) in methods {
+                if present {
+                    entries.push((method, path.clone(), ResourceDef::new(path.as_str())));
+                }
+            }
+        }
+        Self { entries }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// `(METHOD, path template)` pairs, sorted.
+    pub fn pairs(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .entries
+            .iter()
+            .map(|(m, p, _)| (m.to_string(), p.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn path_known(&self, path: &str) -> bool {
+        self.entries.iter().any(|(_, _, def)| def.is_match(path))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Atelier API",
+        description = "Project-first AI image studio backend. Frozen v1 contract: flat envelopes, \
+                       errors as {ok:false, error, error_kind, error_code}."
+    ),
+    modifiers(&SecurityAddon),
+    components(schemas(error::ErrorBody, error::ErrorKind))
+)]
+struct ApiDoc;
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearerAuth",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI document of every mounted route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .configure(routes::configure)
+        .split_for_parts();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+/// The actix application: routes, extractor error handlers, default service,
+/// tracing with request ids, and the contract/request-id response headers.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let limit = state.config.json_limit_bytes;
+    App::new()
+        .into_utoipa_app()
+        .app_data(state)
+        .app_data(web::PayloadConfig::new(limit))
+        .app_data(web::QueryConfig::default().error_handler(extract::query_error_handler))
+        .app_data(web::PathConfig::default().error_handler(extract::path_error_handler))
+        .configure(routes::configure)
+        .default_service(web::to(unmatched))
+        .into_app()
+        .wrap(Compress::default())
+        .wrap(actix_web::middleware::from_fn(response_headers))
+        .wrap(TracingLogger::default())
+}
+
+async fn response_headers(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let request_id = req.extensions().get::<RequestId>().map(|id| id.to_string());
+    let mut res = next.call(req).await?;
+    let headers = res.headers_mut();
+    headers.insert(
+        HeaderName::from_static(CONTRACT_HEADER),
+        HeaderValue::from_static(CONTRACT_VERSION),
+    );
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        headers.insert(HeaderName::from_static("x-request-id"), id);
+    }
+    Ok(res)
+}
+
+/// 405 when the path exists under another method, else 404.
+async fn unmatched(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let path = req.path();
+    Err(if state.routes.path_known(path) {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorKind::Validation,
+            "method_not_allowed",
+            format!("Method {} is not allowed on {path}", req.method()),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorKind::Validation,
+            "route_not_found",
+            format!("No route for {} {path}", req.method()),
+        )
+    })
+}

@@ -30,7 +30,13 @@ pub fn json_obj(name: &'static str) -> ColumnDef {
 /// `project_id NOT NULL REFERENCES projects(id) ON DELETE CASCADE`.
 pub fn project_owned(t: &mut TableCreateStatement, table: &'static str) {
     t.col(uuid("project_id"));
-    fk(t, table, "project_id", "projects", ForeignKeyAction::Cascade);
+    fk(
+        t,
+        table,
+        "project_id",
+        "projects",
+        ForeignKeyAction::Cascade,
+    );
 }
 
 pub fn fk(
@@ -80,7 +86,9 @@ pub async fn create_all(
 
 pub async fn drop_all(manager: &SchemaManager<'_>, tables: &[&'static str]) -> Result<(), DbErr> {
     for t in tables.iter().rev() {
-        manager.drop_table(Table::drop().table(*t).to_owned()).await?;
+        manager
+            .drop_table(Table::drop().table(*t).to_owned())
+            .await?;
     }
     Ok(())
 }

@@ -37,7 +37,13 @@ impl MigrationTrait for Migration {
             .col(json_obj("settings_json"))
             .col(created_at())
             .col(updated_at());
-        fk(&mut projects, "projects", "owner_user_id", "app_users", ForeignKeyAction::Restrict);
+        fk(
+            &mut projects,
+            "projects",
+            "owner_user_id",
+            "app_users",
+            ForeignKeyAction::Restrict,
+        );
 
         let mut storage = table("project_storage");
         storage
@@ -54,7 +60,13 @@ impl MigrationTrait for Migration {
             .col(big_integer("used_bytes").default(0))
             .col(created_at())
             .col(updated_at());
-        fk(&mut storage, "project_storage", "project_id", "projects", ForeignKeyAction::Cascade);
+        fk(
+            &mut storage,
+            "project_storage",
+            "project_id",
+            "projects",
+            ForeignKeyAction::Cascade,
+        );
 
         let mut tokens = table("api_tokens");
         tokens
@@ -67,8 +79,20 @@ impl MigrationTrait for Migration {
             .col(timestamp_with_time_zone_null("revoked_at"))
             .col(timestamp_with_time_zone_null("last_used_at"))
             .col(created_at());
-        fk(&mut tokens, "api_tokens", "user_id", "app_users", ForeignKeyAction::Cascade);
-        fk(&mut tokens, "api_tokens", "project_id", "projects", ForeignKeyAction::Cascade);
+        fk(
+            &mut tokens,
+            "api_tokens",
+            "user_id",
+            "app_users",
+            ForeignKeyAction::Cascade,
+        );
+        fk(
+            &mut tokens,
+            "api_tokens",
+            "project_id",
+            "projects",
+            ForeignKeyAction::Cascade,
+        );
 
         let mut audit = table("audit_events");
         audit
@@ -79,9 +103,27 @@ impl MigrationTrait for Migration {
             .col(json_obj("payload_json"))
             .col(string_null("request_id"))
             .col(created_at());
-        fk(&mut audit, "audit_events", "project_id", "projects", ForeignKeyAction::SetNull);
-        fk(&mut audit, "audit_events", "actor_user_id", "app_users", ForeignKeyAction::SetNull);
-        fk(&mut audit, "audit_events", "actor_token_id", "api_tokens", ForeignKeyAction::SetNull);
+        fk(
+            &mut audit,
+            "audit_events",
+            "project_id",
+            "projects",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut audit,
+            "audit_events",
+            "actor_user_id",
+            "app_users",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut audit,
+            "audit_events",
+            "actor_token_id",
+            "api_tokens",
+            ForeignKeyAction::SetNull,
+        );
 
         create_all(
             manager,
@@ -90,8 +132,16 @@ impl MigrationTrait for Migration {
                 index("projects", "updated", &["updated_at"]),
                 index("projects", "owner", &["owner_user_id"]),
                 index("api_tokens", "user_created", &["user_id", "created_at"]),
-                index("api_tokens", "project_created", &["project_id", "created_at"]),
-                index("audit_events", "project_created", &["project_id", "created_at"]),
+                index(
+                    "api_tokens",
+                    "project_created",
+                    &["project_id", "created_at"],
+                ),
+                index(
+                    "audit_events",
+                    "project_created",
+                    &["project_id", "created_at"],
+                ),
             ],
         )
         .await

@@ -95,9 +95,15 @@ impl MigrationTrait for Migration {
 
         create_all(
             manager,
-            vec![accounts, secrets, guides, characters, sets, templates, versions],
             vec![
-                unique("provider_accounts", "project_code", &["project_id", "provider_code"]),
+                accounts, secrets, guides, characters, sets, templates, versions,
+            ],
+            vec![
+                unique(
+                    "provider_accounts",
+                    "project_code",
+                    &["project_id", "provider_code"],
+                ),
                 unique(
                     "project_secrets",
                     "project_code_name",
@@ -107,7 +113,11 @@ impl MigrationTrait for Migration {
                 unique("characters", "project_name", &["project_id", "name"]),
                 unique("reference_sets", "project_name", &["project_id", "name"]),
                 unique("prompt_templates", "project_name", &["project_id", "name"]),
-                unique("prompt_template_versions", "template_version", &["template_id", "version"]),
+                unique(
+                    "prompt_template_versions",
+                    "template_version",
+                    &["template_id", "version"],
+                ),
             ],
         )
         .await

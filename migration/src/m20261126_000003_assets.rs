@@ -43,8 +43,20 @@ impl MigrationTrait for Migration {
             .col(string("link_type").default("derived_from"))
             .col(created_at())
             .col(updated_at());
-        fk(&mut links, "asset_links", "parent_asset_id", "assets", ForeignKeyAction::Cascade);
-        fk(&mut links, "asset_links", "child_asset_id", "assets", ForeignKeyAction::Cascade);
+        fk(
+            &mut links,
+            "asset_links",
+            "parent_asset_id",
+            "assets",
+            ForeignKeyAction::Cascade,
+        );
+        fk(
+            &mut links,
+            "asset_links",
+            "child_asset_id",
+            "assets",
+            ForeignKeyAction::Cascade,
+        );
 
         let mut items = table("reference_set_items");
         project_owned(&mut items, "reference_set_items");
@@ -67,23 +79,42 @@ impl MigrationTrait for Migration {
             "reference_sets",
             ForeignKeyAction::Cascade,
         );
-        fk(&mut items, "reference_set_items", "asset_id", "assets", ForeignKeyAction::SetNull);
+        fk(
+            &mut items,
+            "reference_set_items",
+            "asset_id",
+            "assets",
+            ForeignKeyAction::SetNull,
+        );
 
         create_all(
             manager,
             vec![assets, links, items],
             vec![
                 index("assets", "project_created", &["project_id", "created_at"]),
-                index("assets", "project_kind_created", &["project_id", "kind", "created_at"]),
+                index(
+                    "assets",
+                    "project_kind_created",
+                    &["project_id", "kind", "created_at"],
+                ),
                 index("assets", "project_sha256", &["project_id", "sha256"]),
                 index("assets", "run", &["run_id"]),
                 unique(
                     "asset_links",
                     "edge",
-                    &["project_id", "parent_asset_id", "child_asset_id", "link_type"],
+                    &[
+                        "project_id",
+                        "parent_asset_id",
+                        "child_asset_id",
+                        "link_type",
+                    ],
                 ),
                 index("asset_links", "child", &["child_asset_id"]),
-                index("reference_set_items", "set_order", &["reference_set_id", "sort_order"]),
+                index(
+                    "reference_set_items",
+                    "set_order",
+                    &["reference_set_id", "sort_order"],
+                ),
             ],
         )
         .await

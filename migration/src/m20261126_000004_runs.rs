@@ -72,11 +72,41 @@ impl MigrationTrait for Migration {
             .col(timestamp_with_time_zone_null("finished_at"))
             .col(created_at())
             .col(updated_at());
-        fk(&mut jobs, "run_jobs", "run_id", "runs", ForeignKeyAction::Cascade);
-        fk(&mut jobs, "run_jobs", "parent_job_id", "run_jobs", ForeignKeyAction::SetNull);
-        fk(&mut jobs, "run_jobs", "retry_of_job_id", "run_jobs", ForeignKeyAction::SetNull);
-        fk(&mut jobs, "run_jobs", "input_asset_id", "assets", ForeignKeyAction::SetNull);
-        fk(&mut jobs, "run_jobs", "final_asset_id", "assets", ForeignKeyAction::SetNull);
+        fk(
+            &mut jobs,
+            "run_jobs",
+            "run_id",
+            "runs",
+            ForeignKeyAction::Cascade,
+        );
+        fk(
+            &mut jobs,
+            "run_jobs",
+            "parent_job_id",
+            "run_jobs",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut jobs,
+            "run_jobs",
+            "retry_of_job_id",
+            "run_jobs",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut jobs,
+            "run_jobs",
+            "input_asset_id",
+            "assets",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut jobs,
+            "run_jobs",
+            "final_asset_id",
+            "assets",
+            ForeignKeyAction::SetNull,
+        );
 
         let mut candidates = table("run_candidates");
         project_owned(&mut candidates, "run_candidates");
@@ -93,10 +123,34 @@ impl MigrationTrait for Migration {
             .col(json_obj("meta_json"))
             .col(created_at())
             .col(updated_at());
-        fk(&mut candidates, "run_candidates", "run_id", "runs", ForeignKeyAction::Cascade);
-        fk(&mut candidates, "run_candidates", "job_id", "run_jobs", ForeignKeyAction::Cascade);
-        fk(&mut candidates, "run_candidates", "output_asset_id", "assets", ForeignKeyAction::SetNull);
-        fk(&mut candidates, "run_candidates", "final_asset_id", "assets", ForeignKeyAction::SetNull);
+        fk(
+            &mut candidates,
+            "run_candidates",
+            "run_id",
+            "runs",
+            ForeignKeyAction::Cascade,
+        );
+        fk(
+            &mut candidates,
+            "run_candidates",
+            "job_id",
+            "run_jobs",
+            ForeignKeyAction::Cascade,
+        );
+        fk(
+            &mut candidates,
+            "run_candidates",
+            "output_asset_id",
+            "assets",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut candidates,
+            "run_candidates",
+            "final_asset_id",
+            "assets",
+            ForeignKeyAction::SetNull,
+        );
 
         let mut events = table("run_events");
         project_owned(&mut events, "run_events");
@@ -107,7 +161,13 @@ impl MigrationTrait for Migration {
             .col(uuid_null("job_id"))
             .col(json_obj("payload_json"))
             .col(created_at());
-        fk(&mut events, "run_events", "run_id", "runs", ForeignKeyAction::Cascade);
+        fk(
+            &mut events,
+            "run_events",
+            "run_id",
+            "runs",
+            ForeignKeyAction::Cascade,
+        );
 
         let mut calls = table("provider_calls");
         project_owned(&mut calls, "provider_calls");
@@ -133,9 +193,27 @@ impl MigrationTrait for Migration {
             .col(timestamp_with_time_zone_null("finished_at"))
             .col(created_at())
             .col(updated_at());
-        fk(&mut calls, "provider_calls", "run_id", "runs", ForeignKeyAction::SetNull);
-        fk(&mut calls, "provider_calls", "job_id", "run_jobs", ForeignKeyAction::SetNull);
-        fk(&mut calls, "provider_calls", "result_asset_id", "assets", ForeignKeyAction::SetNull);
+        fk(
+            &mut calls,
+            "provider_calls",
+            "run_id",
+            "runs",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut calls,
+            "provider_calls",
+            "job_id",
+            "run_jobs",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut calls,
+            "provider_calls",
+            "result_asset_id",
+            "assets",
+            ForeignKeyAction::SetNull,
+        );
 
         let mut quality = table("quality_reports");
         project_owned(&mut quality, "quality_reports");
@@ -151,8 +229,20 @@ impl MigrationTrait for Migration {
             .col(double("avg_chroma_exceed").default(0.0))
             .col(json_obj("summary_json"))
             .col(created_at());
-        fk(&mut quality, "quality_reports", "run_id", "runs", ForeignKeyAction::SetNull);
-        fk(&mut quality, "quality_reports", "asset_id", "assets", ForeignKeyAction::SetNull);
+        fk(
+            &mut quality,
+            "quality_reports",
+            "run_id",
+            "runs",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut quality,
+            "quality_reports",
+            "asset_id",
+            "assets",
+            ForeignKeyAction::SetNull,
+        );
 
         let mut costs = table("cost_events");
         project_owned(&mut costs, "cost_events");
@@ -169,8 +259,20 @@ impl MigrationTrait for Migration {
             .col(string("currency").default("USD"))
             .col(json_obj("meta_json"))
             .col(created_at());
-        fk(&mut costs, "cost_events", "run_id", "runs", ForeignKeyAction::SetNull);
-        fk(&mut costs, "cost_events", "provider_call_id", "provider_calls", ForeignKeyAction::SetNull);
+        fk(
+            &mut costs,
+            "cost_events",
+            "run_id",
+            "runs",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut costs,
+            "cost_events",
+            "provider_call_id",
+            "provider_calls",
+            ForeignKeyAction::SetNull,
+        );
 
         let mut exports = table("project_exports");
         project_owned(&mut exports, "project_exports");
@@ -186,27 +288,61 @@ impl MigrationTrait for Migration {
             .col(json_obj("manifest_json"))
             .col(created_at())
             .col(timestamp_with_time_zone_null("completed_at"));
-        fk(&mut exports, "project_exports", "run_id", "runs", ForeignKeyAction::SetNull);
-        fk(&mut exports, "project_exports", "export_asset_id", "assets", ForeignKeyAction::SetNull);
+        fk(
+            &mut exports,
+            "project_exports",
+            "run_id",
+            "runs",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut exports,
+            "project_exports",
+            "export_asset_id",
+            "assets",
+            ForeignKeyAction::SetNull,
+        );
 
         create_all(
             manager,
-            vec![runs, jobs, candidates, events, calls, quality, costs, exports],
+            vec![
+                runs, jobs, candidates, events, calls, quality, costs, exports,
+            ],
             vec![
                 index("runs", "project_created", &["project_id", "created_at"]),
                 index("runs", "status", &["status"]),
                 index("run_jobs", "run_created", &["run_id", "created_at"]),
                 index("run_jobs", "status_lease", &["status", "lease_expires_at"]),
-                unique("run_candidates", "job_index", &["job_id", "candidate_index"]),
+                unique(
+                    "run_candidates",
+                    "job_index",
+                    &["job_id", "candidate_index"],
+                ),
                 index("run_candidates", "run", &["run_id"]),
                 unique("run_events", "run_seq", &["run_id", "seq"]),
-                index("run_events", "project_created", &["project_id", "created_at"]),
+                index(
+                    "run_events",
+                    "project_created",
+                    &["project_id", "created_at"],
+                ),
                 index("provider_calls", "run", &["run_id"]),
-                index("quality_reports", "project_created", &["project_id", "created_at"]),
+                index(
+                    "quality_reports",
+                    "project_created",
+                    &["project_id", "created_at"],
+                ),
                 index("quality_reports", "run", &["run_id"]),
-                index("cost_events", "project_created", &["project_id", "created_at"]),
+                index(
+                    "cost_events",
+                    "project_created",
+                    &["project_id", "created_at"],
+                ),
                 index("cost_events", "run", &["run_id"]),
-                index("project_exports", "project_created", &["project_id", "created_at"]),
+                index(
+                    "project_exports",
+                    "project_created",
+                    &["project_id", "created_at"],
+                ),
             ],
         )
         .await

@@ -34,7 +34,13 @@ impl MigrationTrait for Migration {
             .col(string("role"))
             .col(text("content"))
             .col(created_at());
-        fk(&mut messages, "chat_messages", "session_id", "chat_sessions", ForeignKeyAction::Cascade);
+        fk(
+            &mut messages,
+            "chat_messages",
+            "session_id",
+            "chat_sessions",
+            ForeignKeyAction::Cascade,
+        );
 
         let mut instructions = table("agent_instructions");
         project_owned(&mut instructions, "agent_instructions");
@@ -80,19 +86,55 @@ impl MigrationTrait for Migration {
             .col(json_obj("meta_json"))
             .col(created_at())
             .col(updated_at());
-        fk(&mut voice, "voice_requests", "session_id", "chat_sessions", ForeignKeyAction::SetNull);
-        fk(&mut voice, "voice_requests", "output_asset_id", "assets", ForeignKeyAction::SetNull);
+        fk(
+            &mut voice,
+            "voice_requests",
+            "session_id",
+            "chat_sessions",
+            ForeignKeyAction::SetNull,
+        );
+        fk(
+            &mut voice,
+            "voice_requests",
+            "output_asset_id",
+            "assets",
+            ForeignKeyAction::SetNull,
+        );
 
         create_all(
             manager,
             vec![sessions, messages, instructions, instruction_events, voice],
             vec![
-                index("chat_sessions", "project_updated", &["project_id", "updated_at"]),
-                index("chat_messages", "session_created", &["session_id", "created_at"]),
-                index("agent_instructions", "project_updated", &["project_id", "updated_at"]),
-                index("agent_instructions", "status_next", &["status", "next_attempt_at"]),
-                index("agent_instruction_events", "instruction", &["instruction_id", "created_at"]),
-                index("voice_requests", "project_created", &["project_id", "created_at"]),
+                index(
+                    "chat_sessions",
+                    "project_updated",
+                    &["project_id", "updated_at"],
+                ),
+                index(
+                    "chat_messages",
+                    "session_created",
+                    &["session_id", "created_at"],
+                ),
+                index(
+                    "agent_instructions",
+                    "project_updated",
+                    &["project_id", "updated_at"],
+                ),
+                index(
+                    "agent_instructions",
+                    "status_next",
+                    &["status", "next_attempt_at"],
+                ),
+                index(
+                    "agent_instruction_events",
+                    "instruction",
+                    &["instruction_id", "created_at"],
+                ),
+                index(
+                    "voice_requests",
+                    "project_created",
+                    &["project_id", "created_at"],
+                ),
             ],
         )
         .await

@@ -154,18 +154,32 @@ mod tests {
     #[test]
     fn default_root_is_under_projects() {
         let (dir, roots) = roots();
-        let root = roots.project_root("projects", None, "demo").unwrap_or_else(|e| panic!("{e}"));
+        let root = roots
+            .project_root("projects", None, "demo")
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(root, absolute(dir.path()).join("projects").join("demo"));
     }
 
     #[test]
     fn rejects_traversal_outside_and_empty() {
         let (_dir, roots) = roots();
-        assert_eq!(roots.resolve_dir("projects/../../etc"), Err(PathError::Traversal));
-        assert!(matches!(roots.resolve_dir("/etc"), Err(PathError::OutsideRoots(_))));
-        assert!(matches!(roots.resolve_dir("backend"), Err(PathError::OutsideRoots(_))));
+        assert_eq!(
+            roots.resolve_dir("projects/../../etc"),
+            Err(PathError::Traversal)
+        );
+        assert!(matches!(
+            roots.resolve_dir("/etc"),
+            Err(PathError::OutsideRoots(_))
+        ));
+        assert!(matches!(
+            roots.resolve_dir("backend"),
+            Err(PathError::OutsideRoots(_))
+        ));
         assert_eq!(roots.resolve_dir("  "), Err(PathError::Empty));
-        assert_eq!(roots.resolve_dir("projects/a\0b"), Err(PathError::InvalidCharacter));
+        assert_eq!(
+            roots.resolve_dir("projects/a\0b"),
+            Err(PathError::InvalidCharacter)
+        );
     }
 
     #[cfg(unix)]

@@ -145,7 +145,9 @@ mod tests {
 
     #[test]
     fn keys_cannot_escape() {
-        for bad in ["", "../x", "a/../b", "/abs", "a//b", "a/./b", "sp ace", "a\\b"] {
+        for bad in [
+            "", "../x", "a/../b", "/abs", "a//b", "a/./b", "sp ace", "a\\b",
+        ] {
             assert!(ObjectKey::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(ObjectKey::parse("runs/01/job-a/candidate_1.png").is_ok());
@@ -154,7 +156,10 @@ mod tests {
     #[tokio::test]
     async fn fs_and_memory_round_trip() {
         let dir = tempfile::tempdir().unwrap();
-        for store in [ObjectStore::local(dir.path()).unwrap(), ObjectStore::memory().unwrap()] {
+        for store in [
+            ObjectStore::local(dir.path()).unwrap(),
+            ObjectStore::memory().unwrap(),
+        ] {
             let key = ObjectKey::parse("runs/r1/a.bin").unwrap();
             store.put(&key, b"hello".to_vec()).await.unwrap();
             assert_eq!(store.get(&key).await.unwrap(), b"hello");

@@ -1,1 +1,14 @@
+//! Integration tests: the whole service over real HTTP on port 0, against a real
+//! database. The same binary runs on SQLite (default) and on PostgreSQL
+//! (`ATELIER_TEST_DATABASE=postgres`, see scripts/test.sh).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod auth;
+mod cli;
+mod contract;
+mod migrations;
+mod projects;
+mod storage;

@@ -15,7 +15,10 @@ pub struct AuditEntry<'a> {
     pub payload: Value,
 }
 
-pub async fn record<C: ConnectionTrait>(db: &C, entry: AuditEntry<'_>) -> Result<Uuid, ServiceError> {
+pub async fn record<C: ConnectionTrait>(
+    db: &C,
+    entry: AuditEntry<'_>,
+) -> Result<Uuid, ServiceError> {
     let id = Uuid::now_v7();
     let row = audit_events::ActiveModel {
         id: Set(id),
@@ -27,6 +30,8 @@ pub async fn record<C: ConnectionTrait>(db: &C, entry: AuditEntry<'_>) -> Result
         request_id: Set(None),
         created_at: Set(time::now()),
     };
-    audit_events::Entity::insert(row).exec_without_returning(db).await?;
+    audit_events::Entity::insert(row)
+        .exec_without_returning(db)
+        .await?;
     Ok(id)
 }

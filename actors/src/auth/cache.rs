@@ -59,10 +59,13 @@ impl TokenVerifier {
         }
         let hash = hash_token(token);
         let now = Utc::now();
-        if let Some(entry) = self.cached(&hash) {
-            if entry.loaded.elapsed() < self.ttl {
-                return Ok(entry.expires_at.is_none_or(|e| e > now).then_some(entry.principal));
-            }
+        if let Some(entry) = self.cached(&hash)
+            && entry.loaded.elapsed() < self.ttl
+        {
+            return Ok(entry
+                .expires_at
+                .is_none_or(|e| e > now)
+                .then_some(entry.principal));
         }
         let Some(row) = api_tokens::Entity::find()
             .filter(api_tokens::Column::TokenHash.eq(hash.as_str()))

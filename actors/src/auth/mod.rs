@@ -12,8 +12,8 @@ use chrono::{DateTime, NaiveDate, NaiveTime, Utc};
 use entities::{api_tokens, projects};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, TransactionTrait, DatabaseConnection,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -130,7 +130,7 @@ pub async fn create_token(
         Principal::Bootstrap => Some(verifier.bootstrap_lock().await),
         _ => None,
     };
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     if matches!(principal, Principal::Bootstrap) && active_token_count(&txn).await? > 0 {
         return Err(ServiceError::validation(
             "bootstrap_already_initialized",
@@ -230,7 +230,7 @@ pub async fn revoke_token(
 ) -> Result<(Uuid, Uuid), ServiceError> {
     let not_found = || ServiceError::not_found("Auth token not found");
     let id = Uuid::parse_str(raw_id.trim()).map_err(|_| not_found())?;
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let row = api_tokens::Entity::find_by_id(id)
         .one(&txn)
         .await?

@@ -8,17 +8,18 @@ mod storage_policy;
 
 use std::collections::HashMap;
 
-use entities::{app_users, assets, project_storage, projects, run_jobs, runs};
+use entities::{app_users, assets, projects, run_jobs, runs};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, TransactionTrait, DatabaseConnection,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 };
 use serde_json::json;
+use storage::paths::StorageRoots;
 use uuid::Uuid;
 
 pub use storage_policy::{
-    LocalStorageUpdate, S3StorageUpdate, StorageView, load_storage_row, storage_row, storage_view, update_local_storage,
-    update_s3_storage,
+    LocalStorageUpdate, S3StorageUpdate, StorageView, load_storage_row, storage_row, storage_view,
+    update_local_storage, update_s3_storage,
 };
 
 use crate::audit::{self, AuditEntry};
@@ -98,7 +99,7 @@ pub struct UpsertProject {
 
 pub struct UpsertedProject {
     pub project: projects::Model,
-    pub storage: project_storage::Model,
+    pub storage: StorageView,
     pub created: bool,
     pub audit_id: Uuid,
 }
@@ -107,34 +108,51 @@ pub struct UpsertedProject {
 /// their stored values (the reference implementation wiped `description`).
 pub async fn upsert(
     db: &DatabaseConnection,
+    roots: &StorageRoots,
     principal: &Principal,
     input: UpsertProject,
 ) -> Result<UpsertedProject, ServiceError> {
     // Body validation comes before any lookup (contract: 400 before 404).
     let name = required_text("name", input.name.as_deref(), NAME_MAX)?;
-    let slug = match input.slug.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    let slug = match input
+        .slug
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         Some(raw) => parse_slug(raw)?,
         None => normalize_slug(&name)
             .map(|s| s.chars().take(SLUG_MAX).collect())
             .unwrap_or_else(|| "project".to_string()),
     };
     let description = optional_text("description", input.description.as_deref(), DESCRIPTION_MAX)?;
-    let username = match input.username.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+    let username = match input
+        .username
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         Some(raw) => normalize_slug(raw)
             .filter(|u| u.len() <= SLUG_MAX)
-            .ok_or_else(|| ServiceError::validation("invalid_username", "Field 'username' is invalid"))?,
+            .ok_or_else(|| {
+                ServiceError::validation("invalid_username", "Field 'username' is invalid")
+            })?,
         None => users::LOCAL_USERNAME.to_string(),
     };
-    let display_name = optional_text("user_display_name", input.user_display_name.as_deref(), NAME_MAX)?
-        .unwrap_or_else(|| {
-            if username == users::LOCAL_USERNAME {
-                users::LOCAL_DISPLAY_NAME.to_string()
-            } else {
-                username.clone()
-            }
-        });
+    let display_name = optional_text(
+        "user_display_name",
+        input.user_display_name.as_deref(),
+        NAME_MAX,
+    )?
+    .unwrap_or_else(|| {
+        if username == users::LOCAL_USERNAME {
+            users::LOCAL_DISPLAY_NAME.to_string()
+        } else {
+            username.clone()
+        }
+    });
 
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let existing = projects::Entity::find()
         .filter(projects::Column::Slug.eq(slug.as_str()))
         .one(&txn)
@@ -183,12 +201,19 @@ pub async fn upsert(
         }
     };
     let storage = storage_policy::ensure_storage_row(&txn, project.id).await?;
+    // Refuse (and roll back) when the project's root would escape the allowed
+    // roots, e.g. through a symlink planted under the base directory.
+    let storage_view = storage_view(roots, &project, &storage)?;
     let audit_id = audit::record(
         &txn,
         AuditEntry {
             principal,
             project_id: Some(project.id),
-            event_code: if created { "project.created" } else { "project.updated" },
+            event_code: if created {
+                "project.created"
+            } else {
+                "project.updated"
+            },
             payload: json!({ "slug": project.slug, "name": project.name, "owner": username }),
         },
     )
@@ -196,7 +221,7 @@ pub async fn upsert(
     txn.commit().await?;
     Ok(UpsertedProject {
         project,
-        storage,
+        storage: storage_view,
         created,
         audit_id,
     })
@@ -243,7 +268,10 @@ pub async fn list<C: ConnectionTrait>(
     Ok(rows
         .into_iter()
         .map(|project| ProjectWithOwner {
-            username: owners.get(&project.owner_user_id).cloned().unwrap_or_default(),
+            username: owners
+                .get(&project.owner_user_id)
+                .cloned()
+                .unwrap_or_default(),
             project,
         })
         .collect())
@@ -255,7 +283,10 @@ pub struct ProjectCounts {
     pub assets: u64,
 }
 
-pub async fn counts<C: ConnectionTrait>(db: &C, project_id: Uuid) -> Result<ProjectCounts, ServiceError> {
+pub async fn counts<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+) -> Result<ProjectCounts, ServiceError> {
     Ok(ProjectCounts {
         runs: runs::Entity::find()
             .filter(runs::Column::ProjectId.eq(project_id))

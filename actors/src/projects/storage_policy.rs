@@ -3,7 +3,10 @@
 //! ([`storage::paths::StorageRoots`]) before it is stored.
 
 use entities::{project_storage, projects};
-use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait, DatabaseConnection};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
+    EntityTrait, QueryFilter,
+};
 use serde_json::json;
 use storage::paths::{DEFAULT_BASE_DIR, PathError, StorageRoots};
 use uuid::Uuid;
@@ -124,7 +127,11 @@ impl LocalStorageUpdate {
                 "Provide at least one of: base_dir, project_root",
             ));
         }
-        if self.base_dir.as_deref().is_some_and(|b| b.trim().is_empty()) {
+        if self
+            .base_dir
+            .as_deref()
+            .is_some_and(|b| b.trim().is_empty())
+        {
             return Err(ServiceError::validation(
                 "field_required",
                 "Field 'base_dir' must not be empty",
@@ -154,11 +161,15 @@ pub async fn update_local_storage(
         Some(raw) => Some(Some(roots.resolve_dir(raw)?.display().to_string())),
         None => None,
     };
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let current = ensure_storage_row(&txn, project.id).await?;
     // The effective root must still resolve once both fields are applied.
-    let effective_base = base_dir.clone().unwrap_or_else(|| current.local_base_dir.clone());
-    let effective_root = project_root.clone().unwrap_or_else(|| current.local_project_root.clone());
+    let effective_base = base_dir
+        .clone()
+        .unwrap_or_else(|| current.local_base_dir.clone());
+    let effective_root = project_root
+        .clone()
+        .unwrap_or_else(|| current.local_project_root.clone());
     roots.project_root(&effective_base, effective_root.as_deref(), &project.slug)?;
 
     let mut active: project_storage::ActiveModel = current.into();
@@ -207,7 +218,10 @@ fn valid_bucket(b: &str) -> bool {
 
 fn valid_prefix(p: &str) -> bool {
     p.split('/').all(|seg| {
-        seg != ".." && seg.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        seg != ".."
+            && seg
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
     })
 }
 
@@ -231,14 +245,20 @@ pub async fn update_s3_storage(
     if let Some(b) = &bucket
         && !valid_bucket(b)
     {
-        return Err(ServiceError::validation("invalid_s3_bucket", "Field 'bucket' is not a valid bucket name"));
+        return Err(ServiceError::validation(
+            "invalid_s3_bucket",
+            "Field 'bucket' is not a valid bucket name",
+        ));
     }
     let prefix = optional_text("prefix", update.prefix.as_deref(), FIELD_MAX)?
         .map(|p| p.trim_matches('/').to_string());
     if let Some(p) = &prefix
         && !valid_prefix(p)
     {
-        return Err(ServiceError::validation("invalid_s3_prefix", "Field 'prefix' may contain only letters, digits, '-', '_', '.' and '/' (no '..')"));
+        return Err(ServiceError::validation(
+            "invalid_s3_prefix",
+            "Field 'prefix' may contain only letters, digits, '-', '_', '.' and '/' (no '..')",
+        ));
     }
     let region = optional_text("region", update.region.as_deref(), 64)?;
     let profile = optional_text("profile", update.profile.as_deref(), 128)?;
@@ -246,14 +266,20 @@ pub async fn update_s3_storage(
     if let Some(e) = &endpoint
         && !valid_endpoint(e)
     {
-        return Err(ServiceError::validation("invalid_endpoint_url", "Field 'endpoint_url' must be an http(s) URL without credentials"));
+        return Err(ServiceError::validation(
+            "invalid_endpoint_url",
+            "Field 'endpoint_url' must be an http(s) URL without credentials",
+        ));
     }
 
-    let txn = db.begin().await?;
+    let txn = crate::db::begin_write(db).await?;
     let current = ensure_storage_row(&txn, project.id).await?;
     let enabling = update.enabled.unwrap_or(current.s3_enabled);
     if enabling && bucket.is_none() && update.bucket.is_none() && current.s3_bucket.is_none() {
-        return Err(ServiceError::validation("invalid_s3_bucket", "Enabling S3 requires a 'bucket'"));
+        return Err(ServiceError::validation(
+            "invalid_s3_bucket",
+            "Enabling S3 requires a 'bucket'",
+        ));
     }
     let mut active: project_storage::ActiveModel = current.into();
     let mut changed = Vec::new();
@@ -274,7 +300,12 @@ pub async fn update_s3_storage(
     apply!(update.prefix, prefix, s3_prefix, "prefix");
     apply!(update.region, region, s3_region, "region");
     apply!(update.profile, profile, s3_profile, "profile");
-    apply!(update.endpoint_url, endpoint, s3_endpoint_url, "endpoint_url");
+    apply!(
+        update.endpoint_url,
+        endpoint,
+        s3_endpoint_url,
+        "endpoint_url"
+    );
     active.updated_at = Set(time::now());
     let row = active.update(&txn).await?;
     let audit_id = audit::record(

@@ -1,0 +1,191 @@
+//! Request extractors: the authenticated principal, a JSON body that always
+//! fails into the envelope, and query/path error handlers.
+
+use std::net::IpAddr;
+
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use actix_web::{FromRequest, HttpRequest, web};
+use actors::Principal;
+use futures_util::future::LocalBoxFuture;
+use serde::de::DeserializeOwned;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorKind};
+
+/// The caller, authenticated by `Authorization: Bearer <token>` (or the dev bypass).
+pub struct Auth(pub Principal);
+
+/// Like [`Auth`], but lets `POST /auth/token` through as the bootstrap principal
+/// while no active token exists, the server listens on loopback and the client
+/// connects from loopback.
+pub struct AuthOrBootstrap(pub Principal);
+
+fn bearer(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("Invalid or expired token"))?
+        .trim();
+    let (scheme, token) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::unauthorized(
+            "Missing Authorization: Bearer token",
+        ));
+    }
+    Ok(Some(token.trim().to_string()))
+}
+
+async fn authenticate(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    match state.tokens.verify(&state.db, token).await? {
+        Some(p) => Ok(Principal::Token(p)),
+        None => Err(ApiError::unauthorized("Invalid or expired token")),
+    }
+}
+
+fn state_of(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
+    req.app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(ApiError::internal)
+}
+
+impl FromRequest for Auth {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = state_of(&req)?;
+            if state.config.dev_bypass {
+                return Ok(Auth(Principal::DevBypass));
+            }
+            match bearer(&req)? {
+                Some(token) => Ok(Auth(authenticate(&state, &token).await?)),
+                None => Err(ApiError::unauthorized(
+                    "Missing Authorization: Bearer token",
+                )),
+            }
+        })
+    }
+}
+
+impl FromRequest for AuthOrBootstrap {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let state = state_of(&req)?;
+            if state.config.dev_bypass {
+                return Ok(AuthOrBootstrap(Principal::DevBypass));
+            }
+            if let Some(token) = bearer(&req)? {
+                return Ok(AuthOrBootstrap(authenticate(&state, &token).await?));
+            }
+            let peer_loopback = req
+                .peer_addr()
+                .map(|a| is_loopback(a.ip()))
+                .unwrap_or(false);
+            if state.config.bootstrap_allowed
+                && peer_loopback
+                && actors::auth::active_token_count(&state.db).await? == 0
+            {
+                return Ok(AuthOrBootstrap(Principal::Bootstrap));
+            }
+            Err(ApiError::unauthorized(
+                "Missing Authorization: Bearer token",
+            ))
+        })
+    }
+}
+
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// A JSON request body. An empty body reads as `{}`; anything else must be
+/// UTF-8 JSON under the size limit, sent as `application/json` (or without a
+/// content type). Unknown fields are ignored; typed fields are enforced.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        let bytes = web::Bytes::from_request(&req, payload);
+        Box::pin(async move {
+            if let Some(ct) = req.headers().get(CONTENT_TYPE) {
+                let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+                let essence = ct.split(';').next().unwrap_or("").trim();
+                if !(essence == "application/json" || essence.ends_with("+json")) {
+                    return Err(ApiError::new(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        ErrorKind::Validation,
+                        "unsupported_media_type",
+                        "Expected request with Content-Type: application/json",
+                    ));
+                }
+            }
+            let bytes = bytes.await.map_err(|e| payload_error(&e))?;
+            parse_json(&bytes).map(JsonBody)
+        })
+    }
+}
+
+fn payload_error(err: &actix_web::Error) -> ApiError {
+    if err.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
+        too_large()
+    } else {
+        ApiError::validation("invalid_body", "Could not read the request body")
+    }
+}
+
+pub fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Validation,
+        "payload_too_large",
+        "Request body is too large",
+    )
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| ApiError::validation("invalid_utf8", "Request body is not valid UTF-8"))?;
+    let text = if text.trim().is_empty() { "{}" } else { text };
+    serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorKind::Validation,
+            "invalid_field_type",
+            format!("Request body has a field of the wrong type: {e}"),
+        ),
+        _ => ApiError::validation(
+            "malformed_json",
+            format!("Request body is not valid JSON: {e}"),
+        ),
+    })
+}
+
+pub fn query_error_handler(
+    err: actix_web::error::QueryPayloadError,
+    _: &HttpRequest,
+) -> actix_web::Error {
+    ApiError::validation("invalid_query", format!("Invalid query string: {err}")).into()
+}
+
+pub fn path_error_handler(err: actix_web::error::PathError, _: &HttpRequest) -> actix_web::Error {
+    ApiError::validation("invalid_path", format!("Invalid path parameter: {err}")).into()
+}

@@ -1,0 +1,51 @@
+use std::time::UNIX_EPOCH;
+
+use actix_web::{HttpResponse, get, web};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::{AppState, CONTRACT_VERSION, SERVICE_NAME};
+
+#[derive(Serialize, ToSchema)]
+pub struct HealthResponse {
+    ok: bool,
+    status: &'static str,
+    service: &'static str,
+    version: &'static str,
+    contract_version: &'static str,
+    started_unix_ms: u64,
+    route_count: usize,
+    /// `sqlite` or `postgres`.
+    database_backend: &'static str,
+    /// Name of the newest applied migration.
+    schema_version: String,
+}
+
+/// Liveness and identity. Public; the only route that needs no token.
+#[utoipa::path(tag = "system", security(()), responses((status = 200, body = HealthResponse)))]
+#[get("/health")]
+pub async fn health(state: web::Data<AppState>) -> web::Json<HealthResponse> {
+    let started_unix_ms = state
+        .started
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    web::Json(HealthResponse {
+        ok: true,
+        status: "ok",
+        service: SERVICE_NAME,
+        version: env!("CARGO_PKG_VERSION"),
+        contract_version: CONTRACT_VERSION,
+        started_unix_ms,
+        route_count: state.routes.len(),
+        database_backend: state.config.database_backend,
+        schema_version: state.config.schema_version.clone(),
+    })
+}
+
+/// This OpenAPI document. Public.
+#[utoipa::path(tag = "system", security(()), responses((status = 200, description = "OpenAPI 3.1 document")))]
+#[get("/openapi.json")]
+pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(&state.openapi)
+}

@@ -1,0 +1,24 @@
+//! Route registration. Every handler carries `#[utoipa::path]`, and is mounted
+//! only through [`configure`], so the OpenAPI document and the mounted routes
+//! are the same list.
+
+mod auth;
+mod health;
+mod projects;
+mod storage;
+
+use utoipa_actix_web::service_config::ServiceConfig;
+
+pub fn configure(cfg: &mut ServiceConfig) {
+    cfg.service(health::health)
+        .service(health::openapi_json)
+        .service(auth::create_token)
+        .service(auth::list_tokens)
+        .service(auth::revoke_token)
+        .service(projects::list_projects)
+        .service(projects::upsert_project)
+        .service(projects::get_project)
+        .service(storage::get_storage)
+        .service(storage::update_local)
+        .service(storage::update_s3);
+}

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Runs the whole test suite twice: on SQLite (the embedded default) and on
+# PostgreSQL, with a real S3-compatible server (moto) for object storage.
+# Starts what it needs: PostgreSQL on 127.0.0.1:5432 if it is down, and moto on
+# a free loopback port (installed into a cached virtualenv on first use).
+# Usage: scripts/test.sh [extra nextest args, e.g. a test name filter]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOOLS_DIR="${ATELIER_TOOLS_DIR:-$HOME/.cache/atelier-tools}"
+PG_URL="${ATELIER_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/test}"
+export ATELIER_TEST_PG_URL="$PG_URL"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+ensure_postgres() {
+  if pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then return; fi
+  log "PostgreSQL is not answering on 127.0.0.1:5432; starting the local cluster"
+  if command -v pg_ctlcluster >/dev/null; then
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start || true
+  fi
+  for _ in $(seq 1 50); do pg_isready -h 127.0.0.1 -p 5432 -q && return; sleep 0.2; done
+  echo "PostgreSQL did not come up on 127.0.0.1:5432" >&2; exit 1
+}
+
+ensure_moto() {
+  if [ ! -x "$TOOLS_DIR/s3venv/bin/moto_server" ]; then
+    log "installing moto[server] into $TOOLS_DIR/s3venv"
+    mkdir -p "$TOOLS_DIR"
+    python3 -m venv "$TOOLS_DIR/s3venv"
+    "$TOOLS_DIR/s3venv/bin/pip" install -q 'moto[server]'
+  fi
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+  "$TOOLS_DIR/s3venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"${TMPDIR:-/tmp}/atelier-moto-$port.log" 2>&1 &
+  MOTO_PID=$!
+  trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
+  for _ in $(seq 1 100); do
+    if curl -s -o /dev/null "http://127.0.0.1:$port/"; then
+      export ATELIER_TEST_S3_ENDPOINT="http://127.0.0.1:$port"
+      return
+    fi
+    sleep 0.1
+  done
+  echo "moto_server did not start" >&2; exit 1
+}
+
+ensure_postgres
+ensure_moto
+
+if cargo nextest --version >/dev/null 2>&1; then
+  runner=(cargo nextest run --no-fail-fast)
+else
+  runner=(cargo test --no-fail-fast)
+fi
+
+log "tests on SQLite"
+ATELIER_TEST_DATABASE=sqlite "${runner[@]}" "$@"
+log "tests on PostgreSQL ($PG_URL, one database per test)"
+ATELIER_TEST_DATABASE=postgres "${runner[@]}" "$@"

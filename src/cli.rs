@@ -1,0 +1,173 @@
+//! The `atelier` command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::database;
+use crate::settings::{Overrides, Settings};
+use crate::startup::{Application, StartupError};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "atelier",
+    version,
+    about = "Atelier: backend core of a project-first AI image studio for comics and graphic novels",
+    long_about = "Atelier keeps each story universe (style guides, characters, references, runs, \
+assets, costs, history) in one project and serves it over an HTTP API.\n\n\
+Data lives under --data-dir (default ./var): app state in DIR/backend (SQLite at \
+DIR/backend/app.db), project files in DIR/projects. Set DATABASE_URL to use PostgreSQL."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Root directory for app state (DIR/backend) and project files (DIR/projects).
+    #[arg(long, global = true, env = "ATELIER_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML config file (default: DIR/backend/atelier.toml when it exists).
+    #[arg(long, global = true, env = "ATELIER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP API (migrates the database first).
+    Serve {
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, env = "ATELIER_BIND", value_name = "ADDR")]
+        bind: Option<String>,
+    },
+    /// Inspect or change the database schema.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+    /// Manage API tokens without going through HTTP.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MigrateAction {
+    /// Apply every pending migration (SQLite files are backed up first).
+    Up,
+    /// Roll back migrations (all of them unless --steps is given).
+    Down {
+        #[arg(long)]
+        steps: Option<u32>,
+    },
+    /// Show applied, pending and unknown (newer) migrations.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenAction {
+    /// Mint a token and print it once (e.g. the first token of a server that
+    /// is not reachable on loopback).
+    Create {
+        #[arg(long)]
+        label: Option<String>,
+        /// Confine the token to this project.
+        #[arg(long, value_name = "SLUG")]
+        project: Option<String>,
+        /// RFC 3339 or YYYY-MM-DD.
+        #[arg(long, value_name = "WHEN")]
+        expires_at: Option<String>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error("{0}")]
+    Service(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let mut overrides = Overrides {
+        config_file: cli.global.config.clone(),
+        data_dir: cli.global.data_dir.clone(),
+        ..Overrides::default()
+    };
+    match cli.command {
+        Command::Serve { bind } => {
+            overrides.bind = bind;
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            let app = Application::build(settings).await?;
+            app.run_until_stopped().await?;
+            Ok(())
+        }
+        Command::Migrate { action } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            let db = database::connect(&settings)
+                .await
+                .map_err(StartupError::from)?;
+            let status = match action {
+                MigrateAction::Up => database::migrate_up(&db, &settings).await,
+                MigrateAction::Down { steps } => database::migrate_down(&db, steps).await,
+                MigrateAction::Status => database::schema_status(&db.conn)
+                    .await
+                    .map_err(database::DatabaseError::Migrate),
+            }
+            .map_err(StartupError::from)?;
+            println!("database: {}", db.target);
+            for name in &status.applied {
+                println!("applied  {name}");
+            }
+            for name in &status.pending {
+                println!("pending  {name}");
+            }
+            for name in &status.unknown {
+                println!("UNKNOWN  {name} (applied by a newer Atelier)");
+            }
+            Ok(())
+        }
+        Command::Token { action } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            let db = database::connect(&settings)
+                .await
+                .map_err(StartupError::from)?;
+            database::migrate_up(&db, &settings)
+                .await
+                .map_err(StartupError::from)?;
+            match action {
+                TokenAction::Create {
+                    label,
+                    project,
+                    expires_at,
+                } => {
+                    let verifier = actors::auth::TokenVerifier::new(std::time::Duration::ZERO);
+                    let created = actors::auth::create_token(
+                        &db.conn,
+                        &verifier,
+                        &actors::Principal::DevBypass,
+                        actors::auth::CreateToken {
+                            label: label.or(Some("cli".into())),
+                            project_slug: project,
+                            expires_at,
+                        },
+                    )
+                    .await
+                    .map_err(|e| CliError::Service(e.to_string()))?;
+                    eprintln!(
+                        "token {} created (id {}); it is shown only once:",
+                        created.row.token_prefix, created.row.id
+                    );
+                    println!("{}", created.token);
+                    Ok(())
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Building and running the service. [`Application::build`] is what `serve`,
+//! the integration tests and a future desktop shell call.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{HttpServer, web};
+use actors::auth::TokenVerifier;
+use sea_orm::DatabaseConnection;
+use storage::paths::StorageRoots;
+
+use crate::database::{self, DatabaseError};
+use crate::settings::{Settings, SettingsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error("cannot listen on {bind}: {source}")]
+    Bind {
+        bind: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "auth.dev_bypass is on but the server would listen on {0}, which is not loopback; \
+         dev bypass is only allowed on 127.0.0.1 or ::1"
+    )]
+    BypassOnPublicBind(SocketAddr),
+    #[error("cannot create {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Process-wide defaults that TLS and object storage need: the rustls crypto
+/// provider (ring) and opendal's HTTP transport (reqwest over rustls).
+pub fn install_runtime_defaults() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        match reqwest::Client::builder()
+            .user_agent(concat!("atelier/", env!("CARGO_PKG_VERSION")))
+            .build()
+        {
+            Ok(client) => opendal::HttpTransporter::install_default(
+                opendal_http_transport_reqwest::ReqwestTransport::new(client),
+            ),
+            Err(err) => tracing::error!(%err, "cannot build the HTTP client for object storage"),
+        }
+    });
+}
+
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+    db: DatabaseConnection,
+}
+
+impl Application {
+    /// Connects and migrates the database, binds the listener (port 0 picks a
+    /// free port) and prepares the HTTP server. Nothing is served until
+    /// [`Application::run_until_stopped`].
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        install_runtime_defaults();
+        let addr = settings.bind_addr()?;
+        if settings.auth.dev_bypass && !addr.ip().is_loopback() {
+            return Err(StartupError::BypassOnPublicBind(addr));
+        }
+        let projects_dir = settings.projects_dir();
+        std::fs::create_dir_all(&projects_dir).map_err(|source| StartupError::Io {
+            path: projects_dir.display().to_string(),
+            source,
+        })?;
+
+        let db = database::connect(&settings).await?;
+        let status = database::migrate_up(&db, &settings).await?;
+        tracing::info!(
+            database = %db.target,
+            schema = status.current_version().unwrap_or("none"),
+            "database ready"
+        );
+
+        let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+            bind: settings.bind.clone(),
+            source,
+        })?;
+        let local = listener.local_addr().map_err(|source| StartupError::Bind {
+            bind: settings.bind.clone(),
+            source,
+        })?;
+        if settings.auth.dev_bypass {
+            tracing::warn!("auth dev bypass is ON: every request is accepted without a token");
+        }
+
+        let config = api::ApiConfig {
+            dev_bypass: settings.auth.dev_bypass,
+            bootstrap_allowed: settings.auth.bootstrap_first_token && local.ip().is_loopback(),
+            json_limit_bytes: settings.http.json_limit_bytes,
+            database_backend: database::backend_name(&db.conn),
+            schema_version: status.current_version().unwrap_or_default().to_string(),
+        };
+        let tokens = Arc::new(TokenVerifier::new(Duration::from_secs(
+            settings.auth.token_cache_seconds,
+        )));
+        let roots = StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
+        let state = web::Data::new(api::AppState::new(db.conn.clone(), tokens, roots, config));
+
+        let server = HttpServer::new(move || api::app(state.clone()))
+            .workers(settings.http.workers)
+            .shutdown_timeout(settings.http.shutdown_timeout_seconds)
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                bind: settings.bind.clone(),
+                source,
+            })?
+            .run();
+        tracing::info!(addr = %local, "listening");
+        Ok(Self {
+            addr: local,
+            server,
+            db: db.conn,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// A handle that can stop the server gracefully.
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGINT/SIGTERM (graceful: in-flight requests finish).
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,233 @@
+//! The envelope, headers, OpenAPI parity and framework-level failures.
+
+use std::collections::BTreeSet;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error};
+
+/// The (method, path) pairs this build serves. Adding a route means adding it
+/// here, to the OpenAPI document (automatic) and to docs/api.md.
+const EXPECTED_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+    ("POST", "/auth/token"),
+    ("GET", "/auth/tokens"),
+    ("DELETE", "/auth/tokens/{tokenId}"),
+    ("GET", "/api/projects"),
+    ("POST", "/api/projects"),
+    ("GET", "/api/projects/{slug}"),
+    ("GET", "/api/projects/{slug}/storage"),
+    ("PUT", "/api/projects/{slug}/storage/local"),
+    ("PUT", "/api/projects/{slug}/storage/s3"),
+];
+
+const FROZEN_ROUTES: &str = include_str!("frozen_routes.txt");
+
+#[actix_web::test]
+async fn health_reports_identity_backend_and_schema() {
+    let app = TestApp::spawn().await;
+    let res = app
+        .client
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-atelier-contract"], "v1");
+    assert!(res.headers().contains_key("x-request-id"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["ok"], json!(true));
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["service"], "atelier");
+    assert_eq!(body["contract_version"], "v1");
+    assert_eq!(body["route_count"], json!(EXPECTED_ROUTES.len()));
+    assert!(body["started_unix_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    let backend = if crate::helpers::on_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(body["database_backend"], backend);
+    assert_eq!(
+        body["schema_version"],
+        json!(migration::known_migration_names().last().unwrap())
+    );
+}
+
+fn documented_pairs(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut pairs = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                pairs.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    pairs
+}
+
+#[actix_web::test]
+async fn openapi_matches_mounted_routes() {
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    let (status, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+
+    let documented = documented_pairs(&doc);
+    let expected: BTreeSet<(String, String)> = EXPECTED_ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(
+        documented, expected,
+        "OpenAPI document and the route list differ"
+    );
+
+    // Every documented route is really mounted: probing it never yields the
+    // router's own 404/405 (handlers may still answer 4xx for the dummy ids).
+    for (method, path) in &documented {
+        let concrete = path
+            .replace("{slug}", "probe")
+            .replace("{tokenId}", "probe");
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let (_, body) = app
+            .call(method.clone(), &concrete, Some(&token), Some(json!({})))
+            .await;
+        let code = body["error_code"].as_str().unwrap_or("");
+        assert!(
+            code != "route_not_found" && code != "method_not_allowed",
+            "{method} {concrete} is documented but not mounted: {body}"
+        );
+    }
+
+    // Every contract route we serve is one of the frozen v1 routes (no drift in
+    // paths or methods); /openapi.json is our one addition.
+    let frozen: BTreeSet<(String, String)> = FROZEN_ROUTES
+        .lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    for pair in documented.iter().filter(|(_, p)| p != "/openapi.json") {
+        assert!(frozen.contains(pair), "{pair:?} is not a frozen v1 route");
+    }
+    // Every error response in the document uses the envelope schema.
+    let text = doc.to_string();
+    assert!(text.contains("\"ErrorBody\""));
+}
+
+#[actix_web::test]
+async fn unknown_routes_and_methods_use_the_envelope() {
+    let app = TestApp::spawn().await;
+    let (s, b) = app.call(Method::GET, "/nope", None, None).await;
+    assert_error(s, &b, 404, "route_not_found");
+    let (s, b) = app
+        .call(Method::GET, "/api/projects/a/b/c/d", None, None)
+        .await;
+    assert_error(s, &b, 404, "route_not_found");
+    let (s, b) = app.call(Method::POST, "/health", None, None).await;
+    assert_error(s, &b, 405, "method_not_allowed");
+    let (s, b) = app
+        .call(Method::DELETE, "/api/projects/demo", None, None)
+        .await;
+    assert_error(s, &b, 405, "method_not_allowed");
+}
+
+#[actix_web::test]
+async fn malformed_bodies_get_typed_errors_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    let url = format!("{}/api/projects", app.base);
+    let send = |body: Vec<u8>, ct: &'static str| {
+        app.client
+            .post(&url)
+            .bearer_auth(&token)
+            .header("content-type", ct)
+            .body(body)
+            .send()
+    };
+    let check = |res: reqwest::Response, status: u16, code: &'static str| async move {
+        let s = res.status();
+        let text = res.text().await.unwrap();
+        let body: Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        assert_error(s, &body, status, code);
+    };
+    check(
+        send(b"{\"name\":".to_vec(), "application/json")
+            .await
+            .unwrap(),
+        400,
+        "malformed_json",
+    )
+    .await;
+    check(
+        send(b"{\"name\": 5}".to_vec(), "application/json")
+            .await
+            .unwrap(),
+        422,
+        "invalid_field_type",
+    )
+    .await;
+    check(
+        send(b"{\"name\":\"x\"}".to_vec(), "text/plain")
+            .await
+            .unwrap(),
+        415,
+        "unsupported_media_type",
+    )
+    .await;
+    check(
+        send(vec![b'{', b'"', 0xff, 0xfe, b'"', b'}'], "application/json")
+            .await
+            .unwrap(),
+        400,
+        "invalid_utf8",
+    )
+    .await;
+    let huge = format!("{{\"name\":\"{}\"}}", "x".repeat(3 * 1024 * 1024));
+    check(
+        send(huge.into_bytes(), "application/json").await.unwrap(),
+        413,
+        "payload_too_large",
+    )
+    .await;
+    check(
+        send(b"{}".to_vec(), "application/json").await.unwrap(),
+        400,
+        "field_required",
+    )
+    .await;
+    let (s, b) = app.get("/api/projects?username=a&username=b", &token).await;
+    assert_error(s, &b, 400, "invalid_query");
+
+    let (_, list) = app.get("/api/projects", &token).await;
+    assert_eq!(
+        list["count"],
+        json!(0),
+        "a rejected request created something: {list}"
+    );
+}
+
+#[actix_web::test]
+async fn every_error_and_success_carries_the_contract_header() {
+    let app = TestApp::spawn().await;
+    for path in ["/health", "/nope", "/api/projects"] {
+        let res = app
+            .client
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.headers()["x-atelier-contract"], "v1", "{path}");
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json"),
+            "{path}"
+        );
+    }
+}
