@@ -1,1 +1,76 @@
+//! Image-provider adapters (one file per provider, added with the execution
+//! engine and provider issues) and the one error type they all return.
 
+use std::time::Duration;
+
+/// Every way a provider call can fail, classified so the engine can decide
+/// whether a retry could succeed without paying twice for nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    #[error("provider rejected the credentials ({status})")]
+    Auth { status: u16 },
+    #[error("provider rate limit reached")]
+    RateLimited { retry_after: Option<Duration> },
+    #[error("provider server error ({status})")]
+    Server { status: u16 },
+    #[error("provider call timed out")]
+    Timeout,
+    #[error("provider refused the content: {reason}")]
+    ContentPolicy { reason: String },
+    #[error("provider rejected the request ({status}): {message}")]
+    InvalidRequest { status: u16, message: String },
+    #[error("provider response is malformed: {0}")]
+    Malformed(String),
+    #[error("cannot reach the provider: {0}")]
+    Transport(String),
+}
+
+impl ProviderError {
+    /// Whether the same call may succeed if tried again later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProviderError::RateLimited { .. }
+                | ProviderError::Server { .. }
+                | ProviderError::Timeout
+                | ProviderError::Malformed(_)
+                | ProviderError::Transport(_)
+        )
+    }
+
+    /// Stable `error_code` for envelopes and records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProviderError::Auth { .. } => "provider_auth",
+            ProviderError::RateLimited { .. } => "provider_rate_limited",
+            ProviderError::Server { .. } => "provider_server_error",
+            ProviderError::Timeout => "provider_timeout",
+            ProviderError::ContentPolicy { .. } => "provider_content_policy",
+            ProviderError::InvalidRequest { .. } => "provider_invalid_request",
+            ProviderError::Malformed(_) => "provider_malformed_response",
+            ProviderError::Transport(_) => "provider_unreachable",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_transient_failures_are_retryable() {
+        assert!(ProviderError::Server { status: 503 }.is_retryable());
+        assert!(ProviderError::RateLimited { retry_after: None }.is_retryable());
+        assert!(ProviderError::Timeout.is_retryable());
+        assert!(!ProviderError::Auth { status: 401 }.is_retryable());
+        assert!(!ProviderError::ContentPolicy { reason: "x".into() }.is_retryable());
+        assert!(
+            !ProviderError::InvalidRequest {
+                status: 400,
+                message: "size".into()
+            }
+            .is_retryable()
+        );
+        assert_eq!(ProviderError::Timeout.code(), "provider_timeout");
+    }
+}

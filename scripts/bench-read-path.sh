@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Read-path benchmark: requests/s of authenticated list endpoints as a ratio of
+# the same server's GET /health, measured with wrk in one run on loopback.
+# Usage: scripts/bench-read-path.sh [duration_seconds=10] [connections=32]
+# Prints a Markdown table (paste into docs/performance.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-10}"
+CONNS="${2:-32}"
+PROJECTS=50
+
+command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+cargo build --release --quiet
+BIN="${CARGO_TARGET_DIR:-target}/release/atelier"
+
+DATA=$(mktemp -d)
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
+BASE="http://127.0.0.1:$PORT"
+RUST_LOG=warn "$BIN" --data-dir "$DATA" serve --bind "127.0.0.1:$PORT" >"$DATA/serve.log" 2>&1 &
+PID=$!
+trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
+for _ in $(seq 1 100); do curl -s -o /dev/null "$BASE/health" && break; sleep 0.1; done
+
+TOKEN=$(curl -s -X POST "$BASE/auth/token" -H 'content-type: application/json' -d '{"label":"bench"}' \
+  | python3 -c 'import sys,json; print(json.load(sys.stdin)["auth_token"]["token"])')
+for i in $(seq 1 $PROJECTS); do
+  curl -s -o /dev/null -X POST "$BASE/api/projects" -H "authorization: Bearer $TOKEN" \
+    -H 'content-type: application/json' -d "{\"name\":\"Book $i\",\"description\":\"Volume $i of the saga\"}"
+done
+
+rate() { # path [auth]
+  local args=(-t2 -c"$CONNS" -d"${DURATION}s" --latency)
+  [ "${2:-}" = auth ] && args+=(-H "Authorization: Bearer $TOKEN")
+  wrk "${args[@]}" "$BASE$1" | awk '/Requests\/sec/ {print $2}'
+}
+# Warm up caches and connections, then measure each endpoint.
+wrk -t2 -c"$CONNS" -d2s "$BASE/health" >/dev/null
+HEALTH=$(rate /health)
+PROJECTS_RATE=$(rate /api/projects auth)
+DETAIL_RATE=$(rate /api/projects/book_1 auth)
+TOKENS_RATE=$(rate /auth/tokens auth)
+
+python3 - "$HEALTH" "$PROJECTS_RATE" "$DETAIL_RATE" "$TOKENS_RATE" "$DURATION" "$CONNS" "$PROJECTS" <<'PY'
+import sys
+h, p, d, t = map(float, sys.argv[1:5])
+dur, conns, n = sys.argv[5:8]
+print(f"wrk -t2 -c{conns} -d{dur}s on 127.0.0.1, release build, SQLite, {n} projects\n")
+print("| endpoint | requests/s | ratio to /health |")
+print("|---|---:|---:|")
+for name, r in [("GET /health (baseline)", h), (f"GET /api/projects ({n} projects, authenticated)", p),
+                ("GET /api/projects/{slug} (detail + counts, authenticated)", d), ("GET /auth/tokens (authenticated)", t)]:
+    print(f"| {name} | {r:,.0f} | {r/h:.2f} |")
+PY
