@@ -52,24 +52,36 @@ fn state_of(req: &HttpRequest) -> Result<web::Data<AppState>, ApiError> {
         .ok_or_else(ApiError::internal)
 }
 
+/// Resolves the caller; with `allow_bootstrap`, a request without a token
+/// becomes [`Principal::Bootstrap`] when the first-token rule allows it.
+async fn resolve(req: &HttpRequest, allow_bootstrap: bool) -> Result<Principal, ApiError> {
+    let state = state_of(req)?;
+    if state.config.dev_bypass {
+        return Ok(Principal::DevBypass);
+    }
+    if let Some(token) = bearer(req)? {
+        return authenticate(&state, &token).await;
+    }
+    let peer_loopback = req.peer_addr().is_some_and(|a| is_loopback(a.ip()));
+    if allow_bootstrap
+        && state.config.bootstrap_allowed
+        && peer_loopback
+        && actors::auth::active_token_count(&state.db).await? == 0
+    {
+        return Ok(Principal::Bootstrap);
+    }
+    Err(ApiError::unauthorized(
+        "Missing Authorization: Bearer token",
+    ))
+}
+
 impl FromRequest for Auth {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
-        Box::pin(async move {
-            let state = state_of(&req)?;
-            if state.config.dev_bypass {
-                return Ok(Auth(Principal::DevBypass));
-            }
-            match bearer(&req)? {
-                Some(token) => Ok(Auth(authenticate(&state, &token).await?)),
-                None => Err(ApiError::unauthorized(
-                    "Missing Authorization: Bearer token",
-                )),
-            }
-        })
+        Box::pin(async move { resolve(&req, false).await.map(Auth) })
     }
 }
 
@@ -79,28 +91,7 @@ impl FromRequest for AuthOrBootstrap {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
-        Box::pin(async move {
-            let state = state_of(&req)?;
-            if state.config.dev_bypass {
-                return Ok(AuthOrBootstrap(Principal::DevBypass));
-            }
-            if let Some(token) = bearer(&req)? {
-                return Ok(AuthOrBootstrap(authenticate(&state, &token).await?));
-            }
-            let peer_loopback = req
-                .peer_addr()
-                .map(|a| is_loopback(a.ip()))
-                .unwrap_or(false);
-            if state.config.bootstrap_allowed
-                && peer_loopback
-                && actors::auth::active_token_count(&state.db).await? == 0
-            {
-                return Ok(AuthOrBootstrap(Principal::Bootstrap));
-            }
-            Err(ApiError::unauthorized(
-                "Missing Authorization: Bearer token",
-            ))
-        })
+        Box::pin(async move { resolve(&req, true).await.map(AuthOrBootstrap) })
     }
 }
 

@@ -5,7 +5,7 @@
 use entities::{project_storage, projects};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, QueryFilter,
+    DatabaseTransaction, EntityTrait, QueryFilter,
 };
 use serde_json::json;
 use storage::paths::{DEFAULT_BASE_DIR, PathError, StorageRoots};
@@ -182,20 +182,15 @@ pub async fn update_local_storage(
         active.local_project_root = Set(r);
         changed.push("project_root");
     }
-    active.updated_at = Set(time::now());
-    let row = active.update(&txn).await?;
-    let audit_id = audit::record(
-        &txn,
-        AuditEntry {
-            principal,
-            project_id: Some(project.id),
-            event_code: "project.storage_local_updated",
-            payload: json!({ "fields": changed }),
-        },
+    save_audited(
+        txn,
+        active,
+        principal,
+        project,
+        "project.storage_local_updated",
+        changed,
     )
-    .await?;
-    txn.commit().await?;
-    Ok((row, audit_id))
+    .await
 }
 
 #[derive(Debug, Default)]
@@ -306,6 +301,26 @@ pub async fn update_s3_storage(
         s3_endpoint_url,
         "endpoint_url"
     );
+    save_audited(
+        txn,
+        active,
+        principal,
+        project,
+        "project.storage_s3_updated",
+        changed,
+    )
+    .await
+}
+
+/// Writes the storage row and its audit event, then commits both together.
+async fn save_audited(
+    txn: DatabaseTransaction,
+    mut active: project_storage::ActiveModel,
+    principal: &Principal,
+    project: &projects::Model,
+    event_code: &'static str,
+    changed: Vec<&'static str>,
+) -> Result<(project_storage::Model, Uuid), ServiceError> {
     active.updated_at = Set(time::now());
     let row = active.update(&txn).await?;
     let audit_id = audit::record(
@@ -313,7 +328,7 @@ pub async fn update_s3_storage(
         AuditEntry {
             principal,
             project_id: Some(project.id),
-            event_code: "project.storage_s3_updated",
+            event_code,
             payload: json!({ "fields": changed }),
         },
     )
