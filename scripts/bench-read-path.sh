@@ -16,7 +16,7 @@ BIN="${CARGO_TARGET_DIR:-target}/release/atelier"
 DATA=$(mktemp -d)
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
 BASE="http://127.0.0.1:$PORT"
-RUST_LOG=warn "$BIN" --data-dir "$DATA" serve --bind "127.0.0.1:$PORT" >"$DATA/serve.log" 2>&1 &
+RUST_LOG=warn env ${BENCH_ENV:-} "$BIN" --data-dir "$DATA" serve --bind "127.0.0.1:$PORT" >"$DATA/serve.log" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null || true; rm -rf "$DATA"' EXIT
 for _ in $(seq 1 100); do curl -s -o /dev/null "$BASE/health" && break; sleep 0.1; done
@@ -33,18 +33,23 @@ rate() { # path [auth]
   [ "${2:-}" = auth ] && args+=(-H "Authorization: Bearer $TOKEN")
   wrk "${args[@]}" "$BASE$1" | awk '/Requests\/sec/ {print $2}'
 }
-# Warm up caches and connections, then measure each endpoint.
+# Warm up, then measure the endpoints in interleaved rounds so that drift of
+# the machine hits the baseline and the list endpoints alike; report medians.
 wrk -t2 -c"$CONNS" -d2s "$BASE/health" >/dev/null
-HEALTH=$(rate /health)
-PROJECTS_RATE=$(rate /api/projects auth)
-DETAIL_RATE=$(rate /api/projects/book_1 auth)
-TOKENS_RATE=$(rate /auth/tokens auth)
+ROUNDS="${ROUNDS:-3}"
+H=(); P=(); D=(); T=()
+for _ in $(seq 1 "$ROUNDS"); do
+  H+=("$(rate /health)")
+  P+=("$(rate /api/projects auth)")
+  D+=("$(rate /api/projects/book_1 auth)")
+  T+=("$(rate /auth/tokens auth)")
+done
 
-python3 - "$HEALTH" "$PROJECTS_RATE" "$DETAIL_RATE" "$TOKENS_RATE" "$DURATION" "$CONNS" "$PROJECTS" <<'PY'
-import sys
-h, p, d, t = map(float, sys.argv[1:5])
-dur, conns, n = sys.argv[5:8]
-print(f"wrk -t2 -c{conns} -d{dur}s on 127.0.0.1, release build, SQLite, {n} projects\n")
+python3 - "${H[*]}" "${P[*]}" "${D[*]}" "${T[*]}" "$DURATION" "$CONNS" "$PROJECTS" "$ROUNDS" <<'PY'
+import statistics, sys
+h, p, d, t = (statistics.median(map(float, a.split())) for a in sys.argv[1:5])
+dur, conns, n, rounds = sys.argv[5:9]
+print(f"wrk -t2 -c{conns} -d{dur}s on 127.0.0.1, release build, SQLite, {n} projects; median of {rounds} interleaved rounds\n")
 print("| endpoint | requests/s | ratio to /health |")
 print("|---|---:|---:|")
 for name, r in [("GET /health (baseline)", h), (f"GET /api/projects ({n} projects, authenticated)", p),

@@ -50,10 +50,11 @@ pub async fn connect(settings: &Settings) -> Result<Db, DatabaseError> {
     match &settings.database_url {
         Some(url) => {
             let mut opts = ConnectOptions::new(url.clone());
-            opts.max_connections(settings.database.max_connections)
+            opts.max_connections(settings.pool_size())
                 .min_connections(1)
                 .connect_timeout(Duration::from_secs(10))
-                .sqlx_logging(false);
+                .sqlx_logging(false)
+                .test_before_acquire(false);
             let target = redact_url(url);
             let conn = Database::connect(opts)
                 .await
@@ -87,9 +88,12 @@ async fn connect_sqlite(
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let busy = Duration::from_millis(settings.database.busy_timeout_ms);
     let mut opts = ConnectOptions::new(url);
-    opts.max_connections(settings.database.max_connections)
+    opts.max_connections(settings.pool_size())
         .min_connections(1)
         .sqlx_logging(false)
+        // A ping before every checkout doubles the round trips of the hot path;
+        // a broken SQLite connection surfaces on the query itself anyway.
+        .test_before_acquire(false)
         .map_sqlx_sqlite_opts(move |o| {
             o.journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)

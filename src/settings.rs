@@ -32,7 +32,10 @@ pub struct Settings {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
-    pub max_connections: u32,
+    /// Pool size. Unset: one per CPU core (at least 2) on SQLite, where extra
+    /// connections only add worker threads contending for the same cores; 8 on
+    /// PostgreSQL.
+    pub max_connections: Option<u32>,
     pub busy_timeout_ms: u64,
     /// Copy the SQLite file aside before applying pending migrations.
     pub backup_before_migrate: bool,
@@ -57,6 +60,9 @@ pub struct HttpSettings {
     pub json_limit_bytes: usize,
     pub workers: usize,
     pub shutdown_timeout_seconds: u64,
+    /// How long a rendered list may be reused without checking the database
+    /// (this node's own writes always show at once).
+    pub read_cache_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -83,7 +89,7 @@ impl Default for Settings {
 impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
-            max_connections: 8,
+            max_connections: None,
             busy_timeout_ms: 5_000,
             backup_before_migrate: true,
         }
@@ -106,6 +112,7 @@ impl Default for HttpSettings {
             json_limit_bytes: 2 * 1024 * 1024,
             workers: 2,
             shutdown_timeout_seconds: 10,
+            read_cache_ms: 100,
         }
     }
 }
@@ -218,12 +225,24 @@ impl Settings {
                 "http.json_limit_bytes and http.workers must be positive".into(),
             ));
         }
-        if self.database.max_connections == 0 {
+        if self.database.max_connections == Some(0) {
             return Err(SettingsError::Invalid(
                 "database.max_connections must be positive".into(),
             ));
         }
         Ok(())
+    }
+
+    pub fn pool_size(&self) -> u32 {
+        self.database.max_connections.unwrap_or_else(|| {
+            if self.database_url.is_some() {
+                8
+            } else {
+                std::thread::available_parallelism()
+                    .map_or(2, |n| n.get() as u32)
+                    .max(2)
+            }
+        })
     }
 
     pub fn backend_dir(&self) -> PathBuf {

@@ -103,6 +103,7 @@ impl Application {
             json_limit_bytes: settings.http.json_limit_bytes,
             database_backend: database::backend_name(&db.conn),
             schema_version: status.current_version().unwrap_or_default().to_string(),
+            read_cache_ms: settings.http.read_cache_ms,
         };
         let tokens = Arc::new(TokenVerifier::new(Duration::from_secs(
             settings.auth.token_cache_seconds,

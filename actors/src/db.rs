@@ -16,3 +16,18 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     })
     .await
 }
+
+static WRITE_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Commits a write transaction and records that this process changed data,
+/// so in-process read caches know to revalidate (see `api::cache`).
+pub async fn commit(txn: DatabaseTransaction) -> Result<(), DbErr> {
+    txn.commit().await?;
+    WRITE_GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    Ok(())
+}
+
+/// Increases whenever this process commits a write.
+pub fn write_generation() -> u64 {
+    WRITE_GENERATION.load(std::sync::atomic::Ordering::Acquire)
+}

@@ -2,6 +2,7 @@
 //! the generated OpenAPI document. No business logic lives here: handlers parse,
 //! authorise, call a domain service in `actors`, and shape the response.
 
+pub mod cache;
 pub mod dto;
 pub mod error;
 pub mod extract;
@@ -40,6 +41,9 @@ pub struct ApiConfig {
     pub json_limit_bytes: usize,
     pub database_backend: &'static str,
     pub schema_version: String,
+    /// How long a rendered list may be served without revalidation (other
+    /// nodes' writes become visible within this window; 0 always revalidates).
+    pub read_cache_ms: u64,
 }
 
 /// Shared by every worker thread.
@@ -52,6 +56,7 @@ pub struct AppState {
     pub routes: RouteCatalogue,
     /// The served `/openapi.json`, generated once at startup.
     pub openapi: serde_json::Value,
+    pub renders: cache::RenderCache,
 }
 
 impl AppState {
@@ -62,6 +67,7 @@ impl AppState {
         config: ApiConfig,
     ) -> Self {
         let doc = openapi();
+        let read_cache_ms = config.read_cache_ms;
         Self {
             db,
             tokens,
@@ -70,6 +76,7 @@ impl AppState {
             started: SystemTime::now(),
             routes: RouteCatalogue::from_openapi(&doc),
             openapi: serde_json::to_value(&doc).unwrap_or_default(),
+            renders: cache::RenderCache::new(std::time::Duration::from_millis(read_cache_ms)),
         }
     }
 }

@@ -1,7 +1,12 @@
-//! Image-provider adapters (one file per provider, added with the execution
-//! engine and provider issues) and the one error type they all return.
+//! Image providers: one trait, one file per provider, and the one error type
+//! they all return. The built-in [`local::LocalProvider`] is the embedded
+//! default: offline, deterministic, real image work.
+
+pub mod local;
 
 use std::time::Duration;
+
+use image::RgbaImage;
 
 /// Every way a provider call can fail, classified so the engine can decide
 /// whether a retry could succeed without paying twice for nothing.
@@ -51,6 +56,42 @@ impl ProviderError {
             ProviderError::Transport(_) => "provider_unreachable",
         }
     }
+}
+
+/// One generation step of a job: the stage's input image and what to do.
+#[derive(Clone, Debug)]
+pub struct GenerateRequest {
+    /// Stable per (run, job, candidate): providers that support it get it as
+    /// their idempotency key.
+    pub idempotency_key: String,
+    pub stage: Stage,
+    pub prompt: String,
+    pub input: RgbaImage,
+    pub candidate_index: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Style,
+    Time(imaging::effects::TimeOfDay),
+    Weather(imaging::effects::Weather),
+}
+
+#[derive(Debug)]
+pub struct GeneratedImage {
+    pub image: RgbaImage,
+    pub cost_usd: f64,
+    pub model: String,
+    pub provider_request_id: Option<String>,
+}
+
+#[async_trait::async_trait]
+pub trait ImageProvider: Send + Sync {
+    /// Short stable code (`local`, `openai`, …).
+    fn code(&self) -> &'static str;
+    /// Price of one generation, for estimates and budget reservations.
+    fn unit_price_usd(&self) -> f64;
+    async fn generate(&self, request: GenerateRequest) -> Result<GeneratedImage, ProviderError>;
 }
 
 #[cfg(test)]

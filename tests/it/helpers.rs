@@ -95,7 +95,7 @@ pub fn base_settings(data_dir: &Path, url: Option<String>) -> Settings {
         ..Settings::default()
     };
     settings.http.workers = 2;
-    settings.database.max_connections = 4;
+    settings.database.max_connections = Some(4);
     settings
 }
 

@@ -62,6 +62,26 @@ async fn create_upsert_list_and_detail() {
     );
     assert_eq!(list["projects"][1]["username"], "local");
 
+    // The list reflects every change at once (its rendered body is reused only
+    // while nothing changed).
+    let (_, again) = app.get("/api/projects", &token).await;
+    assert_eq!(again, list);
+    app.post(
+        "/api/projects",
+        &token,
+        json!({"name": "Renamed", "slug": "demo_book"}),
+    )
+    .await;
+    let (_, renamed) = app.get("/api/projects", &token).await;
+    assert_eq!(renamed["projects"][0]["name"], "Renamed", "{renamed}");
+    let alpha = app.scoped_token(&token, "second").await;
+    let (_, scoped) = app.get("/api/projects", &alpha).await;
+    assert_eq!(
+        scoped["count"],
+        json!(1),
+        "a cached list leaked across scopes: {scoped}"
+    );
+
     let (_, none) = app.get("/api/projects?username=nobody", &token).await;
     assert_eq!(none["count"], json!(0));
     let (_, mine) = app.get("/api/projects?username=LOCAL", &token).await;
@@ -74,7 +94,9 @@ async fn create_upsert_list_and_detail() {
             "auth.token_created",
             "project.created",
             "project.updated",
-            "project.created"
+            "project.created",
+            "project.updated",
+            "auth.token_created"
         ]
     );
 }
@@ -154,4 +176,28 @@ async fn another_users_project_keeps_its_slug() {
         )
         .await;
     assert_error(s, &b, 400, "slug_taken");
+}
+
+#[actix_web::test]
+async fn writes_from_another_node_show_within_the_revalidation_window() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, sea_query::Expr};
+    let app = TestApp::spawn_with(|s| s.http.read_cache_ms = 150).await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Before", "shared").await;
+    let (_, first) = app.get("/api/projects", &token).await;
+    assert_eq!(first["projects"][0]["name"], "Before");
+    // Another node writes straight to the shared database.
+    entities::projects::Entity::update_many()
+        .col_expr(entities::projects::Column::Name, Expr::value("After"))
+        .col_expr(
+            entities::projects::Column::UpdatedAt,
+            Expr::value(chrono::Utc::now()),
+        )
+        .filter(entities::projects::Column::Slug.eq("shared"))
+        .exec(&app.db)
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (_, later) = app.get("/api/projects", &token).await;
+    assert_eq!(later["projects"][0]["name"], "After", "{later}");
 }

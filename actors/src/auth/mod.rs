@@ -198,7 +198,7 @@ pub async fn create_token(
         },
     )
     .await?;
-    txn.commit().await?;
+    crate::db::commit(txn).await?;
     Ok(CreatedToken {
         row,
         token,
@@ -258,7 +258,7 @@ pub async fn revoke_token(
         },
     )
     .await?;
-    txn.commit().await?;
+    crate::db::commit(txn).await?;
     verifier.evict(id);
     Ok((id, audit_id))
 }

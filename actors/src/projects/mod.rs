@@ -9,9 +9,10 @@ mod storage_policy;
 use std::collections::HashMap;
 
 use entities::{app_users, assets, projects, run_jobs, runs};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::json;
 use storage::paths::StorageRoots;
@@ -218,7 +219,7 @@ pub async fn upsert(
         },
     )
     .await?;
-    txn.commit().await?;
+    crate::db::commit(txn).await?;
     Ok(UpsertedProject {
         project,
         storage: storage_view,
@@ -275,6 +276,41 @@ pub async fn list<C: ConnectionTrait>(
             project,
         })
         .collect())
+}
+
+/// A cheap fingerprint of what [`list`] would return for the same arguments:
+/// row count and newest `updated_at` (every project write bumps it). Lets the
+/// API reuse a rendered list while nothing changed, with one single-row query.
+pub async fn list_fingerprint<C: ConnectionTrait>(
+    db: &C,
+    principal: &Principal,
+    username: Option<&str>,
+) -> Result<String, ServiceError> {
+    let mut query = projects::Entity::find()
+        .select_only()
+        .column_as(Expr::col(projects::Column::Id).count(), "n")
+        .column_as(Expr::col(projects::Column::UpdatedAt).max(), "newest");
+    if let Some(scope) = principal.scope() {
+        query = query.filter(projects::Column::Id.eq(scope));
+    }
+    if let Some(raw) = username.map(str::trim).filter(|u| !u.is_empty()) {
+        let name = normalize_slug(raw).unwrap_or_default();
+        query = query.filter(
+            projects::Column::OwnerUserId.in_subquery(
+                sea_orm::sea_query::Query::select()
+                    .column(app_users::Column::Id)
+                    .from(app_users::Entity)
+                    .and_where(app_users::Column::Username.eq(name))
+                    .to_owned(),
+            ),
+        );
+    }
+    let (n, newest): (i64, Option<chrono::DateTime<chrono::Utc>>) =
+        query.into_tuple().one(db).await?.unwrap_or((0, None));
+    Ok(format!(
+        "{n}:{}",
+        newest.map(|t| t.timestamp_micros()).unwrap_or(0)
+    ))
 }
 
 pub struct ProjectCounts {

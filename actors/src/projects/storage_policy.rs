@@ -333,7 +333,7 @@ async fn save_audited(
         },
     )
     .await?;
-    txn.commit().await?;
+    crate::db::commit(txn).await?;
     Ok((row, audit_id))
 }
 

@@ -1,4 +1,4 @@
-use actix_web::{get, post, web};
+use actix_web::{HttpResponse, get, post, web};
 use actors::projects::{self, UpsertProject};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -29,17 +29,34 @@ pub async fn list_projects(
     state: web::Data<AppState>,
     Auth(principal): Auth,
     query: web::Query<ListQuery>,
-) -> ApiResult<web::Json<ProjectList>> {
-    let rows = projects::list(&state.db, &principal, query.username.as_deref()).await?;
-    let projects: Vec<ProjectSummary> = rows
-        .into_iter()
-        .map(|r| ProjectSummary::new(&r.project, r.username))
-        .collect();
-    Ok(web::Json(ProjectList {
-        ok: true,
-        count: projects.len(),
-        projects,
-    }))
+) -> ApiResult<HttpResponse> {
+    let username = query.username.as_deref();
+    let key = format!(
+        "projects|{:?}|{}",
+        principal.scope(),
+        username.unwrap_or("")
+    );
+    let db = &state.db;
+    let principal = &principal;
+    state
+        .renders
+        .respond(
+            key,
+            projects::list_fingerprint(db, principal, username),
+            || async move {
+                let rows = projects::list(db, principal, username).await?;
+                let projects: Vec<ProjectSummary> = rows
+                    .into_iter()
+                    .map(|r| ProjectSummary::new(&r.project, r.username))
+                    .collect();
+                Ok(ProjectList {
+                    ok: true,
+                    count: projects.len(),
+                    projects,
+                })
+            },
+        )
+        .await
 }
 
 #[derive(Deserialize, ToSchema, Default)]

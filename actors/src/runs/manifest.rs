@@ -1,0 +1,201 @@
+//! The run manifest: scenes, candidates, limits, output-guard thresholds and
+//! prompts, with layered settings (request > project > built-in defaults).
+//! Project settings live in the database (`projects.settings_json.manifest`),
+//! never in files inside the project folder.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ServiceError;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Manifest {
+    pub style_refs: Vec<String>,
+    pub scene_refs: Vec<String>,
+    /// Most jobs × candidates one run may plan.
+    pub safe_batch_limit: u32,
+    pub generation: Generation,
+    pub output_guard: OutputGuard,
+    pub policy: Policy,
+    pub prompts: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Generation {
+    pub candidates: u32,
+    pub max_candidates: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutputGuard {
+    pub enforce_grayscale: bool,
+    pub max_chroma_delta: f64,
+    pub fail_on_chroma_exceed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    pub default_no_invention: bool,
+    /// Cap on the estimated and actual spend of one run (USD).
+    pub run_budget_usd: Option<f64>,
+    /// Cap on the total spend of the project (USD).
+    pub project_budget_usd: Option<f64>,
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        let prompts = [
+            ("style_base", "Preserve geometry and perspective. Render in one coherent ink hand with posterised tones. No text, no logos."),
+            ("time_day", "Daylight with clear readability and stable contrast."),
+            ("time_dusk", "Dusk light: warm low sun, long soft shadows."),
+            ("time_night", "Night: deep controlled shadows, cool light, no topology changes."),
+            ("weather_clear", "Dry, clear air; no precipitation."),
+            ("weather_rain", "Rain: streaks, wet surfaces and reflections; no style drift."),
+            ("weather_snow", "Snow: falling flakes and soft accumulation; no style drift."),
+            ("weather_fog", "Fog: depth haze that thickens with distance; no style drift."),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        Self {
+            style_refs: Vec::new(),
+            scene_refs: Vec::new(),
+            safe_batch_limit: 200,
+            generation: Generation::default(),
+            output_guard: OutputGuard::default(),
+            policy: Policy::default(),
+            prompts,
+        }
+    }
+}
+
+impl Default for Generation {
+    fn default() -> Self {
+        Self {
+            candidates: 2,
+            max_candidates: 6,
+        }
+    }
+}
+
+impl Default for OutputGuard {
+    fn default() -> Self {
+        Self {
+            enforce_grayscale: false,
+            max_chroma_delta: 2.0,
+            fail_on_chroma_exceed: false,
+        }
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            default_no_invention: true,
+            run_budget_usd: None,
+            project_budget_usd: None,
+        }
+    }
+}
+
+/// Deep-merges `overlay` onto `base` (objects key by key; anything else replaces).
+fn merge(base: &mut Value, overlay: &Value) {
+    match (base, overlay) {
+        (Value::Object(b), Value::Object(o)) => {
+            for (k, v) in o {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, o) => *b = o.clone(),
+    }
+}
+
+/// Defaults, then the project's stored overlay, then the request's overlay.
+pub fn resolve(project_overlay: Option<&Value>, request_overlay: Option<&Value>) -> Result<Manifest, ServiceError> {
+    let mut value = serde_json::to_value(Manifest::default())
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    for (layer, overlay) in [("project", project_overlay), ("request", request_overlay)] {
+        if let Some(o) = overlay {
+            if !o.is_object() {
+                return Err(ServiceError::validation(
+                    "config_validation_failed",
+                    format!("The {layer} manifest must be a JSON object"),
+                ));
+            }
+            merge(&mut value, o);
+        }
+    }
+    let manifest: Manifest = serde_json::from_value(value).map_err(|e| {
+        ServiceError::validation("config_validation_failed", format!("Manifest is invalid: {e}"))
+    })?;
+    manifest.validate()?;
+    Ok(manifest)
+}
+
+impl Manifest {
+    pub fn validate(&self) -> Result<(), ServiceError> {
+        let bad = |m: &str| Err(ServiceError::validation("config_validation_failed", m.to_string()));
+        if self.generation.candidates == 0 || self.generation.max_candidates == 0 {
+            return bad("generation.candidates and generation.max_candidates must be at least 1");
+        }
+        if self.generation.max_candidates > 16 {
+            return bad("generation.max_candidates must be at most 16");
+        }
+        if self.safe_batch_limit == 0 {
+            return bad("safe_batch_limit must be at least 1");
+        }
+        let g = &self.output_guard;
+        if !g.max_chroma_delta.is_finite() || g.max_chroma_delta < 0.0 {
+            return bad("output_guard.max_chroma_delta must be a finite number >= 0");
+        }
+        for cap in [self.policy.run_budget_usd, self.policy.project_budget_usd].into_iter().flatten() {
+            if !cap.is_finite() || cap < 0.0 {
+                return bad("policy budgets must be finite numbers >= 0");
+            }
+        }
+        if self.style_refs.iter().chain(&self.scene_refs).any(|r| r.trim().is_empty()) {
+            return bad("style_refs and scene_refs must not contain blank entries");
+        }
+        Ok(())
+    }
+
+    pub fn prompt(&self, key: &str) -> Result<&str, ServiceError> {
+        self.prompts
+            .get(key)
+            .map(String::as_str)
+            .filter(|p| !p.trim().is_empty())
+            .ok_or_else(|| {
+                ServiceError::validation("planning_preflight_failed", format!("Manifest is missing prompts.{key}"))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn layers_merge_request_over_project_over_defaults() {
+        let project = json!({"generation": {"candidates": 3}, "output_guard": {"max_chroma_delta": 5.0}});
+        let request = json!({"generation": {"candidates": 4}});
+        let m = resolve(Some(&project), Some(&request)).unwrap();
+        assert_eq!(m.generation.candidates, 4);
+        assert_eq!(m.generation.max_candidates, 6);
+        assert_eq!(m.output_guard.max_chroma_delta, 5.0);
+        assert!(m.prompt("style_base").is_ok());
+    }
+
+    #[test]
+    fn invalid_layers_are_typed_errors() {
+        for bad in [json!({"generation": {"candidates": 0}}), json!({"unknown": 1}), json!({"output_guard": {"max_chroma_delta": -1}}), json!([1])] {
+            assert!(resolve(None, Some(&bad)).is_err(), "{bad}");
+        }
+    }
+}

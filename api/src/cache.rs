@@ -1,0 +1,115 @@
+//! Rendered-response cache for hot list endpoints.
+//!
+//! A list's rendered JSON body is kept with a fingerprint of its data (count
+//! and newest `updated_at`, one single-row query). A request reuses the body:
+//! - without any query while this process has committed no write since the
+//!   last check and that check is younger than `revalidate_after` (other nodes'
+//!   writes show up within that window; this node's writes show up at once);
+//! - after a fingerprint query that finds the data unchanged;
+//! - otherwise the list is queried and rendered again.
+//!
+//! The fingerprint is taken *before* the full query, so a write landing in
+//! between only makes the next request re-render.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use actix_web::HttpResponse;
+use actix_web::http::header::ContentType;
+use actix_web::web::Bytes;
+use actors::ServiceError;
+use serde::Serialize;
+
+use crate::error::ApiError;
+
+const MAX_ENTRIES: usize = 4096;
+
+struct Entry {
+    fingerprint: String,
+    body: Bytes,
+    checked: Instant,
+    generation: u64,
+}
+
+pub struct RenderCache {
+    revalidate_after: Duration,
+    entries: Mutex<HashMap<String, Entry>>,
+}
+
+impl RenderCache {
+    pub fn new(revalidate_after: Duration) -> Self {
+        Self {
+            revalidate_after,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Serves `key` from the cache when still valid, else renders `load()`.
+    pub async fn respond<T, F, L, LF>(
+        &self,
+        key: String,
+        fingerprint: F,
+        load: L,
+    ) -> Result<HttpResponse, ApiError>
+    where
+        T: Serialize,
+        F: Future<Output = Result<String, ServiceError>>,
+        L: FnOnce() -> LF,
+        LF: Future<Output = Result<T, ServiceError>>,
+    {
+        let generation = actors::db::write_generation();
+        if let Some(body) = self.fresh(&key, generation) {
+            return Ok(json_response(body));
+        }
+        let fingerprint = fingerprint.await?;
+        if let Some(body) = self.revalidate(&key, &fingerprint, generation) {
+            return Ok(json_response(body));
+        }
+        let value = load().await?;
+        let body = Bytes::from(serde_json::to_vec(&value).map_err(|e| {
+            tracing::error!(error = %e, "cannot render response");
+            ApiError::internal()
+        })?);
+        if let Ok(mut map) = self.entries.lock() {
+            if map.len() >= MAX_ENTRIES {
+                map.clear();
+            }
+            map.insert(
+                key,
+                Entry {
+                    fingerprint,
+                    body: body.clone(),
+                    checked: Instant::now(),
+                    generation,
+                },
+            );
+        }
+        Ok(json_response(body))
+    }
+
+    fn fresh(&self, key: &str, generation: u64) -> Option<Bytes> {
+        let map = self.entries.lock().ok()?;
+        let e = map.get(key)?;
+        (e.generation == generation && e.checked.elapsed() < self.revalidate_after)
+            .then(|| e.body.clone())
+    }
+
+    fn revalidate(&self, key: &str, fingerprint: &str, generation: u64) -> Option<Bytes> {
+        let mut map = self.entries.lock().ok()?;
+        let e = map.get_mut(key)?;
+        if e.fingerprint != fingerprint {
+            return None;
+        }
+        e.checked = Instant::now();
+        e.generation = generation;
+        Some(e.body.clone())
+    }
+}
+
+pub fn json_response(body: Bytes) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body)
+}

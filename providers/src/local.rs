@@ -1,0 +1,74 @@
+//! The built-in `local` provider: offline and deterministic, doing real image
+//! work per stage (ink style, time-of-day grading, weather overlays).
+//! Latency, failure rate and price are configurable for tests and benchmarks.
+
+use std::time::Duration;
+
+use imaging::effects::{self, Rng};
+
+use crate::{GenerateRequest, GeneratedImage, ImageProvider, ProviderError, Stage};
+
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LocalProviderSettings {
+    /// Simulated provider latency per call.
+    pub latency_ms: u64,
+    /// Fraction (0..1) of calls that fail with a retryable server error,
+    /// chosen deterministically from the idempotency key and attempt.
+    pub failure_rate: f64,
+    /// Simulated price per image (0 = free, so no spend confirmation needed).
+    pub price_usd: f64,
+}
+
+pub struct LocalProvider {
+    settings: LocalProviderSettings,
+}
+
+impl LocalProvider {
+    pub fn new(settings: LocalProviderSettings) -> Self {
+        Self { settings }
+    }
+}
+
+fn hash(s: &str) -> u64 {
+    // FNV-1a: stable across runs and platforms.
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+#[async_trait::async_trait]
+impl ImageProvider for LocalProvider {
+    fn code(&self) -> &'static str {
+        "local"
+    }
+
+    fn unit_price_usd(&self) -> f64 {
+        self.settings.price_usd
+    }
+
+    async fn generate(&self, request: GenerateRequest) -> Result<GeneratedImage, ProviderError> {
+        if self.settings.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.settings.latency_ms)).await;
+        }
+        let seed = hash(&request.idempotency_key);
+        if self.settings.failure_rate > 0.0 {
+            let roll = Rng::new(seed ^ 0xfa11).next_u64() as f64 / u64::MAX as f64;
+            if roll < self.settings.failure_rate {
+                return Err(ProviderError::Server { status: 503 });
+            }
+        }
+        let variant = request.candidate_index;
+        let image = match request.stage {
+            Stage::Style => effects::ink(&request.input, variant),
+            Stage::Time(t) => effects::grade_time(&request.input, t),
+            Stage::Weather(w) => effects::weather(&request.input, w, seed),
+        };
+        Ok(GeneratedImage {
+            image,
+            cost_usd: self.settings.price_usd,
+            model: "local-v1".into(),
+            provider_request_id: Some(format!("local-{seed:016x}")),
+        })
+    }
+}
