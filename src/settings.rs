@@ -27,6 +27,51 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub http: HttpSettings,
     pub storage: StorageSettings,
+    pub engine: EngineSettings,
+    pub providers: ProvidersSettings,
+}
+
+/// The execution engine's bounds and timings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineSettings {
+    pub max_jobs_per_run: usize,
+    pub max_runs_per_project: usize,
+    /// Calls in flight per provider across all runs.
+    pub provider_concurrency: usize,
+    /// Queued + running runs accepted before `429 queue_full`.
+    pub max_queued_runs: usize,
+    pub lease_seconds: u64,
+    pub heartbeat_ms: u64,
+    /// Provider attempts per candidate (retryable errors only).
+    pub provider_max_attempts: u32,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Attempts per job after unexpected failures (panics, internal errors).
+    pub job_max_attempts: i32,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            max_jobs_per_run: 4,
+            max_runs_per_project: 1,
+            provider_concurrency: 8,
+            max_queued_runs: 256,
+            lease_seconds: 30,
+            heartbeat_ms: 5_000,
+            provider_max_attempts: 3,
+            retry_base_ms: 200,
+            retry_max_ms: 5_000,
+            job_max_attempts: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProvidersSettings {
+    pub local: providers::local::LocalProviderSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -82,6 +127,8 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             http: HttpSettings::default(),
             storage: StorageSettings::default(),
+            engine: EngineSettings::default(),
+            providers: ProvidersSettings::default(),
         }
     }
 }
@@ -131,6 +178,8 @@ impl fmt::Debug for Settings {
             .field("auth", &self.auth)
             .field("http", &self.http)
             .field("storage", &self.storage)
+            .field("engine", &self.engine)
+            .field("providers", &self.providers)
             .finish()
     }
 }
@@ -185,9 +234,16 @@ impl Settings {
                     .filter(|key| {
                         let key = key.as_str();
                         ["data_dir", "bind", "database_url"].contains(&key)
-                            || ["database__", "auth__", "http__", "storage__"]
-                                .iter()
-                                .any(|p| key.starts_with(p))
+                            || [
+                                "database__",
+                                "auth__",
+                                "http__",
+                                "storage__",
+                                "engine__",
+                                "providers__",
+                            ]
+                            .iter()
+                            .any(|p| key.starts_with(p))
                     })
                     .split("__"),
             )

@@ -59,6 +59,26 @@ pub struct Application {
     addr: SocketAddr,
     server: Server,
     db: DatabaseConnection,
+    engine: actors::engine::Engine,
+}
+
+pub fn engine_config(settings: &Settings) -> actors::engine::EngineConfig {
+    let e = &settings.engine;
+    actors::engine::EngineConfig {
+        max_jobs_per_run: e.max_jobs_per_run.max(1),
+        max_runs_per_project: e.max_runs_per_project.max(1),
+        provider_concurrency: e.provider_concurrency.max(1),
+        max_queued_runs: e.max_queued_runs.max(1),
+        lease: Duration::from_secs(e.lease_seconds.max(1)),
+        heartbeat: Duration::from_millis(e.heartbeat_ms.max(50)),
+        retry: actors::runs::pipeline::RetryPolicy {
+            max_attempts: e.provider_max_attempts.max(1),
+            base_delay: Duration::from_millis(e.retry_base_ms),
+            max_delay: Duration::from_millis(e.retry_max_ms.max(e.retry_base_ms)),
+        },
+        job_max_attempts: e.job_max_attempts.max(1),
+        limits: imaging::DecodeLimits::default(),
+    }
 }
 
 impl Application {
@@ -109,7 +129,21 @@ impl Application {
             settings.auth.token_cache_seconds,
         )));
         let roots = StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
-        let state = web::Data::new(api::AppState::new(db.conn.clone(), tokens, roots, config));
+        let engine = actors::engine::Engine::start(actors::engine::EngineDeps::new(
+            db.conn.clone(),
+            roots.clone(),
+            vec![Arc::new(providers::local::LocalProvider::new(
+                settings.providers.local.clone(),
+            ))],
+            engine_config(&settings),
+        ));
+        let state = web::Data::new(api::AppState::new(
+            db.conn.clone(),
+            tokens,
+            roots,
+            config,
+            engine.clone(),
+        ));
 
         let server = HttpServer::new(move || api::app(state.clone()))
             .workers(settings.http.workers)
@@ -125,6 +159,7 @@ impl Application {
             addr: local,
             server,
             db: db.conn,
+            engine,
         })
     }
 
@@ -138,6 +173,10 @@ impl Application {
 
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    pub fn engine(&self) -> &actors::engine::Engine {
+        &self.engine
     }
 
     /// A handle that can stop the server gracefully.

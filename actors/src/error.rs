@@ -17,6 +17,12 @@ pub enum ServiceError {
     /// The request is valid but conflicts with current state.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// Refused by a spending or capacity policy (nothing was spent).
+    #[error("{message}")]
+    Policy { code: &'static str, message: String },
+    /// The service is at capacity; try again later.
+    #[error("{message}")]
+    Busy { code: &'static str, message: String },
     #[error("database error: {0}")]
     Db(#[from] DbErr),
     #[error("internal error: {0}")]

@@ -9,12 +9,15 @@
 //! - [`projects`]: project lifecycle, slugs, storage policy.
 //! - [`audit`]: the append-only audit log.
 
+pub mod assets;
 pub mod audit;
 pub mod auth;
 pub mod db;
+pub mod engine;
 mod error;
 mod principal;
 pub mod projects;
+pub mod runs;
 pub mod time;
 
 pub use error::ServiceError;

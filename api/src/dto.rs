@@ -172,3 +172,166 @@ pub struct NewToken {
     pub created_at: String,
     pub expires_at: Option<String>,
 }
+
+fn opt_ts(ts: &Option<chrono::DateTime<chrono::Utc>>) -> String {
+    ts.as_ref().map(format).unwrap_or_default()
+}
+
+/// A run (v1 field names; `estimated_cost_usd`, `budget_usd`, `last_event_seq`
+/// and `last_error` are additions).
+#[derive(Serialize, ToSchema)]
+pub struct Run {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub run_mode: String,
+    pub status: String,
+    pub stage: String,
+    pub time_of_day: String,
+    pub weather: String,
+    pub model_name: String,
+    pub provider_code: String,
+    #[schema(value_type = Object)]
+    pub settings_snapshot_json: serde_json::Value,
+    pub started_at: String,
+    pub finished_at: String,
+    pub created_at: String,
+    pub run_log_path: String,
+    pub image_size: String,
+    pub image_quality: String,
+    pub estimated_cost_usd: f64,
+    pub budget_usd: Option<f64>,
+    pub last_event_seq: i64,
+    pub last_error: String,
+}
+
+impl From<&entities::runs::Model> for Run {
+    fn from(r: &entities::runs::Model) -> Self {
+        Self {
+            id: r.id,
+            project_id: r.project_id,
+            run_mode: r.run_mode.clone(),
+            status: r.status.clone(),
+            stage: r.stage.clone().unwrap_or_default(),
+            time_of_day: r.time_of_day.clone().unwrap_or_default(),
+            weather: r.weather.clone().unwrap_or_default(),
+            model_name: r.model_name.clone().unwrap_or_default(),
+            provider_code: r.provider_code.clone().unwrap_or_default(),
+            settings_snapshot_json: r.settings_snapshot_json.clone(),
+            started_at: opt_ts(&r.started_at),
+            finished_at: opt_ts(&r.finished_at),
+            created_at: format(&r.created_at),
+            run_log_path: r.run_log_key.clone().unwrap_or_default(),
+            image_size: r.image_size.clone().unwrap_or_default(),
+            image_quality: r.image_quality.clone().unwrap_or_default(),
+            estimated_cost_usd: r.estimated_cost_usd,
+            budget_usd: r.budget_usd,
+            last_event_seq: r.last_event_seq,
+            last_error: r.last_error.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Candidate {
+    pub id: Uuid,
+    pub job_id: Uuid,
+    pub candidate_index: i32,
+    pub status: String,
+    pub output_asset_id: Option<Uuid>,
+    pub final_asset_id: Option<Uuid>,
+    pub rank_hard_failures: i32,
+    pub rank_soft_warnings: i32,
+    pub rank_avg_chroma_exceed: f64,
+    #[schema(value_type = Object)]
+    pub meta_json: serde_json::Value,
+    pub created_at: String,
+}
+
+impl From<&entities::run_candidates::Model> for Candidate {
+    fn from(c: &entities::run_candidates::Model) -> Self {
+        Self {
+            id: c.id,
+            job_id: c.job_id,
+            candidate_index: c.candidate_index,
+            status: c.status.clone(),
+            output_asset_id: c.output_asset_id,
+            final_asset_id: c.final_asset_id,
+            rank_hard_failures: c.rank_hard_failures,
+            rank_soft_warnings: c.rank_soft_warnings,
+            rank_avg_chroma_exceed: c.rank_avg_chroma_exceed,
+            meta_json: c.meta_json.clone(),
+            created_at: format(&c.created_at),
+        }
+    }
+}
+
+/// A job: one scene at one stage of the chain.
+#[derive(Serialize, ToSchema)]
+pub struct Job {
+    pub id: Uuid,
+    pub run_id: Uuid,
+    pub job_key: String,
+    pub status: String,
+    pub stage: String,
+    pub stage_index: i32,
+    pub parent_job_id: Option<Uuid>,
+    pub scene_ref: String,
+    pub prompt_text: String,
+    pub input_asset_id: Option<Uuid>,
+    pub selected_candidate_index: Option<i32>,
+    pub final_asset_id: Option<Uuid>,
+    pub attempt: i32,
+    pub last_error: String,
+    #[schema(value_type = Object)]
+    pub meta_json: serde_json::Value,
+    pub created_at: String,
+    pub candidates: Vec<Candidate>,
+}
+
+impl Job {
+    pub fn new(j: &entities::run_jobs::Model, candidates: Vec<Candidate>) -> Self {
+        Self {
+            id: j.id,
+            run_id: j.run_id,
+            job_key: j.job_key.clone(),
+            status: j.status.clone(),
+            stage: j.stage.clone(),
+            stage_index: j.stage_index,
+            parent_job_id: j.parent_job_id,
+            scene_ref: j.scene_ref.clone().unwrap_or_default(),
+            prompt_text: j.prompt_text.clone().unwrap_or_default(),
+            input_asset_id: j.input_asset_id,
+            selected_candidate_index: j.selected_candidate_index,
+            final_asset_id: j.final_asset_id,
+            attempt: j.attempt,
+            last_error: j.last_error.clone().unwrap_or_default(),
+            meta_json: j.meta_json.clone(),
+            created_at: format(&j.created_at),
+            candidates,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Event {
+    pub run_id: Uuid,
+    pub seq: i64,
+    pub event_type: String,
+    pub job_id: Option<Uuid>,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    pub created_at: String,
+}
+
+impl From<&actors::runs::events::RunEvent> for Event {
+    fn from(e: &actors::runs::events::RunEvent) -> Self {
+        Self {
+            run_id: e.run_id,
+            seq: e.seq,
+            event_type: e.event_type.clone(),
+            job_id: e.job_id,
+            payload: e.payload.clone(),
+            created_at: format(&e.created_at),
+        }
+    }
+}

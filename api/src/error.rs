@@ -113,6 +113,15 @@ impl From<ServiceError> for ApiError {
             ServiceError::Conflict { code, message } => {
                 ApiError::new(StatusCode::CONFLICT, ErrorKind::Validation, code, message)
             }
+            ServiceError::Policy { code, message } => {
+                ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::Policy, code, message)
+            }
+            ServiceError::Busy { code, message } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorKind::Policy,
+                code,
+                message,
+            ),
             ServiceError::Db(e) => {
                 tracing::error!(error = %e, "database error");
                 ApiError::internal()

@@ -57,6 +57,7 @@ pub struct AppState {
     /// The served `/openapi.json`, generated once at startup.
     pub openapi: serde_json::Value,
     pub renders: cache::RenderCache,
+    pub engine: actors::engine::Engine,
 }
 
 impl AppState {
@@ -65,6 +66,7 @@ impl AppState {
         tokens: Arc<TokenVerifier>,
         roots: StorageRoots,
         config: ApiConfig,
+        engine: actors::engine::Engine,
     ) -> Self {
         let doc = openapi();
         let read_cache_ms = config.read_cache_ms;
@@ -77,6 +79,7 @@ impl AppState {
             routes: RouteCatalogue::from_openapi(&doc),
             openapi: serde_json::to_value(&doc).unwrap_or_default(),
             renders: cache::RenderCache::new(std::time::Duration::from_millis(read_cache_ms)),
+            engine,
         }
     }
 }

@@ -68,6 +68,8 @@ pub struct GenerateRequest {
     pub prompt: String,
     pub input: RgbaImage,
     pub candidate_index: u32,
+    /// 1 for the first call with this idempotency key, then 2, 3, …
+    pub attempt: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

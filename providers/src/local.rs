@@ -53,7 +53,9 @@ impl ImageProvider for LocalProvider {
         }
         let seed = hash(&request.idempotency_key);
         if self.settings.failure_rate > 0.0 {
-            let roll = Rng::new(seed ^ 0xfa11).next_u64() as f64 / u64::MAX as f64;
+            let roll = Rng::new(seed ^ u64::from(request.attempt).wrapping_mul(0xfa11)).next_u64()
+                as f64
+                / u64::MAX as f64;
             if roll < self.settings.failure_rate {
                 return Err(ProviderError::Server { status: 503 });
             }

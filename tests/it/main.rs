@@ -11,4 +11,5 @@ mod cli;
 mod contract;
 mod migrations;
 mod projects;
+mod runs;
 mod storage;

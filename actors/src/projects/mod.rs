@@ -313,6 +313,20 @@ pub async fn list_fingerprint<C: ConnectionTrait>(
     ))
 }
 
+/// The object store rooted at the project's storage root (local filesystem).
+pub async fn object_store<C: ConnectionTrait>(
+    db: &C,
+    roots: &StorageRoots,
+    project: &projects::Model,
+) -> Result<storage::ObjectStore, ServiceError> {
+    let row = storage_row(db, project.id).await?;
+    let view = storage_view(roots, project, &row)?;
+    std::fs::create_dir_all(&view.project_root)
+        .map_err(|e| ServiceError::Internal(format!("cannot create project root: {e}")))?;
+    storage::ObjectStore::local(std::path::Path::new(&view.project_root))
+        .map_err(|e| ServiceError::Internal(format!("storage: {e}")))
+}
+
 pub struct ProjectCounts {
     pub runs: u64,
     pub jobs: u64,

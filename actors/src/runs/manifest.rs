@@ -117,7 +117,10 @@ fn merge(base: &mut Value, overlay: &Value) {
 }
 
 /// Defaults, then the project's stored overlay, then the request's overlay.
-pub fn resolve(project_overlay: Option<&Value>, request_overlay: Option<&Value>) -> Result<Manifest, ServiceError> {
+pub fn resolve(
+    project_overlay: Option<&Value>,
+    request_overlay: Option<&Value>,
+) -> Result<Manifest, ServiceError> {
     let mut value = serde_json::to_value(Manifest::default())
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
     for (layer, overlay) in [("project", project_overlay), ("request", request_overlay)] {
@@ -132,7 +135,10 @@ pub fn resolve(project_overlay: Option<&Value>, request_overlay: Option<&Value>)
         }
     }
     let manifest: Manifest = serde_json::from_value(value).map_err(|e| {
-        ServiceError::validation("config_validation_failed", format!("Manifest is invalid: {e}"))
+        ServiceError::validation(
+            "config_validation_failed",
+            format!("Manifest is invalid: {e}"),
+        )
     })?;
     manifest.validate()?;
     Ok(manifest)
@@ -140,7 +146,12 @@ pub fn resolve(project_overlay: Option<&Value>, request_overlay: Option<&Value>)
 
 impl Manifest {
     pub fn validate(&self) -> Result<(), ServiceError> {
-        let bad = |m: &str| Err(ServiceError::validation("config_validation_failed", m.to_string()));
+        let bad = |m: &str| {
+            Err(ServiceError::validation(
+                "config_validation_failed",
+                m.to_string(),
+            ))
+        };
         if self.generation.candidates == 0 || self.generation.max_candidates == 0 {
             return bad("generation.candidates and generation.max_candidates must be at least 1");
         }
@@ -154,12 +165,20 @@ impl Manifest {
         if !g.max_chroma_delta.is_finite() || g.max_chroma_delta < 0.0 {
             return bad("output_guard.max_chroma_delta must be a finite number >= 0");
         }
-        for cap in [self.policy.run_budget_usd, self.policy.project_budget_usd].into_iter().flatten() {
+        for cap in [self.policy.run_budget_usd, self.policy.project_budget_usd]
+            .into_iter()
+            .flatten()
+        {
             if !cap.is_finite() || cap < 0.0 {
                 return bad("policy budgets must be finite numbers >= 0");
             }
         }
-        if self.style_refs.iter().chain(&self.scene_refs).any(|r| r.trim().is_empty()) {
+        if self
+            .style_refs
+            .iter()
+            .chain(&self.scene_refs)
+            .any(|r| r.trim().is_empty())
+        {
             return bad("style_refs and scene_refs must not contain blank entries");
         }
         Ok(())
@@ -171,7 +190,10 @@ impl Manifest {
             .map(String::as_str)
             .filter(|p| !p.trim().is_empty())
             .ok_or_else(|| {
-                ServiceError::validation("planning_preflight_failed", format!("Manifest is missing prompts.{key}"))
+                ServiceError::validation(
+                    "planning_preflight_failed",
+                    format!("Manifest is missing prompts.{key}"),
+                )
             })
     }
 }
@@ -183,7 +205,8 @@ mod tests {
 
     #[test]
     fn layers_merge_request_over_project_over_defaults() {
-        let project = json!({"generation": {"candidates": 3}, "output_guard": {"max_chroma_delta": 5.0}});
+        let project =
+            json!({"generation": {"candidates": 3}, "output_guard": {"max_chroma_delta": 5.0}});
         let request = json!({"generation": {"candidates": 4}});
         let m = resolve(Some(&project), Some(&request)).unwrap();
         assert_eq!(m.generation.candidates, 4);
@@ -194,7 +217,12 @@ mod tests {
 
     #[test]
     fn invalid_layers_are_typed_errors() {
-        for bad in [json!({"generation": {"candidates": 0}}), json!({"unknown": 1}), json!({"output_guard": {"max_chroma_delta": -1}}), json!([1])] {
+        for bad in [
+            json!({"generation": {"candidates": 0}}),
+            json!({"unknown": 1}),
+            json!({"output_guard": {"max_chroma_delta": -1}}),
+            json!([1]),
+        ] {
             assert!(resolve(None, Some(&bad)).is_err(), "{bad}");
         }
     }

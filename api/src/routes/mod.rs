@@ -5,6 +5,7 @@
 mod auth;
 mod health;
 mod projects;
+mod runs;
 mod storage;
 
 use utoipa_actix_web::service_config::ServiceConfig;
@@ -20,5 +21,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(projects::get_project)
         .service(storage::get_storage)
         .service(storage::update_local)
-        .service(storage::update_s3);
+        .service(storage::update_s3)
+        .service(runs::trigger_run)
+        .service(runs::list_runs)
+        .service(runs::get_run)
+        .service(runs::list_jobs)
+        .service(runs::list_events)
+        .service(runs::cancel_run);
 }

@@ -1,0 +1,226 @@
+//! The supervised actor tree that executes runs.
+//!
+//! ```text
+//! SystemSupervisor (actix Supervisor + SupervisionRegistry)
+//! └── ProjectActor      queue per project, pause/resume, run admission, recovery at start
+//!     └── RunActor      one per active run: leases jobs, chains stages, finishes the run
+//!         └── WorkerActor  one per job: runs `runs::pipeline::run_job`, heartbeats the lease
+//! ```
+//!
+//! All run/job/candidate state lives in the database; actors hold only caches
+//! and addresses. A restarted ProjectActor reloads unfinished runs; a RunActor
+//! reclaims jobs whose lease expired; a job body that panics or errors is
+//! contained (it runs in its own task) and becomes a retry or a failed job.
+
+mod project;
+mod registry;
+mod run;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, Supervisor};
+use imaging::DecodeLimits;
+use providers::ImageProvider;
+use sea_orm::DatabaseConnection;
+use storage::paths::StorageRoots;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+pub use project::ProjectActor;
+pub use registry::{ActorInfo, SupervisionRegistry};
+
+use crate::ServiceError;
+use crate::runs::events::EventHub;
+use crate::runs::pipeline::RetryPolicy;
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Jobs of one run executing at once.
+    pub max_jobs_per_run: usize,
+    /// Runs of one project executing at once (others wait in its queue).
+    pub max_runs_per_project: usize,
+    /// Calls in flight per provider, across all runs and projects.
+    pub provider_concurrency: usize,
+    /// Queued + running runs the service accepts before answering 429.
+    pub max_queued_runs: usize,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    pub retry: RetryPolicy,
+    /// Attempts per job (a panic or internal error consumes one).
+    pub job_max_attempts: i32,
+    pub limits: DecodeLimits,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_jobs_per_run: 4,
+            max_runs_per_project: 1,
+            provider_concurrency: 8,
+            max_queued_runs: 256,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(5),
+            retry: RetryPolicy {
+                max_attempts: 3,
+                base_delay: Duration::from_millis(200),
+                max_delay: Duration::from_secs(5),
+            },
+            job_max_attempts: 3,
+            limits: DecodeLimits::default(),
+        }
+    }
+}
+
+pub struct EngineDeps {
+    pub db: DatabaseConnection,
+    pub hub: EventHub,
+    pub roots: StorageRoots,
+    pub providers: HashMap<String, Arc<dyn ImageProvider>>,
+    pub provider_slots: HashMap<String, Arc<Semaphore>>,
+    pub config: EngineConfig,
+    pub registry: Arc<SupervisionRegistry>,
+    /// Distinguishes this process's leases from other nodes'.
+    pub node_id: String,
+}
+
+impl EngineDeps {
+    pub fn new(
+        db: DatabaseConnection,
+        roots: StorageRoots,
+        providers: Vec<Arc<dyn ImageProvider>>,
+        config: EngineConfig,
+    ) -> Self {
+        let provider_slots = providers
+            .iter()
+            .map(|p| {
+                (
+                    p.code().to_string(),
+                    Arc::new(Semaphore::new(config.provider_concurrency.max(1))),
+                )
+            })
+            .collect();
+        Self {
+            db,
+            hub: EventHub::new(4096),
+            roots,
+            providers: providers
+                .into_iter()
+                .map(|p| (p.code().to_string(), p))
+                .collect(),
+            provider_slots,
+            config,
+            registry: Arc::new(SupervisionRegistry::default()),
+            node_id: format!("node-{}", Uuid::new_v4().simple()),
+        }
+    }
+
+    pub fn provider(&self, code: &str) -> Option<Arc<dyn ImageProvider>> {
+        self.providers.get(code).cloned()
+    }
+}
+
+/// Handle to the running engine; cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    project: Addr<ProjectActor>,
+    pub deps: Arc<EngineDeps>,
+}
+
+const MAILBOX_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn unavailable(e: actix::MailboxError) -> ServiceError {
+    ServiceError::Internal(format!("engine unavailable: {e}"))
+}
+
+impl Engine {
+    /// Starts the supervision tree (needs a running actix System). Unfinished
+    /// runs found in the database are resumed.
+    pub fn start(deps: EngineDeps) -> Self {
+        let deps = Arc::new(deps);
+        let for_actor = deps.clone();
+        let project = Supervisor::start(move |_| ProjectActor::new(for_actor));
+        Self { project, deps }
+    }
+
+    pub fn hub(&self) -> &EventHub {
+        &self.deps.hub
+    }
+
+    pub fn registry(&self) -> &SupervisionRegistry {
+        &self.deps.registry
+    }
+
+    pub async fn submit(&self, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
+        self.project
+            .send(project::SubmitRun { run_id, project_id })
+            .timeout(MAILBOX_TIMEOUT)
+            .await
+            .map_err(unavailable)
+    }
+
+    pub async fn cancel_run(&self, run_id: Uuid) -> Result<(), ServiceError> {
+        self.project
+            .send(project::CancelRun { run_id })
+            .timeout(MAILBOX_TIMEOUT)
+            .await
+            .map_err(unavailable)?
+    }
+
+    pub async fn set_paused(&self, project_id: Uuid, paused: bool) -> Result<(), ServiceError> {
+        self.project
+            .send(project::SetPaused { project_id, paused })
+            .timeout(MAILBOX_TIMEOUT)
+            .await
+            .map_err(unavailable)
+    }
+
+    pub async fn is_paused(&self, project_id: Uuid) -> Result<bool, ServiceError> {
+        self.project
+            .send(project::IsPaused { project_id })
+            .timeout(MAILBOX_TIMEOUT)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Forces the ProjectActor through the real supervisor restart path.
+    pub async fn restart_project_actor(&self) -> Result<(), ServiceError> {
+        self.project
+            .send(project::Restart)
+            .timeout(MAILBOX_TIMEOUT)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Waits until the run is in a terminal state (or `timeout` passes).
+    pub async fn wait_finished(
+        &self,
+        run_id: Uuid,
+        timeout: Duration,
+    ) -> Result<entities::runs::Model, ServiceError> {
+        use sea_orm::EntityTrait;
+        let mut rx = self.deps.hub.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let run = entities::runs::Entity::find_by_id(run_id)
+                .one(&self.deps.db)
+                .await?
+                .ok_or_else(|| ServiceError::not_found("Run not found"))?;
+            if crate::runs::store::status::run_is_terminal(&run.status)
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(run);
+            }
+            // Re-check on any event of this run, or every second at most.
+            let wait = tokio::time::sleep_until(
+                deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)),
+            );
+            tokio::select! {
+                _ = wait => {}
+                _ = rx.recv() => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! ProjectActor: one sharded owner for every project's run queue. Admits runs
+//! (at most `max_runs_per_project` executing per project, FIFO, fair across
+//! projects), pauses and resumes queues, cancels, and on (re)start resumes the
+//! unfinished runs recorded in the database.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::Utc;
+use entities::{run_jobs, runs};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::EngineDeps;
+use super::run::{CancelActiveRun, RunActor};
+use crate::ServiceError;
+use crate::runs::events;
+use crate::runs::store::{self, status};
+
+const NAME: &str = "project";
+
+pub struct ProjectActor {
+    deps: Arc<EngineDeps>,
+    queue: VecDeque<(Uuid, Uuid)>,
+    active: HashMap<Uuid, (Uuid, Addr<RunActor>)>,
+    paused: HashSet<Uuid>,
+}
+
+impl ProjectActor {
+    pub fn new(deps: Arc<EngineDeps>) -> Self {
+        Self {
+            deps,
+            queue: VecDeque::new(),
+            active: HashMap::new(),
+            paused: HashSet::new(),
+        }
+    }
+
+    fn active_in(&self, project_id: Uuid) -> usize {
+        self.active
+            .values()
+            .filter(|(p, _)| *p == project_id)
+            .count()
+    }
+
+    /// Starts queued runs while their project has room, oldest first.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let mut waiting = VecDeque::new();
+        while let Some((run_id, project_id)) = self.queue.pop_front() {
+            if self.active.contains_key(&run_id) {
+                continue;
+            }
+            if self.paused.contains(&project_id)
+                || self.active_in(project_id) >= self.deps.config.max_runs_per_project
+            {
+                waiting.push_back((run_id, project_id));
+                continue;
+            }
+            let addr = RunActor::new(self.deps.clone(), run_id, project_id, ctx.address()).start();
+            self.active.insert(run_id, (project_id, addr));
+        }
+        self.queue = waiting;
+    }
+}
+
+impl Actor for ProjectActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+        self.deps.registry.started(NAME);
+        // Recovery: resume what was queued or running when we last stopped.
+        let db = self.deps.db.clone();
+        ctx.wait(
+            async move { store::unfinished_runs(&db).await }
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    match result {
+                        Ok(runs) => {
+                            for r in runs {
+                                if !act.queue.iter().any(|(id, _)| *id == r.id) {
+                                    act.queue.push_back((r.id, r.project_id));
+                                }
+                            }
+                        }
+                        Err(e) => act.deps.registry.record_error(NAME, e.to_string()),
+                    }
+                    act.pump(ctx);
+                }),
+        );
+    }
+}
+
+impl Supervised for ProjectActor {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.deps.registry.restarting(NAME, None);
+        // The queue is a cache of the database: rebuilt in `started`. Running
+        // RunActors keep going (this actor's address survives the restart) and
+        // stay in `active`, so they are not started twice.
+        self.queue.clear();
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SubmitRun {
+    pub run_id: Uuid,
+    pub project_id: Uuid,
+}
+
+impl Handler<SubmitRun> for ProjectActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SubmitRun, ctx: &mut Context<Self>) {
+        if !self.queue.iter().any(|(id, _)| *id == msg.run_id) {
+            self.queue.push_back((msg.run_id, msg.project_id));
+        }
+        self.pump(ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunFinished {
+    pub run_id: Uuid,
+}
+
+impl Handler<RunFinished> for ProjectActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunFinished, ctx: &mut Context<Self>) {
+        self.active.remove(&msg.run_id);
+        self.pump(ctx);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), ServiceError>")]
+pub struct CancelRun {
+    pub run_id: Uuid,
+}
+
+impl Handler<CancelRun> for ProjectActor {
+    type Result = ResponseFuture<Result<(), ServiceError>>;
+
+    fn handle(&mut self, msg: CancelRun, _: &mut Context<Self>) -> Self::Result {
+        self.queue.retain(|(id, _)| *id != msg.run_id);
+        let active = self.active.get(&msg.run_id).map(|(_, a)| a.clone());
+        let deps = self.deps.clone();
+        Box::pin(async move {
+            mark_canceled(&deps, msg.run_id).await?;
+            if let Some(addr) = active {
+                addr.do_send(CancelActiveRun);
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Cancels a run that has not finished: the run and its waiting jobs become
+/// `canceled`. The status guard means a completion racing with the cancel
+/// cannot overwrite it, and a finished run is left as it is.
+pub async fn mark_canceled(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceError> {
+    let txn = crate::db::begin_write(&deps.db).await?;
+    let now = Utc::now();
+    let changed = runs::Entity::update_many()
+        .col_expr(runs::Column::Status, Expr::value(status::CANCELED))
+        .col_expr(runs::Column::FinishedAt, Expr::value(now))
+        .col_expr(runs::Column::UpdatedAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(run_id))
+        .filter(runs::Column::Status.is_in([status::QUEUED, status::RUNNING]))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    if changed == 0 {
+        return Ok(());
+    }
+    run_jobs::Entity::update_many()
+        .col_expr(run_jobs::Column::Status, Expr::value(status::CANCELED))
+        .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.is_in([status::PENDING, status::BLOCKED]))
+        .exec(&txn)
+        .await?;
+    let run = runs::Entity::find_by_id(run_id).one(&txn).await?;
+    let project_id = run.map(|r| r.project_id).unwrap_or_default();
+    let event = events::append(&txn, run_id, project_id, "run.canceled", None, json!({})).await?;
+    crate::db::commit(txn).await?;
+    deps.hub.publish(event);
+    Ok(())
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetPaused {
+    pub project_id: Uuid,
+    pub paused: bool,
+}
+
+impl Handler<SetPaused> for ProjectActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetPaused, ctx: &mut Context<Self>) {
+        if msg.paused {
+            self.paused.insert(msg.project_id);
+        } else {
+            self.paused.remove(&msg.project_id);
+            self.pump(ctx);
+        }
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct IsPaused {
+    pub project_id: Uuid,
+}
+
+impl Handler<IsPaused> for ProjectActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: IsPaused, _: &mut Context<Self>) -> bool {
+        self.paused.contains(&msg.project_id)
+    }
+}
+
+/// Stops the actor so its Supervisor restarts it (admin restart, tests).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Restart;
+
+impl Handler<Restart> for ProjectActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,456 @@
+//! RunActor: drives one run. Leases ready jobs (bounded by
+//! `max_jobs_per_run`), spawns one WorkerActor per job, chains stages (a job's
+//! winner becomes its child's input), retries jobs whose body failed, reclaims
+//! expired leases, and finishes the run exactly once.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::Utc;
+use entities::{projects, run_jobs, runs};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::EngineDeps;
+use super::project::{ProjectActor, RunFinished};
+use super::worker::WorkerActor;
+use crate::ServiceError;
+use crate::runs::events;
+use crate::runs::pipeline::JobOutcome;
+use crate::runs::store::{self, status};
+
+pub struct RunActor {
+    deps: Arc<EngineDeps>,
+    run_id: Uuid,
+    project_id: Uuid,
+    owner: Addr<ProjectActor>,
+    running: HashSet<Uuid>,
+    scheduling: bool,
+    finished: bool,
+}
+
+impl RunActor {
+    pub fn new(
+        deps: Arc<EngineDeps>,
+        run_id: Uuid,
+        project_id: Uuid,
+        owner: Addr<ProjectActor>,
+    ) -> Self {
+        Self {
+            deps,
+            run_id,
+            project_id,
+            owner,
+            running: HashSet::new(),
+            scheduling: false,
+            finished: false,
+        }
+    }
+
+    /// One scheduling pass: reclaim expired leases, lease ready jobs up to the
+    /// bound, start their workers, or finish the run when nothing is left.
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if self.scheduling || self.finished {
+            return;
+        }
+        self.scheduling = true;
+        let deps = self.deps.clone();
+        let run_id = self.run_id;
+        let mine: Vec<Uuid> = self.running.iter().copied().collect();
+        let room = self
+            .deps
+            .config
+            .max_jobs_per_run
+            .saturating_sub(self.running.len());
+        async move { plan_step(&deps, run_id, &mine, room).await }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                act.scheduling = false;
+                match result {
+                    Ok(Step::Start { run, store, jobs }) => {
+                        for job in jobs {
+                            act.running.insert(job.id);
+                            WorkerActor::new(
+                                act.deps.clone(),
+                                (*run).clone(),
+                                job,
+                                store.clone(),
+                                ctx.address(),
+                            )
+                            .start();
+                        }
+                    }
+                    Ok(Step::Finish) if act.running.is_empty() => act.finish(ctx),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(run_id = %act.run_id, error = %e, "run scheduling failed");
+                        act.deps.registry.record_error("run", e.to_string());
+                    }
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let deps = self.deps.clone();
+        let (run_id, project_id) = (self.run_id, self.project_id);
+        async move { finish_run(&deps, run_id, project_id).await }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                if let Err(e) = result {
+                    tracing::error!(run_id = %act.run_id, error = %e, "cannot finish run");
+                }
+                act.owner.do_send(RunFinished { run_id: act.run_id });
+                ctx.stop();
+            })
+            .wait(ctx);
+    }
+}
+
+impl Actor for RunActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(1024);
+        let deps = self.deps.clone();
+        let (run_id, project_id) = (self.run_id, self.project_id);
+        async move {
+            let txn = crate::db::begin_write(&deps.db).await?;
+            let changed = runs::Entity::update_many()
+                .col_expr(runs::Column::Status, Expr::value(status::RUNNING))
+                .col_expr(runs::Column::StartedAt, Expr::value(Utc::now()))
+                .col_expr(runs::Column::UpdatedAt, Expr::value(Utc::now()))
+                .filter(runs::Column::Id.eq(run_id))
+                .filter(runs::Column::Status.eq(status::QUEUED))
+                .exec(&txn)
+                .await?
+                .rows_affected;
+            let event = if changed > 0 {
+                Some(
+                    events::append(&txn, run_id, project_id, "run.started", None, json!({}))
+                        .await?,
+                )
+            } else {
+                None
+            };
+            crate::db::commit(txn).await?;
+            if let Some(e) = event {
+                deps.hub.publish(e);
+            }
+            Ok::<_, ServiceError>(())
+        }
+        .into_actor(self)
+        .map(|result, act, ctx| {
+            if let Err(e) = result {
+                tracing::error!(run_id = %act.run_id, error = %e, "cannot start run");
+            }
+            act.schedule(ctx);
+        })
+        .wait(ctx);
+        // Picks up leases that expired (e.g. a worker of a crashed process).
+        let every = self.deps.config.heartbeat;
+        ctx.run_interval(every, |act, ctx| act.schedule(ctx));
+    }
+}
+
+enum Step {
+    Start {
+        run: Box<runs::Model>,
+        store: storage::ObjectStore,
+        jobs: Vec<run_jobs::Model>,
+    },
+    Finish,
+    Wait,
+}
+
+async fn plan_step(
+    deps: &EngineDeps,
+    run_id: Uuid,
+    mine: &[Uuid],
+    room: usize,
+) -> Result<Step, ServiceError> {
+    let Some(run) = runs::Entity::find_by_id(run_id).one(&deps.db).await? else {
+        return Ok(Step::Finish);
+    };
+    let now = Utc::now();
+    // Reclaim jobs leased by a worker that is gone (its lease ran out).
+    run_jobs::Entity::update_many()
+        .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
+        .col_expr(
+            run_jobs::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.eq(status::RUNNING))
+        .filter(run_jobs::Column::LeaseExpiresAt.lt(now))
+        .filter(run_jobs::Column::Id.is_not_in(mine.to_vec()))
+        .exec(&deps.db)
+        .await?;
+    let jobs = store::jobs_of(&deps.db, run_id).await?;
+    if run.status == status::CANCELED {
+        return Ok(
+            if jobs
+                .iter()
+                .any(|j| j.status == status::RUNNING && !mine.contains(&j.id))
+            {
+                Step::Wait
+            } else {
+                Step::Finish
+            },
+        );
+    }
+    let open = jobs.iter().any(|j| !status::job_is_terminal(&j.status));
+    if !open {
+        return Ok(Step::Finish);
+    }
+    let mut leased = Vec::new();
+    let lease_until = now + chrono::Duration::from_std(deps.config.lease).unwrap_or_default();
+    for job in jobs
+        .iter()
+        .filter(|j| j.status == status::PENDING)
+        .take(room)
+    {
+        let got = run_jobs::Entity::update_many()
+            .col_expr(run_jobs::Column::Status, Expr::value(status::RUNNING))
+            .col_expr(
+                run_jobs::Column::LeaseOwner,
+                Expr::value(deps.node_id.clone()),
+            )
+            .col_expr(run_jobs::Column::LeaseExpiresAt, Expr::value(lease_until))
+            .col_expr(run_jobs::Column::HeartbeatAt, Expr::value(now))
+            .col_expr(
+                run_jobs::Column::Attempt,
+                Expr::col(run_jobs::Column::Attempt).add(1),
+            )
+            .col_expr(run_jobs::Column::StartedAt, Expr::value(now))
+            .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+            .filter(run_jobs::Column::Id.eq(job.id))
+            .filter(run_jobs::Column::Status.eq(status::PENDING))
+            .exec(&deps.db)
+            .await?
+            .rows_affected;
+        if got == 1
+            && let Some(j) = run_jobs::Entity::find_by_id(job.id).one(&deps.db).await?
+        {
+            leased.push(j);
+        }
+    }
+    if leased.is_empty() {
+        return Ok(Step::Wait);
+    }
+    let project = projects::Entity::find_by_id(run.project_id)
+        .one(&deps.db)
+        .await?
+        .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
+    let store = crate::projects::object_store(&deps.db, &deps.roots, &project).await?;
+    Ok(Step::Start {
+        run: Box::new(run),
+        store,
+        jobs: leased,
+    })
+}
+
+/// Final status from the jobs; guarded so a cancel is never overwritten.
+async fn finish_run(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
+    let jobs = store::jobs_of(&deps.db, run_id).await?;
+    let done = jobs.iter().filter(|j| j.status == status::DONE).count();
+    let final_status = if done == jobs.len() {
+        status::DONE
+    } else if done == 0 {
+        status::FAILED
+    } else {
+        status::PARTIAL
+    };
+    let txn = crate::db::begin_write(&deps.db).await?;
+    let now = Utc::now();
+    let changed = runs::Entity::update_many()
+        .col_expr(runs::Column::Status, Expr::value(final_status))
+        .col_expr(runs::Column::FinishedAt, Expr::value(now))
+        .col_expr(runs::Column::UpdatedAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(run_id))
+        .filter(runs::Column::Status.eq(status::RUNNING))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    let run = runs::Entity::find_by_id(run_id).one(&txn).await?;
+    let status_now = run.map(|r| r.status).unwrap_or_default();
+    let event = events::append(
+        &txn,
+        run_id,
+        project_id,
+        "run.finished",
+        None,
+        json!({
+            "status": if changed > 0 { final_status } else { status_now.as_str() },
+            "jobs": jobs.len(), "jobs_done": done,
+        }),
+    )
+    .await?;
+    crate::db::commit(txn).await?;
+    deps.hub.publish(event);
+    Ok(())
+}
+
+/// A worker's report.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct JobFinished {
+    pub job_id: Uuid,
+    /// `Err`: the job body failed unexpectedly (panic or internal error).
+    pub outcome: Result<JobOutcome, String>,
+}
+
+impl Handler<JobFinished> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobFinished, ctx: &mut Context<Self>) {
+        let deps = self.deps.clone();
+        let (run_id, project_id) = (self.run_id, self.project_id);
+        async move { settle_job(&deps, run_id, project_id, msg.job_id, msg.outcome).await }
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                if let Err(e) = result {
+                    tracing::error!(run_id = %act.run_id, error = %e, "cannot settle job");
+                }
+                act.running.remove(&msg.job_id);
+                act.schedule(ctx);
+            })
+            .wait(ctx);
+    }
+}
+
+/// Applies a job's outcome to the chain: unblocks its child with the winner
+/// as input, skips the rest of the chain after a failure, or schedules a
+/// retry after an unexpected failure while attempts remain.
+async fn settle_job(
+    deps: &EngineDeps,
+    run_id: Uuid,
+    project_id: Uuid,
+    job_id: Uuid,
+    outcome: Result<JobOutcome, String>,
+) -> Result<(), ServiceError> {
+    let now = Utc::now();
+    let txn = crate::db::begin_write(&deps.db).await?;
+    let job = run_jobs::Entity::find_by_id(job_id).one(&txn).await?;
+    let Some(job) = job else { return Ok(()) };
+    let mut published = Vec::new();
+    match outcome {
+        Ok(JobOutcome::Done { final_asset_id, .. }) => {
+            run_jobs::Entity::update_many()
+                .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
+                .col_expr(run_jobs::Column::InputAssetId, Expr::value(final_asset_id))
+                .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+                .filter(run_jobs::Column::ParentJobId.eq(job_id))
+                .filter(run_jobs::Column::Status.eq(status::BLOCKED))
+                .exec(&txn)
+                .await?;
+            published.push(events::append(&txn, run_id, project_id, "stage.completed", Some(job_id), json!({
+                "job_key": job.job_key, "stage": job.stage, "final_asset_id": final_asset_id,
+            })).await?);
+        }
+        Ok(JobOutcome::Failed { .. }) => skip_descendants(&txn, job_id, now).await?,
+        Ok(JobOutcome::Canceled) => {
+            run_jobs::Entity::update_many()
+                .col_expr(run_jobs::Column::Status, Expr::value(status::CANCELED))
+                .filter(run_jobs::Column::Id.eq(job_id))
+                .filter(run_jobs::Column::Status.eq(status::RUNNING))
+                .exec(&txn)
+                .await?;
+        }
+        Err(error) => {
+            let retry = job.attempt < job.max_attempts;
+            run_jobs::Entity::update_many()
+                .col_expr(
+                    run_jobs::Column::Status,
+                    Expr::value(if retry {
+                        status::PENDING
+                    } else {
+                        status::FAILED
+                    }),
+                )
+                .col_expr(run_jobs::Column::LastError, Expr::value(error.clone()))
+                .col_expr(
+                    run_jobs::Column::LeaseOwner,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+                .filter(run_jobs::Column::Id.eq(job_id))
+                .filter(run_jobs::Column::Status.eq(status::RUNNING))
+                .exec(&txn)
+                .await?;
+            if !retry {
+                skip_descendants(&txn, job_id, now).await?;
+            }
+            published.push(
+                events::append(
+                    &txn,
+                    run_id,
+                    project_id,
+                    if retry {
+                        "job.retry_scheduled"
+                    } else {
+                        "job.failed"
+                    },
+                    Some(job_id),
+                    json!({ "job_key": job.job_key, "attempt": job.attempt, "error": error }),
+                )
+                .await?,
+            );
+        }
+    }
+    crate::db::commit(txn).await?;
+    for e in published {
+        deps.hub.publish(e);
+    }
+    Ok(())
+}
+
+async fn skip_descendants<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    job_id: Uuid,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), ServiceError> {
+    let mut frontier = vec![job_id];
+    while let Some(parent) = frontier.pop() {
+        let children: Vec<Uuid> = run_jobs::Entity::find()
+            .filter(run_jobs::Column::ParentJobId.eq(parent))
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        if children.is_empty() {
+            continue;
+        }
+        run_jobs::Entity::update_many()
+            .col_expr(run_jobs::Column::Status, Expr::value(status::SKIPPED))
+            .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+            .filter(run_jobs::Column::Id.is_in(children.clone()))
+            .filter(run_jobs::Column::Status.eq(status::BLOCKED))
+            .exec(db)
+            .await?;
+        frontier.extend(children);
+    }
+    Ok(())
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CancelActiveRun;
+
+impl Handler<CancelActiveRun> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CancelActiveRun, ctx: &mut Context<Self>) {
+        // Workers see the canceled run before their next provider call; the
+        // run finishes once they have all reported back.
+        self.schedule(ctx);
+    }
+}

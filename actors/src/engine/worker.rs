@@ -1,0 +1,129 @@
+//! WorkerActor: one per job. Runs the job body (`runs::pipeline::run_job`) in
+//! its own task, so a panic or an error is contained and reported to the
+//! RunActor as an unexpected failure (which retries it while attempts
+//! remain); heartbeats the job's lease meanwhile.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use chrono::Utc;
+use entities::{run_jobs, runs};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use storage::ObjectStore;
+
+use super::EngineDeps;
+use super::run::{JobFinished, RunActor};
+use crate::runs::pipeline::{self, JobEnv};
+
+pub struct WorkerActor {
+    deps: Arc<EngineDeps>,
+    run: runs::Model,
+    job: run_jobs::Model,
+    store: ObjectStore,
+    owner: Addr<RunActor>,
+}
+
+impl WorkerActor {
+    pub fn new(
+        deps: Arc<EngineDeps>,
+        run: runs::Model,
+        job: run_jobs::Model,
+        store: ObjectStore,
+        owner: Addr<RunActor>,
+    ) -> Self {
+        Self {
+            deps,
+            run,
+            job,
+            store,
+            owner,
+        }
+    }
+
+    fn heartbeat(&self, ctx: &mut Context<Self>) {
+        let db = self.deps.db.clone();
+        let job_id = self.job.id;
+        let owner = self.deps.node_id.clone();
+        let until =
+            Utc::now() + chrono::Duration::from_std(self.deps.config.lease).unwrap_or_default();
+        ctx.spawn(
+            async move {
+                let result = run_jobs::Entity::update_many()
+                    .col_expr(run_jobs::Column::LeaseExpiresAt, Expr::value(until))
+                    .col_expr(run_jobs::Column::HeartbeatAt, Expr::value(Utc::now()))
+                    .filter(run_jobs::Column::Id.eq(job_id))
+                    .filter(run_jobs::Column::LeaseOwner.eq(owner))
+                    .exec(&db)
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!(%job_id, error = %e, "lease heartbeat failed");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Actor for WorkerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.deps.registry.worker_started();
+        ctx.run_interval(self.deps.config.heartbeat, |act, ctx| act.heartbeat(ctx));
+        let provider_code = self
+            .run
+            .provider_code
+            .clone()
+            .unwrap_or_else(|| "local".into());
+        let env = match (
+            self.deps.provider(&provider_code),
+            self.deps.provider_slots.get(&provider_code),
+        ) {
+            (Some(provider), Some(slots)) => Some(JobEnv {
+                db: self.deps.db.clone(),
+                hub: self.deps.hub.clone(),
+                provider,
+                provider_slots: slots.clone(),
+                store: self.store.clone(),
+                retry: self.deps.config.retry,
+                limits: self.deps.config.limits,
+            }),
+            _ => None,
+        };
+        let (run, job) = (self.run.clone(), self.job.clone());
+        // The job body runs in its own task: a panic there ends that task only.
+        let task = actix::spawn(async move {
+            let Some(env) = env else {
+                return Err(format!("provider '{provider_code}' is not configured"));
+            };
+            pipeline::run_job(&env, &run, &job)
+                .await
+                .map_err(|e| e.to_string())
+        });
+        async move {
+            match task.await {
+                Ok(result) => result,
+                Err(join) if join.is_panic() => Err("job body panicked".to_string()),
+                Err(join) => Err(format!("job body aborted: {join}")),
+            }
+        }
+        .into_actor(self)
+        .map(|outcome, act, ctx| {
+            if let Err(e) = &outcome {
+                tracing::warn!(job_id = %act.job.id, error = %e, "job failed unexpectedly");
+                act.deps.registry.record_error("worker", e.clone());
+            }
+            act.owner.do_send(JobFinished {
+                job_id: act.job.id,
+                outcome,
+            });
+            ctx.stop();
+        })
+        .wait(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.deps.registry.worker_stopped();
+    }
+}

@@ -1,0 +1,143 @@
+//! Run events: every state change gets the next per-run sequence number, is
+//! persisted in `run_events`, and is then broadcast on the in-process hub that
+//! the WebSocket feed consumes. Replay is `seq > since` from the table.
+
+use chrono::{DateTime, Utc};
+use entities::{run_events, runs};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::{ServiceError, time};
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RunEvent {
+    pub run_id: Uuid,
+    pub project_id: Uuid,
+    pub seq: i64,
+    pub event_type: String,
+    pub job_id: Option<Uuid>,
+    pub payload: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<run_events::Model> for RunEvent {
+    fn from(m: run_events::Model) -> Self {
+        Self {
+            run_id: m.run_id,
+            project_id: m.project_id,
+            seq: m.seq,
+            event_type: m.event_type,
+            job_id: m.job_id,
+            payload: m.payload_json,
+            created_at: m.created_at,
+        }
+    }
+}
+
+/// Bounded fan-out of persisted events; a lagging subscriber loses messages
+/// (and is told so by the channel) instead of growing server memory.
+#[derive(Clone)]
+pub struct EventHub {
+    tx: broadcast::Sender<RunEvent>,
+}
+
+impl EventHub {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = broadcast::channel(capacity.max(16));
+        Self { tx }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+        self.tx.subscribe()
+    }
+
+    pub fn publish(&self, event: RunEvent) {
+        // No subscriber is fine: the event is already persisted.
+        let _ = self.tx.send(event);
+    }
+}
+
+/// Appends one event inside `db` (call within the transaction that made the
+/// change, so the change and its event commit together); returns it for
+/// publishing after commit.
+pub async fn append<C: ConnectionTrait>(
+    db: &C,
+    run_id: Uuid,
+    project_id: Uuid,
+    event_type: &str,
+    job_id: Option<Uuid>,
+    payload: Value,
+) -> Result<RunEvent, ServiceError> {
+    runs::Entity::update_many()
+        .col_expr(
+            runs::Column::LastEventSeq,
+            Expr::col(runs::Column::LastEventSeq).add(1),
+        )
+        .filter(runs::Column::Id.eq(run_id))
+        .exec(db)
+        .await?;
+    let seq: i64 = runs::Entity::find_by_id(run_id)
+        .select_only()
+        .column(runs::Column::LastEventSeq)
+        .into_tuple()
+        .one(db)
+        .await?
+        .ok_or_else(|| ServiceError::Internal(format!("run {run_id} vanished")))?;
+    let row = run_events::Model {
+        id: Uuid::now_v7(),
+        project_id,
+        run_id,
+        seq,
+        event_type: event_type.to_string(),
+        job_id,
+        payload_json: payload,
+        created_at: time::now(),
+    };
+    run_events::Entity::insert(run_events::ActiveModel::from(row.clone()))
+        .exec_without_returning(db)
+        .await?;
+    Ok(row.into())
+}
+
+/// Appends and commits one event on its own, then publishes it.
+pub async fn emit(
+    db: &DatabaseConnection,
+    hub: &EventHub,
+    run_id: Uuid,
+    project_id: Uuid,
+    event_type: &str,
+    job_id: Option<Uuid>,
+    payload: Value,
+) -> Result<(), ServiceError> {
+    let txn = crate::db::begin_write(db).await?;
+    let event = append(&txn, run_id, project_id, event_type, job_id, payload).await?;
+    crate::db::commit(txn).await?;
+    hub.publish(event);
+    Ok(())
+}
+
+/// Persisted events of a run after `since`, in order.
+pub async fn list_since<C: ConnectionTrait>(
+    db: &C,
+    run_id: Uuid,
+    since: i64,
+    limit: u64,
+) -> Result<Vec<RunEvent>, ServiceError> {
+    Ok(run_events::Entity::find()
+        .filter(run_events::Column::RunId.eq(run_id))
+        .filter(run_events::Column::Seq.gt(since))
+        .order_by_asc(run_events::Column::Seq)
+        .limit(limit)
+        .all(db)
+        .await?
+        .into_iter()
+        .map(RunEvent::from)
+        .collect())
+}

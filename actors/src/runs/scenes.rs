@@ -1,0 +1,125 @@
+//! Scene references: resolved and checked before anything is persisted or paid.
+//!
+//! - `sample:<n>`: a procedural sample scene (no files needed);
+//! - an asset id of this project;
+//! - a path relative to the project root (`scenes/street.png`);
+//! - `dir:<path>` (from the request's `input`): every image directly in that folder.
+
+use entities::assets;
+use imaging::DecodeLimits;
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use storage::{ObjectKey, ObjectStore};
+use uuid::Uuid;
+
+use crate::ServiceError;
+
+pub const SAMPLE_WIDTH: u32 = 256;
+pub const SAMPLE_HEIGHT: u32 = 192;
+
+pub struct ResolvedScene {
+    pub reference: String,
+    /// PNG bytes.
+    pub png: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+}
+
+fn not_found(r: &str) -> ServiceError {
+    ServiceError::validation(
+        "scene_not_found",
+        format!("Scene '{r}' was not found in this project"),
+    )
+}
+
+fn corrupt(r: &str, e: impl std::fmt::Display) -> ServiceError {
+    ServiceError::validation(
+        "invalid_scene",
+        format!("Scene '{r}' is not a usable image: {e}"),
+    )
+}
+
+fn checked(
+    reference: String,
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> Result<ResolvedScene, ServiceError> {
+    let img = imaging::decode(bytes, limits).map_err(|e| corrupt(&reference, e))?;
+    let png = imaging::encode_png(&img).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    Ok(ResolvedScene {
+        reference,
+        png,
+        width: img.width(),
+        height: img.height(),
+    })
+}
+
+const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
+
+pub async fn resolve<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    store: &ObjectStore,
+    refs: &[String],
+    limits: DecodeLimits,
+) -> Result<Vec<ResolvedScene>, ServiceError> {
+    let mut out = Vec::new();
+    for r in refs {
+        if let Some(seed) = r.strip_prefix("sample:") {
+            let seed: u64 = seed.trim().parse().map_err(|_| not_found(r))?;
+            let img = imaging::scene::sample_scene(seed, SAMPLE_WIDTH, SAMPLE_HEIGHT);
+            let png =
+                imaging::encode_png(&img).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            out.push(ResolvedScene {
+                reference: r.clone(),
+                png,
+                width: img.width(),
+                height: img.height(),
+            });
+        } else if let Some(dir) = r.strip_prefix("dir:") {
+            let dir = dir.trim_matches('/');
+            ObjectKey::parse(dir).map_err(|_| not_found(dir))?;
+            let mut files: Vec<String> = store
+                .list(&format!("{dir}/"))
+                .await
+                .map_err(|_| not_found(dir))?
+                .into_iter()
+                .filter(|f| {
+                    f.rsplit_once('.').is_some_and(|(_, ext)| {
+                        IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
+                    })
+                })
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(ServiceError::validation(
+                    "scene_not_found",
+                    format!("Folder '{dir}' has no images"),
+                ));
+            }
+            for f in files {
+                let key = ObjectKey::parse(&f).map_err(|_| not_found(&f))?;
+                let bytes = store.get(&key).await.map_err(|_| not_found(&f))?;
+                out.push(checked(f, &bytes, limits)?);
+            }
+        } else if let Ok(asset_id) = Uuid::parse_str(r) {
+            let asset = assets::Entity::find_by_id(asset_id)
+                .filter(assets::Column::ProjectId.eq(project_id))
+                .one(db)
+                .await?
+                .ok_or_else(|| not_found(r))?;
+            let key = ObjectKey::parse(&asset.storage_key).map_err(|_| not_found(r))?;
+            let bytes = store.get(&key).await.map_err(|_| not_found(r))?;
+            out.push(checked(r.clone(), &bytes, limits)?);
+        } else {
+            let key = ObjectKey::parse(r.trim_start_matches("./")).map_err(|_| {
+                ServiceError::validation(
+                    "invalid_scene",
+                    format!("Scene '{r}' is not a valid project path"),
+                )
+            })?;
+            let bytes = store.get(&key).await.map_err(|_| not_found(r))?;
+            out.push(checked(r.clone(), &bytes, limits)?);
+        }
+    }
+    Ok(out)
+}

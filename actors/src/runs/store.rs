@@ -1,0 +1,266 @@
+//! Persistence of runs, jobs and candidates: the plan is written in full
+//! (run, every job of every stage chain, input assets, first event) before any
+//! provider is called.
+
+use entities::{projects, run_candidates, run_jobs, runs};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use serde_json::json;
+use storage::ObjectStore;
+use uuid::Uuid;
+
+use super::events::{self, EventHub};
+use super::plan::{Mode, Plan, job_key};
+use super::scenes::ResolvedScene;
+use crate::assets::{self, NewAsset};
+use crate::audit::{self, AuditEntry};
+use crate::{Principal, ServiceError, time};
+
+pub mod status {
+    pub const PLANNED: &str = "planned";
+    pub const QUEUED: &str = "queued";
+    pub const RUNNING: &str = "running";
+    pub const DONE: &str = "done";
+    pub const FAILED: &str = "failed";
+    pub const PARTIAL: &str = "partial";
+    pub const CANCELED: &str = "canceled";
+    /// Job waiting for its parent stage.
+    pub const BLOCKED: &str = "blocked";
+    /// Job ready to be leased.
+    pub const PENDING: &str = "pending";
+    /// Job whose parent failed or was canceled.
+    pub const SKIPPED: &str = "skipped";
+
+    pub fn run_is_terminal(s: &str) -> bool {
+        matches!(s, DONE | FAILED | PARTIAL | CANCELED | PLANNED)
+    }
+
+    pub fn job_is_terminal(s: &str) -> bool {
+        matches!(s, DONE | FAILED | CANCELED | SKIPPED | PLANNED)
+    }
+}
+
+pub struct CreatedRun {
+    pub run: runs::Model,
+    pub jobs: Vec<run_jobs::Model>,
+    pub audit_id: Uuid,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn create_run(
+    db: &DatabaseConnection,
+    hub: &EventHub,
+    object_store: &ObjectStore,
+    principal: &Principal,
+    project: &projects::Model,
+    plan: &Plan,
+    scenes: Vec<ResolvedScene>,
+    max_attempts: i32,
+) -> Result<CreatedRun, ServiceError> {
+    let now = time::now();
+    let run_id = Uuid::now_v7();
+    let dry = plan.mode == Mode::Dry;
+    let last = plan.stages.last().map(|s| s.stage.as_str());
+    let time_of_day = plan.stages.iter().find_map(|s| {
+        (s.stage.as_str() == "time")
+            .then(|| s.variant.clone())
+            .flatten()
+    });
+    let weather = plan.stages.iter().find_map(|s| {
+        (s.stage.as_str() == "weather")
+            .then(|| s.variant.clone())
+            .flatten()
+    });
+    let run = runs::Model {
+        id: run_id,
+        project_id: project.id,
+        run_mode: if dry { "dry" } else { "run" }.into(),
+        status: if dry { status::PLANNED } else { status::QUEUED }.into(),
+        stage: last.map(str::to_string),
+        time_of_day,
+        weather,
+        model_name: None,
+        provider_code: Some(plan.provider.clone()),
+        image_size: None,
+        image_quality: None,
+        settings_snapshot_json: serde_json::to_value(&plan.manifest).unwrap_or_default(),
+        plan_json: serde_json::to_value(plan).unwrap_or_default(),
+        budget_usd: plan.budget_usd,
+        estimated_cost_usd: plan.estimated_cost_usd,
+        last_event_seq: 0,
+        run_log_key: None,
+        last_error: None,
+        started_at: None,
+        finished_at: if dry { Some(now) } else { None },
+        created_at: now,
+        updated_at: now,
+    };
+    let txn = crate::db::begin_write(db).await?;
+    runs::Entity::insert(runs::ActiveModel::from(run.clone()))
+        .exec_without_returning(&txn)
+        .await?;
+    let mut jobs = Vec::new();
+    for (i, scene) in scenes.into_iter().enumerate() {
+        let input = assets::store(
+            &txn,
+            object_store,
+            NewAsset {
+                project_id: project.id,
+                kind: "input",
+                key: &format!("inputs/{}.png", assets::sha256_hex(&scene.png)),
+                mime: "image/png",
+                width: scene.width,
+                height: scene.height,
+                bytes: scene.png,
+                run_id: Some(run_id),
+                job_id: None,
+                candidate_id: None,
+                metadata: json!({ "scene_ref": scene.reference }),
+                dedup: true,
+            },
+        )
+        .await?;
+        let mut parent: Option<Uuid> = None;
+        for (stage_index, stage) in plan.stages.iter().enumerate() {
+            let job = run_jobs::Model {
+                id: Uuid::now_v7(),
+                project_id: project.id,
+                run_id,
+                job_key: job_key(stage.stage, i, &scene.reference),
+                scene_ref: Some(scene.reference.clone()),
+                stage: stage.stage.as_str().into(),
+                stage_index: stage_index as i32,
+                parent_job_id: parent,
+                retry_of_job_id: None,
+                status: if dry {
+                    status::PLANNED
+                } else if stage_index == 0 {
+                    status::PENDING
+                } else {
+                    status::BLOCKED
+                }
+                .into(),
+                prompt_text: Some(stage.prompt.clone()),
+                input_asset_id: (stage_index == 0).then_some(input.id),
+                selected_candidate_index: None,
+                final_asset_id: None,
+                attempt: 0,
+                max_attempts,
+                lease_owner: None,
+                lease_expires_at: None,
+                heartbeat_at: None,
+                next_attempt_at: None,
+                last_error: None,
+                meta_json: json!({ "variant": stage.variant, "candidates": plan.candidates }),
+                started_at: None,
+                finished_at: None,
+                created_at: now,
+                updated_at: now,
+            };
+            parent = Some(job.id);
+            jobs.push(job);
+        }
+    }
+    if !jobs.is_empty() {
+        run_jobs::Entity::insert_many(jobs.iter().cloned().map(run_jobs::ActiveModel::from))
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    let event = events::append(
+        &txn,
+        run_id,
+        project.id,
+        if dry { "run.planned" } else { "run.queued" },
+        None,
+        json!({ "jobs": plan.jobs, "candidates": plan.candidates, "estimated_cost_usd": plan.estimated_cost_usd }),
+    )
+    .await?;
+    let audit_id = audit::record(
+        &txn,
+        AuditEntry {
+            principal,
+            project_id: Some(project.id),
+            event_code: "run.triggered",
+            payload: json!({
+                "run_id": run_id, "mode": run.run_mode, "jobs": plan.jobs,
+                "provider_calls": plan.provider_calls, "estimated_cost_usd": plan.estimated_cost_usd,
+            }),
+        },
+    )
+    .await?;
+    crate::db::commit(txn).await?;
+    hub.publish(event);
+    let run = runs::Entity::find_by_id(run_id)
+        .one(db)
+        .await?
+        .unwrap_or(run);
+    Ok(CreatedRun {
+        run,
+        jobs,
+        audit_id,
+    })
+}
+
+pub async fn list_runs<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    limit: u64,
+) -> Result<Vec<runs::Model>, ServiceError> {
+    Ok(runs::Entity::find()
+        .filter(runs::Column::ProjectId.eq(project_id))
+        .order_by_desc(runs::Column::CreatedAt)
+        .order_by_desc(runs::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// The run if it belongs to the project (404 "Run not found" otherwise).
+pub async fn get_run<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    raw_run_id: &str,
+) -> Result<runs::Model, ServiceError> {
+    let not_found = || ServiceError::not_found("Run not found");
+    let id = Uuid::parse_str(raw_run_id.trim()).map_err(|_| not_found())?;
+    runs::Entity::find_by_id(id)
+        .filter(runs::Column::ProjectId.eq(project_id))
+        .one(db)
+        .await?
+        .ok_or_else(not_found)
+}
+
+pub async fn jobs_of<C: ConnectionTrait>(
+    db: &C,
+    run_id: Uuid,
+) -> Result<Vec<run_jobs::Model>, ServiceError> {
+    Ok(run_jobs::Entity::find()
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .order_by_asc(run_jobs::Column::CreatedAt)
+        .order_by_asc(run_jobs::Column::Id)
+        .all(db)
+        .await?)
+}
+
+pub async fn candidates_of_run<C: ConnectionTrait>(
+    db: &C,
+    run_id: Uuid,
+) -> Result<Vec<run_candidates::Model>, ServiceError> {
+    Ok(run_candidates::Entity::find()
+        .filter(run_candidates::Column::RunId.eq(run_id))
+        .order_by_asc(run_candidates::Column::JobId)
+        .order_by_asc(run_candidates::Column::CandidateIndex)
+        .all(db)
+        .await?)
+}
+
+/// Runs that were queued or running when the service stopped.
+pub async fn unfinished_runs<C: ConnectionTrait>(db: &C) -> Result<Vec<runs::Model>, ServiceError> {
+    Ok(runs::Entity::find()
+        .filter(runs::Column::Status.is_in([status::QUEUED, status::RUNNING]))
+        .order_by_asc(runs::Column::CreatedAt)
+        .all(db)
+        .await?)
+}

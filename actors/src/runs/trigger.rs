@@ -1,0 +1,119 @@
+//! `POST …/runs/trigger`: plan, check policy, persist, hand to the engine.
+
+use entities::{cost_events, projects, runs};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
+
+use super::plan::{self, Mode, Plan, ValidTrigger};
+use super::scenes;
+use super::store::{self, CreatedRun, status};
+use crate::engine::Engine;
+use crate::{Principal, ServiceError};
+
+pub struct Triggered {
+    pub plan: Plan,
+    pub created: CreatedRun,
+}
+
+/// Everything up to the first paid call happens here, in this order:
+/// provider, scenes, plan and limits, spend policy, queue capacity, persist.
+pub async fn trigger(
+    engine: &Engine,
+    principal: &Principal,
+    project: &projects::Model,
+    valid: ValidTrigger,
+) -> Result<Triggered, ServiceError> {
+    let deps = &engine.deps;
+    let db = &deps.db;
+    let provider = deps.provider(&valid.provider).ok_or_else(|| {
+        ServiceError::validation(
+            "unknown_provider",
+            format!("Provider '{}' is not configured", valid.provider),
+        )
+    })?;
+    let store_ = crate::projects::object_store(db, &deps.roots, project).await?;
+    let resolved = scenes::resolve(
+        db,
+        project.id,
+        &store_,
+        &valid.scene_refs,
+        deps.config.limits,
+    )
+    .await?;
+    let references = resolved.iter().map(|s| s.reference.clone()).collect();
+    let plan = plan::build(
+        &valid,
+        project.settings_json.get("manifest"),
+        references,
+        provider.unit_price_usd(),
+    )?;
+
+    if plan.mode == Mode::Run {
+        let paid = plan.estimated_cost_usd > 0.0;
+        if paid && !valid.confirm_spend {
+            return Err(ServiceError::Policy {
+                code: "spend_confirmation_required",
+                message: format!(
+                    "Run mode requires explicit spend confirmation (estimated {:.4} USD); send confirm_spend: true",
+                    plan.estimated_cost_usd
+                ),
+            });
+        }
+        if let Some(budget) = plan.budget_usd
+            && plan.estimated_cost_usd > budget
+        {
+            return Err(ServiceError::Policy {
+                code: "budget_exceeded",
+                message: format!(
+                    "Estimated cost {:.4} USD exceeds the run budget of {budget:.4} USD",
+                    plan.estimated_cost_usd
+                ),
+            });
+        }
+        if let Some(cap) = plan.manifest.policy.project_budget_usd {
+            let spent: Option<f64> = cost_events::Entity::find()
+                .select_only()
+                .column_as(Expr::col(cost_events::Column::TotalCostUsd).sum(), "spent")
+                .filter(cost_events::Column::ProjectId.eq(project.id))
+                .into_tuple()
+                .one(db)
+                .await?
+                .flatten();
+            let spent = spent.unwrap_or(0.0);
+            if spent + plan.estimated_cost_usd > cap {
+                return Err(ServiceError::Policy {
+                    code: "project_budget_exceeded",
+                    message: format!(
+                        "Project has spent {spent:.4} USD; this run's estimate of {:.4} USD would exceed its budget of {cap:.4} USD",
+                        plan.estimated_cost_usd
+                    ),
+                });
+            }
+        }
+        let open = runs::Entity::find()
+            .filter(runs::Column::Status.is_in([status::QUEUED, status::RUNNING]))
+            .count(db)
+            .await?;
+        if open as usize >= deps.config.max_queued_runs {
+            return Err(ServiceError::Busy {
+                code: "queue_full",
+                message: format!("The run queue is full ({open} runs); try again later"),
+            });
+        }
+    }
+    let created = store::create_run(
+        db,
+        &deps.hub,
+        &store_,
+        principal,
+        project,
+        &plan,
+        resolved,
+        deps.config.job_max_attempts,
+    )
+    .await?;
+    if plan.mode == Mode::Run {
+        engine.submit(created.run.id, project.id).await?;
+    }
+    Ok(Triggered { plan, created })
+}

@@ -1,0 +1,315 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::{get, post, web};
+use actors::projects;
+use actors::runs::plan::{self, TriggerInput};
+use actors::runs::{events, store, trigger};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::dto::{Candidate, Event, Job, Run};
+use crate::error::{ApiResult, ErrorBody};
+use crate::extract::{Auth, JsonBody};
+
+/// Trigger body. Exactly one of `scene_refs` / `input`.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(default)]
+pub struct TriggerBody {
+    /// `dry` (plan and estimate, call nothing; default) or `run`.
+    mode: Option<String>,
+    /// Required for runs whose estimate is above zero (paid providers).
+    confirm_spend: Option<bool>,
+    /// Scenes: `sample:<n>`, an asset id of this project, or a path under the project root.
+    scene_refs: Option<Vec<String>>,
+    /// A folder under the project root; every image in it is a scene.
+    input: Option<String>,
+    style_refs: Option<Vec<String>>,
+    /// Last stage of the chain: `style` (default), `time` or `weather`.
+    stage: Option<String>,
+    /// `day` (default), `dusk`, `night`; stage time or weather only.
+    time: Option<String>,
+    /// `clear` (default), `rain`, `snow`, `fog`; stage weather only.
+    weather: Option<String>,
+    /// Candidates per job (1..16, at most the manifest's `generation.max_candidates`).
+    candidates: Option<i64>,
+    /// Image provider (default `local`).
+    provider: Option<String>,
+    /// Budget cap for this run (USD).
+    budget_usd: Option<f64>,
+    /// Manifest overlay for this run (over the project's manifest and the defaults).
+    #[schema(value_type = Option<Object>)]
+    manifest: Option<serde_json::Value>,
+    /// Answer only when the run has finished (up to `wait_timeout_seconds`).
+    wait: Option<bool>,
+    wait_timeout_seconds: Option<u64>,
+    /// Managed by project storage; any value is refused.
+    project_root: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PipelineTrigger {
+    mode: String,
+    /// 0 when the run was accepted (dry: planned).
+    status_code: i32,
+    stdout: String,
+    stderr: String,
+    adapter: &'static str,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TriggerResponse {
+    ok: bool,
+    run_id: Uuid,
+    run: Run,
+    /// The full plan: stages with prompts, jobs, calls, estimate.
+    #[schema(value_type = Object)]
+    plan: serde_json::Value,
+    jobs: Vec<Job>,
+    pipeline_trigger: PipelineTrigger,
+    audit_id: Uuid,
+}
+
+/// Plan a run and start it. Returns at once with the run id (or, with
+/// `wait: true`, once the run has finished). Nothing is called in dry mode.
+#[utoipa::path(
+    tag = "runs",
+    params(("slug" = String, Path)),
+    request_body(content = TriggerBody, content_type = "application/json"),
+    responses(
+        (status = 200, body = TriggerResponse),
+        (status = 400, body = ErrorBody, description = "invalid_mode, invalid_request, scene_not_found, invalid_scene, candidates_over_limit, batch_over_limit, unknown_provider, config_validation_failed; policy: spend_confirmation_required, budget_exceeded, project_budget_exceeded"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "queue_full"),
+    )
+)]
+#[post("/api/projects/{slug}/runs/trigger")]
+pub async fn trigger_run(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+    JsonBody(body): JsonBody<TriggerBody>,
+) -> ApiResult<web::Json<TriggerResponse>> {
+    let valid = plan::validate(&TriggerInput {
+        mode: body.mode,
+        confirm_spend: body.confirm_spend,
+        scene_refs: body.scene_refs,
+        input: body.input,
+        style_refs: body.style_refs,
+        stage: body.stage,
+        time: body.time,
+        weather: body.weather,
+        candidates: body.candidates,
+        provider: body.provider,
+        budget_usd: body.budget_usd,
+        project_root: body.project_root,
+        manifest: body.manifest,
+    })?;
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let triggered = trigger::trigger(&state.engine, &principal, &project, valid).await?;
+    let mut run = triggered.created.run.clone();
+    if body.wait.unwrap_or(false) && run.run_mode == "run" {
+        let timeout = Duration::from_secs(body.wait_timeout_seconds.unwrap_or(300).clamp(1, 3600));
+        run = state.engine.wait_finished(run.id, timeout).await?;
+    }
+    let jobs = jobs_with_candidates(&state, run.id).await?;
+    Ok(web::Json(TriggerResponse {
+        ok: true,
+        run_id: run.id,
+        pipeline_trigger: PipelineTrigger {
+            mode: run.run_mode.clone(),
+            status_code: 0,
+            stdout: format!("Run {} {}: {} jobs", run.id, run.status, jobs.len()),
+            stderr: String::new(),
+            adapter: "atelier_engine",
+        },
+        run: Run::from(&run),
+        plan: serde_json::to_value(&triggered.plan).unwrap_or_default(),
+        jobs,
+        audit_id: triggered.created.audit_id,
+    }))
+}
+
+async fn jobs_with_candidates(
+    state: &AppState,
+    run_id: Uuid,
+) -> Result<Vec<Job>, actors::ServiceError> {
+    let jobs = store::jobs_of(&state.db, run_id).await?;
+    let mut by_job: HashMap<Uuid, Vec<Candidate>> = HashMap::new();
+    for c in store::candidates_of_run(&state.db, run_id).await? {
+        by_job
+            .entry(c.job_id)
+            .or_default()
+            .push(Candidate::from(&c));
+    }
+    Ok(jobs
+        .iter()
+        .map(|j| Job::new(j, by_job.remove(&j.id).unwrap_or_default()))
+        .collect())
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct RunListQuery {
+    /// Default 200, clamped to 1..1000.
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunList {
+    ok: bool,
+    count: usize,
+    runs: Vec<Run>,
+}
+
+/// Runs of a project, newest first.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path), RunListQuery),
+    responses((status = 200, body = RunList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/runs")]
+pub async fn list_runs(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+    query: web::Query<RunListQuery>,
+) -> ApiResult<web::Json<RunList>> {
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let limit = query.limit.unwrap_or(200).clamp(1, 1000) as u64;
+    let runs: Vec<Run> = store::list_runs(&state.db, project.id, limit)
+        .await?
+        .iter()
+        .map(Run::from)
+        .collect();
+    Ok(web::Json(RunList {
+        ok: true,
+        count: runs.len(),
+        runs,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunDetail {
+    ok: bool,
+    run: Run,
+    jobs: Vec<Job>,
+}
+
+/// A run with its jobs and their candidates.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path), ("runId" = String, Path)),
+    responses((status = 200, body = RunDetail), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/runs/{runId}")]
+pub async fn get_run(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<RunDetail>> {
+    let (slug, run_id) = path.into_inner();
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let run = store::get_run(&state.db, project.id, &run_id).await?;
+    let jobs = jobs_with_candidates(&state, run.id).await?;
+    Ok(web::Json(RunDetail {
+        ok: true,
+        run: Run::from(&run),
+        jobs,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobList {
+    ok: bool,
+    run_id: Uuid,
+    count: usize,
+    jobs: Vec<Job>,
+}
+
+/// Jobs of a run (creation order) with their candidates.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path), ("runId" = String, Path)),
+    responses((status = 200, body = JobList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/runs/{runId}/jobs")]
+pub async fn list_jobs(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<JobList>> {
+    let (slug, run_id) = path.into_inner();
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let run = store::get_run(&state.db, project.id, &run_id).await?;
+    let jobs = jobs_with_candidates(&state, run.id).await?;
+    Ok(web::Json(JobList {
+        ok: true,
+        run_id: run.id,
+        count: jobs.len(),
+        jobs,
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct EventQuery {
+    /// Only events with a sequence number above this (default 0: all).
+    since: Option<i64>,
+    /// Default 1000, clamped to 1..10000.
+    limit: Option<i64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct EventList {
+    ok: bool,
+    run_id: Uuid,
+    count: usize,
+    events: Vec<Event>,
+}
+
+/// Persisted events of a run in sequence order; `since` resumes after a known sequence number.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path), ("runId" = String, Path), EventQuery),
+    responses((status = 200, body = EventList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/runs/{runId}/events")]
+pub async fn list_events(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    path: web::Path<(String, String)>,
+    query: web::Query<EventQuery>,
+) -> ApiResult<web::Json<EventList>> {
+    let (slug, run_id) = path.into_inner();
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let run = store::get_run(&state.db, project.id, &run_id).await?;
+    let limit = query.limit.unwrap_or(1000).clamp(1, 10_000) as u64;
+    let events: Vec<Event> =
+        events::list_since(&state.db, run.id, query.since.unwrap_or(0).max(0), limit)
+            .await?
+            .iter()
+            .map(Event::from)
+            .collect();
+    Ok(web::Json(EventList {
+        ok: true,
+        run_id: run.id,
+        count: events.len(),
+        events,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunCanceled {
+    ok: bool,
+    run: Run,
+}
+
+/// Cancel a run. Waiting jobs are canceled at once; running jobs stop before
+/// their next provider call. A finished run is left as it is.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path), ("runId" = String, Path)),
+    responses((status = 200, body = RunCanceled), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[post("/api/projects/{slug}/runs/{runId}/cancel")]
+pub async fn cancel_run(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<RunCanceled>> {
+    let (slug, run_id) = path.into_inner();
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let run = store::get_run(&state.db, project.id, &run_id).await?;
+    state.engine.cancel_run(run.id).await?;
+    let run = store::get_run(&state.db, project.id, &run_id).await?;
+    Ok(web::Json(RunCanceled {
+        ok: true,
+        run: Run::from(&run),
+    }))
+}

@@ -1,0 +1,494 @@
+//! The execution engine over HTTP: staged runs with chained lineage, dry runs,
+//! validation and policy before spend, cancel, retries, the output guard and
+//! concurrency bounds.
+
+use std::collections::HashMap;
+
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error};
+
+async fn project(app: &TestApp) -> String {
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    token
+}
+
+async fn trigger(app: &TestApp, token: &str, body: Value) -> (StatusCode, Value) {
+    app.post("/api/projects/book/runs/trigger", token, body)
+        .await
+}
+
+#[actix_web::test]
+async fn staged_run_completes_with_chained_lineage() {
+    let app = TestApp::spawn().await;
+    let token = project(&app).await;
+    let (s, body) = trigger(
+        &app,
+        &token,
+        json!({
+            "mode": "run", "scene_refs": ["sample:1", "sample:2"], "stage": "weather",
+            "time": "night", "weather": "rain", "candidates": 2, "wait": true,
+        }),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["run"]["status"], "done", "{body}");
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 6);
+    let by_id: HashMap<&str, &Value> = jobs
+        .iter()
+        .map(|j| (j["id"].as_str().unwrap(), j))
+        .collect();
+    for job in jobs {
+        assert_eq!(job["status"], "done", "{job}");
+        assert_eq!(job["candidates"].as_array().unwrap().len(), 2);
+        assert!(job["final_asset_id"].is_string());
+        // Chaining: a stage's input is the previous stage's winner.
+        match job["parent_job_id"].as_str() {
+            Some(parent) => assert_eq!(
+                job["input_asset_id"], by_id[parent]["final_asset_id"],
+                "{job}"
+            ),
+            None => assert_eq!(job["stage"], "style"),
+        }
+        let winner = job["selected_candidate_index"].as_i64().unwrap();
+        let chosen = &job["candidates"][winner as usize];
+        assert_eq!(chosen["final_asset_id"], job["final_asset_id"]);
+    }
+    assert_eq!(jobs.iter().filter(|j| j["stage"] == "weather").count(), 2);
+
+    // Every candidate is a stored, hashed asset derived from its job's input.
+    let run_id: uuid::Uuid = body["run_id"].as_str().unwrap().parse().unwrap();
+    let assets = entities::assets::Entity::find()
+        .filter(entities::assets::Column::RunId.eq(run_id))
+        .filter(entities::assets::Column::Kind.eq("generated"))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(assets.len(), 12);
+    let root = app.data_path().join("projects/book");
+    for a in &assets {
+        let bytes = std::fs::read(root.join(&a.storage_key)).unwrap();
+        assert_eq!(
+            a.sha256.as_deref(),
+            Some(actors::assets::sha256_hex(&bytes).as_str())
+        );
+        assert_eq!(a.byte_size, Some(bytes.len() as i64));
+        image::load_from_memory(&bytes).unwrap();
+    }
+    let links = entities::asset_links::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(links.len(), 12);
+    for job in jobs {
+        let input: uuid::Uuid = job["input_asset_id"].as_str().unwrap().parse().unwrap();
+        for c in job["candidates"].as_array().unwrap() {
+            let out: uuid::Uuid = c["output_asset_id"].as_str().unwrap().parse().unwrap();
+            assert!(links.iter().any(|l| l.parent_asset_id == input
+                && l.child_asset_id == out
+                && l.link_type == "derived_from"));
+        }
+    }
+    // Stages produce visibly different images: night is darker than style.
+    let mean = |id: &str| {
+        let a = assets.iter().find(|a| a.id.to_string() == id).unwrap();
+        let img = image::open(root.join(&a.storage_key)).unwrap().to_luma8();
+        img.pixels().map(|p| f64::from(p[0])).sum::<f64>() / f64::from(img.width() * img.height())
+    };
+    let style = jobs.iter().find(|j| j["stage"] == "style").unwrap();
+    let time = jobs
+        .iter()
+        .find(|j| j["stage"] == "time" && j["parent_job_id"] == style["id"])
+        .unwrap();
+    assert!(
+        mean(time["final_asset_id"].as_str().unwrap())
+            < mean(style["final_asset_id"].as_str().unwrap()) * 0.7
+    );
+
+    let qr = entities::quality_reports::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(qr.len(), 12);
+
+    // Events: contiguous sequence numbers, the expected kinds, replay with since.
+    let (_, ev) = app
+        .get(&format!("/api/projects/book/runs/{run_id}/events"), &token)
+        .await;
+    let events = ev["events"].as_array().unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], json!(i as i64 + 1));
+    }
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    for k in [
+        "run.queued",
+        "run.started",
+        "job.started",
+        "candidate.ready",
+        "job.winner_selected",
+        "stage.completed",
+        "run.finished",
+    ] {
+        assert!(kinds.contains(&k), "missing {k}: {kinds:?}");
+    }
+    assert_eq!(kinds.first(), Some(&"run.queued"));
+    assert_eq!(kinds.last(), Some(&"run.finished"));
+    let (_, tail) = app
+        .get(
+            &format!("/api/projects/book/runs/{run_id}/events?since=5"),
+            &token,
+        )
+        .await;
+    assert_eq!(tail["count"], json!(events.len() - 5));
+    assert_eq!(tail["events"][0]["seq"], json!(6));
+
+    let (_, list) = app.get("/api/projects/book/runs", &token).await;
+    assert_eq!(list["count"], json!(1));
+    let (_, detail) = app
+        .get(&format!("/api/projects/book/runs/{run_id}"), &token)
+        .await;
+    assert_eq!(detail["jobs"].as_array().unwrap().len(), 6);
+    let (_, jobs_list) = app
+        .get(&format!("/api/projects/book/runs/{run_id}/jobs"), &token)
+        .await;
+    assert_eq!(jobs_list["count"], json!(6));
+    assert_eq!(jobs_list["run_id"], json!(run_id));
+    let (_, p) = app.get("/api/projects/book", &token).await;
+    assert_eq!(p["counts"]["runs"], json!(1));
+    assert_eq!(p["counts"]["jobs"], json!(6));
+}
+
+#[actix_web::test]
+async fn dry_run_plans_and_calls_nothing() {
+    let app = TestApp::spawn_with(|s| s.providers.local.price_usd = 0.04).await;
+    let token = project(&app).await;
+    let (s, body) = trigger(
+        &app,
+        &token,
+        json!({"scene_refs": ["sample:3"], "stage": "time", "time": "dusk", "candidates": 3}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["run"]["status"], "planned");
+    assert_eq!(body["run"]["run_mode"], "dry");
+    assert_eq!(body["plan"]["jobs"], json!(2));
+    assert_eq!(body["plan"]["provider_calls"], json!(6));
+    assert!((body["plan"]["estimated_cost_usd"].as_f64().unwrap() - 0.24).abs() < 1e-9);
+    assert!(
+        body["plan"]["stages"][1]["prompt"]
+            .as_str()
+            .unwrap()
+            .contains("Dusk")
+    );
+    assert!(
+        body["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["status"] == "planned")
+    );
+    let calls = entities::provider_calls::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert!(calls.is_empty());
+}
+
+#[actix_web::test]
+async fn bad_triggers_fail_before_any_spend() {
+    let app = TestApp::spawn_with(|s| s.providers.local.price_usd = 0.05).await;
+    let token = project(&app).await;
+    // Body checks come before the project lookup.
+    let (s, b) = app
+        .post(
+            "/api/projects/ghost/runs/trigger",
+            &token,
+            json!({"mode": "fast"}),
+        )
+        .await;
+    assert_error(s, &b, 400, "invalid_mode");
+    let (s, b) = app
+        .post(
+            "/api/projects/ghost/runs/trigger",
+            &token,
+            json!({"scene_refs": ["sample:1"]}),
+        )
+        .await;
+    assert_error(s, &b, 404, "not_found");
+
+    std::fs::create_dir_all(app.data_path().join("projects/book/scenes")).unwrap();
+    std::fs::write(
+        app.data_path().join("projects/book/scenes/broken.png"),
+        b"\x89PNG\r\n\x1a\nnot really",
+    )
+    .unwrap();
+    let cases = [
+        (
+            json!({"scene_refs": ["scenes/missing.png"]}),
+            400,
+            "scene_not_found",
+        ),
+        (
+            json!({"scene_refs": ["../../etc/passwd"]}),
+            400,
+            "invalid_scene",
+        ),
+        (
+            json!({"scene_refs": ["scenes/broken.png"]}),
+            400,
+            "invalid_scene",
+        ),
+        (
+            json!({"scene_refs": ["sample:1"], "candidates": 7}),
+            400,
+            "candidates_over_limit",
+        ),
+        (
+            json!({"scene_refs": ["sample:1", "sample:2"], "candidates": 3, "manifest": {"safe_batch_limit": 5}}),
+            400,
+            "batch_over_limit",
+        ),
+        (
+            json!({"scene_refs": ["sample:1"], "provider": "nope"}),
+            400,
+            "unknown_provider",
+        ),
+        (
+            json!({"scene_refs": ["sample:1"], "manifest": {"generation": {"candidates": 0}}}),
+            400,
+            "config_validation_failed",
+        ),
+        (
+            json!({"mode": "run", "scene_refs": ["sample:1"]}),
+            400,
+            "spend_confirmation_required",
+        ),
+        (
+            json!({"mode": "run", "confirm_spend": true, "scene_refs": ["sample:1"], "candidates": 2, "budget_usd": 0.05}),
+            400,
+            "budget_exceeded",
+        ),
+        (
+            json!({"mode": "run", "confirm_spend": true, "scene_refs": ["sample:1"], "manifest": {"policy": {"project_budget_usd": 0.01}}}),
+            400,
+            "project_budget_exceeded",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (s, b) = trigger(&app, &token, body.clone()).await;
+        assert_error(s, &b, status, code);
+        if code.contains("budget") || code == "spend_confirmation_required" {
+            assert_eq!(b["error_kind"], "policy", "{body}");
+        }
+    }
+    let runs = entities::runs::Entity::find().all(&app.db).await.unwrap();
+    assert!(runs.is_empty(), "a refused trigger persisted a run");
+    assert!(
+        entities::provider_calls::Entity::find()
+            .all(&app.db)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // With confirmation and room in the budget, the paid run goes through and is costed.
+    let (s, b) = trigger(&app, &token, json!({"mode": "run", "confirm_spend": true, "scene_refs": ["sample:1"], "candidates": 2, "budget_usd": 0.10, "wait": true})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done");
+    let costs = entities::cost_events::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(costs.len(), 2);
+    assert!((costs.iter().map(|c| c.total_cost_usd).sum::<f64>() - 0.10).abs() < 1e-9);
+}
+
+#[actix_web::test]
+async fn retryable_provider_failures_are_retried_and_recorded() {
+    let app = TestApp::spawn_with(|s| {
+        s.providers.local.failure_rate = 0.5;
+        s.engine.provider_max_attempts = 8;
+        s.engine.retry_base_ms = 1;
+        s.engine.retry_max_ms = 5;
+    })
+    .await;
+    let token = project(&app).await;
+    let (s, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:1", "sample:2"], "candidates": 4, "wait": true})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
+    let calls = entities::provider_calls::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(calls.len(), 8);
+    assert!(calls.iter().all(|c| c.status == "succeeded"));
+    assert!(
+        calls.iter().any(|c| c.attempt > 1),
+        "no retry happened at a 50% failure rate"
+    );
+    let run_id = b["run_id"].as_str().unwrap();
+    let (_, ev) = app
+        .get(&format!("/api/projects/book/runs/{run_id}/events"), &token)
+        .await;
+    assert!(
+        ev["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event_type"] == "candidate.retry_scheduled")
+    );
+}
+
+#[actix_web::test]
+async fn output_guard_archives_hard_failures_and_fails_the_chain() {
+    let app = TestApp::spawn().await;
+    let token = project(&app).await;
+    // Night grading tints blue: with grayscale enforced every time candidate fails.
+    let (s, b) = trigger(&app, &token, json!({
+        "mode": "run", "scene_refs": ["sample:4"], "stage": "weather", "time": "night", "candidates": 2,
+        "manifest": {"output_guard": {"enforce_grayscale": true, "max_chroma_delta": 2.0}}, "wait": true,
+    }))
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let jobs = b["jobs"].as_array().unwrap();
+    let status: Vec<&str> = jobs.iter().map(|j| j["status"].as_str().unwrap()).collect();
+    assert_eq!(status, vec!["done", "failed", "skipped"], "{b}");
+    assert_eq!(b["run"]["status"], "partial");
+    assert!(
+        jobs[1]["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["status"] == "failed_output_guard")
+    );
+    let archived = entities::assets::Entity::find()
+        .filter(entities::assets::Column::Kind.eq("archived"))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(archived.len(), 2);
+    for a in archived {
+        assert!(a.storage_key.starts_with("archive/"));
+        assert!(
+            app.data_path()
+                .join("projects/book")
+                .join(&a.storage_key)
+                .exists()
+        );
+    }
+}
+
+#[actix_web::test]
+async fn cancel_stops_further_calls_and_wins_over_completion() {
+    let app = TestApp::spawn_with(|s| {
+        s.providers.local.latency_ms = 150;
+        s.engine.max_jobs_per_run = 1;
+        s.engine.provider_concurrency = 1;
+    })
+    .await;
+    let token = project(&app).await;
+    let (s, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:1", "sample:2", "sample:3"], "stage": "time", "candidates": 2})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let run_id = b["run_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (s, c) = app
+        .post(
+            &format!("/api/projects/book/runs/{run_id}/cancel"),
+            &token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["run"]["status"], "canceled");
+    let calls_at_cancel = entities::provider_calls::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .len();
+    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    let calls_later = entities::provider_calls::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .len();
+    assert!(
+        calls_later <= calls_at_cancel + 1,
+        "calls continued after cancel: {calls_at_cancel} -> {calls_later}"
+    );
+    assert!(calls_later < 12);
+    let (_, detail) = app
+        .get(&format!("/api/projects/book/runs/{run_id}"), &token)
+        .await;
+    assert_eq!(
+        detail["run"]["status"], "canceled",
+        "completion overwrote the cancel"
+    );
+    assert!(
+        detail["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["status"] != "pending" && j["status"] != "blocked")
+    );
+    // Canceling again, or a finished run, changes nothing.
+    let (s, again) = app
+        .post(
+            &format!("/api/projects/book/runs/{run_id}/cancel"),
+            &token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(again["run"]["status"], "canceled");
+    let (s, b) = app
+        .post(
+            "/api/projects/book/runs/not-a-run/cancel",
+            &token,
+            json!({}),
+        )
+        .await;
+    assert_error(s, &b, 404, "not_found");
+}
+
+#[actix_web::test]
+async fn jobs_of_a_run_respect_the_concurrency_bound() {
+    let app = TestApp::spawn_with(|s| {
+        s.providers.local.latency_ms = 60;
+        s.engine.max_jobs_per_run = 2;
+    })
+    .await;
+    let token = project(&app).await;
+    let (s, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:1", "sample:2", "sample:3", "sample:4", "sample:5"], "candidates": 1, "wait": true})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done");
+    let jobs = entities::run_jobs::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
+    let spans: Vec<_> = jobs
+        .iter()
+        .map(|j| (j.started_at.unwrap(), j.finished_at.unwrap()))
+        .collect();
+    let max_overlap = spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        max_overlap <= 2,
+        "{max_overlap} jobs ran at once with a bound of 2"
+    );
+    assert!(max_overlap >= 2, "jobs never ran in parallel");
+}
