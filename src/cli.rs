@@ -37,6 +37,22 @@ pub struct GlobalArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// The main job: take sample scenes through style -> time -> weather on the
+    /// built-in local provider (offline, free) and print where everything went.
+    Demo {
+        /// Number of sample scenes.
+        #[arg(long, default_value_t = 3)]
+        scenes: u32,
+        /// Candidates generated per job; the best one wins.
+        #[arg(long, default_value_t = 3)]
+        candidates: u32,
+        /// day, dusk or night.
+        #[arg(long, default_value = "dusk")]
+        time: String,
+        /// clear, rain, snow or fog.
+        #[arg(long, default_value = "rain")]
+        weather: String,
+    },
     /// Run the HTTP API (migrates the database first).
     Serve {
         /// Address to listen on; port 0 picks a free port.
@@ -107,6 +123,24 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let app = Application::build(settings).await?;
             app.run_until_stopped().await?;
             Ok(())
+        }
+        Command::Demo {
+            scenes,
+            candidates,
+            time,
+            weather,
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::demo::run(
+                settings,
+                crate::demo::DemoOptions {
+                    scenes,
+                    candidates,
+                    time,
+                    weather,
+                },
+            )
+            .await
         }
         Command::Migrate { action } => {
             let settings = Settings::load(&overrides).map_err(StartupError::from)?;

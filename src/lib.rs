@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod database;
+pub mod demo;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

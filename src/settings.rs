@@ -232,6 +232,7 @@ impl Settings {
             .merge(
                 Env::prefixed("ATELIER_")
                     .filter(|key| {
+                        let key = key.as_str().to_ascii_lowercase();
                         let key = key.as_str();
                         ["data_dir", "bind", "database_url"].contains(&key)
                             || [

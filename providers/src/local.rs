@@ -18,6 +18,8 @@ pub struct LocalProviderSettings {
     pub failure_rate: f64,
     /// Simulated price per image (0 = free, so no spend confirmation needed).
     pub price_usd: f64,
+    /// Fault injection for tests: panic on the first attempt of every call.
+    pub fault_panic_first_attempt: bool,
 }
 
 pub struct LocalProvider {
@@ -50,6 +52,9 @@ impl ImageProvider for LocalProvider {
     async fn generate(&self, request: GenerateRequest) -> Result<GeneratedImage, ProviderError> {
         if self.settings.latency_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.settings.latency_ms)).await;
+        }
+        if self.settings.fault_panic_first_attempt && request.attempt == 1 {
+            panic!("injected fault: local provider panics on the first attempt");
         }
         let seed = hash(&request.idempotency_key);
         if self.settings.failure_rate > 0.0 {

@@ -134,6 +134,20 @@ fn config_layers_file_then_environment_then_flags() {
         "flag did not override the environment"
     );
 
+    // Nested keys come from the environment too (`__` between levels).
+    let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .arg("--config")
+        .arg(&config)
+        .env("ATELIER_DATABASE__MAX_CONNECTIONS", "0")
+        .args(["migrate", "status"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "ATELIER_DATABASE__MAX_CONNECTIONS was ignored"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_connections"));
+
     std::fs::write(&config, "bogus_key = 1\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_atelier"))
         .arg("--config")
@@ -182,4 +196,45 @@ fn serve_shuts_down_gracefully_on_sigterm() {
     assert!(status.success());
     let exit = child.wait().unwrap();
     assert!(exit.success(), "serve exited with {exit} after SIGTERM");
+}
+
+#[test]
+fn demo_runs_the_whole_chain_and_reports_where_things_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = atelier(dir.path())
+        .args(["demo", "--scenes", "2", "--candidates", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("finished: done"), "{stdout}");
+    assert!(stdout.contains("jobs        6 (6 done)"), "{stdout}");
+    assert!(stdout.contains("candidates  12"), "{stdout}");
+    let log_line = stdout
+        .lines()
+        .find(|l| l.contains("run log"))
+        .expect("run log line");
+    let log_path = log_line.split_whitespace().last().unwrap();
+    let log: serde_json::Value = serde_json::from_slice(&std::fs::read(log_path).unwrap()).unwrap();
+    assert_eq!(log["run"]["status"], "done");
+    assert_eq!(log["jobs"].as_array().unwrap().len(), 6);
+    let finals: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with("final"))
+        .map(|l| l.split_whitespace().last().unwrap())
+        .collect();
+    assert_eq!(finals.len(), 2);
+    for f in finals {
+        assert!(std::path::Path::new(f).exists(), "{f}");
+    }
+    // A second demo reuses the project and adds a run.
+    let again = atelier(dir.path())
+        .args(["demo", "--scenes", "1", "--candidates", "1"])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
 }

@@ -11,5 +11,6 @@ mod cli;
 mod contract;
 mod migrations;
 mod projects;
+mod recovery;
 mod runs;
 mod storage;

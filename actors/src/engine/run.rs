@@ -295,6 +295,41 @@ async fn finish_run(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result
     .await?;
     crate::db::commit(txn).await?;
     deps.hub.publish(event);
+    if let Err(e) = write_run_log(deps, run_id).await {
+        tracing::warn!(%run_id, error = %e, "cannot write the run log");
+    }
+    Ok(())
+}
+
+/// `runs/{run_id}/run-log.json` in the project store: the run, its jobs and
+/// candidates and every event, for people and tools that read files.
+async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceError> {
+    let Some(run) = runs::Entity::find_by_id(run_id).one(&deps.db).await? else {
+        return Ok(());
+    };
+    let project = projects::Entity::find_by_id(run.project_id)
+        .one(&deps.db)
+        .await?
+        .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
+    let store = crate::projects::object_store(&deps.db, &deps.roots, &project).await?;
+    let jobs = store::jobs_of(&deps.db, run_id).await?;
+    let candidates = store::candidates_of_run(&deps.db, run_id).await?;
+    let events = events::list_since(&deps.db, run_id, 0, 1_000_000).await?;
+    let log = json!({ "run": run, "jobs": jobs, "candidates": candidates, "events": events });
+    let key = format!("runs/{run_id}/run-log.json");
+    let bytes =
+        serde_json::to_vec_pretty(&log).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let object_key =
+        storage::ObjectKey::parse(&key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    store
+        .put(&object_key, bytes)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("storage: {e}")))?;
+    runs::Entity::update_many()
+        .col_expr(runs::Column::RunLogKey, Expr::value(key))
+        .filter(runs::Column::Id.eq(run_id))
+        .exec(&deps.db)
+        .await?;
     Ok(())
 }
 

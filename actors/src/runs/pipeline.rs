@@ -339,6 +339,9 @@ async fn call_with_retries(
     key: &str,
     existing: Option<provider_calls::Model>,
 ) -> Result<(Generated, Uuid), ServiceError> {
+    if run_canceled(&env.db, run.id).await? {
+        return Ok((None, existing.map(|c| c.id).unwrap_or_default()));
+    }
     let call_id = match &existing {
         Some(c) => c.id,
         None => {
@@ -604,12 +607,19 @@ async fn finish_job(
     };
     run_jobs::Entity::update_many()
         .col_expr(run_jobs::Column::Status, Expr::value(job_status))
+        // On success the error of an earlier attempt stays, for the record.
+        .col_expr(
+            run_jobs::Column::LastError,
+            match error {
+                Some(e) => Expr::value(e),
+                None => Expr::col(run_jobs::Column::LastError),
+            },
+        )
         .col_expr(run_jobs::Column::FinalAssetId, Expr::value(final_asset))
         .col_expr(
             run_jobs::Column::SelectedCandidateIndex,
             Expr::value(selected),
         )
-        .col_expr(run_jobs::Column::LastError, Expr::value(error))
         .col_expr(
             run_jobs::Column::LeaseOwner,
             Expr::value(Option::<String>::None),
