@@ -275,6 +275,8 @@ pub struct Job {
     pub stage: String,
     pub stage_index: i32,
     pub parent_job_id: Option<Uuid>,
+    /// The failed job this one retries.
+    pub retry_of_job_id: Option<Uuid>,
     pub scene_ref: String,
     pub prompt_text: String,
     pub input_asset_id: Option<Uuid>,
@@ -298,6 +300,7 @@ impl Job {
             stage: j.stage.clone(),
             stage_index: j.stage_index,
             parent_job_id: j.parent_job_id,
+            retry_of_job_id: j.retry_of_job_id,
             scene_ref: j.scene_ref.clone().unwrap_or_default(),
             prompt_text: j.prompt_text.clone().unwrap_or_default(),
             input_asset_id: j.input_asset_id,

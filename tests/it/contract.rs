@@ -27,6 +27,18 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/projects/{slug}/runs/{runId}/jobs"),
     ("GET", "/api/projects/{slug}/runs/{runId}/events"),
     ("POST", "/api/projects/{slug}/runs/{runId}/cancel"),
+    ("POST", "/api/projects/{slug}/runs/{runId}/retry"),
+    (
+        "POST",
+        "/api/projects/{slug}/runs/{runId}/jobs/{jobId}/cancel",
+    ),
+    (
+        "GET",
+        "/api/projects/{slug}/runs/{runId}/jobs/{jobId}/candidates",
+    ),
+    ("GET", "/api/projects/{slug}/queue"),
+    ("POST", "/api/projects/{slug}/queue/pause"),
+    ("POST", "/api/projects/{slug}/queue/resume"),
 ];
 
 /// Routes added to the v1 contract (new endpoints only; see docs/api.md).
@@ -34,6 +46,12 @@ const ADDITIONS: &[&str] = &[
     "/openapi.json",
     "/api/projects/{slug}/runs/{runId}/events",
     "/api/projects/{slug}/runs/{runId}/cancel",
+    "/api/projects/{slug}/runs/{runId}/retry",
+    "/api/projects/{slug}/runs/{runId}/jobs/{jobId}/cancel",
+    "/api/projects/{slug}/runs/{runId}/jobs/{jobId}/candidates",
+    "/api/projects/{slug}/queue",
+    "/api/projects/{slug}/queue/pause",
+    "/api/projects/{slug}/queue/resume",
 ];
 
 const FROZEN_ROUTES: &str = include_str!("frozen_routes.txt");

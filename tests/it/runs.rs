@@ -314,7 +314,7 @@ async fn bad_triggers_fail_before_any_spend() {
 async fn retryable_provider_failures_are_retried_and_recorded() {
     let app = TestApp::spawn_with(|s| {
         s.providers.local.failure_rate = 0.5;
-        s.engine.provider_max_attempts = 8;
+        s.engine.provider_max_attempts = 30;
         s.engine.retry_base_ms = 1;
         s.engine.retry_max_ms = 5;
     })
@@ -493,4 +493,218 @@ async fn jobs_of_a_run_respect_the_concurrency_bound() {
         "{max_overlap} jobs ran at once with a bound of 2"
     );
     assert!(max_overlap >= 2, "jobs never ran in parallel");
+}
+
+async fn wait_status(app: &TestApp, token: &str, run_id: &str, want: &[&str]) -> Value {
+    for _ in 0..200 {
+        let (_, d) = app
+            .get(&format!("/api/projects/book/runs/{run_id}"), token)
+            .await;
+        if want.contains(&d["run"]["status"].as_str().unwrap_or("")) {
+            return d;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("run {run_id} never reached {want:?}");
+}
+
+#[actix_web::test]
+async fn paused_queue_holds_runs_until_resumed() {
+    let app = TestApp::spawn().await;
+    let token = project(&app).await;
+    let (s, q) = app
+        .post("/api/projects/book/queue/pause", &token, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{q}");
+    assert_eq!(q["paused"], json!(true));
+    let (_, b) = trigger(
+        &app,
+        &token,
+        json!({"mode": "run", "scene_refs": ["sample:1"]}),
+    )
+    .await;
+    let run_id = b["run_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (_, d) = app
+        .get(&format!("/api/projects/book/runs/{run_id}"), &token)
+        .await;
+    assert_eq!(d["run"]["status"], "queued", "a paused queue started a run");
+    let (_, q) = app.get("/api/projects/book/queue", &token).await;
+    assert_eq!(q["queued"], json!(1));
+    // The pause is stored with the project (it survives a restart).
+    let p = entities::projects::Entity::find()
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.settings_json["queue_paused"], json!(true));
+    let (s, q) = app
+        .post("/api/projects/book/queue/resume", &token, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{q}");
+    assert_eq!(q["paused"], json!(false));
+    wait_status(&app, &token, &run_id, &["done"]).await;
+}
+
+#[actix_web::test]
+async fn canceling_one_job_skips_its_chain_only() {
+    let app = TestApp::spawn_with(|s| {
+        s.providers.local.latency_ms = 80;
+        s.engine.max_jobs_per_run = 1;
+    })
+    .await;
+    let token = project(&app).await;
+    let (_, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:1", "sample:2"], "stage": "time", "candidates": 1})).await;
+    let run_id = b["run_id"].as_str().unwrap().to_string();
+    let second_style = b["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_key"] == "style_2_sample_2")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, c) = app
+        .post(
+            &format!("/api/projects/book/runs/{run_id}/jobs/{second_style}/cancel"),
+            &token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["job"]["status"], "canceled");
+    let d = wait_status(&app, &token, &run_id, &["partial", "done", "failed"]).await;
+    let status: HashMap<&str, &str> = d["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            (
+                j["job_key"].as_str().unwrap(),
+                j["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(status["style_1_sample_1"], "done");
+    assert_eq!(status["time_1_sample_1"], "done");
+    assert_eq!(status["style_2_sample_2"], "canceled");
+    assert_eq!(status["time_2_sample_2"], "skipped");
+    assert_eq!(d["run"]["status"], "partial");
+    let (s, b) = app
+        .post(
+            &format!("/api/projects/book/runs/{run_id}/jobs/not-a-job/cancel"),
+            &token,
+            json!({}),
+        )
+        .await;
+    assert_error(s, &b, 404, "not_found");
+
+    let job = d["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["job_key"] == "style_1_sample_1")
+        .unwrap();
+    let (_, cands) = app
+        .get(
+            &format!(
+                "/api/projects/book/runs/{run_id}/jobs/{}/candidates",
+                job["id"].as_str().unwrap()
+            ),
+            &token,
+        )
+        .await;
+    assert_eq!(cands["count"], json!(1));
+    assert_eq!(cands["job_id"], job["id"]);
+}
+
+#[actix_web::test]
+async fn retry_gives_failed_jobs_a_linked_new_attempt_without_repaying() {
+    let app = TestApp::spawn_with(|s| {
+        s.providers.local.failure_rate = 0.5;
+        s.engine.provider_max_attempts = 1;
+    })
+    .await;
+    let token = project(&app).await;
+    // Find a run in which some (not all) jobs failed; each run draws anew.
+    let mut found = None;
+    for _ in 0..12 {
+        let (_, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:1", "sample:2", "sample:3", "sample:4"], "candidates": 1, "wait": true})).await;
+        if b["run"]["status"] == "partial" {
+            found = Some(b);
+            break;
+        }
+    }
+    let b = found.expect("no partial run in 12 tries at a 50% failure rate");
+    let run_id = b["run_id"].as_str().unwrap().to_string();
+    let failed: Vec<String> = b["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["status"] == "failed")
+        .map(|j| j["id"].as_str().unwrap().to_string())
+        .collect();
+    let succeeded_before: Vec<_> = entities::provider_calls::Entity::find()
+        .filter(entities::provider_calls::Column::Status.eq("succeeded"))
+        .all(&app.db)
+        .await
+        .unwrap();
+
+    let (s, r) = app
+        .post(
+            &format!("/api/projects/book/runs/{run_id}/retry"),
+            &token,
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let new_jobs = r["jobs"].as_array().unwrap();
+    assert_eq!(new_jobs.len(), failed.len());
+    for j in new_jobs {
+        assert!(
+            failed.contains(&j["retry_of_job_id"].as_str().unwrap().to_string()),
+            "{j}"
+        );
+    }
+    let d = wait_status(&app, &token, &run_id, &["done", "partial", "failed"]).await;
+    let jobs = entities::run_jobs::Entity::find()
+        .filter(entities::run_jobs::Column::RetryOfJobId.is_not_null())
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), failed.len());
+    for j in &jobs {
+        assert!(
+            failed.contains(&j.retry_of_job_id.unwrap().to_string()),
+            "retry not linked to a failed job"
+        );
+        assert_ne!(j.status, "pending");
+    }
+    assert!(d["jobs"].as_array().unwrap().len() > 4);
+    // Stored results were not paid for again.
+    for b in &succeeded_before {
+        let now = entities::provider_calls::Entity::find_by_id(b.id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.attempt, b.attempt);
+        assert_eq!(now.finished_at, b.finished_at);
+    }
+    // A run with nothing to retry says so.
+    let (_, ok_run) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:9"], "candidates": 1, "wait": true, "manifest": {}})).await;
+    if ok_run["run"]["status"] == "done" {
+        let (s, e) = app
+            .post(
+                &format!(
+                    "/api/projects/book/runs/{}/retry",
+                    ok_run["run_id"].as_str().unwrap()
+                ),
+                &token,
+                json!({}),
+            )
+            .await;
+        assert_error(s, &e, 409, "run_not_retryable");
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::Utc;
-use entities::{run_jobs, runs};
+use entities::{projects, run_jobs, runs};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
@@ -75,21 +75,31 @@ impl Actor for ProjectActor {
         // Recovery: resume what was queued or running when we last stopped.
         let db = self.deps.db.clone();
         ctx.wait(
-            async move { store::unfinished_runs(&db).await }
-                .into_actor(self)
-                .map(|result, act, ctx| {
-                    match result {
-                        Ok(runs) => {
-                            for r in runs {
-                                if !act.queue.iter().any(|(id, _)| *id == r.id) {
-                                    act.queue.push_back((r.id, r.project_id));
-                                }
+            async move {
+                let paused: Vec<Uuid> = projects::Entity::find()
+                    .all(&db)
+                    .await?
+                    .iter()
+                    .filter(|p| crate::runs::control::is_paused(p))
+                    .map(|p| p.id)
+                    .collect();
+                Ok::<_, ServiceError>((paused, store::unfinished_runs(&db).await?))
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                match result {
+                    Ok((paused, runs)) => {
+                        act.paused = paused.into_iter().collect();
+                        for r in runs {
+                            if !act.queue.iter().any(|(id, _)| *id == r.id) {
+                                act.queue.push_back((r.id, r.project_id));
                             }
                         }
-                        Err(e) => act.deps.registry.record_error(NAME, e.to_string()),
                     }
-                    act.pump(ctx);
-                }),
+                    Err(e) => act.deps.registry.record_error(NAME, e.to_string()),
+                }
+                act.pump(ctx);
+            }),
         );
     }
 }

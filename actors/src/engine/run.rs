@@ -376,6 +376,12 @@ async fn settle_job(
     let job = run_jobs::Entity::find_by_id(job_id).one(&txn).await?;
     let Some(job) = job else { return Ok(()) };
     let mut published = Vec::new();
+    // A job canceled while it ran keeps its cancel; its chain stops there.
+    let outcome = if job.status == status::CANCELED {
+        Ok(JobOutcome::Canceled)
+    } else {
+        outcome
+    };
     match outcome {
         Ok(JobOutcome::Done { final_asset_id, .. }) => {
             run_jobs::Entity::update_many()
@@ -392,6 +398,7 @@ async fn settle_job(
         }
         Ok(JobOutcome::Failed { .. }) => skip_descendants(&txn, job_id, now).await?,
         Ok(JobOutcome::Canceled) => {
+            skip_descendants(&txn, job_id, now).await?;
             run_jobs::Entity::update_many()
                 .col_expr(run_jobs::Column::Status, Expr::value(status::CANCELED))
                 .filter(run_jobs::Column::Id.eq(job_id))

@@ -1,6 +1,7 @@
 //! Runs: planning, persistence, events and the job pipeline. Plain functions;
 //! the engine's actors (`crate::engine`) schedule them.
 
+pub mod control;
 pub mod events;
 pub mod manifest;
 pub mod pipeline;

@@ -102,11 +102,21 @@ fn stage_of(job: &run_jobs::Model) -> Result<Stage, ServiceError> {
     })
 }
 
-async fn run_canceled(db: &DatabaseConnection, run_id: Uuid) -> Result<bool, ServiceError> {
-    Ok(runs::Entity::find_by_id(run_id)
+/// Whether the run or this job was canceled (checked before every provider call).
+async fn canceled(
+    db: &DatabaseConnection,
+    run_id: Uuid,
+    job_id: Uuid,
+) -> Result<bool, ServiceError> {
+    let run_gone = runs::Entity::find_by_id(run_id)
         .one(db)
         .await?
-        .is_none_or(|r| r.status == status::CANCELED))
+        .is_none_or(|r| r.status == status::CANCELED);
+    Ok(run_gone
+        || run_jobs::Entity::find_by_id(job_id)
+            .one(db)
+            .await?
+            .is_none_or(|j| j.status == status::CANCELED))
 }
 
 /// Runs one leased job to its outcome and persists it.
@@ -230,7 +240,7 @@ async fn candidate(
         None => call_with_retries(env, run, job, stage, index, input, &key, None).await?,
     };
     let Some((img, cost, model, request_id)) = image else {
-        return Ok(if run_canceled(&env.db, run.id).await? {
+        return Ok(if canceled(&env.db, run.id, job.id).await? {
             None
         } else {
             Some(CandidateResult {
@@ -339,7 +349,7 @@ async fn call_with_retries(
     key: &str,
     existing: Option<provider_calls::Model>,
 ) -> Result<(Generated, Uuid), ServiceError> {
-    if run_canceled(&env.db, run.id).await? {
+    if canceled(&env.db, run.id, job.id).await? {
         return Ok((None, existing.map(|c| c.id).unwrap_or_default()));
     }
     let call_id = match &existing {
@@ -378,7 +388,7 @@ async fn call_with_retries(
     };
     let mut attempt = existing.map_or(0, |c| c.attempt.max(0) as u32);
     loop {
-        if run_canceled(&env.db, run.id).await? {
+        if canceled(&env.db, run.id, job.id).await? {
             return Ok((None, call_id));
         }
         attempt += 1;
@@ -631,6 +641,7 @@ async fn finish_job(
         .col_expr(run_jobs::Column::FinishedAt, Expr::value(now))
         .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
         .filter(run_jobs::Column::Id.eq(job.id))
+        .filter(run_jobs::Column::Status.eq(status::RUNNING))
         .exec(&txn)
         .await?;
     let event = events::append(

@@ -27,5 +27,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(runs::get_run)
         .service(runs::list_jobs)
         .service(runs::list_events)
-        .service(runs::cancel_run);
+        .service(runs::cancel_run)
+        .service(runs::retry_run)
+        .service(runs::cancel_job)
+        .service(runs::list_candidates)
+        .service(runs::get_queue)
+        .service(runs::pause_queue)
+        .service(runs::resume_queue);
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 use actix_web::{get, post, web};
 use actors::projects;
 use actors::runs::plan::{self, TriggerInput};
-use actors::runs::{events, store, trigger};
+use actors::runs::{control, events, store, trigger};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -312,4 +312,177 @@ pub async fn cancel_run(
         ok: true,
         run: Run::from(&run),
     }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RunRetried {
+    ok: bool,
+    run: Run,
+    /// The new job attempts (each linked to the failed job by `retry_of_job_id`).
+    jobs: Vec<Job>,
+    audit_id: Uuid,
+}
+
+/// **New.** Retry the failed jobs of a finished run: each gets a new attempt
+/// linked to the old one, and the run is queued again.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path), ("runId" = String, Path)),
+    responses((status = 200, body = RunRetried), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "run_not_retryable, nothing_to_retry")))]
+#[post("/api/projects/{slug}/runs/{runId}/retry")]
+pub async fn retry_run(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<RunRetried>> {
+    let (slug, run_id) = path.into_inner();
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let run = store::get_run(&state.db, project.id, &run_id).await?;
+    let (run, created, audit_id) = control::retry_failed(&state.engine, &principal, &run).await?;
+    Ok(web::Json(RunRetried {
+        ok: true,
+        run: Run::from(&run),
+        jobs: created.iter().map(|j| Job::new(j, Vec::new())).collect(),
+        audit_id,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct JobCanceled {
+    ok: bool,
+    job: Job,
+}
+
+/// **New.** Cancel one job and the later stages of its scene.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path), ("runId" = String, Path), ("jobId" = String, Path)),
+    responses((status = 200, body = JobCanceled), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[post("/api/projects/{slug}/runs/{runId}/jobs/{jobId}/cancel")]
+pub async fn cancel_job(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    path: web::Path<(String, String, String)>,
+) -> ApiResult<web::Json<JobCanceled>> {
+    let (slug, run_id, job_id) = path.into_inner();
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let run = store::get_run(&state.db, project.id, &run_id).await?;
+    let job = control::cancel_job(&state.engine, &run, &job_id).await?;
+    Ok(web::Json(JobCanceled {
+        ok: true,
+        job: Job::new(&job, Vec::new()),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CandidateList {
+    ok: bool,
+    job_id: Uuid,
+    count: usize,
+    candidates: Vec<Candidate>,
+}
+
+/// **New.** Candidates of one job, by index.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path), ("runId" = String, Path), ("jobId" = String, Path)),
+    responses((status = 200, body = CandidateList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/runs/{runId}/jobs/{jobId}/candidates")]
+pub async fn list_candidates(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    path: web::Path<(String, String, String)>,
+) -> ApiResult<web::Json<CandidateList>> {
+    let (slug, run_id, job_id) = path.into_inner();
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let run = store::get_run(&state.db, project.id, &run_id).await?;
+    let job_id = Uuid::parse_str(job_id.trim())
+        .map_err(|_| actors::ServiceError::not_found("Job not found"))?;
+    let jobs = store::jobs_of(&state.db, run.id).await?;
+    if !jobs.iter().any(|j| j.id == job_id) {
+        return Err(actors::ServiceError::not_found("Job not found").into());
+    }
+    let candidates: Vec<Candidate> = store::candidates_of_run(&state.db, run.id)
+        .await?
+        .iter()
+        .filter(|c| c.job_id == job_id)
+        .map(Candidate::from)
+        .collect();
+    Ok(web::Json(CandidateList {
+        ok: true,
+        job_id,
+        count: candidates.len(),
+        candidates,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QueueState {
+    ok: bool,
+    paused: bool,
+    queued: usize,
+    running: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audit_id: Option<Uuid>,
+}
+
+async fn queue_state(
+    state: &AppState,
+    project: &entities::projects::Model,
+    audit_id: Option<Uuid>,
+) -> Result<QueueState, actors::ServiceError> {
+    let runs = store::list_runs(&state.db, project.id, 10_000).await?;
+    Ok(QueueState {
+        ok: true,
+        paused: state.engine.is_paused(project.id).await?,
+        queued: runs
+            .iter()
+            .filter(|r| r.status == store::status::QUEUED)
+            .count(),
+        running: runs
+            .iter()
+            .filter(|r| r.status == store::status::RUNNING)
+            .count(),
+        audit_id,
+    })
+}
+
+/// **New.** The project's run queue: paused or not, queued and running runs.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path)),
+    responses((status = 200, body = QueueState), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/queue")]
+pub async fn get_queue(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+) -> ApiResult<web::Json<QueueState>> {
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    Ok(web::Json(queue_state(&state, &project, None).await?))
+}
+
+/// **New.** Pause the project's queue: running runs go on, queued runs wait.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path)),
+    responses((status = 200, body = QueueState), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[post("/api/projects/{slug}/queue/pause")]
+pub async fn pause_queue(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+) -> ApiResult<web::Json<QueueState>> {
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let audit_id = control::set_queue_paused(&state.engine, &principal, &project, true).await?;
+    Ok(web::Json(
+        queue_state(&state, &project, Some(audit_id)).await?,
+    ))
+}
+
+/// **New.** Resume the project's queue.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path)),
+    responses((status = 200, body = QueueState), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[post("/api/projects/{slug}/queue/resume")]
+pub async fn resume_queue(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+) -> ApiResult<web::Json<QueueState>> {
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let audit_id = control::set_queue_paused(&state.engine, &principal, &project, false).await?;
+    Ok(web::Json(
+        queue_state(&state, &project, Some(audit_id)).await?,
+    ))
 }
