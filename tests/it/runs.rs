@@ -708,3 +708,65 @@ async fn retry_gives_failed_jobs_a_linked_new_attempt_without_repaying() {
         assert_error(s, &e, 409, "run_not_retryable");
     }
 }
+
+#[actix_web::test]
+async fn the_cost_actor_stops_spend_at_the_project_budget_before_the_call() {
+    let app = TestApp::spawn_with(|s| {
+        s.providers.local.price_usd = 0.05;
+        s.providers.local.latency_ms = 50;
+    })
+    .await;
+    let token = project(&app).await;
+    // Both runs pass the trigger check (nothing spent yet, each estimate fits),
+    // but together they would exceed the project budget: the CostActor must
+    // refuse the second run's calls before they are made.
+    let body = json!({"mode": "run", "confirm_spend": true, "scene_refs": ["sample:1"], "candidates": 2,
+        "manifest": {"policy": {"project_budget_usd": 0.10}}});
+    let (s1, a) = trigger(&app, &token, body.clone()).await;
+    let (s2, b) = trigger(&app, &token, body).await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK), "{a} {b}");
+    let ra = wait_status(
+        &app,
+        &token,
+        a["run_id"].as_str().unwrap(),
+        &["done", "failed", "partial"],
+    )
+    .await;
+    let rb = wait_status(
+        &app,
+        &token,
+        b["run_id"].as_str().unwrap(),
+        &["done", "failed", "partial"],
+    )
+    .await;
+    assert_eq!(ra["run"]["status"], "done");
+    assert_eq!(rb["run"]["status"], "failed", "{rb}");
+    let spent: f64 = entities::cost_events::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.total_cost_usd)
+        .sum();
+    assert!((spent - 0.10).abs() < 1e-9, "spent {spent}");
+    let refused = entities::provider_calls::Entity::find()
+        .filter(entities::provider_calls::Column::ErrorCode.eq("project_budget_exceeded"))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(refused.len(), 2);
+    assert!(
+        refused
+            .iter()
+            .all(|c| c.attempt == 0 && c.actual_cost_usd.is_none())
+    );
+    // A third trigger is refused up front now that the budget is spent.
+    let (s, e) = trigger(
+        &app,
+        &token,
+        json!({"mode": "run", "confirm_spend": true, "scene_refs": ["sample:1"],
+        "manifest": {"policy": {"project_budget_usd": 0.10}}}),
+    )
+    .await;
+    assert_error(s, &e, 400, "project_budget_exceeded");
+}

@@ -12,6 +12,7 @@
 //! reclaims jobs whose lease expired; a job body that panics or errors is
 //! contained (it runs in its own task) and becomes a retry or a failed job.
 
+mod cost;
 mod project;
 mod registry;
 mod run;
@@ -29,6 +30,7 @@ use storage::paths::StorageRoots;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+pub use cost::{CostActor, ReserveSpend};
 pub use project::ProjectActor;
 pub use registry::{ActorInfo, SupervisionRegistry};
 
@@ -84,6 +86,8 @@ pub struct EngineDeps {
     pub registry: Arc<SupervisionRegistry>,
     /// Distinguishes this process's leases from other nodes'.
     pub node_id: String,
+    /// The CostActor's inbox, set when the engine starts.
+    pub spend: Option<actix::Recipient<ReserveSpend>>,
 }
 
 impl EngineDeps {
@@ -114,6 +118,7 @@ impl EngineDeps {
             config,
             registry: Arc::new(SupervisionRegistry::default()),
             node_id: format!("node-{}", Uuid::new_v4().simple()),
+            spend: None,
         }
     }
 
@@ -139,6 +144,10 @@ impl Engine {
     /// Starts the supervision tree (needs a running actix System). Unfinished
     /// runs found in the database are resumed.
     pub fn start(deps: EngineDeps) -> Self {
+        let mut deps = deps;
+        let (db, registry) = (deps.db.clone(), deps.registry.clone());
+        let cost = Supervisor::start(move |_| CostActor::new(db, registry));
+        deps.spend = Some(cost.clone().recipient());
         let deps = Arc::new(deps);
         let for_actor = deps.clone();
         let project = Supervisor::start(move |_| ProjectActor::new(for_actor));

@@ -51,6 +51,9 @@ impl ProjectActor {
         let mut waiting = VecDeque::new();
         while let Some((run_id, project_id)) = self.queue.pop_front() {
             if self.active.contains_key(&run_id) {
+                // Resubmitted (e.g. retried) while its previous RunActor is
+                // still winding down: start it again once that one reports.
+                waiting.push_back((run_id, project_id));
                 continue;
             }
             if self.paused.contains(&project_id)

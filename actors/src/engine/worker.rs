@@ -88,6 +88,12 @@ impl Actor for WorkerActor {
                 store: self.store.clone(),
                 retry: self.deps.config.retry,
                 limits: self.deps.config.limits,
+                spend: self.deps.spend.clone(),
+                project_budget_usd: serde_json::from_value::<crate::runs::manifest::Manifest>(
+                    self.run.settings_snapshot_json.clone(),
+                )
+                .ok()
+                .and_then(|m| m.policy.project_budget_usd),
             }),
             _ => None,
         };

@@ -54,6 +54,9 @@ pub struct JobEnv {
     pub store: ObjectStore,
     pub retry: RetryPolicy,
     pub limits: DecodeLimits,
+    /// The CostActor: asked before every paid attempt.
+    pub spend: Option<actix::Recipient<crate::engine::ReserveSpend>>,
+    pub project_budget_usd: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -392,14 +395,33 @@ async fn call_with_retries(
             return Ok((None, call_id));
         }
         attempt += 1;
-        provider_calls::Entity::update_many()
-            .col_expr(provider_calls::Column::Status, Expr::value("pending"))
-            .col_expr(provider_calls::Column::Attempt, Expr::value(attempt as i32))
-            .col_expr(provider_calls::Column::StartedAt, Expr::value(time::now()))
-            .col_expr(provider_calls::Column::UpdatedAt, Expr::value(time::now()))
-            .filter(provider_calls::Column::Id.eq(call_id))
-            .exec(&env.db)
+        if let Err(refused) = reserve(env, run, call_id, attempt).await {
+            let code = match &refused {
+                ServiceError::Policy { code, .. } => *code,
+                _ => "reservation_failed",
+            };
+            provider_calls::Entity::update_many()
+                .col_expr(provider_calls::Column::Status, Expr::value("failed"))
+                .col_expr(provider_calls::Column::ErrorCode, Expr::value(code))
+                .col_expr(
+                    provider_calls::Column::ErrorMessage,
+                    Expr::value(refused.to_string()),
+                )
+                .filter(provider_calls::Column::Id.eq(call_id))
+                .exec(&env.db)
+                .await?;
+            events::emit(
+                &env.db,
+                &env.hub,
+                run.id,
+                run.project_id,
+                "candidate.failed",
+                Some(job.id),
+                json!({ "candidate_index": index, "attempt": attempt, "error_code": code }),
+            )
             .await?;
+            return Ok((None, call_id));
+        }
         let result = {
             let _permit = env
                 .provider_slots
@@ -439,6 +461,42 @@ async fn call_with_retries(
                 let seed = u64::from(attempt) ^ (index as u64) << 8 ^ job.id.as_u128() as u64;
                 tokio::time::sleep(env.retry.delay(attempt, seed)).await;
             }
+        }
+    }
+}
+
+/// Marks the call in flight for this attempt; paid calls go through the
+/// CostActor, which refuses when a budget would be exceeded.
+async fn reserve(
+    env: &JobEnv,
+    run: &runs::Model,
+    call_id: Uuid,
+    attempt: u32,
+) -> Result<(), ServiceError> {
+    let amount = env.provider.unit_price_usd();
+    match (&env.spend, amount > 0.0) {
+        (Some(spend), true) => spend
+            .send(crate::engine::ReserveSpend {
+                call_id,
+                project_id: run.project_id,
+                run_id: run.id,
+                attempt: attempt as i32,
+                amount,
+                run_budget: run.budget_usd,
+                project_budget: env.project_budget_usd,
+            })
+            .await
+            .map_err(|e| ServiceError::Internal(format!("cost actor unavailable: {e}")))?,
+        _ => {
+            provider_calls::Entity::update_many()
+                .col_expr(provider_calls::Column::Status, Expr::value("pending"))
+                .col_expr(provider_calls::Column::Attempt, Expr::value(attempt as i32))
+                .col_expr(provider_calls::Column::StartedAt, Expr::value(time::now()))
+                .col_expr(provider_calls::Column::UpdatedAt, Expr::value(time::now()))
+                .filter(provider_calls::Column::Id.eq(call_id))
+                .exec(&env.db)
+                .await?;
+            Ok(())
         }
     }
 }
