@@ -22,6 +22,7 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
     ("PUT", "/api/projects/{slug}/storage/local"),
     ("PUT", "/api/projects/{slug}/storage/s3"),
     ("POST", "/api/projects/{slug}/runs/trigger"),
+    ("POST", "/api/projects/{slug}/runs/validate-config"),
     ("GET", "/api/projects/{slug}/runs"),
     ("GET", "/api/projects/{slug}/runs/{runId}"),
     ("GET", "/api/projects/{slug}/runs/{runId}/jobs"),

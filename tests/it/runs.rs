@@ -770,3 +770,49 @@ async fn the_cost_actor_stops_spend_at_the_project_budget_before_the_call() {
     .await;
     assert_error(s, &e, 400, "project_budget_exceeded");
 }
+
+#[actix_web::test]
+async fn validate_config_checks_layers_and_refuses_paths() {
+    let app = TestApp::spawn().await;
+    let token = project(&app).await;
+    let url = "/api/projects/book/runs/validate-config";
+    let (s, b) = app
+        .post(
+            "/api/projects/ghost/runs/validate-config",
+            &token,
+            json!({"project_root": "/etc"}),
+        )
+        .await;
+    assert_error(s, &b, 404, "not_found");
+    let (s, b) = app
+        .post(
+            url,
+            &token,
+            json!({"manifest": {"generation": {"candidates": 3}}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        b["summary"]["manifest"]["generation"]["candidates"],
+        json!(3)
+    );
+    assert_eq!(b["summary"]["project_settings_loaded"], json!(false));
+    let (s, b) = app.post(url, &token, json!({"project_root": "/etc"})).await;
+    assert_error(s, &b, 400, "project_root_managed");
+    let (s, b) = app
+        .post(url, &token, json!({"manifest_path": "/etc/passwd"}))
+        .await;
+    assert_error(s, &b, 400, "config_validation_failed");
+    assert!(
+        !b["error"].as_str().unwrap().contains("root:"),
+        "file contents leaked"
+    );
+    let (s, b) = app
+        .post(
+            url,
+            &token,
+            json!({"manifest": {"output_guard": {"max_chroma_delta": -1}}}),
+        )
+        .await;
+    assert_error(s, &b, 400, "config_validation_failed");
+}

@@ -23,6 +23,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(storage::update_local)
         .service(storage::update_s3)
         .service(runs::trigger_run)
+        .service(runs::validate_config)
         .service(runs::list_runs)
         .service(runs::get_run)
         .service(runs::list_jobs)

@@ -486,3 +486,92 @@ pub async fn resume_queue(
         queue_state(&state, &project, Some(audit_id)).await?,
     ))
 }
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(default)]
+pub struct ValidateConfigBody {
+    /// A manifest overlay to check on top of the project's manifest and the defaults.
+    #[schema(value_type = Option<Object>)]
+    manifest: Option<serde_json::Value>,
+    /// v1 file-path fields: refused. Settings live in the database, and the
+    /// service never reads files named by a request.
+    app_settings_path: Option<String>,
+    project_settings_path: Option<String>,
+    manifest_path: Option<String>,
+    postprocess_config_path: Option<String>,
+    /// Managed by project storage; refused.
+    project_root: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConfigSummary {
+    app_settings_loaded: bool,
+    project_settings_loaded: bool,
+    resolved_manifest_path: String,
+    resolved_postprocess_config_path: String,
+    /// The effective manifest (defaults < project < request overlay).
+    #[schema(value_type = Object)]
+    manifest: serde_json::Value,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConfigValidated {
+    ok: bool,
+    summary: ConfigSummary,
+}
+
+/// Validate the layered pipeline configuration (defaults < project manifest
+/// < the given overlay) without running anything.
+#[utoipa::path(tag = "runs", params(("slug" = String, Path)),
+    request_body(content = ValidateConfigBody, content_type = "application/json"),
+    responses((status = 200, body = ConfigValidated), (status = 400, body = ErrorBody, description = "project_root_managed, config_validation_failed"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[post("/api/projects/{slug}/runs/validate-config")]
+pub async fn validate_config(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+    JsonBody(body): JsonBody<ValidateConfigBody>,
+) -> ApiResult<web::Json<ConfigValidated>> {
+    // v1 order: the project is looked up first.
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    if body
+        .project_root
+        .as_deref()
+        .is_some_and(|p| !p.trim().is_empty())
+    {
+        return Err(actors::ServiceError::validation(
+            "project_root_managed",
+            "Field 'project_root' is managed by project storage and cannot be overridden",
+        )
+        .into());
+    }
+    let paths = [
+        &body.app_settings_path,
+        &body.project_settings_path,
+        &body.manifest_path,
+        &body.postprocess_config_path,
+    ];
+    if paths
+        .iter()
+        .any(|p| p.as_deref().is_some_and(|p| !p.trim().is_empty()))
+    {
+        return Err(actors::ServiceError::validation(
+            "config_validation_failed",
+            "Settings files are not read from paths; send the manifest overlay as 'manifest' (project settings are stored with the project)",
+        )
+        .into());
+    }
+    let project_layer = project.settings_json.get("manifest");
+    let manifest = actors::runs::manifest::resolve(project_layer, body.manifest.as_ref())?;
+    Ok(web::Json(ConfigValidated {
+        ok: true,
+        summary: ConfigSummary {
+            app_settings_loaded: false,
+            project_settings_loaded: project_layer.is_some(),
+            resolved_manifest_path: String::new(),
+            resolved_postprocess_config_path: String::new(),
+            manifest: serde_json::to_value(&manifest).unwrap_or_default(),
+        },
+    }))
+}
