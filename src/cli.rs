@@ -53,6 +53,11 @@ pub enum Command {
         #[arg(long, default_value = "rain")]
         weather: String,
     },
+    /// Measure the execution engine (see docs/performance.md).
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     /// Run the HTTP API (migrates the database first).
     Serve {
         /// Address to listen on; port 0 picks a free port.
@@ -68,6 +73,23 @@ pub enum Command {
     Token {
         #[command(subcommand)]
         action: TokenAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchWhat {
+    /// Orchestration throughput (zero-latency provider) and latency-bound efficiency.
+    Engine {
+        #[arg(long, default_value_t = 200)]
+        scenes: u32,
+        #[arg(long, default_value_t = 10)]
+        candidates: u32,
+        #[arg(long, default_value_t = 200)]
+        latency_ms: u64,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 64)]
+        latency_calls: u32,
     },
 }
 
@@ -138,6 +160,29 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     candidates,
                     time,
                     weather,
+                },
+            )
+            .await
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Engine {
+                    scenes,
+                    candidates,
+                    latency_ms,
+                    concurrency,
+                    latency_calls,
+                },
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::bench::run(
+                settings,
+                crate::bench::BenchOptions {
+                    scenes,
+                    candidates,
+                    latency_ms,
+                    concurrency,
+                    latency_calls,
                 },
             )
             .await

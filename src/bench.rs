@@ -1,0 +1,178 @@
+//! `atelier bench engine`: measures the execution engine in one process and
+//! reports ratios against baselines measured in the same run (see
+//! docs/performance.md).
+//!
+//! 1. Orchestration throughput: a zero-latency local provider, small images,
+//!    end to end and persisted (SQLite by default), in candidates/s, against a
+//!    baseline that does only the unavoidable per-candidate work (the same
+//!    image effect, PNG encode, SHA-256, file write) with no engine at all.
+//! 2. Latency-bound efficiency: provider latency L, concurrency C, N calls:
+//!    ideal wall time ceil(N / C) x L divided by the measured wall time.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actors::Principal;
+use actors::engine::{Engine, EngineDeps};
+use actors::projects::{self, UpsertProject};
+use actors::runs::{plan, trigger};
+use storage::paths::StorageRoots;
+
+use crate::cli::CliError;
+use crate::database;
+use crate::settings::Settings;
+use crate::startup::{StartupError, engine_config, install_runtime_defaults};
+
+pub struct BenchOptions {
+    pub scenes: u32,
+    pub candidates: u32,
+    pub latency_ms: u64,
+    pub concurrency: usize,
+    pub latency_calls: u32,
+}
+
+fn service(e: actors::ServiceError) -> CliError {
+    CliError::Service(e.to_string())
+}
+
+async fn engine_with(
+    settings: &Settings,
+    latency_ms: u64,
+    concurrency: usize,
+) -> Result<(Engine, database::Db, StorageRoots), CliError> {
+    let db = database::connect(settings)
+        .await
+        .map_err(StartupError::from)?;
+    database::migrate_up(&db, settings)
+        .await
+        .map_err(StartupError::from)?;
+    let roots = StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
+    let mut local = settings.providers.local.clone();
+    local.latency_ms = latency_ms;
+    let mut config = engine_config(settings);
+    config.provider_concurrency = concurrency;
+    config.max_jobs_per_run = concurrency.max(4);
+    config.max_queued_runs = 10_000;
+    let engine = Engine::start(EngineDeps::new(
+        db.conn.clone(),
+        roots.clone(),
+        vec![Arc::new(providers::local::LocalProvider::new(local))],
+        config,
+    ));
+    Ok((engine, db, roots))
+}
+
+async fn timed_run(
+    engine: &Engine,
+    db: &database::Db,
+    roots: &StorageRoots,
+    slug: &str,
+    scenes: u32,
+    candidates: u32,
+) -> Result<(Duration, String), CliError> {
+    let principal = Principal::DevBypass;
+    let project = projects::upsert(
+        &db.conn,
+        roots,
+        &principal,
+        UpsertProject {
+            name: Some(slug.into()),
+            slug: Some(slug.into()),
+            ..UpsertProject::default()
+        },
+    )
+    .await
+    .map_err(service)?;
+    let valid = plan::validate(&plan::TriggerInput {
+        mode: Some("run".into()),
+        scene_refs: Some((1..=scenes).map(|i| format!("sample:{i}")).collect()),
+        candidates: Some(i64::from(candidates)),
+        manifest: Some(serde_json::json!({ "safe_batch_limit": 1_000_000, "generation": { "max_candidates": 16 } })),
+        ..plan::TriggerInput::default()
+    })
+    .map_err(service)?;
+    let start = Instant::now();
+    let t = trigger::trigger(engine, &principal, &project.project, valid)
+        .await
+        .map_err(service)?;
+    let run = engine
+        .wait_finished(t.created.run.id, Duration::from_secs(3600))
+        .await
+        .map_err(service)?;
+    Ok((start.elapsed(), run.status))
+}
+
+/// The per-candidate work without any engine: effect, encode, hash, write.
+fn baseline(n: u32, dir: &std::path::Path) -> Result<Duration, CliError> {
+    std::fs::create_dir_all(dir)?;
+    let scene = imaging::scene::sample_scene(
+        1,
+        actors::runs::scenes::SAMPLE_WIDTH,
+        actors::runs::scenes::SAMPLE_HEIGHT,
+    );
+    let start = Instant::now();
+    for i in 0..n {
+        let img = imaging::effects::ink(&scene, i);
+        let png = imaging::encode_png(&img).map_err(|e| CliError::Service(e.to_string()))?;
+        let hash = actors::assets::sha256_hex(&png);
+        std::fs::write(dir.join(format!("{hash}.png")), png)?;
+    }
+    Ok(start.elapsed())
+}
+
+pub async fn run(settings: Settings, o: BenchOptions) -> Result<(), CliError> {
+    install_runtime_defaults();
+    let n = o.scenes * o.candidates;
+    println!(
+        "Engine benchmark ({} cores, {} backend)",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if settings.database_url.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        }
+    );
+
+    let base = baseline(n, &settings.data_dir.join("bench-baseline"))?;
+    let (engine, db, roots) = engine_with(&settings, 0, 8).await?;
+    let (took, status) = timed_run(
+        &engine,
+        &db,
+        &roots,
+        "bench_throughput",
+        o.scenes,
+        o.candidates,
+    )
+    .await?;
+    let rate = f64::from(n) / took.as_secs_f64();
+    let base_rate = f64::from(n) / base.as_secs_f64();
+    println!("\n| measurement | value |\n|---|---:|");
+    println!(
+        "| candidates (jobs x candidates) | {n} ({} x {}) |",
+        o.scenes, o.candidates
+    );
+    println!(
+        "| baseline: effect + PNG + SHA-256 + file write, no engine | {base_rate:.0} candidates/s |"
+    );
+    println!("| engine end to end, persisted (run {status}) | {rate:.0} candidates/s |");
+    println!("| ratio engine / baseline | {:.2} |", rate / base_rate);
+
+    let (engine, db, roots) = engine_with(&settings, o.latency_ms, o.concurrency).await?;
+    let (took, status) =
+        timed_run(&engine, &db, &roots, "bench_latency", o.latency_calls, 1).await?;
+    let ideal =
+        Duration::from_millis(o.latency_ms) * o.latency_calls.div_ceil(o.concurrency as u32);
+    println!(
+        "| latency-bound: {} calls, {} ms each, concurrency {} (run {status}) | {:.2} s (ideal {:.2} s) |",
+        o.latency_calls,
+        o.latency_ms,
+        o.concurrency,
+        took.as_secs_f64(),
+        ideal.as_secs_f64()
+    );
+    println!(
+        "| latency-bound efficiency (ideal / measured) | {:.2} |",
+        ideal.as_secs_f64() / took.as_secs_f64()
+    );
+    Ok(())
+}
