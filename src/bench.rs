@@ -9,11 +9,10 @@
 //! 2. Latency-bound efficiency: provider latency L, concurrency C, N calls:
 //!    ideal wall time ceil(N / C) x L divided by the measured wall time.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::Principal;
-use actors::engine::{Engine, EngineDeps};
+use actors::engine::Engine;
 use actors::projects::{self, UpsertProject};
 use actors::runs::{plan, trigger};
 use storage::paths::StorageRoots;
@@ -21,7 +20,7 @@ use storage::paths::StorageRoots;
 use crate::cli::CliError;
 use crate::database;
 use crate::settings::Settings;
-use crate::startup::{StartupError, engine_config, install_runtime_defaults};
+use crate::startup::{StartupError, embedded_engine, engine_config, install_runtime_defaults};
 
 pub struct BenchOptions {
     pub scenes: u32,
@@ -40,25 +39,14 @@ async fn engine_with(
     latency_ms: u64,
     concurrency: usize,
 ) -> Result<(Engine, database::Db, StorageRoots), CliError> {
-    let db = database::connect(settings)
-        .await
-        .map_err(StartupError::from)?;
-    database::migrate_up(&db, settings)
-        .await
-        .map_err(StartupError::from)?;
-    let roots = StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
-    let mut local = settings.providers.local.clone();
-    local.latency_ms = latency_ms;
-    let mut config = engine_config(settings);
+    let db = database::open(settings).await.map_err(StartupError::from)?;
+    let mut settings = settings.clone();
+    settings.providers.local.latency_ms = latency_ms;
+    let mut config = engine_config(&settings);
     config.provider_concurrency = concurrency;
     config.max_jobs_per_run = concurrency.max(4);
     config.max_queued_runs = 10_000;
-    let engine = Engine::start(EngineDeps::new(
-        db.conn.clone(),
-        roots.clone(),
-        vec![Arc::new(providers::local::LocalProvider::new(local))],
-        config,
-    ));
+    let (engine, roots) = embedded_engine(&settings, &db.conn, config);
     Ok((engine, db, roots))
 }
 

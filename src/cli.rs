@@ -214,10 +214,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Token { action } => {
             let settings = Settings::load(&overrides).map_err(StartupError::from)?;
-            let db = database::connect(&settings)
-                .await
-                .map_err(StartupError::from)?;
-            database::migrate_up(&db, &settings)
+            let db = database::open(&settings)
                 .await
                 .map_err(StartupError::from)?;
             match action {

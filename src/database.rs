@@ -210,6 +210,14 @@ pub async fn migrate_up(db: &Db, settings: &Settings) -> Result<SchemaStatus, Da
         .map_err(DatabaseError::Migrate)
 }
 
+/// Connects and brings the schema up to date (what every command that works
+/// on data does first).
+pub async fn open(settings: &Settings) -> Result<Db, DatabaseError> {
+    let db = connect(settings).await?;
+    migrate_up(&db, settings).await?;
+    Ok(db)
+}
+
 /// Rolls back `steps` migrations (all of them when `None`).
 pub async fn migrate_down(db: &Db, steps: Option<u32>) -> Result<SchemaStatus, DatabaseError> {
     let status = schema_status(&db.conn)

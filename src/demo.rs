@@ -2,11 +2,9 @@
 //! the `demo` project, runs sample scenes through the whole stage chain on the
 //! built-in local provider with a progress bar, and prints a summary.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actors::Principal;
-use actors::engine::{Engine, EngineDeps};
 use actors::projects::{self, UpsertProject};
 use actors::runs::{plan, store, trigger};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,7 +13,7 @@ use storage::paths::StorageRoots;
 use crate::cli::CliError;
 use crate::database;
 use crate::settings::Settings;
-use crate::startup::{StartupError, engine_config, install_runtime_defaults};
+use crate::startup::{StartupError, embedded_engine, engine_config, install_runtime_defaults};
 
 pub struct DemoOptions {
     pub scenes: u32,
@@ -30,21 +28,10 @@ fn service(e: actors::ServiceError) -> CliError {
 
 pub async fn run(settings: Settings, options: DemoOptions) -> Result<(), CliError> {
     install_runtime_defaults();
-    let db = database::connect(&settings)
+    let db = database::open(&settings)
         .await
         .map_err(StartupError::from)?;
-    database::migrate_up(&db, &settings)
-        .await
-        .map_err(StartupError::from)?;
-    let roots = StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
-    let engine = Engine::start(EngineDeps::new(
-        db.conn.clone(),
-        roots.clone(),
-        vec![Arc::new(providers::local::LocalProvider::new(
-            settings.providers.local.clone(),
-        ))],
-        engine_config(&settings),
-    ));
+    let (engine, roots) = embedded_engine(&settings, &db.conn, engine_config(&settings));
     let principal = Principal::DevBypass;
     let project = projects::upsert(
         &db.conn,

@@ -55,6 +55,24 @@ pub fn install_runtime_defaults() {
     });
 }
 
+/// The engine with the built-in providers (the server, demo and bench use it).
+pub fn embedded_engine(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    config: actors::engine::EngineConfig,
+) -> (actors::engine::Engine, StorageRoots) {
+    let roots = StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
+    let engine = actors::engine::Engine::start(actors::engine::EngineDeps::new(
+        db.clone(),
+        roots.clone(),
+        vec![Arc::new(providers::local::LocalProvider::new(
+            settings.providers.local.clone(),
+        ))],
+        config,
+    ));
+    (engine, roots)
+}
+
 pub struct Application {
     addr: SocketAddr,
     server: Server,
@@ -128,15 +146,7 @@ impl Application {
         let tokens = Arc::new(TokenVerifier::new(Duration::from_secs(
             settings.auth.token_cache_seconds,
         )));
-        let roots = StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
-        let engine = actors::engine::Engine::start(actors::engine::EngineDeps::new(
-            db.conn.clone(),
-            roots.clone(),
-            vec![Arc::new(providers::local::LocalProvider::new(
-                settings.providers.local.clone(),
-            ))],
-            engine_config(&settings),
-        ));
+        let (engine, roots) = embedded_engine(&settings, &db.conn, engine_config(&settings));
         let state = web::Data::new(api::AppState::new(
             db.conn.clone(),
             tokens,

@@ -71,6 +71,17 @@ pub enum JobOutcome {
     Canceled,
 }
 
+/// What every candidate of one job shares.
+struct JobCtx<'a> {
+    env: &'a JobEnv,
+    run: &'a runs::Model,
+    job: &'a run_jobs::Model,
+    stage: Stage,
+    input: &'a image::RgbaImage,
+    input_id: Uuid,
+    guard: GuardSettings,
+}
+
 #[derive(Debug, Clone)]
 struct CandidateResult {
     index: i32,
@@ -163,23 +174,16 @@ pub async fn run_job(
     )
     .await?;
 
-    let results = join_all((0..candidates).map(|index| {
-        let input = input.clone();
-        async move {
-            candidate(
-                env,
-                run,
-                job,
-                stage,
-                index,
-                &input,
-                input_id,
-                &guard_settings,
-            )
-            .await
-        }
-    }))
-    .await;
+    let ctx = JobCtx {
+        env,
+        run,
+        job,
+        stage,
+        input: &input,
+        input_id,
+        guard: guard_settings,
+    };
+    let results = join_all((0..candidates).map(|index| candidate(&ctx, index))).await;
     let mut finished = Vec::new();
     for r in results {
         match r {
@@ -191,17 +195,15 @@ pub async fn run_job(
     finish_job(env, run, job, finished).await
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn candidate(
-    env: &JobEnv,
-    run: &runs::Model,
-    job: &run_jobs::Model,
-    stage: Stage,
-    index: i32,
-    input: &image::RgbaImage,
-    input_id: Uuid,
-    guard_settings: &GuardSettings,
-) -> Result<Option<CandidateResult>, ServiceError> {
+async fn candidate(ctx: &JobCtx<'_>, index: i32) -> Result<Option<CandidateResult>, ServiceError> {
+    let JobCtx {
+        env,
+        run,
+        job,
+        input_id,
+        ..
+    } = *ctx;
+    let guard_settings = &ctx.guard;
     // Already decided by an earlier attempt of this job: keep that verdict.
     if let Some(existing) = run_candidates::Entity::find()
         .filter(run_candidates::Column::JobId.eq(job.id))
@@ -239,8 +241,7 @@ async fn candidate(
                 .await
                 .map(Some);
         }
-        Some(c) => call_with_retries(env, run, job, stage, index, input, &key, Some(c)).await?,
-        None => call_with_retries(env, run, job, stage, index, input, &key, None).await?,
+        other => call_with_retries(ctx, index, &key, other).await?,
     };
     let Some((img, cost, model, request_id)) = image else {
         return Ok(if canceled(&env.db, run.id, job.id).await? {
@@ -341,17 +342,20 @@ type Generated = Option<(image::RgbaImage, f64, String, Option<String>)>;
 /// Calls the provider under its concurrency bound, recording every attempt
 /// in `provider_calls` before the call; retries only retryable errors with
 /// capped, jittered exponential backoff. `None`: gave up or canceled.
-#[allow(clippy::too_many_arguments)]
 async fn call_with_retries(
-    env: &JobEnv,
-    run: &runs::Model,
-    job: &run_jobs::Model,
-    stage: Stage,
+    ctx: &JobCtx<'_>,
     index: i32,
-    input: &image::RgbaImage,
     key: &str,
     existing: Option<provider_calls::Model>,
 ) -> Result<(Generated, Uuid), ServiceError> {
+    let JobCtx {
+        env,
+        run,
+        job,
+        stage,
+        input,
+        ..
+    } = *ctx;
     if canceled(&env.db, run.id, job.id).await? {
         return Ok((None, existing.map(|c| c.id).unwrap_or_default()));
     }
