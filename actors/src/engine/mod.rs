@@ -170,9 +170,16 @@ impl Engine {
             .map_err(unavailable)
     }
 
-    pub async fn cancel_run(&self, run_id: Uuid) -> Result<(), ServiceError> {
+    pub async fn cancel_run(
+        &self,
+        run_id: Uuid,
+        principal: &crate::Principal,
+    ) -> Result<(), ServiceError> {
         self.project
-            .send(project::CancelRun { run_id })
+            .send(project::CancelRun {
+                run_id,
+                principal: principal.clone(),
+            })
             .timeout(MAILBOX_TIMEOUT)
             .await
             .map_err(unavailable)?

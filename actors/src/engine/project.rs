@@ -154,6 +154,8 @@ impl Handler<RunFinished> for ProjectActor {
 #[rtype(result = "Result<(), ServiceError>")]
 pub struct CancelRun {
     pub run_id: Uuid,
+    /// Who asked (audited with the cancel).
+    pub principal: crate::Principal,
 }
 
 impl Handler<CancelRun> for ProjectActor {
@@ -164,7 +166,7 @@ impl Handler<CancelRun> for ProjectActor {
         let active = self.active.get(&msg.run_id).map(|(_, a)| a.clone());
         let deps = self.deps.clone();
         Box::pin(async move {
-            mark_canceled(&deps, msg.run_id).await?;
+            mark_canceled(&deps, msg.run_id, &msg.principal).await?;
             if let Some(addr) = active {
                 addr.do_send(CancelActiveRun);
             }
@@ -176,7 +178,11 @@ impl Handler<CancelRun> for ProjectActor {
 /// Cancels a run that has not finished: the run and its waiting jobs become
 /// `canceled`. The status guard means a completion racing with the cancel
 /// cannot overwrite it, and a finished run is left as it is.
-pub async fn mark_canceled(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceError> {
+pub async fn mark_canceled(
+    deps: &EngineDeps,
+    run_id: Uuid,
+    principal: &crate::Principal,
+) -> Result<(), ServiceError> {
     let txn = crate::db::begin_write(&deps.db).await?;
     let now = Utc::now();
     let changed = runs::Entity::update_many()
@@ -201,6 +207,16 @@ pub async fn mark_canceled(deps: &EngineDeps, run_id: Uuid) -> Result<(), Servic
     let run = runs::Entity::find_by_id(run_id).one(&txn).await?;
     let project_id = run.map(|r| r.project_id).unwrap_or_default();
     let event = events::append(&txn, run_id, project_id, "run.canceled", None, json!({})).await?;
+    crate::audit::record(
+        &txn,
+        crate::audit::AuditEntry {
+            principal,
+            project_id: Some(project_id),
+            event_code: "run.canceled",
+            payload: json!({ "run_id": run_id }),
+        },
+    )
+    .await?;
     crate::db::commit(txn).await?;
     deps.hub.publish(event);
     Ok(())

@@ -20,6 +20,7 @@ pub const QUEUE_PAUSED_KEY: &str = "queue_paused";
 /// is returned unchanged; a running job stops before its next provider call.
 pub async fn cancel_job(
     engine: &Engine,
+    principal: &Principal,
     run: &runs::Model,
     raw_job_id: &str,
 ) -> Result<run_jobs::Model, ServiceError> {
@@ -70,6 +71,16 @@ pub async fn cancel_job(
             )
             .await?,
         );
+        audit::record(
+            &txn,
+            AuditEntry {
+                principal,
+                project_id: Some(run.project_id),
+                event_code: "job.canceled",
+                payload: json!({ "run_id": run.id, "job_id": job_id }),
+            },
+        )
+        .await?;
     }
     let job = run_jobs::Entity::find_by_id(job_id)
         .one(&txn)

@@ -306,7 +306,7 @@ pub async fn cancel_run(
     let (slug, run_id) = path.into_inner();
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     let run = store::get_run(&state.db, project.id, &run_id).await?;
-    state.engine.cancel_run(run.id).await?;
+    state.engine.cancel_run(run.id, &principal).await?;
     let run = store::get_run(&state.db, project.id, &run_id).await?;
     Ok(web::Json(RunCanceled {
         ok: true,
@@ -364,7 +364,7 @@ pub async fn cancel_job(
     let (slug, run_id, job_id) = path.into_inner();
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     let run = store::get_run(&state.db, project.id, &run_id).await?;
-    let job = control::cancel_job(&state.engine, &run, &job_id).await?;
+    let job = control::cancel_job(&state.engine, &principal, &run, &job_id).await?;
     Ok(web::Json(JobCanceled {
         ok: true,
         job: Job::new(&job, Vec::new()),
