@@ -1,28 +1,80 @@
 //! Transaction helpers shared by the services.
+//!
+//! SQLite has one writer at a time, and a writer that finds the database
+//! locked waits in SQLite's busy handler, which sleeps in steps of up to
+//! 100 ms. So on SQLite every write goes through [`begin_write`], which first
+//! takes an in-process async gate (FIFO, no sleeping) and then `BEGIN
+//! IMMEDIATE` (the write lock up front: a deferred transaction that reads
+//! first and writes later fails with `SQLITE_BUSY_SNAPSHOT` when another
+//! connection committed in between, and no timeout helps it). PostgreSQL
+//! needs neither: there the gate is skipped and the mode ignored.
+
+use std::sync::{Arc, OnceLock};
 
 use sea_orm::{
-    DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
+    QueryResult, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
 };
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
-/// Begins a transaction that will write. On SQLite it takes the write lock up
-/// front (`BEGIN IMMEDIATE`): a deferred transaction that reads first and then
-/// writes fails with `SQLITE_BUSY_SNAPSHOT` when another connection committed in
-/// between, and the busy timeout cannot help it. PostgreSQL ignores the mode.
-pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    db.begin_with_options(TransactionOptions {
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..TransactionOptions::default()
-    })
-    .await
+fn sqlite_gate() -> Arc<Mutex<()>> {
+    static GATE: OnceLock<Arc<Mutex<()>>> = OnceLock::new();
+    GATE.get_or_init(|| Arc::new(Mutex::new(()))).clone()
+}
+
+/// A write transaction (and, on SQLite, this process's turn to write).
+pub struct WriteTxn {
+    txn: DatabaseTransaction,
+    _turn: Option<OwnedMutexGuard<()>>,
+}
+
+pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTxn, DbErr> {
+    let turn = match db.get_database_backend() {
+        DbBackend::Sqlite => Some(sqlite_gate().lock_owned().await),
+        _ => None,
+    };
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await?;
+    Ok(WriteTxn { txn, _turn: turn })
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for WriteTxn {
+    fn get_database_backend(&self) -> DbBackend {
+        self.txn.get_database_backend()
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.txn.execute_raw(stmt).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.txn.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.txn.query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.txn.query_all_raw(stmt).await
+    }
+
+    fn support_returning(&self) -> bool {
+        self.txn.support_returning()
+    }
 }
 
 static WRITE_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Commits a write transaction and records that this process changed data,
 /// so in-process read caches know to revalidate (see `api::cache`).
-pub async fn commit(txn: DatabaseTransaction) -> Result<(), DbErr> {
-    txn.commit().await?;
+pub async fn commit(txn: WriteTxn) -> Result<(), DbErr> {
+    txn.txn.commit().await?;
     WRITE_GENERATION.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     Ok(())
 }

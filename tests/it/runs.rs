@@ -816,3 +816,36 @@ async fn validate_config_checks_layers_and_refuses_paths() {
         .await;
     assert_error(s, &b, 400, "config_validation_failed");
 }
+
+#[actix_web::test]
+async fn workers_heartbeat_their_lease_while_a_slow_call_runs() {
+    let app = TestApp::spawn_with(|s| {
+        s.providers.local.latency_ms = 1_300;
+        s.engine.lease_seconds = 1;
+        s.engine.heartbeat_ms = 200;
+    })
+    .await;
+    let token = project(&app).await;
+    let (s, b) = trigger(
+        &app,
+        &token,
+        json!({"mode": "run", "scene_refs": ["sample:1"], "candidates": 1, "wait": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done");
+    let job = entities::run_jobs::Entity::find()
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        job.attempt, 1,
+        "the job was reclaimed although its worker was alive"
+    );
+    let beat = job.heartbeat_at.unwrap() - job.started_at.unwrap();
+    assert!(
+        beat >= chrono::Duration::milliseconds(1_000),
+        "no heartbeat during the call: {beat}"
+    );
+}

@@ -128,11 +128,16 @@ impl TokenVerifier {
 
 fn touch_last_used(db: DatabaseConnection, token_id: Uuid) {
     tokio::spawn(async move {
-        let result = api_tokens::Entity::update_many()
-            .col_expr(api_tokens::Column::LastUsedAt, Expr::value(time::now()))
-            .filter(api_tokens::Column::Id.eq(token_id))
-            .exec(&db)
-            .await;
+        let result = async {
+            let txn = crate::db::begin_write(&db).await?;
+            api_tokens::Entity::update_many()
+                .col_expr(api_tokens::Column::LastUsedAt, Expr::value(time::now()))
+                .filter(api_tokens::Column::Id.eq(token_id))
+                .exec(&txn)
+                .await?;
+            crate::db::commit(txn).await
+        }
+        .await;
         if let Err(err) = result {
             tracing::debug!(%err, "could not record token last_used_at");
         }

@@ -133,6 +133,7 @@ async fn reserve(db: &sea_orm::DatabaseConnection, msg: &ReserveSpend) -> Result
             }
         }
     }
+    let txn = crate::db::begin_write(db).await?;
     provider_calls::Entity::update_many()
         .col_expr(provider_calls::Column::Status, Expr::value("pending"))
         .col_expr(provider_calls::Column::Attempt, Expr::value(msg.attempt))
@@ -143,7 +144,8 @@ async fn reserve(db: &sea_orm::DatabaseConnection, msg: &ReserveSpend) -> Result
         .col_expr(provider_calls::Column::StartedAt, Expr::value(Utc::now()))
         .col_expr(provider_calls::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(provider_calls::Column::Id.eq(msg.call_id))
-        .exec(db)
+        .exec(&txn)
         .await?;
+    crate::db::commit(txn).await?;
     Ok(())
 }

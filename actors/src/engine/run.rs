@@ -110,7 +110,7 @@ impl RunActor {
                 act.owner.do_send(RunFinished { run_id: act.run_id });
                 ctx.stop();
             })
-            .wait(ctx);
+            .spawn(ctx);
     }
 }
 
@@ -181,6 +181,7 @@ async fn plan_step(
     };
     let now = Utc::now();
     // Reclaim jobs leased by a worker that is gone (its lease ran out).
+    let txn = crate::db::begin_write(&deps.db).await?;
     run_jobs::Entity::update_many()
         .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
         .col_expr(
@@ -191,8 +192,9 @@ async fn plan_step(
         .filter(run_jobs::Column::Status.eq(status::RUNNING))
         .filter(run_jobs::Column::LeaseExpiresAt.lt(now))
         .filter(run_jobs::Column::Id.is_not_in(mine.to_vec()))
-        .exec(&deps.db)
+        .exec(&txn)
         .await?;
+    crate::db::commit(txn).await?;
     let jobs = store::jobs_of(&deps.db, run_id).await?;
     if run.status == status::CANCELED {
         return Ok(
@@ -217,6 +219,7 @@ async fn plan_step(
         .filter(|j| j.status == status::PENDING)
         .take(room)
     {
+        let txn = crate::db::begin_write(&deps.db).await?;
         let got = run_jobs::Entity::update_many()
             .col_expr(run_jobs::Column::Status, Expr::value(status::RUNNING))
             .col_expr(
@@ -233,9 +236,10 @@ async fn plan_step(
             .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
             .filter(run_jobs::Column::Id.eq(job.id))
             .filter(run_jobs::Column::Status.eq(status::PENDING))
-            .exec(&deps.db)
+            .exec(&txn)
             .await?
             .rows_affected;
+        crate::db::commit(txn).await?;
         if got == 1
             && let Some(j) = run_jobs::Entity::find_by_id(job.id).one(&deps.db).await?
         {
@@ -325,11 +329,13 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
         .put(&object_key, bytes)
         .await
         .map_err(|e| ServiceError::Internal(format!("storage: {e}")))?;
+    let txn = crate::db::begin_write(&deps.db).await?;
     runs::Entity::update_many()
         .col_expr(runs::Column::RunLogKey, Expr::value(key))
         .filter(runs::Column::Id.eq(run_id))
-        .exec(&deps.db)
+        .exec(&txn)
         .await?;
+    crate::db::commit(txn).await?;
     Ok(())
 }
 
@@ -345,6 +351,8 @@ pub struct JobFinished {
 impl Handler<JobFinished> for RunActor {
     type Result = ();
 
+    // Spawned, not `ctx.wait`ed: waiting would pause this actor's other
+    // futures, one of which may hold the write gate the settle needs.
     fn handle(&mut self, msg: JobFinished, ctx: &mut Context<Self>) {
         let deps = self.deps.clone();
         let (run_id, project_id) = (self.run_id, self.project_id);
@@ -357,7 +365,7 @@ impl Handler<JobFinished> for RunActor {
                 act.running.remove(&msg.job_id);
                 act.schedule(ctx);
             })
-            .wait(ctx);
+            .spawn(ctx);
     }
 }
 

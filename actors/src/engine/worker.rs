@@ -49,13 +49,18 @@ impl WorkerActor {
             Utc::now() + chrono::Duration::from_std(self.deps.config.lease).unwrap_or_default();
         ctx.spawn(
             async move {
-                let result = run_jobs::Entity::update_many()
-                    .col_expr(run_jobs::Column::LeaseExpiresAt, Expr::value(until))
-                    .col_expr(run_jobs::Column::HeartbeatAt, Expr::value(Utc::now()))
-                    .filter(run_jobs::Column::Id.eq(job_id))
-                    .filter(run_jobs::Column::LeaseOwner.eq(owner))
-                    .exec(&db)
-                    .await;
+                let result = async {
+                    let txn = crate::db::begin_write(&db).await?;
+                    run_jobs::Entity::update_many()
+                        .col_expr(run_jobs::Column::LeaseExpiresAt, Expr::value(until))
+                        .col_expr(run_jobs::Column::HeartbeatAt, Expr::value(Utc::now()))
+                        .filter(run_jobs::Column::Id.eq(job_id))
+                        .filter(run_jobs::Column::LeaseOwner.eq(owner))
+                        .exec(&txn)
+                        .await?;
+                    crate::db::commit(txn).await
+                }
+                .await;
                 if let Err(e) = result {
                     tracing::warn!(%job_id, error = %e, "lease heartbeat failed");
                 }
@@ -126,7 +131,7 @@ impl Actor for WorkerActor {
             });
             ctx.stop();
         })
-        .wait(ctx);
+        .spawn(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {

@@ -5,7 +5,7 @@
 use entities::{project_storage, projects};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, EntityTrait, QueryFilter,
+    EntityTrait, QueryFilter,
 };
 use serde_json::json;
 use storage::paths::{DEFAULT_BASE_DIR, PathError, StorageRoots};
@@ -314,7 +314,7 @@ pub async fn update_s3_storage(
 
 /// Writes the storage row and its audit event, then commits both together.
 async fn save_audited(
-    txn: DatabaseTransaction,
+    txn: crate::db::WriteTxn,
     mut active: project_storage::ActiveModel,
     principal: &Principal,
     project: &projects::Model,

@@ -363,6 +363,7 @@ async fn call_with_retries(
         Some(c) => c.id,
         None => {
             let id = Uuid::now_v7();
+            let txn = crate::db::begin_write(&env.db).await?;
             provider_calls::Entity::insert(provider_calls::ActiveModel::from(provider_calls::Model {
                 id,
                 project_id: run.project_id,
@@ -388,8 +389,9 @@ async fn call_with_retries(
                 created_at: time::now(),
                 updated_at: time::now(),
             }))
-            .exec_without_returning(&env.db)
+            .exec_without_returning(&txn)
             .await?;
+            crate::db::commit(txn).await?;
             id
         }
     };
@@ -404,6 +406,7 @@ async fn call_with_retries(
                 ServiceError::Policy { code, .. } => *code,
                 _ => "reservation_failed",
             };
+            let txn = crate::db::begin_write(&env.db).await?;
             provider_calls::Entity::update_many()
                 .col_expr(provider_calls::Column::Status, Expr::value("failed"))
                 .col_expr(provider_calls::Column::ErrorCode, Expr::value(code))
@@ -412,8 +415,9 @@ async fn call_with_retries(
                     Expr::value(refused.to_string()),
                 )
                 .filter(provider_calls::Column::Id.eq(call_id))
-                .exec(&env.db)
+                .exec(&txn)
                 .await?;
+            crate::db::commit(txn).await?;
             events::emit(
                 &env.db,
                 &env.hub,
@@ -492,20 +496,23 @@ async fn reserve(
             .await
             .map_err(|e| ServiceError::Internal(format!("cost actor unavailable: {e}")))?,
         _ => {
+            let txn = crate::db::begin_write(&env.db).await?;
             provider_calls::Entity::update_many()
                 .col_expr(provider_calls::Column::Status, Expr::value("pending"))
                 .col_expr(provider_calls::Column::Attempt, Expr::value(attempt as i32))
                 .col_expr(provider_calls::Column::StartedAt, Expr::value(time::now()))
                 .col_expr(provider_calls::Column::UpdatedAt, Expr::value(time::now()))
                 .filter(provider_calls::Column::Id.eq(call_id))
-                .exec(&env.db)
+                .exec(&txn)
                 .await?;
+            crate::db::commit(txn).await?;
             Ok(())
         }
     }
 }
 
 async fn fail_call(env: &JobEnv, call_id: Uuid, err: &ProviderError) -> Result<(), ServiceError> {
+    let txn = crate::db::begin_write(&env.db).await?;
     provider_calls::Entity::update_many()
         .col_expr(provider_calls::Column::Status, Expr::value("failed"))
         .col_expr(provider_calls::Column::ErrorCode, Expr::value(err.code()))
@@ -516,8 +523,9 @@ async fn fail_call(env: &JobEnv, call_id: Uuid, err: &ProviderError) -> Result<(
         .col_expr(provider_calls::Column::FinishedAt, Expr::value(time::now()))
         .col_expr(provider_calls::Column::UpdatedAt, Expr::value(time::now()))
         .filter(provider_calls::Column::Id.eq(call_id))
-        .exec(&env.db)
+        .exec(&txn)
         .await?;
+    crate::db::commit(txn).await?;
     Ok(())
 }
 
