@@ -87,7 +87,20 @@ async fn timed_run(
         .wait_finished(t.created.run.id, Duration::from_secs(3600))
         .await
         .map_err(service)?;
-    Ok((start.elapsed(), run.status))
+    let took = start.elapsed();
+    // Let the RunActor finish its last write (the run log) before moving on.
+    for _ in 0..100 {
+        use sea_orm::EntityTrait;
+        let r = entities::runs::Entity::find_by_id(run.id)
+            .one(&db.conn)
+            .await
+            .map_err(|e| CliError::Service(e.to_string()))?;
+        if r.is_some_and(|r| r.run_log_key.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((took, run.status))
 }
 
 /// The per-candidate work without any engine: effect, encode, hash, write.

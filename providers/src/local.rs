@@ -66,11 +66,15 @@ impl ImageProvider for LocalProvider {
             }
         }
         let variant = request.candidate_index;
-        let image = match request.stage {
-            Stage::Style => effects::ink(&request.input, variant),
-            Stage::Time(t) => effects::grade_time(&request.input, t),
-            Stage::Weather(w) => effects::weather(&request.input, w, seed),
-        };
+        // Image work is CPU-bound: keep it off the async threads.
+        let (stage, input) = (request.stage, request.input);
+        let image = tokio::task::spawn_blocking(move || match stage {
+            Stage::Style => effects::ink(&input, variant),
+            Stage::Time(t) => effects::grade_time(&input, t),
+            Stage::Weather(w) => effects::weather(&input, w, seed),
+        })
+        .await
+        .map_err(|e| ProviderError::Malformed(format!("local image task failed: {e}")))?;
         Ok(GeneratedImage {
             image,
             cost_usd: self.settings.price_usd,

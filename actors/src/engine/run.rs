@@ -29,6 +29,8 @@ pub struct RunActor {
     owner: Addr<ProjectActor>,
     running: HashSet<Uuid>,
     scheduling: bool,
+    /// A pass was requested while one was in flight: run another after it.
+    rescan: bool,
     finished: bool,
 }
 
@@ -46,6 +48,7 @@ impl RunActor {
             owner,
             running: HashSet::new(),
             scheduling: false,
+            rescan: false,
             finished: false,
         }
     }
@@ -53,10 +56,15 @@ impl RunActor {
     /// One scheduling pass: reclaim expired leases, lease ready jobs up to the
     /// bound, start their workers, or finish the run when nothing is left.
     fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if self.scheduling || self.finished {
+        if self.finished {
+            return;
+        }
+        if self.scheduling {
+            self.rescan = true;
             return;
         }
         self.scheduling = true;
+        self.rescan = false;
         let deps = self.deps.clone();
         let run_id = self.run_id;
         let mine: Vec<Uuid> = self.running.iter().copied().collect();
@@ -89,6 +97,9 @@ impl RunActor {
                         tracing::error!(run_id = %act.run_id, error = %e, "run scheduling failed");
                         act.deps.registry.record_error("run", e.to_string());
                     }
+                }
+                if act.rescan {
+                    act.schedule(ctx);
                 }
             })
             .spawn(ctx);

@@ -116,6 +116,13 @@ fn stage_of(job: &run_jobs::Model) -> Result<Stage, ServiceError> {
     })
 }
 
+/// CPU-bound image work runs on the blocking pool, never on the actor threads.
+async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("image task failed: {e}")))
+}
+
 /// Whether the run or this job was canceled (checked before every provider call).
 async fn canceled(
     db: &DatabaseConnection,
@@ -157,8 +164,10 @@ pub async fn run_job(
         .input_asset_id
         .ok_or_else(|| ServiceError::Internal(format!("job {} has no input", job.id)))?;
     let (_, input_bytes) = assets::load_bytes(&env.db, &env.store, input_id).await?;
+    let limits = env.limits;
     let input = Arc::new(
-        imaging::decode(&input_bytes, env.limits)
+        cpu(move || imaging::decode(&input_bytes, limits))
+            .await?
             .map_err(|e| ServiceError::Internal(format!("input image: {e}")))?,
     );
     events::emit(
@@ -255,9 +264,15 @@ async fn candidate(ctx: &JobCtx<'_>, index: i32) -> Result<Option<CandidateResul
             })
         });
     };
-    let report = guard::check(&img, guard_settings);
+    let settings = *guard_settings;
+    let (img, report, png) = cpu(move || {
+        let report = guard::check(&img, &settings);
+        let png = imaging::encode_png(&img);
+        (img, report, png)
+    })
+    .await?;
+    let png = png.map_err(|e| ServiceError::Internal(e.to_string()))?;
     let archived = report.hard_failures > 0;
-    let png = imaging::encode_png(&img).map_err(|e| ServiceError::Internal(e.to_string()))?;
     // Failed candidates go to the archive, never deleted or overwritten
     // (run-scoped keys are unique).
     let storage_key = if archived {
