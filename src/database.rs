@@ -184,14 +184,7 @@ async fn applied_migrations(conn: &DatabaseConnection) -> Result<Vec<String>, Db
 /// Brings the schema up to date: refuses a newer schema, backs up an existing
 /// SQLite file when something is pending, then applies the pending migrations.
 pub async fn migrate_up(db: &Db, settings: &Settings) -> Result<SchemaStatus, DatabaseError> {
-    let status = schema_status(&db.conn)
-        .await
-        .map_err(DatabaseError::Migrate)?;
-    if !status.unknown.is_empty() {
-        return Err(DatabaseError::SchemaTooNew {
-            unknown: status.unknown.join(", "),
-        });
-    }
+    let status = known_schema(db).await?;
     if !status.pending.is_empty() {
         if settings.database_url.is_none()
             && settings.database.backup_before_migrate
@@ -218,8 +211,8 @@ pub async fn open(settings: &Settings) -> Result<Db, DatabaseError> {
     Ok(db)
 }
 
-/// Rolls back `steps` migrations (all of them when `None`).
-pub async fn migrate_down(db: &Db, steps: Option<u32>) -> Result<SchemaStatus, DatabaseError> {
+/// The current status, unless the database was migrated by a newer build.
+async fn known_schema(db: &Db) -> Result<SchemaStatus, DatabaseError> {
     let status = schema_status(&db.conn)
         .await
         .map_err(DatabaseError::Migrate)?;
@@ -228,6 +221,12 @@ pub async fn migrate_down(db: &Db, steps: Option<u32>) -> Result<SchemaStatus, D
             unknown: status.unknown.join(", "),
         });
     }
+    Ok(status)
+}
+
+/// Rolls back `steps` migrations (all of them when `None`).
+pub async fn migrate_down(db: &Db, steps: Option<u32>) -> Result<SchemaStatus, DatabaseError> {
+    known_schema(db).await?;
     Migrator::down(&db.conn, steps)
         .await
         .map_err(DatabaseError::Migrate)?;
