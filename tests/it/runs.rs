@@ -307,6 +307,14 @@ async fn bad_triggers_fail_before_any_spend() {
         .await
         .unwrap();
     assert_eq!(costs.len(), 2);
+    // The AuditActor recorded each paid call.
+    let paid = app
+        .audit_codes()
+        .await
+        .iter()
+        .filter(|c| *c == "provider.paid_call")
+        .count();
+    assert_eq!(paid, 2);
     assert!((costs.iter().map(|c| c.total_cost_usd).sum::<f64>() - 0.10).abs() < 1e-9);
 }
 

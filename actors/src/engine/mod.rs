@@ -12,6 +12,7 @@
 //! reclaims jobs whose lease expired; a job body that panics or errors is
 //! contained (it runs in its own task) and becomes a retry or a failed job.
 
+mod audit;
 mod cost;
 mod project;
 mod registry;
@@ -30,6 +31,7 @@ use storage::paths::StorageRoots;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
+pub use audit::{AuditActor, PaidCall};
 pub use cost::{CostActor, ReserveSpend};
 pub use project::ProjectActor;
 pub use registry::{ActorInfo, SupervisionRegistry};
@@ -88,6 +90,8 @@ pub struct EngineDeps {
     pub node_id: String,
     /// The CostActor's inbox, set when the engine starts.
     pub spend: Option<actix::Recipient<ReserveSpend>>,
+    /// The AuditActor's inbox, set when the engine starts.
+    pub audit: Option<actix::Recipient<PaidCall>>,
 }
 
 impl EngineDeps {
@@ -119,6 +123,7 @@ impl EngineDeps {
             registry: Arc::new(SupervisionRegistry::default()),
             node_id: format!("node-{}", Uuid::new_v4().simple()),
             spend: None,
+            audit: None,
         }
     }
 
@@ -148,6 +153,9 @@ impl Engine {
         let (db, registry) = (deps.db.clone(), deps.registry.clone());
         let cost = Supervisor::start(move |_| CostActor::new(db, registry));
         deps.spend = Some(cost.clone().recipient());
+        let (db, registry) = (deps.db.clone(), deps.registry.clone());
+        let audit = Supervisor::start(move |_| AuditActor::new(db, registry));
+        deps.audit = Some(audit.recipient());
         let deps = Arc::new(deps);
         let for_actor = deps.clone();
         let project = Supervisor::start(move |_| ProjectActor::new(for_actor));

@@ -94,6 +94,7 @@ impl Actor for WorkerActor {
                 retry: self.deps.config.retry,
                 limits: self.deps.config.limits,
                 spend: self.deps.spend.clone(),
+                audit: self.deps.audit.clone(),
                 project_budget_usd: serde_json::from_value::<crate::runs::manifest::Manifest>(
                     self.run.settings_snapshot_json.clone(),
                 )

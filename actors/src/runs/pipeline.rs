@@ -56,6 +56,8 @@ pub struct JobEnv {
     pub limits: DecodeLimits,
     /// The CostActor: asked before every paid attempt.
     pub spend: Option<actix::Recipient<crate::engine::ReserveSpend>>,
+    /// The AuditActor: told about every paid call.
+    pub audit: Option<actix::Recipient<crate::engine::PaidCall>>,
     pub project_budget_usd: Option<f64>,
 }
 
@@ -347,6 +349,25 @@ async fn candidate(ctx: &JobCtx<'_>, index: i32) -> Result<Option<CandidateResul
     .exec_without_returning(&txn)
     .await?;
     crate::db::commit(txn).await?;
+    if cost > 0.0
+        && let Some(audit) = &env.audit
+    {
+        // Acknowledged: the paid call is audited before the candidate is recorded.
+        let sent = audit
+            .send(crate::engine::PaidCall {
+                project_id: run.project_id,
+                run_id: run.id,
+                job_id: job.id,
+                provider_call_id: call_id,
+                provider_code: env.provider.code().into(),
+                idempotency_key: key.clone(),
+                cost_usd: cost,
+            })
+            .await;
+        if let Err(e) = sent {
+            tracing::error!(error = %e, "audit actor unavailable");
+        }
+    }
     record_candidate(env, run, job, index, asset.id, report, Some(call_id))
         .await
         .map(Some)
