@@ -191,22 +191,35 @@ async fn plan_step(
         return Ok(Step::Finish);
     };
     let now = Utc::now();
-    // Reclaim jobs leased by a worker that is gone (its lease ran out).
-    let txn = crate::db::begin_write(&deps.db).await?;
-    run_jobs::Entity::update_many()
-        .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
-        .col_expr(
-            run_jobs::Column::LeaseOwner,
-            Expr::value(Option::<String>::None),
-        )
-        .filter(run_jobs::Column::RunId.eq(run_id))
-        .filter(run_jobs::Column::Status.eq(status::RUNNING))
-        .filter(run_jobs::Column::LeaseExpiresAt.lt(now))
-        .filter(run_jobs::Column::Id.is_not_in(mine.to_vec()))
-        .exec(&txn)
-        .await?;
-    crate::db::commit(txn).await?;
-    let jobs = store::jobs_of(&deps.db, run_id).await?;
+    let mut jobs = store::jobs_of(&deps.db, run_id).await?;
+    // Reclaim jobs leased by a worker that is gone (its lease ran out); the
+    // write happens only when there is something to reclaim.
+    let expired: Vec<Uuid> = jobs
+        .iter()
+        .filter(|j| j.status == status::RUNNING && !mine.contains(&j.id))
+        .filter(|j| j.lease_expires_at.is_none_or(|t| t < now))
+        .map(|j| j.id)
+        .collect();
+    if !expired.is_empty() {
+        let txn = crate::db::begin_write(&deps.db).await?;
+        run_jobs::Entity::update_many()
+            .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
+            .col_expr(
+                run_jobs::Column::LeaseOwner,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(run_jobs::Column::Id.is_in(expired))
+            .filter(run_jobs::Column::Status.eq(status::RUNNING))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(run_jobs::Column::LeaseExpiresAt.is_null())
+                    .add(run_jobs::Column::LeaseExpiresAt.lt(now)),
+            )
+            .exec(&txn)
+            .await?;
+        crate::db::commit(txn).await?;
+        jobs = store::jobs_of(&deps.db, run_id).await?;
+    }
     if run.status == status::CANCELED {
         return Ok(
             if jobs
