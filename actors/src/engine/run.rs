@@ -236,14 +236,19 @@ async fn plan_step(
     if !open {
         return Ok(Step::Finish);
     }
-    let mut leased = Vec::new();
-    let lease_until = now + chrono::Duration::from_std(deps.config.lease).unwrap_or_default();
-    for job in jobs
+    let ready: Vec<&run_jobs::Model> = jobs
         .iter()
         .filter(|j| j.status == status::PENDING)
         .take(room)
-    {
-        let txn = crate::db::begin_write(&deps.db).await?;
+        .collect();
+    if ready.is_empty() {
+        return Ok(Step::Wait);
+    }
+    let mut leased = Vec::new();
+    let lease_until = now + chrono::Duration::from_std(deps.config.lease).unwrap_or_default();
+    let txn = crate::db::begin_write(&deps.db).await?;
+    let mut started = Vec::new();
+    for job in ready {
         let got = run_jobs::Entity::update_many()
             .col_expr(run_jobs::Column::Status, Expr::value(status::RUNNING))
             .col_expr(
@@ -263,12 +268,28 @@ async fn plan_step(
             .exec(&txn)
             .await?
             .rows_affected;
-        crate::db::commit(txn).await?;
         if got == 1
-            && let Some(j) = run_jobs::Entity::find_by_id(job.id).one(&deps.db).await?
+            && let Some(j) = run_jobs::Entity::find_by_id(job.id).one(&txn).await?
         {
+            started.push(
+                events::append(
+                    &txn,
+                    run_id,
+                    run.project_id,
+                    "job.started",
+                    Some(j.id),
+                    json!({
+                        "job_key": j.job_key, "stage": j.stage, "attempt": j.attempt,
+                    }),
+                )
+                .await?,
+            );
             leased.push(j);
         }
+    }
+    crate::db::commit(txn).await?;
+    for e in started {
+        deps.hub.publish(e);
     }
     if leased.is_empty() {
         return Ok(Step::Wait);

@@ -172,18 +172,7 @@ pub async fn run_job(
             .await?
             .map_err(|e| ServiceError::Internal(format!("input image: {e}")))?,
     );
-    events::emit(
-        &env.db,
-        &env.hub,
-        run.id,
-        run.project_id,
-        "job.started",
-        Some(job.id),
-        json!({
-            "job_key": job.job_key, "stage": job.stage, "attempt": job.attempt,
-        }),
-    )
-    .await?;
+    // `job.started` was recorded with the lease (engine::run).
 
     let ctx = JobCtx {
         env,
@@ -395,6 +384,10 @@ async fn call_with_retries(
     if canceled(&env.db, run.id, job.id).await? {
         return Ok((None, existing.map(|c| c.id).unwrap_or_default()));
     }
+    // A new record of a free call is written already in flight (attempt 1),
+    // sparing the separate reservation write of the first attempt.
+    let free = env.provider.unit_price_usd() <= 0.0;
+    let fresh = existing.is_none();
     let call_id = match &existing {
         Some(c) => c.id,
         None => {
@@ -411,7 +404,8 @@ async fn call_with_retries(
                 operation: "generate".into(),
                 model_name: None,
                 status: "pending".into(),
-                attempt: 0,
+                attempt: if free { 1 } else { 0 },
+                started_at: if free { Some(time::now()) } else { None },
                 reserved_cost_usd: env.provider.unit_price_usd(),
                 actual_cost_usd: None,
                 request_json: json!({ "stage": job.stage, "candidate_index": index, "prompt": job.prompt_text }),
@@ -420,7 +414,6 @@ async fn call_with_retries(
                 provider_request_id: None,
                 error_code: None,
                 error_message: None,
-                started_at: None,
                 finished_at: None,
                 created_at: time::now(),
                 updated_at: time::now(),
@@ -437,7 +430,8 @@ async fn call_with_retries(
             return Ok((None, call_id));
         }
         attempt += 1;
-        if let Err(refused) = reserve(env, run, call_id, attempt).await {
+        let already_in_flight = fresh && free && attempt == 1;
+        if !already_in_flight && let Err(refused) = reserve(env, run, call_id, attempt).await {
             let code = match &refused {
                 ServiceError::Policy { code, .. } => *code,
                 _ => "reservation_failed",
