@@ -11,7 +11,7 @@ use futures_util::future::join_all;
 use imaging::DecodeLimits;
 use imaging::effects::{TimeOfDay, Weather};
 use imaging::guard::{self, GuardReport, GuardSettings};
-use providers::{GenerateRequest, ImageProvider, ProviderError, Stage};
+use providers::{GenerateRequest, ImageProvider, Stage};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde_json::json;
@@ -436,18 +436,7 @@ async fn call_with_retries(
                 ServiceError::Policy { code, .. } => *code,
                 _ => "reservation_failed",
             };
-            let txn = crate::db::begin_write(&env.db).await?;
-            provider_calls::Entity::update_many()
-                .col_expr(provider_calls::Column::Status, Expr::value("failed"))
-                .col_expr(provider_calls::Column::ErrorCode, Expr::value(code))
-                .col_expr(
-                    provider_calls::Column::ErrorMessage,
-                    Expr::value(refused.to_string()),
-                )
-                .filter(provider_calls::Column::Id.eq(call_id))
-                .exec(&txn)
-                .await?;
-            crate::db::commit(txn).await?;
+            fail_call(env, call_id, code, &refused.to_string()).await?;
             events::emit(
                 &env.db,
                 &env.hub,
@@ -486,7 +475,7 @@ async fn call_with_retries(
             }
             Err(err) => {
                 let retry = err.is_retryable() && attempt < env.retry.max_attempts;
-                fail_call(env, call_id, &err).await?;
+                fail_call(env, call_id, err.code(), &err.to_string()).await?;
                 events::emit(&env.db, &env.hub, run.id, run.project_id,
                     if retry { "candidate.retry_scheduled" } else { "candidate.failed" },
                     Some(job.id),
@@ -541,15 +530,18 @@ async fn reserve(
     }
 }
 
-async fn fail_call(env: &JobEnv, call_id: Uuid, err: &ProviderError) -> Result<(), ServiceError> {
+/// Records that an attempt of the call failed (or was refused before it was made).
+async fn fail_call(
+    env: &JobEnv,
+    call_id: Uuid,
+    code: &str,
+    message: &str,
+) -> Result<(), ServiceError> {
     let txn = crate::db::begin_write(&env.db).await?;
     provider_calls::Entity::update_many()
         .col_expr(provider_calls::Column::Status, Expr::value("failed"))
-        .col_expr(provider_calls::Column::ErrorCode, Expr::value(err.code()))
-        .col_expr(
-            provider_calls::Column::ErrorMessage,
-            Expr::value(err.to_string()),
-        )
+        .col_expr(provider_calls::Column::ErrorCode, Expr::value(code))
+        .col_expr(provider_calls::Column::ErrorMessage, Expr::value(message))
         .col_expr(provider_calls::Column::FinishedAt, Expr::value(time::now()))
         .col_expr(provider_calls::Column::UpdatedAt, Expr::value(time::now()))
         .filter(provider_calls::Column::Id.eq(call_id))

@@ -256,6 +256,20 @@ pub async fn candidates_of_run<C: ConnectionTrait>(
         .await?)
 }
 
+/// How many of the project's runs are in `status`.
+pub async fn count_runs<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    status: &str,
+) -> Result<u64, ServiceError> {
+    use sea_orm::PaginatorTrait;
+    Ok(runs::Entity::find()
+        .filter(runs::Column::ProjectId.eq(project_id))
+        .filter(runs::Column::Status.eq(status))
+        .count(db)
+        .await?)
+}
+
 /// Runs that were queued or running when the service stopped.
 pub async fn unfinished_runs<C: ConnectionTrait>(db: &C) -> Result<Vec<runs::Model>, ServiceError> {
     Ok(runs::Entity::find()

@@ -426,18 +426,11 @@ async fn queue_state(
     project: &entities::projects::Model,
     audit_id: Option<Uuid>,
 ) -> Result<QueueState, actors::ServiceError> {
-    let runs = store::list_runs(&state.db, project.id, 10_000).await?;
     Ok(QueueState {
         ok: true,
         paused: state.engine.is_paused(project.id).await?,
-        queued: runs
-            .iter()
-            .filter(|r| r.status == store::status::QUEUED)
-            .count(),
-        running: runs
-            .iter()
-            .filter(|r| r.status == store::status::RUNNING)
-            .count(),
+        queued: store::count_runs(&state.db, project.id, store::status::QUEUED).await? as usize,
+        running: store::count_runs(&state.db, project.id, store::status::RUNNING).await? as usize,
         audit_id,
     })
 }
