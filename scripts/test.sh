@@ -49,9 +49,9 @@ ensure_postgres
 ensure_moto
 
 if cargo nextest --version >/dev/null 2>&1; then
-  runner=(cargo nextest run --no-fail-fast)
+  runner=(cargo nextest run --workspace --no-fail-fast)
 else
-  runner=(cargo test --no-fail-fast)
+  runner=(cargo test --workspace --no-fail-fast)
 fi
 
 log "tests on SQLite"

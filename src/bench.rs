@@ -28,6 +28,8 @@ pub struct BenchOptions {
     pub latency_ms: u64,
     pub concurrency: usize,
     pub latency_calls: u32,
+    /// `<w>x<h>` of the throughput measurement's sample scenes.
+    pub scene_size: String,
 }
 
 fn service(e: actors::ServiceError) -> CliError {
@@ -43,8 +45,10 @@ async fn engine_with(
     let mut settings = settings.clone();
     settings.providers.local.latency_ms = latency_ms;
     let mut config = engine_config(&settings);
+    // C calls in flight; twice as many jobs, so the next jobs are ready
+    // (input loaded, calls recorded) when a provider slot frees up.
     config.provider_concurrency = concurrency;
-    config.max_jobs_per_run = concurrency.max(4);
+    config.max_jobs_per_run = 2 * concurrency;
     config.max_queued_runs = 10_000;
     let (engine, roots) = embedded_engine(&settings, &db.conn, config);
     Ok((engine, db, roots))
@@ -57,6 +61,7 @@ async fn timed_run(
     slug: &str,
     scenes: u32,
     candidates: u32,
+    size: Option<(u32, u32)>,
 ) -> Result<Timed, CliError> {
     let principal = Principal::DevBypass;
     let project = projects::upsert(
@@ -73,7 +78,14 @@ async fn timed_run(
     .map_err(service)?;
     let valid = plan::validate(&plan::TriggerInput {
         mode: Some("run".into()),
-        scene_refs: Some((1..=scenes).map(|i| format!("sample:{i}")).collect()),
+        scene_refs: Some(
+            (1..=scenes)
+                .map(|i| match size {
+                    Some((w, h)) => format!("sample:{i}@{w}x{h}"),
+                    None => format!("sample:{i}"),
+                })
+                .collect(),
+        ),
         candidates: Some(i64::from(candidates)),
         manifest: Some(serde_json::json!({ "safe_batch_limit": 1_000_000, "generation": { "max_candidates": 16 } })),
         ..plan::TriggerInput::default()
@@ -120,13 +132,9 @@ struct Timed {
 }
 
 /// The per-candidate work without any engine: effect, encode, hash, write.
-fn baseline(n: u32, dir: &std::path::Path) -> Result<Duration, CliError> {
+fn baseline(n: u32, (w, h): (u32, u32), dir: &std::path::Path) -> Result<Duration, CliError> {
     std::fs::create_dir_all(dir)?;
-    let scene = imaging::scene::sample_scene(
-        1,
-        actors::runs::scenes::SAMPLE_WIDTH,
-        actors::runs::scenes::SAMPLE_HEIGHT,
-    );
+    let scene = imaging::scene::sample_scene(1, w, h);
     let start = Instant::now();
     for i in 0..n {
         let img = imaging::effects::ink(&scene, i);
@@ -150,28 +158,44 @@ pub async fn run(settings: Settings, o: BenchOptions) -> Result<(), CliError> {
         }
     );
 
-    let base = baseline(n, &settings.data_dir.join("bench-baseline"))?;
+    let size = o
+        .scene_size
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+        .ok_or_else(|| {
+            CliError::Service(format!("--scene-size '{}' is not <w>x<h>", o.scene_size))
+        })?;
+    let base = baseline(n, size, &settings.data_dir.join("bench-baseline"))?;
     let (engine, db, roots) = engine_with(&settings, 0, 8).await?;
-    let Timed { took, status, .. } = timed_run(
+    let Timed {
+        took,
+        executing,
+        status,
+    } = timed_run(
         &engine,
         &db,
         &roots,
         "bench_throughput",
         o.scenes,
         o.candidates,
+        Some(size),
     )
     .await?;
     let rate = f64::from(n) / took.as_secs_f64();
     let base_rate = f64::from(n) / base.as_secs_f64();
     println!("\n| measurement | value |\n|---|---:|");
     println!(
-        "| candidates (jobs x candidates) | {n} ({} x {}) |",
-        o.scenes, o.candidates
+        "| candidates (jobs x candidates), scenes {} | {n} ({} x {}) |",
+        o.scene_size, o.scenes, o.candidates
     );
     println!(
         "| baseline: effect + PNG + SHA-256 + file write, no engine | {base_rate:.0} candidates/s |"
     );
     println!("| engine end to end, persisted (run {status}) | {rate:.0} candidates/s |");
+    println!(
+        "| engine execution only (run started -> finished) | {:.0} candidates/s |",
+        f64::from(n) / executing.as_secs_f64()
+    );
     println!("| ratio engine / baseline | {:.2} |", rate / base_rate);
 
     let (engine, db, roots) = engine_with(&settings, o.latency_ms, o.concurrency).await?;
@@ -179,7 +203,16 @@ pub async fn run(settings: Settings, o: BenchOptions) -> Result<(), CliError> {
         took,
         executing,
         status,
-    } = timed_run(&engine, &db, &roots, "bench_latency", o.latency_calls, 1).await?;
+    } = timed_run(
+        &engine,
+        &db,
+        &roots,
+        "bench_latency",
+        o.latency_calls,
+        1,
+        None,
+    )
+    .await?;
     let ideal =
         Duration::from_millis(o.latency_ms) * o.latency_calls.div_ceil(o.concurrency as u32);
     println!(

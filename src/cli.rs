@@ -90,6 +90,9 @@ pub enum BenchWhat {
         concurrency: usize,
         #[arg(long, default_value_t = 64)]
         latency_calls: u32,
+        /// Sample scene size for the throughput measurement, `<w>x<h>`.
+        #[arg(long, default_value = "64x48")]
+        scene_size: String,
     },
 }
 
@@ -172,6 +175,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     latency_ms,
                     concurrency,
                     latency_calls,
+                    scene_size,
                 },
         } => {
             let settings = Settings::load(&overrides).map_err(StartupError::from)?;
@@ -183,6 +187,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     latency_ms,
                     concurrency,
                     latency_calls,
+                    scene_size,
                 },
             )
             .await

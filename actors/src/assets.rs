@@ -37,23 +37,40 @@ pub async fn store<C: ConnectionTrait>(
     object_store: &ObjectStore,
     asset: NewAsset<'_>,
 ) -> Result<assets::Model, ServiceError> {
-    let sha = sha256_hex(&asset.bytes);
-    if asset.dedup
-        && let Some(existing) = assets::Entity::find()
+    if asset.dedup {
+        let sha = sha256_hex(&asset.bytes);
+        if let Some(existing) = assets::Entity::find()
             .filter(assets::Column::ProjectId.eq(asset.project_id))
             .filter(assets::Column::Sha256.eq(sha.as_str()))
             .one(db)
             .await?
-    {
-        return Ok(existing);
+        {
+            return Ok(existing);
+        }
     }
+    let row = put(object_store, asset, None).await?;
+    assets::Entity::insert(assets::ActiveModel::from(row.clone()))
+        .exec_without_returning(db)
+        .await?;
+    Ok(row)
+}
+
+/// Writes the file and returns the row to insert (the caller inserts it,
+/// possibly batched with others). `sha256`: the content hash if the caller
+/// already computed it off the async threads.
+pub async fn put(
+    object_store: &ObjectStore,
+    asset: NewAsset<'_>,
+    sha256: Option<String>,
+) -> Result<assets::Model, ServiceError> {
+    let sha = sha256.unwrap_or_else(|| sha256_hex(&asset.bytes));
     let key = ObjectKey::parse(asset.key).map_err(|e| ServiceError::Internal(e.to_string()))?;
     let size = asset.bytes.len() as i64;
     object_store
         .put(&key, asset.bytes)
         .await
         .map_err(|e| ServiceError::Internal(format!("storage: {e}")))?;
-    let row = assets::Model {
+    Ok(assets::Model {
         id: Uuid::now_v7(),
         project_id: asset.project_id,
         kind: asset.kind.to_string(),
@@ -70,11 +87,7 @@ pub async fn store<C: ConnectionTrait>(
         candidate_id: asset.candidate_id,
         metadata_json: asset.metadata,
         created_at: time::now(),
-    };
-    assets::Entity::insert(assets::ActiveModel::from(row.clone()))
-        .exec_without_returning(db)
-        .await?;
-    Ok(row)
+    })
 }
 
 pub async fn load_bytes<C: ConnectionTrait>(

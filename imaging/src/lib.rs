@@ -1,8 +1,10 @@
 //! Pure image functions over the `image` crate: decoding with limits, PNG
 //! encoding, the output-guard metric, the built-in local provider's stage
 //! effects and the sample scenes. No I/O here; memory is bounded by the pixel
-//! limit checked before any decode.
+//! limit checked before any decode. [`cpu::run`] is where callers run this
+//! work from async code.
 
+pub mod cpu;
 pub mod effects;
 pub mod guard;
 pub mod scene;

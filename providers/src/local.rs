@@ -68,7 +68,7 @@ impl ImageProvider for LocalProvider {
         let variant = request.candidate_index;
         // Image work is CPU-bound: keep it off the async threads.
         let (stage, input) = (request.stage, request.input);
-        let image = tokio::task::spawn_blocking(move || match stage {
+        let image = imaging::cpu::run(move || match stage {
             Stage::Style => effects::ink(&input, variant),
             Stage::Time(t) => effects::grade_time(&input, t),
             Stage::Weather(w) => effects::weather(&input, w, seed),

@@ -39,6 +39,7 @@ pub use registry::{ActorInfo, SupervisionRegistry};
 use crate::ServiceError;
 use crate::runs::events::EventHub;
 use crate::runs::pipeline::RetryPolicy;
+use crate::runs::writer::RowWriter;
 
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
@@ -92,6 +93,8 @@ pub struct EngineDeps {
     pub spend: Option<actix::Recipient<ReserveSpend>>,
     /// The AuditActor's inbox, set when the engine starts.
     pub audit: Option<actix::Recipient<PaidCall>>,
+    /// Group commit for the job pipeline's rows, started with the engine.
+    pub writer: Option<RowWriter>,
 }
 
 impl EngineDeps {
@@ -124,6 +127,7 @@ impl EngineDeps {
             node_id: format!("node-{}", Uuid::new_v4().simple()),
             spend: None,
             audit: None,
+            writer: None,
         }
     }
 
@@ -156,6 +160,7 @@ impl Engine {
         let (db, registry) = (deps.db.clone(), deps.registry.clone());
         let audit = Supervisor::start(move |_| AuditActor::new(db, registry));
         deps.audit = Some(audit.recipient());
+        deps.writer = Some(RowWriter::start(deps.db.clone(), deps.hub.clone()));
         let deps = Arc::new(deps);
         let for_actor = deps.clone();
         let project = Supervisor::start(move |_| ProjectActor::new(for_actor));

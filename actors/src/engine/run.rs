@@ -10,7 +10,7 @@ use actix::prelude::*;
 use chrono::Utc;
 use entities::{projects, run_jobs, runs};
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -28,6 +28,8 @@ pub struct RunActor {
     project_id: Uuid,
     owner: Addr<ProjectActor>,
     running: HashSet<Uuid>,
+    /// The project's object store, resolved on the first lease.
+    store: Option<storage::ObjectStore>,
     scheduling: bool,
     /// A pass was requested while one was in flight: run another after it.
     rescan: bool,
@@ -47,6 +49,7 @@ impl RunActor {
             project_id,
             owner,
             running: HashSet::new(),
+            store: None,
             scheduling: false,
             rescan: false,
             finished: false,
@@ -73,12 +76,14 @@ impl RunActor {
             .config
             .max_jobs_per_run
             .saturating_sub(self.running.len());
-        async move { plan_step(&deps, run_id, &mine, room).await }
+        let cached_store = self.store.clone();
+        async move { plan_step(&deps, run_id, &mine, room, cached_store).await }
             .into_actor(self)
             .map(|result, act, ctx| {
                 act.scheduling = false;
                 match result {
                     Ok(Step::Start { run, store, jobs }) => {
+                        act.store = Some(store.clone());
                         for job in jobs {
                             act.running.insert(job.id);
                             WorkerActor::new(
@@ -186,20 +191,30 @@ async fn plan_step(
     run_id: Uuid,
     mine: &[Uuid],
     room: usize,
+    cached_store: Option<storage::ObjectStore>,
 ) -> Result<Step, ServiceError> {
     let Some(run) = runs::Entity::find_by_id(run_id).one(&deps.db).await? else {
         return Ok(Step::Finish);
     };
     let now = Utc::now();
-    let mut jobs = store::jobs_of(&deps.db, run_id).await?;
+    // Each pass reads only what it needs (running leases, up to `room` ready
+    // jobs), never the whole run: the cost of a pass must not grow with the
+    // run's size.
+    let running: Vec<(Uuid, Option<chrono::DateTime<Utc>>)> = run_jobs::Entity::find()
+        .select_only()
+        .column(run_jobs::Column::Id)
+        .column(run_jobs::Column::LeaseExpiresAt)
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.eq(status::RUNNING))
+        .into_tuple()
+        .all(&deps.db)
+        .await?;
     // Reclaim jobs leased by a worker that is gone (its lease ran out); the
     // write happens only when there is something to reclaim.
-    let expired: Vec<Uuid> = jobs
-        .iter()
-        .filter(|j| j.status == status::RUNNING && !mine.contains(&j.id))
-        .filter(|j| j.lease_expires_at.is_none_or(|t| t < now))
-        .map(|j| j.id)
-        .collect();
+    let (expired, others_live): (Vec<_>, Vec<_>) = running
+        .into_iter()
+        .filter(|(id, _)| !mine.contains(id))
+        .partition(|(_, until)| until.is_none_or(|t| t < now));
     if !expired.is_empty() {
         let txn = crate::db::begin_write(&deps.db).await?;
         run_jobs::Entity::update_many()
@@ -208,7 +223,7 @@ async fn plan_step(
                 run_jobs::Column::LeaseOwner,
                 Expr::value(Option::<String>::None),
             )
-            .filter(run_jobs::Column::Id.is_in(expired))
+            .filter(run_jobs::Column::Id.is_in(expired.into_iter().map(|(id, _)| id)))
             .filter(run_jobs::Column::Status.eq(status::RUNNING))
             .filter(
                 sea_orm::Condition::any()
@@ -218,75 +233,78 @@ async fn plan_step(
             .exec(&txn)
             .await?;
         crate::db::commit(txn).await?;
-        jobs = store::jobs_of(&deps.db, run_id).await?;
     }
     if run.status == status::CANCELED {
-        return Ok(
-            if jobs
-                .iter()
-                .any(|j| j.status == status::RUNNING && !mine.contains(&j.id))
-            {
-                Step::Wait
-            } else {
-                Step::Finish
-            },
-        );
+        // Finished once no other live worker still holds one of its jobs.
+        return Ok(if others_live.is_empty() {
+            Step::Finish
+        } else {
+            Step::Wait
+        });
     }
-    let open = jobs.iter().any(|j| !status::job_is_terminal(&j.status));
-    if !open {
-        return Ok(Step::Finish);
-    }
-    let ready: Vec<&run_jobs::Model> = jobs
-        .iter()
-        .filter(|j| j.status == status::PENDING)
-        .take(room)
-        .collect();
+    let ready = run_jobs::Entity::find()
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.eq(status::PENDING))
+        .order_by_asc(run_jobs::Column::CreatedAt)
+        .order_by_asc(run_jobs::Column::Id)
+        .limit(room as u64)
+        .all(&deps.db)
+        .await?;
     if ready.is_empty() {
-        return Ok(Step::Wait);
+        let undecided = run_jobs::Entity::find()
+            .filter(run_jobs::Column::RunId.eq(run_id))
+            .filter(run_jobs::Column::Status.is_in([
+                status::BLOCKED,
+                status::PENDING,
+                status::RUNNING,
+            ]))
+            .count(&deps.db)
+            .await?;
+        return Ok(if undecided == 0 {
+            Step::Finish
+        } else {
+            Step::Wait
+        });
     }
-    let mut leased = Vec::new();
+    // One guarded statement leases them all; RETURNING gives the rows as leased.
     let lease_until = now + chrono::Duration::from_std(deps.config.lease).unwrap_or_default();
     let txn = crate::db::begin_write(&deps.db).await?;
-    let mut started = Vec::new();
-    for job in ready {
-        let got = run_jobs::Entity::update_many()
-            .col_expr(run_jobs::Column::Status, Expr::value(status::RUNNING))
-            .col_expr(
-                run_jobs::Column::LeaseOwner,
-                Expr::value(deps.node_id.clone()),
-            )
-            .col_expr(run_jobs::Column::LeaseExpiresAt, Expr::value(lease_until))
-            .col_expr(run_jobs::Column::HeartbeatAt, Expr::value(now))
-            .col_expr(
-                run_jobs::Column::Attempt,
-                Expr::col(run_jobs::Column::Attempt).add(1),
-            )
-            .col_expr(run_jobs::Column::StartedAt, Expr::value(now))
-            .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
-            .filter(run_jobs::Column::Id.eq(job.id))
-            .filter(run_jobs::Column::Status.eq(status::PENDING))
-            .exec(&txn)
-            .await?
-            .rows_affected;
-        if got == 1
-            && let Some(j) = run_jobs::Entity::find_by_id(job.id).one(&txn).await?
-        {
-            started.push(
-                events::append(
-                    &txn,
-                    run_id,
-                    run.project_id,
+    let mut leased = run_jobs::Entity::update_many()
+        .col_expr(run_jobs::Column::Status, Expr::value(status::RUNNING))
+        .col_expr(
+            run_jobs::Column::LeaseOwner,
+            Expr::value(deps.node_id.clone()),
+        )
+        .col_expr(run_jobs::Column::LeaseExpiresAt, Expr::value(lease_until))
+        .col_expr(run_jobs::Column::HeartbeatAt, Expr::value(now))
+        .col_expr(
+            run_jobs::Column::Attempt,
+            Expr::col(run_jobs::Column::Attempt).add(1),
+        )
+        .col_expr(run_jobs::Column::StartedAt, Expr::value(now))
+        .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+        .filter(run_jobs::Column::Id.is_in(ready.iter().map(|j| j.id)))
+        .filter(run_jobs::Column::Status.eq(status::PENDING))
+        .exec_with_returning(&txn)
+        .await?;
+    // Plan order, as they were ready.
+    leased.sort_by_key(|j| ready.iter().position(|r| r.id == j.id));
+    let started = events::append_many(
+        &txn,
+        run_id,
+        run.project_id,
+        leased
+            .iter()
+            .map(|j| {
+                (
                     "job.started",
                     Some(j.id),
-                    json!({
-                        "job_key": j.job_key, "stage": j.stage, "attempt": j.attempt,
-                    }),
+                    json!({ "job_key": j.job_key, "stage": j.stage, "attempt": j.attempt }),
                 )
-                .await?,
-            );
-            leased.push(j);
-        }
-    }
+            })
+            .collect(),
+    )
+    .await?;
     crate::db::commit(txn).await?;
     for e in started {
         deps.hub.publish(e);
@@ -294,11 +312,16 @@ async fn plan_step(
     if leased.is_empty() {
         return Ok(Step::Wait);
     }
-    let project = projects::Entity::find_by_id(run.project_id)
-        .one(&deps.db)
-        .await?
-        .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
-    let store = crate::projects::object_store(&deps.db, &deps.roots, &project).await?;
+    let store = match cached_store {
+        Some(store) => store,
+        None => {
+            let project = projects::Entity::find_by_id(run.project_id)
+                .one(&deps.db)
+                .await?
+                .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
+            crate::projects::object_store(&deps.db, &deps.roots, &project).await?
+        }
+    };
     Ok(Step::Start {
         run: Box::new(run),
         store,
@@ -424,6 +447,11 @@ async fn settle_job(
     job_id: Uuid,
     outcome: Result<JobOutcome, String>,
 ) -> Result<(), ServiceError> {
+    // A winner was recorded with the job's verdict and already unblocked the
+    // next stage (runs::writer): nothing left to write.
+    if matches!(outcome, Ok(JobOutcome::Done { .. })) {
+        return Ok(());
+    }
     let now = Utc::now();
     let txn = crate::db::begin_write(&deps.db).await?;
     let job = run_jobs::Entity::find_by_id(job_id).one(&txn).await?;
@@ -436,19 +464,7 @@ async fn settle_job(
         outcome
     };
     match outcome {
-        Ok(JobOutcome::Done { final_asset_id, .. }) => {
-            run_jobs::Entity::update_many()
-                .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
-                .col_expr(run_jobs::Column::InputAssetId, Expr::value(final_asset_id))
-                .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
-                .filter(run_jobs::Column::ParentJobId.eq(job_id))
-                .filter(run_jobs::Column::Status.eq(status::BLOCKED))
-                .exec(&txn)
-                .await?;
-            published.push(events::append(&txn, run_id, project_id, "stage.completed", Some(job_id), json!({
-                "job_key": job.job_key, "stage": job.stage, "final_asset_id": final_asset_id,
-            })).await?);
-        }
+        Ok(JobOutcome::Done { .. }) => {}
         Ok(JobOutcome::Failed { .. }) => skip_descendants(&txn, job_id, now).await?,
         Ok(JobOutcome::Canceled) => {
             skip_descendants(&txn, job_id, now).await?;

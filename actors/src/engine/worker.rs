@@ -95,6 +95,7 @@ impl Actor for WorkerActor {
                 limits: self.deps.config.limits,
                 spend: self.deps.spend.clone(),
                 audit: self.deps.audit.clone(),
+                writer: self.deps.writer.clone(),
                 project_budget_usd: serde_json::from_value::<crate::runs::manifest::Manifest>(
                     self.run.settings_snapshot_json.clone(),
                 )
@@ -104,8 +105,10 @@ impl Actor for WorkerActor {
             _ => None,
         };
         let (run, job) = (self.run.clone(), self.job.clone());
-        // The job body runs in its own task: a panic there ends that task only.
-        let task = actix::spawn(async move {
+        // The job body runs in its own task, off the actor thread (on the
+        // multi-threaded runtime when there is one): a panic there ends that
+        // task only.
+        let task = tokio::spawn(async move {
             let Some(env) = env else {
                 return Err(format!("provider '{provider_code}' is not configured"));
             };

@@ -4,10 +4,10 @@
 
 use chrono::{DateTime, Utc};
 use entities::{run_events, runs};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, IdenStatic, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -64,9 +64,65 @@ impl EventHub {
     }
 }
 
-/// Appends one event inside `db` (call within the transaction that made the
-/// change, so the change and its event commit together); returns it for
-/// publishing after commit.
+/// Reserves `n` consecutive sequence numbers of the run in one statement
+/// (call within a write transaction); returns the first.
+pub async fn reserve_seqs<C: ConnectionTrait>(
+    db: &C,
+    run_id: Uuid,
+    n: i64,
+) -> Result<i64, ServiceError> {
+    let stmt = Query::update()
+        .table(runs::Entity)
+        .value(
+            runs::Column::LastEventSeq,
+            Expr::col(runs::Column::LastEventSeq).add(n),
+        )
+        .and_where(runs::Column::Id.eq(run_id))
+        .returning_col(runs::Column::LastEventSeq)
+        .to_owned();
+    let last: i64 = db
+        .query_one(&stmt)
+        .await?
+        .ok_or_else(|| ServiceError::Internal(format!("run {run_id} vanished")))?
+        .try_get("", runs::Column::LastEventSeq.as_str())?;
+    Ok(last - n + 1)
+}
+
+/// Appends events of one run inside `db` (call within the transaction that
+/// made the change, so the change and its events commit together); returns
+/// them for publishing after commit.
+pub async fn append_many<C: ConnectionTrait>(
+    db: &C,
+    run_id: Uuid,
+    project_id: Uuid,
+    events: Vec<(&str, Option<Uuid>, Value)>,
+) -> Result<Vec<RunEvent>, ServiceError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let first = reserve_seqs(db, run_id, events.len() as i64).await?;
+    let now = time::now();
+    let rows: Vec<run_events::Model> = events
+        .into_iter()
+        .zip(first..)
+        .map(|((event_type, job_id, payload), seq)| run_events::Model {
+            id: Uuid::now_v7(),
+            project_id,
+            run_id,
+            seq,
+            event_type: event_type.to_string(),
+            job_id,
+            payload_json: payload,
+            created_at: now,
+        })
+        .collect();
+    run_events::Entity::insert_many(rows.iter().cloned().map(run_events::ActiveModel::from))
+        .exec_without_returning(db)
+        .await?;
+    Ok(rows.into_iter().map(RunEvent::from).collect())
+}
+
+/// Appends one event inside `db`; see [`append_many`].
 pub async fn append<C: ConnectionTrait>(
     db: &C,
     run_id: Uuid,
@@ -75,35 +131,10 @@ pub async fn append<C: ConnectionTrait>(
     job_id: Option<Uuid>,
     payload: Value,
 ) -> Result<RunEvent, ServiceError> {
-    runs::Entity::update_many()
-        .col_expr(
-            runs::Column::LastEventSeq,
-            Expr::col(runs::Column::LastEventSeq).add(1),
-        )
-        .filter(runs::Column::Id.eq(run_id))
-        .exec(db)
-        .await?;
-    let seq: i64 = runs::Entity::find_by_id(run_id)
-        .select_only()
-        .column(runs::Column::LastEventSeq)
-        .into_tuple()
-        .one(db)
+    append_many(db, run_id, project_id, vec![(event_type, job_id, payload)])
         .await?
-        .ok_or_else(|| ServiceError::Internal(format!("run {run_id} vanished")))?;
-    let row = run_events::Model {
-        id: Uuid::now_v7(),
-        project_id,
-        run_id,
-        seq,
-        event_type: event_type.to_string(),
-        job_id,
-        payload_json: payload,
-        created_at: time::now(),
-    };
-    run_events::Entity::insert(run_events::ActiveModel::from(row.clone()))
-        .exec_without_returning(db)
-        .await?;
-    Ok(row.into())
+        .pop()
+        .ok_or_else(|| ServiceError::Internal("event not appended".into()))
 }
 
 /// Appends and commits one event on its own, then publishes it.

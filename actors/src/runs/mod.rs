@@ -9,3 +9,4 @@ pub mod plan;
 pub mod scenes;
 pub mod store;
 pub mod trigger;
+pub mod writer;

@@ -3,6 +3,7 @@
 //! A plain async function: the WorkerActor schedules it and heartbeats the
 //! job's lease; nothing here knows about actors.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use imaging::effects::{TimeOfDay, Weather};
 use imaging::guard::{self, GuardReport, GuardSettings};
 use providers::{GenerateRequest, ImageProvider, Stage};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use serde_json::json;
 use storage::ObjectStore;
 use tokio::sync::Semaphore;
@@ -22,6 +23,7 @@ use uuid::Uuid;
 use super::events::{self, EventHub};
 use super::manifest::Manifest;
 use super::store::status;
+use super::writer::{JobCompletion, PendingEvent, RowWriter, Rows};
 use crate::assets::{self, NewAsset};
 use crate::{ServiceError, time};
 
@@ -59,6 +61,16 @@ pub struct JobEnv {
     /// The AuditActor: told about every paid call.
     pub audit: Option<actix::Recipient<crate::engine::PaidCall>>,
     pub project_budget_usd: Option<f64>,
+    /// Group commit for the candidates' rows.
+    pub writer: Option<RowWriter>,
+}
+
+impl JobEnv {
+    fn writer(&self) -> Result<&RowWriter, ServiceError> {
+        self.writer
+            .as_ref()
+            .ok_or_else(|| ServiceError::Internal("row writer not started".into()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,28 +130,41 @@ fn stage_of(job: &run_jobs::Model) -> Result<Stage, ServiceError> {
     })
 }
 
-/// CPU-bound image work runs on the blocking pool, never on the actor threads.
+/// CPU-bound image work: on the blocking pool, one task per core at a time.
 async fn cpu<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ServiceError> {
-    tokio::task::spawn_blocking(f)
+    imaging::cpu::run(f)
         .await
-        .map_err(|e| ServiceError::Internal(format!("image task failed: {e}")))
+        .map_err(|e| ServiceError::Internal(e.to_string()))
 }
 
-/// Whether the run or this job was canceled (checked before every provider call).
+/// Whether the run or this job was canceled (checked before provider calls);
+/// reads the two status columns only.
 async fn canceled(
     db: &DatabaseConnection,
     run_id: Uuid,
     job_id: Uuid,
 ) -> Result<bool, ServiceError> {
-    let run_gone = runs::Entity::find_by_id(run_id)
+    let run: Option<String> = runs::Entity::find_by_id(run_id)
+        .select_only()
+        .column(runs::Column::Status)
+        .into_tuple()
         .one(db)
-        .await?
-        .is_none_or(|r| r.status == status::CANCELED);
-    Ok(run_gone
-        || run_jobs::Entity::find_by_id(job_id)
-            .one(db)
-            .await?
-            .is_none_or(|j| j.status == status::CANCELED))
+        .await?;
+    if run.is_none_or(|s| s == status::CANCELED) {
+        return Ok(true);
+    }
+    let job: Option<String> = run_jobs::Entity::find_by_id(job_id)
+        .select_only()
+        .column(run_jobs::Column::Status)
+        .into_tuple()
+        .one(db)
+        .await?;
+    Ok(job.is_none_or(|s| s == status::CANCELED))
+}
+
+/// The call's idempotency key: stable across retries, restarts and nodes.
+fn call_key(run: &runs::Model, job: &run_jobs::Model, index: i32) -> String {
+    format!("{}:{}:c{}", run.id, job.job_key, index)
 }
 
 /// Runs one leased job to its outcome and persists it.
@@ -165,6 +190,25 @@ pub async fn run_job(
     let input_id = job
         .input_asset_id
         .ok_or_else(|| ServiceError::Internal(format!("job {} has no input", job.id)))?;
+    // What an earlier attempt of this job already decided or paid for.
+    let mut decided: HashMap<i32, run_candidates::Model> = run_candidates::Entity::find()
+        .filter(run_candidates::Column::JobId.eq(job.id))
+        .all(&env.db)
+        .await?
+        .into_iter()
+        .map(|c| (c.candidate_index, c))
+        .collect();
+    let keys: Vec<String> = (0..candidates).map(|i| call_key(run, job, i)).collect();
+    let mut calls: HashMap<String, provider_calls::Model> = provider_calls::Entity::find()
+        .filter(provider_calls::Column::IdempotencyKey.is_in(keys.clone()))
+        .all(&env.db)
+        .await?
+        .into_iter()
+        .map(|c| (c.idempotency_key.clone(), c))
+        .collect();
+    if canceled(&env.db, run.id, job.id).await? {
+        return Ok(JobOutcome::Canceled);
+    }
     let (_, input_bytes) = assets::load_bytes(&env.db, &env.store, input_id).await?;
     let limits = env.limits;
     let input = Arc::new(
@@ -172,6 +216,40 @@ pub async fn run_job(
             .await?
             .map_err(|e| ServiceError::Internal(format!("input image: {e}")))?,
     );
+    // Every call not yet on record is recorded, in one write, before any is
+    // made. A free call's record starts in flight (attempt 1), sparing a
+    // separate write per attempt; a paid one is reserved per attempt by the
+    // CostActor.
+    let free = env.provider.unit_price_usd() <= 0.0;
+    let mut fresh = Vec::new();
+    let priors: Vec<Prior> = (0..candidates)
+        .map(|i| {
+            let key = &keys[i as usize];
+            if let Some(c) = decided.remove(&i) {
+                Prior::Decided(c)
+            } else if let Some(call) = calls.remove(key) {
+                Prior::Call {
+                    call: Box::new(call),
+                    in_flight: false,
+                }
+            } else {
+                let call = new_call(env, run, job, i, key, free);
+                fresh.push(call.clone());
+                Prior::Call {
+                    call: Box::new(call),
+                    in_flight: free,
+                }
+            }
+        })
+        .collect();
+    if !fresh.is_empty() {
+        env.writer()?
+            .write(Rows {
+                provider_calls: fresh,
+                ..Rows::default()
+            })
+            .await?;
+    }
     // `job.started` was recorded with the lease (engine::run).
 
     let ctx = JobCtx {
@@ -183,7 +261,11 @@ pub async fn run_job(
         input_id,
         guard: guard_settings,
     };
-    let results = join_all((0..candidates).map(|index| candidate(&ctx, index))).await;
+    let work = priors
+        .into_iter()
+        .zip(0..)
+        .map(|(prior, index)| candidate(&ctx, index, prior));
+    let results = join_all(work).await;
     let mut finished = Vec::new();
     for r in results {
         match r {
@@ -195,7 +277,59 @@ pub async fn run_job(
     finish_job(env, run, job, finished).await
 }
 
-async fn candidate(ctx: &JobCtx<'_>, index: i32) -> Result<Option<CandidateResult>, ServiceError> {
+/// A candidate's state from earlier attempts of its job.
+enum Prior {
+    /// Recorded with its guard verdict: kept as it is.
+    Decided(run_candidates::Model),
+    /// Its provider call is on record (maybe already succeeded).
+    Call {
+        call: Box<provider_calls::Model>,
+        /// Recorded in flight for its first attempt just now.
+        in_flight: bool,
+    },
+}
+
+fn new_call(
+    env: &JobEnv,
+    run: &runs::Model,
+    job: &run_jobs::Model,
+    index: i32,
+    key: &str,
+    in_flight: bool,
+) -> provider_calls::Model {
+    let now = time::now();
+    provider_calls::Model {
+        id: Uuid::now_v7(),
+        project_id: run.project_id,
+        idempotency_key: key.to_string(),
+        run_id: Some(run.id),
+        job_id: Some(job.id),
+        candidate_id: None,
+        provider_code: env.provider.code().into(),
+        operation: "generate".into(),
+        model_name: None,
+        status: "pending".into(),
+        attempt: if in_flight { 1 } else { 0 },
+        started_at: in_flight.then_some(now),
+        reserved_cost_usd: env.provider.unit_price_usd(),
+        actual_cost_usd: None,
+        request_json: json!({ "stage": job.stage, "candidate_index": index, "prompt": job.prompt_text }),
+        response_json: json!({}),
+        result_asset_id: None,
+        provider_request_id: None,
+        error_code: None,
+        error_message: None,
+        finished_at: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+async fn candidate(
+    ctx: &JobCtx<'_>,
+    index: i32,
+    prior: Prior,
+) -> Result<Option<CandidateResult>, ServiceError> {
     let JobCtx {
         env,
         run,
@@ -203,47 +337,42 @@ async fn candidate(ctx: &JobCtx<'_>, index: i32) -> Result<Option<CandidateResul
         input_id,
         ..
     } = *ctx;
-    let guard_settings = &ctx.guard;
-    // Already decided by an earlier attempt of this job: keep that verdict.
-    if let Some(existing) = run_candidates::Entity::find()
-        .filter(run_candidates::Column::JobId.eq(job.id))
-        .filter(run_candidates::Column::CandidateIndex.eq(index))
-        .one(&env.db)
-        .await?
-    {
-        return Ok(Some(CandidateResult {
-            index,
-            status: existing.status,
-            asset_id: existing.output_asset_id,
-            report: Some(GuardReport {
-                chroma_delta: 0.0,
-                hard_failures: existing.rank_hard_failures as u32,
-                soft_warnings: existing.rank_soft_warnings as u32,
-                chroma_exceed: existing.rank_avg_chroma_exceed,
-                reasons: Vec::new(),
-            }),
-        }));
-    }
-    let key = format!("{}:{}:c{}", run.id, job.job_key, index);
-    let call = provider_calls::Entity::find()
-        .filter(provider_calls::Column::IdempotencyKey.eq(key.as_str()))
-        .one(&env.db)
-        .await?;
-    // A stored result is never paid for again: not after a retry, not after a crash.
-    let (image, call_id) = match call {
-        Some(c) if c.status == "succeeded" && c.result_asset_id.is_some() => {
-            let asset_id = c.result_asset_id.unwrap_or_default();
-            let (_, bytes) = assets::load_bytes(&env.db, &env.store, asset_id).await?;
-            let img = imaging::decode(&bytes, env.limits)
-                .map_err(|e| ServiceError::Internal(e.to_string()))?;
-            let report = guard::check(&img, guard_settings);
-            return record_candidate(env, run, job, index, asset_id, report, Some(c.id))
-                .await
-                .map(Some);
+    let guard_settings = ctx.guard;
+    let (call, in_flight) = match prior {
+        // Already decided by an earlier attempt of this job: keep that verdict.
+        Prior::Decided(existing) => {
+            return Ok(Some(CandidateResult {
+                index,
+                status: existing.status,
+                asset_id: existing.output_asset_id,
+                report: Some(GuardReport {
+                    chroma_delta: 0.0,
+                    hard_failures: existing.rank_hard_failures as u32,
+                    soft_warnings: existing.rank_soft_warnings as u32,
+                    chroma_exceed: existing.rank_avg_chroma_exceed,
+                    reasons: Vec::new(),
+                }),
+            }));
         }
-        other => call_with_retries(ctx, index, &key, other).await?,
+        Prior::Call { call, in_flight } => (call, in_flight),
     };
-    let Some((img, cost, model, request_id)) = image else {
+    // A stored result is never paid for again: not after a retry, not after a crash.
+    if call.status == "succeeded"
+        && let Some(asset_id) = call.result_asset_id
+    {
+        let (_, bytes) = assets::load_bytes(&env.db, &env.store, asset_id).await?;
+        let limits = env.limits;
+        let report = cpu(move || {
+            imaging::decode(&bytes, limits).map(|img| guard::check(&img, &guard_settings))
+        })
+        .await?
+        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        let (rows, result) = candidate_rows(run, job, index, asset_id, report, Some(call.id));
+        env.writer()?.write(rows).await?;
+        return Ok(Some(result));
+    }
+    let call_id = call.id;
+    let Some(generated) = call_with_retries(ctx, index, &call, in_flight).await? else {
         return Ok(if canceled(&env.db, run.id, job.id).await? {
             None
         } else {
@@ -255,11 +384,13 @@ async fn candidate(ctx: &JobCtx<'_>, index: i32) -> Result<Option<CandidateResul
             })
         });
     };
-    let settings = *guard_settings;
-    let (img, report, png) = cpu(move || {
-        let report = guard::check(&img, &settings);
+    let (img, cost, model, request_id) = generated;
+    let (width, height) = img.dimensions();
+    let (report, png, sha) = cpu(move || {
+        let report = guard::check(&img, &guard_settings);
         let png = imaging::encode_png(&img);
-        (img, report, png)
+        let sha = png.as_ref().map(|b| assets::sha256_hex(b)).ok();
+        (report, png, sha)
     })
     .await?;
     let png = png.map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -271,16 +402,17 @@ async fn candidate(ctx: &JobCtx<'_>, index: i32) -> Result<Option<CandidateResul
     } else {
         format!("runs/{}/{}/c{index}.png", run.id, job.job_key)
     };
-    let txn = crate::db::begin_write(&env.db).await?;
-    let asset = assets::store(
-        &txn,
+    // The file first: a crash before the rows commit leaves an orphan file at
+    // a run-scoped key (rewritten with the same content on resume), never a
+    // row without its file.
+    let asset = assets::put(
         &env.store,
         NewAsset {
             project_id: run.project_id,
             kind: if archived { "archived" } else { "generated" },
             key: &storage_key,
-            width: img.width(),
-            height: img.height(),
+            width,
+            height,
             bytes: png,
             mime: "image/png",
             run_id: Some(run.id),
@@ -289,59 +421,53 @@ async fn candidate(ctx: &JobCtx<'_>, index: i32) -> Result<Option<CandidateResul
             metadata: json!({ "candidate_index": index, "stage": job.stage, "model": model }),
             dedup: false,
         },
+        sha,
     )
     .await?;
-    provider_calls::Entity::update_many()
-        .col_expr(provider_calls::Column::Status, Expr::value("succeeded"))
-        .col_expr(provider_calls::Column::ActualCostUsd, Expr::value(cost))
-        .col_expr(provider_calls::Column::ResultAssetId, Expr::value(asset.id))
-        .col_expr(
-            provider_calls::Column::ProviderRequestId,
-            Expr::value(request_id),
-        )
-        .col_expr(provider_calls::Column::FinishedAt, Expr::value(time::now()))
-        .col_expr(provider_calls::Column::UpdatedAt, Expr::value(time::now()))
-        .filter(provider_calls::Column::Id.eq(call_id))
-        .exec(&txn)
-        .await?;
+    let now = time::now();
+    let (mut rows, result) = candidate_rows(run, job, index, asset.id, report, Some(call_id));
+    rows.provider_calls.push(provider_calls::Model {
+        status: "succeeded".into(),
+        model_name: Some(model.clone()),
+        actual_cost_usd: Some(cost),
+        result_asset_id: Some(asset.id),
+        provider_request_id: request_id,
+        finished_at: Some(now),
+        updated_at: now,
+        ..(*call).clone()
+    });
     if cost > 0.0 {
-        entities::cost_events::Entity::insert(entities::cost_events::ActiveModel::from(
-            entities::cost_events::Model {
-                id: Uuid::now_v7(),
-                project_id: run.project_id,
-                run_id: Some(run.id),
-                job_id: Some(job.id),
-                provider_call_id: Some(call_id),
-                provider_code: env.provider.code().into(),
-                model_name: Some(model),
-                event_type: "image_generation".into(),
-                units: 1.0,
-                unit_cost_usd: cost,
-                total_cost_usd: cost,
-                currency: "USD".into(),
-                meta_json: json!({ "idempotency_key": key }),
-                created_at: time::now(),
-            },
-        ))
-        .exec_without_returning(&txn)
-        .await?;
+        rows.cost_events.push(entities::cost_events::Model {
+            id: Uuid::now_v7(),
+            project_id: run.project_id,
+            run_id: Some(run.id),
+            job_id: Some(job.id),
+            provider_call_id: Some(call_id),
+            provider_code: env.provider.code().into(),
+            model_name: Some(model),
+            event_type: "image_generation".into(),
+            units: 1.0,
+            unit_cost_usd: cost,
+            total_cost_usd: cost,
+            currency: "USD".into(),
+            meta_json: json!({ "idempotency_key": call.idempotency_key }),
+            created_at: now,
+        });
     }
-    asset_links::Entity::insert(asset_links::ActiveModel::from(asset_links::Model {
+    rows.links.push(asset_links::Model {
         id: Uuid::now_v7(),
         project_id: run.project_id,
         parent_asset_id: input_id,
         child_asset_id: asset.id,
         link_type: "derived_from".into(),
-        created_at: time::now(),
-        updated_at: time::now(),
-    }))
-    .exec_without_returning(&txn)
-    .await?;
-    crate::db::commit(txn).await?;
+        created_at: now,
+        updated_at: now,
+    });
+    rows.assets.push(asset);
+    env.writer()?.write(rows).await?;
     if cost > 0.0
         && let Some(audit) = &env.audit
     {
-        // Acknowledged: the paid call is audited before the candidate is recorded.
         let sent = audit
             .send(crate::engine::PaidCall {
                 project_id: run.project_id,
@@ -349,7 +475,7 @@ async fn candidate(ctx: &JobCtx<'_>, index: i32) -> Result<Option<CandidateResul
                 job_id: job.id,
                 provider_call_id: call_id,
                 provider_code: env.provider.code().into(),
-                idempotency_key: key.clone(),
+                idempotency_key: call.idempotency_key.clone(),
                 cost_usd: cost,
             })
             .await;
@@ -357,22 +483,20 @@ async fn candidate(ctx: &JobCtx<'_>, index: i32) -> Result<Option<CandidateResul
             tracing::error!(error = %e, "audit actor unavailable");
         }
     }
-    record_candidate(env, run, job, index, asset.id, report, Some(call_id))
-        .await
-        .map(Some)
+    Ok(Some(result))
 }
 
-type Generated = Option<(image::RgbaImage, f64, String, Option<String>)>;
+type Generated = (image::RgbaImage, f64, String, Option<String>);
 
-/// Calls the provider under its concurrency bound, recording every attempt
-/// in `provider_calls` before the call; retries only retryable errors with
-/// capped, jittered exponential backoff. `None`: gave up or canceled.
+/// Calls the provider under its concurrency bound; every attempt is on
+/// record before it is made. Retries only retryable errors with capped,
+/// jittered exponential backoff. `None`: gave up, refused or canceled.
 async fn call_with_retries(
     ctx: &JobCtx<'_>,
     index: i32,
-    key: &str,
-    existing: Option<provider_calls::Model>,
-) -> Result<(Generated, Uuid), ServiceError> {
+    call: &provider_calls::Model,
+    in_flight: bool,
+) -> Result<Option<Generated>, ServiceError> {
     let JobCtx {
         env,
         run,
@@ -381,73 +505,35 @@ async fn call_with_retries(
         input,
         ..
     } = *ctx;
-    if canceled(&env.db, run.id, job.id).await? {
-        return Ok((None, existing.map(|c| c.id).unwrap_or_default()));
-    }
-    // A new record of a free call is written already in flight (attempt 1),
-    // sparing the separate reservation write of the first attempt.
-    let free = env.provider.unit_price_usd() <= 0.0;
-    let fresh = existing.is_none();
-    let call_id = match &existing {
-        Some(c) => c.id,
-        None => {
-            let id = Uuid::now_v7();
-            let txn = crate::db::begin_write(&env.db).await?;
-            provider_calls::Entity::insert(provider_calls::ActiveModel::from(provider_calls::Model {
-                id,
-                project_id: run.project_id,
-                idempotency_key: key.to_string(),
-                run_id: Some(run.id),
-                job_id: Some(job.id),
-                candidate_id: None,
-                provider_code: env.provider.code().into(),
-                operation: "generate".into(),
-                model_name: None,
-                status: "pending".into(),
-                attempt: if free { 1 } else { 0 },
-                started_at: if free { Some(time::now()) } else { None },
-                reserved_cost_usd: env.provider.unit_price_usd(),
-                actual_cost_usd: None,
-                request_json: json!({ "stage": job.stage, "candidate_index": index, "prompt": job.prompt_text }),
-                response_json: json!({}),
-                result_asset_id: None,
-                provider_request_id: None,
-                error_code: None,
-                error_message: None,
-                finished_at: None,
-                created_at: time::now(),
-                updated_at: time::now(),
-            }))
-            .exec_without_returning(&txn)
-            .await?;
-            crate::db::commit(txn).await?;
-            id
-        }
-    };
-    let mut attempt = existing.map_or(0, |c| c.attempt.max(0) as u32);
+    let mut attempt = call.attempt.max(0) as u32;
+    let mut first = true;
     loop {
-        if canceled(&env.db, run.id, job.id).await? {
-            return Ok((None, call_id));
+        // The job checked for a cancel just before its first attempts.
+        if !first && canceled(&env.db, run.id, job.id).await? {
+            return Ok(None);
         }
-        attempt += 1;
-        let already_in_flight = fresh && free && attempt == 1;
-        if !already_in_flight && let Err(refused) = reserve(env, run, call_id, attempt).await {
-            let code = match &refused {
-                ServiceError::Policy { code, .. } => *code,
-                _ => "reservation_failed",
-            };
-            fail_call(env, call_id, code, &refused.to_string()).await?;
-            events::emit(
-                &env.db,
-                &env.hub,
-                run.id,
-                run.project_id,
-                "candidate.failed",
-                Some(job.id),
-                json!({ "candidate_index": index, "attempt": attempt, "error_code": code }),
-            )
-            .await?;
-            return Ok((None, call_id));
+        let already_in_flight = first && in_flight;
+        first = false;
+        if !already_in_flight {
+            attempt += 1;
+            if let Err(refused) = reserve(env, run, call.id, attempt).await {
+                let code = match &refused {
+                    ServiceError::Policy { code, .. } => *code,
+                    _ => "reservation_failed",
+                };
+                fail_call(env, call.id, code, &refused.to_string()).await?;
+                events::emit(
+                    &env.db,
+                    &env.hub,
+                    run.id,
+                    run.project_id,
+                    "candidate.failed",
+                    Some(job.id),
+                    json!({ "candidate_index": index, "attempt": attempt, "error_code": code }),
+                )
+                .await?;
+                return Ok(None);
+            }
         }
         let result = {
             let _permit = env
@@ -457,7 +543,7 @@ async fn call_with_retries(
                 .map_err(|_| ServiceError::Internal("provider slots closed".into()))?;
             env.provider
                 .generate(GenerateRequest {
-                    idempotency_key: key.to_string(),
+                    idempotency_key: call.idempotency_key.clone(),
                     stage,
                     prompt: job.prompt_text.clone().unwrap_or_default(),
                     input: input.clone(),
@@ -467,15 +553,10 @@ async fn call_with_retries(
                 .await
         };
         match result {
-            Ok(g) => {
-                return Ok((
-                    Some((g.image, g.cost_usd, g.model, g.provider_request_id)),
-                    call_id,
-                ));
-            }
+            Ok(g) => return Ok(Some((g.image, g.cost_usd, g.model, g.provider_request_id))),
             Err(err) => {
                 let retry = err.is_retryable() && attempt < env.retry.max_attempts;
-                fail_call(env, call_id, err.code(), &err.to_string()).await?;
+                fail_call(env, call.id, err.code(), &err.to_string()).await?;
                 events::emit(&env.db, &env.hub, run.id, run.project_id,
                     if retry { "candidate.retry_scheduled" } else { "candidate.failed" },
                     Some(job.id),
@@ -483,7 +564,7 @@ async fn call_with_retries(
                 )
                 .await?;
                 if !retry {
-                    return Ok((None, call_id));
+                    return Ok(None);
                 }
                 let seed = u64::from(attempt) ^ (index as u64) << 8 ^ job.id.as_u128() as u64;
                 tokio::time::sleep(env.retry.delay(attempt, seed)).await;
@@ -551,24 +632,24 @@ async fn fail_call(
     Ok(())
 }
 
-async fn record_candidate(
-    env: &JobEnv,
+/// The candidate, its quality report and its `candidate.ready` event.
+fn candidate_rows(
     run: &runs::Model,
     job: &run_jobs::Model,
     index: i32,
     asset_id: Uuid,
     report: GuardReport,
     call_id: Option<Uuid>,
-) -> Result<CandidateResult, ServiceError> {
+) -> (Rows, CandidateResult) {
     let status = if report.hard_failures > 0 {
         "failed_output_guard"
     } else {
         status::DONE
     };
     let now = time::now();
-    let txn = crate::db::begin_write(&env.db).await?;
     let candidate_id = Uuid::now_v7();
-    run_candidates::Entity::insert(run_candidates::ActiveModel::from(run_candidates::Model {
+    let mut rows = Rows::default();
+    rows.candidates.push(run_candidates::Model {
         id: candidate_id,
         project_id: run.project_id,
         run_id: run.id,
@@ -583,10 +664,8 @@ async fn record_candidate(
         meta_json: json!({ "provider_call_id": call_id, "guard_reasons": report.reasons }),
         created_at: now,
         updated_at: now,
-    }))
-    .exec_without_returning(&txn)
-    .await?;
-    quality_reports::Entity::insert(quality_reports::ActiveModel::from(quality_reports::Model {
+    });
+    rows.quality_reports.push(quality_reports::Model {
         id: Uuid::now_v7(),
         project_id: run.project_id,
         run_id: Some(run.id),
@@ -609,22 +688,24 @@ async fn record_candidate(
         avg_chroma_exceed: report.chroma_exceed,
         summary_json: json!({ "chroma_delta": report.chroma_delta, "reasons": report.reasons }),
         created_at: now,
-    }))
-    .exec_without_returning(&txn)
-    .await?;
-    let event = events::append(&txn, run.id, run.project_id, "candidate.ready", Some(job.id), json!({
-        "candidate_index": index, "status": status, "asset_id": asset_id,
-        "guard": { "chroma_delta": report.chroma_delta, "hard_failures": report.hard_failures, "soft_warnings": report.soft_warnings },
-    }))
-    .await?;
-    crate::db::commit(txn).await?;
-    env.hub.publish(event);
-    Ok(CandidateResult {
+    });
+    rows.events.push(PendingEvent {
+        run_id: run.id,
+        project_id: run.project_id,
+        event_type: "candidate.ready",
+        job_id: Some(job.id),
+        payload: json!({
+            "candidate_index": index, "status": status, "asset_id": asset_id,
+            "guard": { "chroma_delta": report.chroma_delta, "hard_failures": report.hard_failures, "soft_warnings": report.soft_warnings },
+        }),
+    });
+    let result = CandidateResult {
         index,
         status: status.into(),
         asset_id: Some(asset_id),
         report: Some(report),
-    })
+    };
+    (rows, result)
 }
 
 /// Fewest hard failures, then fewest soft warnings, then lowest chroma
@@ -658,27 +739,37 @@ async fn finish_job(
     job: &run_jobs::Model,
     candidates: Vec<CandidateResult>,
 ) -> Result<JobOutcome, ServiceError> {
-    let winner = select_winner(&candidates).cloned();
-    let now = time::now();
-    let txn = crate::db::begin_write(&env.db).await?;
-    let (outcome, event_type, payload) = match &winner {
-        Some(w) => {
-            let asset_id = w.asset_id.unwrap_or_default();
-            run_candidates::Entity::update_many()
-                .col_expr(run_candidates::Column::FinalAssetId, Expr::value(asset_id))
-                .filter(run_candidates::Column::JobId.eq(job.id))
-                .filter(run_candidates::Column::CandidateIndex.eq(w.index))
-                .exec(&txn)
-                .await?;
-            (
-                JobOutcome::Done {
-                    final_asset_id: asset_id,
-                    selected_index: w.index,
-                },
-                "job.winner_selected",
-                json!({ "job_key": job.job_key, "selected_candidate_index": w.index, "final_asset_id": asset_id }),
-            )
-        }
+    let event = |event_type, payload| PendingEvent {
+        run_id: run.id,
+        project_id: run.project_id,
+        event_type,
+        job_id: Some(job.id),
+        payload,
+    };
+    let winner = select_winner(&candidates).and_then(|w| Some((w.index, w.asset_id?)));
+    let (outcome, completion) = match winner {
+        Some((index, asset_id)) => (
+            JobOutcome::Done {
+                final_asset_id: asset_id,
+                selected_index: index,
+            },
+            JobCompletion {
+                job_id: job.id,
+                status: status::DONE,
+                last_error: None,
+                winner: Some((index, asset_id)),
+                events: vec![
+                    event(
+                        "job.winner_selected",
+                        json!({ "job_key": job.job_key, "selected_candidate_index": index, "final_asset_id": asset_id }),
+                    ),
+                    event(
+                        "stage.completed",
+                        json!({ "job_key": job.job_key, "stage": job.stage, "final_asset_id": asset_id }),
+                    ),
+                ],
+            },
+        ),
         None => {
             let reason = if candidates.iter().any(|c| c.status == "failed_output_guard") {
                 "all_candidates_failed_output_guard"
@@ -689,65 +780,32 @@ async fn finish_job(
                 JobOutcome::Failed {
                     reason: reason.into(),
                 },
-                "job.failed",
-                json!({ "job_key": job.job_key, "reason": reason }),
+                JobCompletion {
+                    job_id: job.id,
+                    status: status::FAILED,
+                    last_error: Some(reason.into()),
+                    winner: None,
+                    events: vec![event(
+                        "job.failed",
+                        json!({ "job_key": job.job_key, "reason": reason }),
+                    )],
+                },
             )
         }
     };
-    let (job_status, final_asset, selected, error) = match &outcome {
-        JobOutcome::Done {
-            final_asset_id,
-            selected_index,
-        } => (
-            status::DONE,
-            Some(*final_asset_id),
-            Some(*selected_index),
-            None,
-        ),
-        JobOutcome::Failed { reason } => (status::FAILED, None, None, Some(reason.clone())),
-        JobOutcome::Canceled => (status::CANCELED, None, None, None),
-    };
-    run_jobs::Entity::update_many()
-        .col_expr(run_jobs::Column::Status, Expr::value(job_status))
-        // On success the error of an earlier attempt stays, for the record.
-        .col_expr(
-            run_jobs::Column::LastError,
-            match error {
-                Some(e) => Expr::value(e),
-                None => Expr::col(run_jobs::Column::LastError),
-            },
-        )
-        .col_expr(run_jobs::Column::FinalAssetId, Expr::value(final_asset))
-        .col_expr(
-            run_jobs::Column::SelectedCandidateIndex,
-            Expr::value(selected),
-        )
-        .col_expr(
-            run_jobs::Column::LeaseOwner,
-            Expr::value(Option::<String>::None),
-        )
-        .col_expr(
-            run_jobs::Column::LeaseExpiresAt,
-            Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
-        )
-        .col_expr(run_jobs::Column::FinishedAt, Expr::value(now))
-        .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
-        .filter(run_jobs::Column::Id.eq(job.id))
-        .filter(run_jobs::Column::Status.eq(status::RUNNING))
-        .exec(&txn)
+    let applied = env
+        .writer()?
+        .write(Rows {
+            completions: vec![completion],
+            ..Rows::default()
+        })
         .await?;
-    let event = events::append(
-        &txn,
-        run.id,
-        run.project_id,
-        event_type,
-        Some(job.id),
-        payload,
-    )
-    .await?;
-    crate::db::commit(txn).await?;
-    env.hub.publish(event);
-    Ok(outcome)
+    // Not applied: the job was canceled while it ran; the cancel stands.
+    Ok(if applied.first().copied().unwrap_or(false) {
+        outcome
+    } else {
+        JobOutcome::Canceled
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Scene references: resolved and checked before anything is persisted or paid.
 //!
-//! - `sample:<n>`: a procedural sample scene (no files needed);
+//! - `sample:<n>`: a procedural sample scene (no files needed), 256x192, or
+//!   `sample:<n>@<w>x<h>` at another size (16 to 2048 pixels a side);
 //! - an asset id of this project;
 //! - a path relative to the project root (`scenes/street.png`);
 //! - `dir:<path>` (from the request's `input`): every image directly in that folder.
@@ -53,6 +54,25 @@ fn checked(
     })
 }
 
+const SAMPLE_SIDE: std::ops::RangeInclusive<u32> = 16..=2048;
+
+/// `<seed>` or `<seed>@<w>x<h>`.
+fn parse_sample(s: &str) -> Option<(u64, u32, u32)> {
+    let (seed, size) = match s.trim().split_once('@') {
+        Some((seed, size)) => (seed, Some(size)),
+        None => (s.trim(), None),
+    };
+    let seed = seed.parse().ok()?;
+    let (w, h) = match size {
+        None => (SAMPLE_WIDTH, SAMPLE_HEIGHT),
+        Some(size) => {
+            let (w, h) = size.split_once('x')?;
+            (w.parse().ok()?, h.parse().ok()?)
+        }
+    };
+    (SAMPLE_SIDE.contains(&w) && SAMPLE_SIDE.contains(&h)).then_some((seed, w, h))
+}
+
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
 
 pub async fn resolve<C: ConnectionTrait>(
@@ -64,9 +84,9 @@ pub async fn resolve<C: ConnectionTrait>(
 ) -> Result<Vec<ResolvedScene>, ServiceError> {
     let mut out = Vec::new();
     for r in refs {
-        if let Some(seed) = r.strip_prefix("sample:") {
-            let seed: u64 = seed.trim().parse().map_err(|_| not_found(r))?;
-            let img = imaging::scene::sample_scene(seed, SAMPLE_WIDTH, SAMPLE_HEIGHT);
+        if let Some(sample) = r.strip_prefix("sample:") {
+            let (seed, width, height) = parse_sample(sample).ok_or_else(|| not_found(r))?;
+            let img = imaging::scene::sample_scene(seed, width, height);
             let png =
                 imaging::encode_png(&img).map_err(|e| ServiceError::Internal(e.to_string()))?;
             out.push(ResolvedScene {
@@ -122,4 +142,19 @@ pub async fn resolve<C: ConnectionTrait>(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_sample;
+
+    #[test]
+    fn sample_references_carry_an_optional_bounded_size() {
+        assert_eq!(parse_sample("7"), Some((7, 256, 192)));
+        assert_eq!(parse_sample("7@64x48"), Some((7, 64, 48)));
+        assert_eq!(parse_sample("7@8x48"), None);
+        assert_eq!(parse_sample("7@64x9999"), None);
+        assert_eq!(parse_sample("7@64"), None);
+        assert_eq!(parse_sample("x@64x48"), None);
+    }
 }

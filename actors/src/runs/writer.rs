@@ -1,0 +1,353 @@
+//! Group commit for the job pipeline's rows.
+//!
+//! Every candidate produces a handful of rows (asset, provider call, cost
+//! event, lineage link, candidate, quality report, event). Written one
+//! transaction per candidate, SQLite's single writer becomes the bottleneck
+//! long before the CPU does. Instead candidates hand their rows to one writer
+//! task and wait for the commit: the writer takes everything queued at that
+//! moment and commits it in one transaction with multi-row inserts. Under
+//! light load a batch is a single request (no added latency); under heavy
+//! load batches grow and the cost per row falls.
+//!
+//! A batch that fails is retried request by request, so an error reaches only
+//! the request that caused it. Events get their per-run sequence numbers
+//! inside the batch's transaction and are published after it commits.
+
+use std::collections::HashMap;
+
+use entities::{
+    asset_links, assets, cost_events, provider_calls, quality_reports, run_candidates, run_events,
+    run_jobs,
+};
+use futures_util::FutureExt;
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::events::{EventHub, RunEvent};
+use crate::{ServiceError, time};
+
+/// An event to be numbered and persisted with the rows it describes.
+#[derive(Clone, Debug)]
+pub struct PendingEvent {
+    pub run_id: Uuid,
+    pub project_id: Uuid,
+    pub event_type: &'static str,
+    pub job_id: Option<Uuid>,
+    pub payload: Value,
+}
+
+/// A job's verdict. Applied only while the job is still running, so a cancel
+/// that came first is never overwritten; a winner becomes the input of the
+/// job's next stage in the same transaction.
+#[derive(Debug)]
+pub struct JobCompletion {
+    pub job_id: Uuid,
+    /// `done` or `failed`.
+    pub status: &'static str,
+    pub last_error: Option<String>,
+    /// Selected candidate index and its asset.
+    pub winner: Option<(i32, Uuid)>,
+    /// Recorded only if the verdict is applied.
+    pub events: Vec<PendingEvent>,
+}
+
+/// Rows that must commit together. Provider calls are upserted by id (a call
+/// is recorded before it is made and completed afterwards); job completions
+/// are guarded updates; everything else is inserted.
+#[derive(Default, Debug)]
+pub struct Rows {
+    pub assets: Vec<assets::Model>,
+    pub provider_calls: Vec<provider_calls::Model>,
+    pub cost_events: Vec<cost_events::Model>,
+    pub links: Vec<asset_links::Model>,
+    pub candidates: Vec<run_candidates::Model>,
+    pub quality_reports: Vec<quality_reports::Model>,
+    pub events: Vec<PendingEvent>,
+    pub completions: Vec<JobCompletion>,
+}
+
+/// Per completion of a request, in order: whether it was applied.
+pub type Applied = Vec<bool>;
+
+struct Request {
+    rows: Rows,
+    done: oneshot::Sender<Result<Applied, ServiceError>>,
+}
+
+/// Handle to the writer task; cheap to clone.
+#[derive(Clone)]
+pub struct RowWriter {
+    tx: mpsc::Sender<Request>,
+}
+
+/// Requests merged into one transaction at most.
+const MAX_BATCH: usize = 256;
+/// Rows per multi-row INSERT (keeps bind parameters far below SQLite's and
+/// PostgreSQL's limits for the widest table).
+const ROWS_PER_STATEMENT: usize = 200;
+
+impl RowWriter {
+    /// Spawns the writer task on the current runtime.
+    pub fn start(db: DatabaseConnection, hub: EventHub) -> Self {
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(writer_loop(db, hub, rx));
+        Self { tx }
+    }
+
+    /// Commits `rows` (batched with whatever else is waiting) and returns
+    /// once they are durable.
+    pub async fn write(&self, rows: Rows) -> Result<Applied, ServiceError> {
+        let (done, committed) = oneshot::channel();
+        self.tx
+            .send(Request { rows, done })
+            .await
+            .map_err(|_| ServiceError::Internal("row writer stopped".into()))?;
+        committed
+            .await
+            .map_err(|_| ServiceError::Internal("row writer dropped a request".into()))?
+    }
+}
+
+async fn writer_loop(db: DatabaseConnection, hub: EventHub, mut rx: mpsc::Receiver<Request>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let requests = std::mem::take(&mut batch);
+        // A panic in a batch must not end the writer: its requests see their
+        // reply channel dropped (an error) and the next batch goes on.
+        let handled = std::panic::AssertUnwindSafe(commit_batch(&db, &hub, requests))
+            .catch_unwind()
+            .await;
+        if handled.is_err() {
+            tracing::error!("row writer: a batch panicked; its requests failed");
+        }
+    }
+}
+
+async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, requests: Vec<Request>) {
+    let all: Vec<&Rows> = requests.iter().map(|r| &r.rows).collect();
+    match write_rows(db, &all).await {
+        Ok((events, applied)) => {
+            for e in events {
+                hub.publish(e);
+            }
+            for (r, applied) in requests.into_iter().zip(applied) {
+                let _ = r.done.send(Ok(applied));
+            }
+        }
+        Err(e) if requests.len() == 1 => {
+            if let Some(r) = requests.into_iter().next() {
+                let _ = r.done.send(Err(e));
+            }
+        }
+        Err(_) => {
+            for r in requests {
+                let result = write_rows(db, &[&r.rows])
+                    .await
+                    .map(|(events, mut applied)| {
+                        for e in events {
+                            hub.publish(e);
+                        }
+                        applied.pop().unwrap_or_default()
+                    });
+                let _ = r.done.send(result);
+            }
+        }
+    }
+}
+
+/// Writes every request's rows in one transaction, foreign-key order.
+async fn write_rows(
+    db: &DatabaseConnection,
+    all: &[&Rows],
+) -> Result<(Vec<RunEvent>, Vec<Applied>), ServiceError> {
+    let txn = crate::db::begin_write(db).await?;
+    insert_chunked(&txn, all.iter().flat_map(|r| &r.assets), |m| {
+        assets::Entity::insert_many(m.into_iter().map(assets::ActiveModel::from))
+    })
+    .await?;
+    for chunk in chunks(all.iter().flat_map(|r| &r.provider_calls)) {
+        provider_calls::Entity::insert_many(
+            chunk.into_iter().map(provider_calls::ActiveModel::from),
+        )
+        .on_conflict(
+            OnConflict::column(provider_calls::Column::Id)
+                .update_columns([
+                    provider_calls::Column::Status,
+                    provider_calls::Column::ModelName,
+                    provider_calls::Column::ActualCostUsd,
+                    provider_calls::Column::ResultAssetId,
+                    provider_calls::Column::ProviderRequestId,
+                    provider_calls::Column::ResponseJson,
+                    provider_calls::Column::FinishedAt,
+                    provider_calls::Column::UpdatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+    }
+    insert_chunked(&txn, all.iter().flat_map(|r| &r.cost_events), |m| {
+        cost_events::Entity::insert_many(m.into_iter().map(cost_events::ActiveModel::from))
+    })
+    .await?;
+    insert_chunked(&txn, all.iter().flat_map(|r| &r.links), |m| {
+        asset_links::Entity::insert_many(m.into_iter().map(asset_links::ActiveModel::from))
+    })
+    .await?;
+    insert_chunked(&txn, all.iter().flat_map(|r| &r.candidates), |m| {
+        run_candidates::Entity::insert_many(m.into_iter().map(run_candidates::ActiveModel::from))
+    })
+    .await?;
+    insert_chunked(&txn, all.iter().flat_map(|r| &r.quality_reports), |m| {
+        quality_reports::Entity::insert_many(m.into_iter().map(quality_reports::ActiveModel::from))
+    })
+    .await?;
+    let mut applied = Vec::with_capacity(all.len());
+    let mut pending: Vec<&PendingEvent> = all.iter().flat_map(|r| &r.events).collect();
+    for rows in all {
+        let mut mine = Vec::with_capacity(rows.completions.len());
+        for c in &rows.completions {
+            let ok = complete_job(&txn, c).await?;
+            if ok {
+                pending.extend(&c.events);
+            }
+            mine.push(ok);
+        }
+        applied.push(mine);
+    }
+    let events = number_events(&txn, pending.into_iter()).await?;
+    insert_chunked(&txn, events.iter(), |m| {
+        run_events::Entity::insert_many(m.into_iter().map(run_events::ActiveModel::from))
+    })
+    .await?;
+    crate::db::commit(txn).await?;
+    Ok((events.into_iter().map(RunEvent::from).collect(), applied))
+}
+
+async fn complete_job<C: ConnectionTrait>(db: &C, c: &JobCompletion) -> Result<bool, ServiceError> {
+    use super::store::status;
+    let now = time::now();
+    let changed = run_jobs::Entity::update_many()
+        .col_expr(run_jobs::Column::Status, Expr::value(c.status))
+        // On success the error of an earlier attempt stays, for the record.
+        .col_expr(
+            run_jobs::Column::LastError,
+            match &c.last_error {
+                Some(e) => Expr::value(e.clone()),
+                None => Expr::col(run_jobs::Column::LastError),
+            },
+        )
+        .col_expr(
+            run_jobs::Column::FinalAssetId,
+            Expr::value(c.winner.map(|w| w.1)),
+        )
+        .col_expr(
+            run_jobs::Column::SelectedCandidateIndex,
+            Expr::value(c.winner.map(|w| w.0)),
+        )
+        .col_expr(
+            run_jobs::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            run_jobs::Column::LeaseExpiresAt,
+            Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
+        )
+        .col_expr(run_jobs::Column::FinishedAt, Expr::value(now))
+        .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+        .filter(run_jobs::Column::Id.eq(c.job_id))
+        .filter(run_jobs::Column::Status.eq(status::RUNNING))
+        .exec(db)
+        .await?
+        .rows_affected;
+    if changed == 0 {
+        return Ok(false);
+    }
+    if let Some((index, asset_id)) = c.winner {
+        run_candidates::Entity::update_many()
+            .col_expr(run_candidates::Column::FinalAssetId, Expr::value(asset_id))
+            .filter(run_candidates::Column::JobId.eq(c.job_id))
+            .filter(run_candidates::Column::CandidateIndex.eq(index))
+            .exec(db)
+            .await?;
+        // The winner is the input of the job's next stage.
+        run_jobs::Entity::update_many()
+            .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
+            .col_expr(run_jobs::Column::InputAssetId, Expr::value(asset_id))
+            .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+            .filter(run_jobs::Column::ParentJobId.eq(c.job_id))
+            .filter(run_jobs::Column::Status.eq(status::BLOCKED))
+            .exec(db)
+            .await?;
+    }
+    Ok(true)
+}
+
+fn chunks<'a, M: Clone + 'a>(rows: impl Iterator<Item = &'a M>) -> Vec<Vec<M>> {
+    let mut out: Vec<Vec<M>> = Vec::new();
+    for row in rows {
+        match out.last_mut() {
+            Some(chunk) if chunk.len() < ROWS_PER_STATEMENT => chunk.push(row.clone()),
+            _ => out.push(vec![row.clone()]),
+        }
+    }
+    out
+}
+
+async fn insert_chunked<'a, M, A, E>(
+    txn: &crate::db::WriteTxn,
+    rows: impl Iterator<Item = &'a M>,
+    statement: impl Fn(Vec<M>) -> sea_orm::InsertMany<A>,
+) -> Result<(), ServiceError>
+where
+    M: Clone + 'a,
+    A: sea_orm::ActiveModelTrait<Entity = E>,
+    E: EntityTrait,
+{
+    for chunk in chunks(rows) {
+        statement(chunk).exec_without_returning(txn).await?;
+    }
+    Ok(())
+}
+
+/// Reserves consecutive sequence numbers per run (one counter update per run
+/// in the batch) and builds the event rows in request order.
+async fn number_events<'a, C: ConnectionTrait>(
+    db: &C,
+    pending: impl Iterator<Item = &'a PendingEvent>,
+) -> Result<Vec<run_events::Model>, ServiceError> {
+    let pending: Vec<&PendingEvent> = pending.collect();
+    let mut per_run: Vec<(Uuid, i64)> = Vec::new();
+    for e in &pending {
+        match per_run.iter_mut().find(|(id, _)| *id == e.run_id) {
+            Some((_, n)) => *n += 1,
+            None => per_run.push((e.run_id, 1)),
+        }
+    }
+    let mut next: HashMap<Uuid, i64> = HashMap::new();
+    for (run_id, n) in per_run {
+        next.insert(run_id, super::events::reserve_seqs(db, run_id, n).await?);
+    }
+    let now = time::now();
+    Ok(pending
+        .into_iter()
+        .map(|e| {
+            let seq = next.entry(e.run_id).or_default();
+            let row = run_events::Model {
+                id: Uuid::now_v7(),
+                project_id: e.project_id,
+                run_id: e.run_id,
+                seq: *seq,
+                event_type: e.event_type.to_string(),
+                job_id: e.job_id,
+                payload_json: e.payload.clone(),
+                created_at: now,
+            };
+            *seq += 1;
+            row
+        })
+        .collect())
+}
