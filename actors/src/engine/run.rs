@@ -139,6 +139,17 @@ impl Actor for RunActor {
         let (run_id, project_id) = (self.run_id, self.project_id);
         async move {
             let txn = crate::db::begin_write(&deps.db).await?;
+            let current: Option<String> = runs::Entity::find_by_id(run_id)
+                .select_only()
+                .column(runs::Column::Status)
+                .into_tuple()
+                .one(&txn)
+                .await?;
+            // Already finished (a duplicate submission that raced with
+            // recovery, or a cancel that came first): nothing to drive.
+            if current.is_none_or(|s| status::run_is_terminal(&s)) {
+                return Ok::<_, ServiceError>(false);
+            }
             let changed = runs::Entity::update_many()
                 .col_expr(runs::Column::Status, Expr::value(status::RUNNING))
                 .col_expr(runs::Column::StartedAt, Expr::value(Utc::now()))
@@ -160,14 +171,20 @@ impl Actor for RunActor {
             if let Some(e) = event {
                 deps.hub.publish(e);
             }
-            Ok::<_, ServiceError>(())
+            Ok(true)
         }
         .into_actor(self)
-        .map(|result, act, ctx| {
-            if let Err(e) = result {
-                tracing::error!(run_id = %act.run_id, error = %e, "cannot start run");
+        .map(|result, act, ctx| match result {
+            Ok(false) => {
+                act.finished = true;
+                act.owner.do_send(RunFinished { run_id: act.run_id });
+                ctx.stop();
             }
-            act.schedule(ctx);
+            Ok(true) => act.schedule(ctx),
+            Err(e) => {
+                tracing::error!(run_id = %act.run_id, error = %e, "cannot start run");
+                act.schedule(ctx);
+            }
         })
         .wait(ctx);
         // Picks up leases that expired (e.g. a worker of a crashed process).
