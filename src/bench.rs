@@ -50,7 +50,7 @@ async fn engine_with(
     config.provider_concurrency = concurrency;
     config.max_jobs_per_run = 2 * concurrency;
     config.max_queued_runs = 10_000;
-    let (engine, roots) = embedded_engine(&settings, &db.conn, config);
+    let (engine, roots) = embedded_engine(&settings, &db.conn, config)?;
     Ok((engine, db, roots))
 }
 

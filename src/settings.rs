@@ -72,6 +72,7 @@ impl Default for EngineSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct ProvidersSettings {
     pub local: providers::local::LocalProviderSettings,
+    pub openai: providers::openai::OpenAiSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -30,6 +30,8 @@ pub enum StartupError {
          dev bypass is only allowed on 127.0.0.1 or ::1"
     )]
     BypassOnPublicBind(SocketAddr),
+    #[error("invalid provider settings: {0}")]
+    Provider(#[from] providers::ProviderConfigError),
     #[error("cannot create {path}: {source}")]
     Io {
         path: String,
@@ -60,17 +62,27 @@ pub fn embedded_engine(
     settings: &Settings,
     db: &DatabaseConnection,
     config: actors::engine::EngineConfig,
-) -> (actors::engine::Engine, StorageRoots) {
+) -> Result<(actors::engine::Engine, StorageRoots), StartupError> {
     let roots = StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
+    let mut providers: Vec<Arc<dyn providers::ImageProvider>> = vec![Arc::new(
+        providers::local::LocalProvider::new(settings.providers.local.clone()),
+    )];
+    if settings.providers.openai.enabled {
+        // Keys come through the credentials interface (the environment until
+        // project secrets arrive); a missing key refuses runs, not startup.
+        providers.push(Arc::new(providers::openai::OpenAiProvider::new(
+            settings.providers.openai.clone(),
+            Arc::new(providers::credentials::EnvCredentials),
+            config.limits,
+        )?));
+    }
     let engine = actors::engine::Engine::start(actors::engine::EngineDeps::new(
         db.clone(),
         roots.clone(),
-        vec![Arc::new(providers::local::LocalProvider::new(
-            settings.providers.local.clone(),
-        ))],
+        providers,
         config,
     ));
-    (engine, roots)
+    Ok((engine, roots))
 }
 
 pub struct Application {
@@ -146,7 +158,7 @@ impl Application {
         let tokens = Arc::new(TokenVerifier::new(Duration::from_secs(
             settings.auth.token_cache_seconds,
         )));
-        let (engine, roots) = embedded_engine(&settings, &db.conn, engine_config(&settings));
+        let (engine, roots) = embedded_engine(&settings, &db.conn, engine_config(&settings))?;
         let state = web::Data::new(api::AppState::new(
             db.conn.clone(),
             tokens,

@@ -2,7 +2,9 @@
 //! they all return. The built-in [`local::LocalProvider`] is the embedded
 //! default: offline, deterministic, real image work.
 
+pub mod credentials;
 pub mod local;
+pub mod openai;
 
 use std::time::Duration;
 
@@ -28,7 +30,15 @@ pub enum ProviderError {
     Malformed(String),
     #[error("cannot reach the provider: {0}")]
     Transport(String),
+    /// Missing credentials or settings: nothing was sent.
+    #[error("provider is not configured: {0}")]
+    NotConfigured(String),
 }
+
+/// A provider's settings cannot work (found at startup, before any call).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProviderConfigError(pub String);
 
 impl ProviderError {
     /// Whether the same call may succeed if tried again later.
@@ -54,6 +64,15 @@ impl ProviderError {
             ProviderError::InvalidRequest { .. } => "provider_invalid_request",
             ProviderError::Malformed(_) => "provider_malformed_response",
             ProviderError::Transport(_) => "provider_unreachable",
+            ProviderError::NotConfigured(_) => "provider_not_configured",
+        }
+    }
+
+    /// How long the provider asked us to wait before trying again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ProviderError::RateLimited { retry_after } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -93,6 +112,11 @@ pub trait ImageProvider: Send + Sync {
     fn code(&self) -> &'static str;
     /// Price of one generation, for estimates and budget reservations.
     fn unit_price_usd(&self) -> f64;
+    /// Checks, without calling anything, that a call could be made (e.g. the
+    /// credentials exist): runs before a run is accepted.
+    fn preflight(&self) -> Result<(), ProviderError> {
+        Ok(())
+    }
     async fn generate(&self, request: GenerateRequest) -> Result<GeneratedImage, ProviderError>;
 }
 

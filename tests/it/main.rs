@@ -5,12 +5,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod helpers;
+mod openai_stub;
 
 mod auth;
 mod cli;
 mod contract;
 mod migrations;
 mod projects;
+mod providers;
 mod recovery;
 mod runs;
 mod storage;

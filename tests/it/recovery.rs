@@ -1,6 +1,7 @@
 //! Crash safety: a panicking job body is contained and retried; `kill -9` of
 //! the server mid-run followed by a restart completes the run without
-//! repeating any provider call whose result was already stored.
+//! repeating any provider call whose result was already stored (a loopback
+//! OpenAI-compatible provider counts every call it receives).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 
 use crate::helpers::TestApp;
+use crate::openai_stub::{self, OpenAiStub};
 
 #[actix_web::test]
 async fn a_panicking_worker_is_recovered() {
@@ -52,7 +54,7 @@ struct Server {
     base: String,
 }
 
-fn start_server(data_dir: &std::path::Path) -> Server {
+fn start_server(data_dir: &std::path::Path, provider_url: &str) -> Server {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -64,7 +66,9 @@ fn start_server(data_dir: &std::path::Path) -> Server {
         .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "warn")
-        .env("ATELIER_PROVIDERS__LOCAL__LATENCY_MS", "120")
+        .env("ATELIER_PROVIDERS__OPENAI__ENABLED", "true")
+        .env("ATELIER_PROVIDERS__OPENAI__BASE_URL", provider_url)
+        .env("OPENAI_API_KEY", openai_stub::KEY)
         .env("ATELIER_ENGINE__LEASE_SECONDS", "1")
         .env("ATELIER_ENGINE__HEARTBEAT_MS", "200")
         .env("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "2")
@@ -96,7 +100,9 @@ async fn kill_dash_nine_mid_run_then_restart_completes_without_repeating_paid_ca
     atelier::startup::install_runtime_defaults();
     let dir = tempfile::tempdir().unwrap();
     let client = reqwest::Client::new();
-    let mut first = start_server(dir.path());
+    let provider = OpenAiStub::start().await;
+    provider.set_latency(Duration::from_millis(120));
+    let mut first = start_server(dir.path(), &provider.base_url);
     wait_healthy(&client, &first.base).await;
     let token = client
         .post(format!("{}/auth/token", first.base))
@@ -121,7 +127,7 @@ async fn kill_dash_nine_mid_run_then_restart_completes_without_repeating_paid_ca
     let trig: serde_json::Value = client
         .post(format!("{}/api/projects/crash/runs/trigger", first.base))
         .bearer_auth(&token)
-        .json(&json!({"mode": "run", "scene_refs": ["sample:1", "sample:2", "sample:3"], "stage": "weather", "candidates": 2}))
+        .json(&json!({"mode": "run", "provider": "openai", "confirm_spend": true, "scene_refs": ["sample:1", "sample:2", "sample:3"], "stage": "weather", "candidates": 2}))
         .send().await.unwrap().json().await.unwrap();
     let run_id: uuid::Uuid = trig["run_id"].as_str().unwrap().parse().unwrap();
 
@@ -155,7 +161,7 @@ async fn kill_dash_nine_mid_run_then_restart_completes_without_repeating_paid_ca
         "the run finished before the kill; nothing to recover"
     );
 
-    let mut second = start_server(dir.path());
+    let mut second = start_server(dir.path(), &provider.base_url);
     wait_healthy(&client, &second.base).await;
     let start = Instant::now();
     let run = loop {
@@ -205,6 +211,34 @@ async fn kill_dash_nine_mid_run_then_restart_completes_without_repeating_paid_ca
         assert_eq!(after.result_asset_id, b.result_asset_id);
         assert_eq!(after.finished_at, b.finished_at);
     }
+    // The provider's own count: every image stored before the kill was served
+    // exactly once, and no call ever reached it without a record of the attempt.
+    let served = provider.images_served();
+    let received = provider.calls();
+    for b in &before {
+        assert_eq!(
+            served.get(&b.idempotency_key),
+            Some(&1),
+            "paid twice for {}",
+            b.idempotency_key
+        );
+    }
+    for c in &calls {
+        let got = received.get(&c.idempotency_key).copied().unwrap_or(0);
+        assert!(
+            got >= 1 && got <= c.attempt as u32,
+            "{}: {got} calls received, {} recorded",
+            c.idempotency_key,
+            c.attempt
+        );
+    }
+    let costs = entities::cost_events::Entity::find()
+        .filter(entities::cost_events::Column::RunId.eq(run_id))
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(costs.len(), 18, "one cost event per stored paid call");
+    assert!(costs.iter().all(|c| c.total_cost_usd == 0.25));
     // Nothing persisted was lost or duplicated.
     let candidates = entities::run_candidates::Entity::find()
         .filter(entities::run_candidates::Column::RunId.eq(run_id))

@@ -536,11 +536,28 @@ async fn call_with_retries(
             }
         }
         let result = {
-            let _permit = env
-                .provider_slots
-                .acquire()
-                .await
-                .map_err(|_| ServiceError::Internal("provider slots closed".into()))?;
+            let _permit = match env.provider_slots.try_acquire() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let permit = env
+                        .provider_slots
+                        .acquire()
+                        .await
+                        .map_err(|_| ServiceError::Internal("provider slots closed".into()))?;
+                    // Waited for a slot: a cancel may have come meanwhile.
+                    if canceled(&env.db, run.id, job.id).await? {
+                        fail_call(
+                            env,
+                            call.id,
+                            "canceled",
+                            "canceled before the call was made",
+                        )
+                        .await?;
+                        return Ok(None);
+                    }
+                    permit
+                }
+            };
             env.provider
                 .generate(GenerateRequest {
                     idempotency_key: call.idempotency_key.clone(),
@@ -567,7 +584,13 @@ async fn call_with_retries(
                     return Ok(None);
                 }
                 let seed = u64::from(attempt) ^ (index as u64) << 8 ^ job.id.as_u128() as u64;
-                tokio::time::sleep(env.retry.delay(attempt, seed)).await;
+                // A provider's Retry-After is honoured (up to a minute).
+                let wait = env.retry.delay(attempt, seed).max(
+                    err.retry_after()
+                        .unwrap_or_default()
+                        .min(Duration::from_secs(60)),
+                );
+                tokio::time::sleep(wait).await;
             }
         }
     }

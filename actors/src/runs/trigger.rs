@@ -49,6 +49,13 @@ pub async fn trigger(
     )?;
 
     if plan.mode == Mode::Run {
+        // Credentials and settings, before anything is persisted or paid.
+        provider.preflight().map_err(|e| {
+            ServiceError::validation(
+                "provider_not_configured",
+                format!("Provider '{}' cannot be called: {e}", valid.provider),
+            )
+        })?;
         let paid = plan.estimated_cost_usd > 0.0;
         if paid && !valid.confirm_spend {
             return Err(ServiceError::Policy {

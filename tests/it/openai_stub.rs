@@ -1,0 +1,206 @@
+//! A loopback server speaking OpenAI's Images wire format
+//! (`POST /v1/images/edits`, multipart in, `data[0].b64_json` out, OpenAI's
+//! error bodies), scripted per test and counting calls per idempotency key.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine as _;
+use serde_json::json;
+
+pub const KEY: &str = "sk-stub-test-key-0123456789";
+
+/// What the stub answers to the next call (default: a good image).
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Image,
+    /// An error status with OpenAI's error body.
+    Error {
+        status: u16,
+        code: &'static str,
+        retry_after: Option<u32>,
+    },
+    /// Sleeps this long before answering with an image.
+    Slow(Duration),
+    /// Sends half a body, then drops the connection.
+    Truncated,
+    NotJson,
+    NoImage,
+    BadBase64,
+}
+
+#[derive(Default)]
+pub struct State {
+    script: Mutex<VecDeque<Reply>>,
+    calls: Mutex<HashMap<String, u32>>,
+    images_served: Mutex<HashMap<String, u32>>,
+    latency: Mutex<Duration>,
+}
+
+pub struct OpenAiStub {
+    pub base_url: String,
+    pub state: Arc<State>,
+}
+
+impl OpenAiStub {
+    pub async fn start() -> Self {
+        let state = Arc::new(State::default());
+        let shared = web::Data::from(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+                .route("/v1/images/edits", web::post().to(edits))
+        })
+        .workers(2)
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let port = server.addrs()[0].port();
+        actix_web::rt::spawn(server.run());
+        Self {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            state,
+        }
+    }
+
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        *self.state.latency.lock().unwrap() = latency;
+    }
+
+    /// Calls received per idempotency key.
+    pub fn calls(&self) -> HashMap<String, u32> {
+        self.state.calls.lock().unwrap().clone()
+    }
+
+    /// Images served per idempotency key (what a paid provider bills).
+    pub fn images_served(&self) -> HashMap<String, u32> {
+        self.state.images_served.lock().unwrap().clone()
+    }
+}
+
+fn error_body(status: u16, code: &str) -> HttpResponse {
+    let message = match code {
+        "invalid_api_key" => "Incorrect API key provided: sk-stu***789.".to_string(),
+        "moderation_blocked" => "Your request was rejected by the safety system.".to_string(),
+        _ => format!("stub error {code}"),
+    };
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+        .insert_header(("x-request-id", "req_stub_error"))
+        .json(json!({ "error": { "message": message, "type": "invalid_request_error", "param": null, "code": code } }))
+}
+
+fn image_b64() -> String {
+    let img = image::RgbaImage::from_pixel(64, 48, image::Rgba([120, 120, 120, 255]));
+    let png = imaging::encode_png(&img).unwrap();
+    base64::engine::general_purpose::STANDARD.encode(png)
+}
+
+fn image_body(b64: String) -> serde_json::Value {
+    json!({
+        "created": 1_764_000_000,
+        "data": [{ "b64_json": b64 }],
+        "usage": { "total_tokens": 100, "input_tokens": 50, "output_tokens": 50 }
+    })
+}
+
+async fn edits(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    if req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        != Some(&format!("Bearer {KEY}"))
+    {
+        return error_body(401, "invalid_api_key");
+    }
+    let multipart = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let text = String::from_utf8_lossy(&body);
+    let has_fields = ["model", "prompt", "size", "quality", "image[]"]
+        .iter()
+        .all(|f| text.contains(&format!("name=\"{f}\"")));
+    let has_png = body.windows(4).any(|w| w == b"\x89PNG");
+    if !multipart || !has_fields || !has_png {
+        return error_body(400, "invalid_request");
+    }
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    *state.calls.lock().unwrap().entry(key.clone()).or_default() += 1;
+    let reply = state
+        .script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or(Reply::Image);
+    let latency = *state.latency.lock().unwrap();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let served = || {
+        *state
+            .images_served
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default() += 1
+    };
+    match reply {
+        Reply::Image => {
+            served();
+            HttpResponse::Ok()
+                .insert_header(("x-request-id", format!("req_{key}")))
+                .json(image_body(image_b64()))
+        }
+        Reply::Slow(d) => {
+            tokio::time::sleep(d).await;
+            served();
+            HttpResponse::Ok().json(image_body(image_b64()))
+        }
+        Reply::Error {
+            status,
+            code,
+            retry_after,
+        } => {
+            let mut r = error_body(status, code);
+            if let Some(s) = retry_after {
+                r.headers_mut().insert(
+                    actix_web::http::header::RETRY_AFTER,
+                    actix_web::http::header::HeaderValue::from(s),
+                );
+            }
+            r
+        }
+        Reply::Truncated => {
+            let full = serde_json::to_vec(&image_body(image_b64())).unwrap();
+            let half = web::Bytes::copy_from_slice(&full[..full.len() / 2]);
+            // The headers and half the body go out; then the connection drops.
+            let chunks = futures_util::StreamExt::chain(
+                futures_util::stream::iter([Ok::<_, std::io::Error>(half)]),
+                futures_util::stream::once(async {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Err(std::io::Error::other("connection dropped"))
+                }),
+            );
+            HttpResponse::Ok()
+                .content_type("application/json")
+                .streaming(chunks)
+        }
+        Reply::NotJson => HttpResponse::Ok()
+            .content_type("text/html")
+            .body("<html>gateway</html>"),
+        Reply::NoImage => HttpResponse::Ok().json(json!({ "created": 1, "data": [] })),
+        Reply::BadBase64 => HttpResponse::Ok().json(image_body("!!not base64!!".into())),
+    }
+}
