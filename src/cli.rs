@@ -93,6 +93,9 @@ pub enum BenchWhat {
         /// Sample scene size for the throughput measurement, `<w>x<h>`.
         #[arg(long, default_value = "64x48")]
         scene_size: String,
+        /// Provider calls in flight for the throughput measurement (twice as many jobs).
+        #[arg(long, default_value_t = 32)]
+        throughput_concurrency: usize,
     },
 }
 
@@ -176,6 +179,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     concurrency,
                     latency_calls,
                     scene_size,
+                    throughput_concurrency,
                 },
         } => {
             let settings = Settings::load(&overrides).map_err(StartupError::from)?;
@@ -188,6 +192,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     concurrency,
                     latency_calls,
                     scene_size,
+                    throughput_concurrency,
                 },
             )
             .await

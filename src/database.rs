@@ -81,14 +81,36 @@ pub async fn connect(settings: &Settings) -> Result<Db, DatabaseError> {
     }
 }
 
+/// A pool of one connection for the engine's row writer (SQLite only): the
+/// writer holds the write lock for whole batches and must not queue for a
+/// connection behind the readers. PostgreSQL: `None` (the main pool serves).
+pub async fn writer_connection(
+    settings: &Settings,
+) -> Result<Option<DatabaseConnection>, DatabaseError> {
+    if settings.database_url.is_some() {
+        return Ok(None);
+    }
+    connect_sqlite_pool(&settings.sqlite_path(), settings, 1)
+        .await
+        .map(Some)
+}
+
 async fn connect_sqlite(
     path: &std::path::Path,
     settings: &Settings,
 ) -> Result<DatabaseConnection, DatabaseError> {
+    connect_sqlite_pool(path, settings, settings.pool_size()).await
+}
+
+async fn connect_sqlite_pool(
+    path: &std::path::Path,
+    settings: &Settings,
+    size: u32,
+) -> Result<DatabaseConnection, DatabaseError> {
     let url = format!("sqlite://{}?mode=rwc", path.display());
     let busy = Duration::from_millis(settings.database.busy_timeout_ms);
     let mut opts = ConnectOptions::new(url);
-    opts.max_connections(settings.pool_size())
+    opts.max_connections(size)
         .min_connections(1)
         .sqlx_logging(false)
         // A ping before every checkout doubles the round trips of the hot path;

@@ -31,7 +31,7 @@ pub async fn run(settings: Settings, options: DemoOptions) -> Result<(), CliErro
     let db = database::open(&settings)
         .await
         .map_err(StartupError::from)?;
-    let (engine, roots) = embedded_engine(&settings, &db.conn, engine_config(&settings))?;
+    let (engine, roots) = embedded_engine(&settings, &db.conn, engine_config(&settings)).await?;
     let principal = Principal::DevBypass;
     let project = projects::upsert(
         &db.conn,

@@ -58,7 +58,7 @@ pub fn install_runtime_defaults() {
 }
 
 /// The engine with the built-in providers (the server, demo and bench use it).
-pub fn embedded_engine(
+pub async fn embedded_engine(
     settings: &Settings,
     db: &DatabaseConnection,
     config: actors::engine::EngineConfig,
@@ -76,12 +76,9 @@ pub fn embedded_engine(
             config.limits,
         )?));
     }
-    let engine = actors::engine::Engine::start(actors::engine::EngineDeps::new(
-        db.clone(),
-        roots.clone(),
-        providers,
-        config,
-    ));
+    let mut deps = actors::engine::EngineDeps::new(db.clone(), roots.clone(), providers, config);
+    deps.writer_db = crate::database::writer_connection(settings).await?;
+    let engine = actors::engine::Engine::start(deps);
     Ok((engine, roots))
 }
 
@@ -158,7 +155,8 @@ impl Application {
         let tokens = Arc::new(TokenVerifier::new(Duration::from_secs(
             settings.auth.token_cache_seconds,
         )));
-        let (engine, roots) = embedded_engine(&settings, &db.conn, engine_config(&settings))?;
+        let (engine, roots) =
+            embedded_engine(&settings, &db.conn, engine_config(&settings)).await?;
         let state = web::Data::new(api::AppState::new(
             db.conn.clone(),
             tokens,

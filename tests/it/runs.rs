@@ -872,3 +872,40 @@ async fn workers_heartbeat_their_lease_while_a_slow_call_runs() {
         "no heartbeat during the call: {beat}"
     );
 }
+
+#[actix_web::test]
+async fn a_busy_project_does_not_hold_up_another_projects_run() {
+    let app = TestApp::spawn_with(|s| {
+        s.providers.local.latency_ms = 300;
+        s.engine.max_runs_per_project = 1;
+    })
+    .await;
+    let token = project(&app).await;
+    app.create_project(&token, "Other", "other").await;
+    let mut busy = Vec::new();
+    for i in 1..=3 {
+        let (s, b) = trigger(
+            &app,
+            &token,
+            json!({"mode": "run", "scene_refs": [format!("sample:{i}")], "stage": "style"}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        busy.push(b["run_id"].as_str().unwrap().to_string());
+    }
+    let (s, other) = app
+        .post(
+            "/api/projects/other/runs/trigger",
+            &token,
+            json!({"mode": "run", "scene_refs": ["sample:9"], "stage": "style", "wait": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{other}");
+    assert_eq!(other["run"]["status"], "done");
+    // The other project's run finished while the busy project's queue was
+    // still waiting its turn (one run at a time there).
+    let (_, last) = app
+        .get(&format!("/api/projects/book/runs/{}", busy[2]), &token)
+        .await;
+    assert_eq!(last["run"]["status"], "queued", "{last}");
+}

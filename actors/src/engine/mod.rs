@@ -95,6 +95,9 @@ pub struct EngineDeps {
     pub audit: Option<actix::Recipient<PaidCall>>,
     /// Group commit for the job pipeline's rows, started with the engine.
     pub writer: Option<RowWriter>,
+    /// A connection of the row writer's own (SQLite), so it never queues
+    /// behind readers for one; `None`: it uses `db`.
+    pub writer_db: Option<DatabaseConnection>,
 }
 
 impl EngineDeps {
@@ -128,6 +131,7 @@ impl EngineDeps {
             spend: None,
             audit: None,
             writer: None,
+            writer_db: None,
         }
     }
 
@@ -160,7 +164,8 @@ impl Engine {
         let (db, registry) = (deps.db.clone(), deps.registry.clone());
         let audit = Supervisor::start(move |_| AuditActor::new(db, registry));
         deps.audit = Some(audit.recipient());
-        deps.writer = Some(RowWriter::start(deps.db.clone(), deps.hub.clone()));
+        let writer_db = deps.writer_db.clone().unwrap_or_else(|| deps.db.clone());
+        deps.writer = Some(RowWriter::start(writer_db, deps.hub.clone()));
         let deps = Arc::new(deps);
         let for_actor = deps.clone();
         let project = Supervisor::start(move |_| ProjectActor::new(for_actor));
