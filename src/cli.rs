@@ -97,6 +97,19 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 32)]
         throughput_concurrency: usize,
     },
+    /// Post-process passes in megapixels/s against baselines, and upscale quality.
+    Passes {
+        /// Width of the sample scene (height is 3/4 of it).
+        #[arg(long, default_value_t = 1024)]
+        side: u32,
+    },
+    /// Peak memory of a streamed upscale of a large image.
+    UpscaleMemory {
+        #[arg(long, default_value_t = 4096)]
+        side: u32,
+        #[arg(long, default_value_t = 4)]
+        factor: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -196,6 +209,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 },
             )
             .await
+        }
+        Command::Bench {
+            what: BenchWhat::Passes { side },
+        } => crate::bench::passes::run(side),
+        Command::Bench {
+            what: BenchWhat::UpscaleMemory { side, factor },
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            std::fs::create_dir_all(&settings.data_dir)?;
+            crate::bench::passes::upscale_memory(
+                side,
+                factor,
+                &settings.data_dir.join("bench-upscale.png"),
+            )
         }
         Command::Migrate { action } => {
             let settings = Settings::load(&overrides).map_err(StartupError::from)?;

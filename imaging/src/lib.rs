@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod effects;
 pub mod guard;
+pub mod passes;
 pub mod scene;
 
 use std::io::Cursor;

@@ -909,3 +909,120 @@ async fn a_busy_project_does_not_hold_up_another_projects_run() {
         .await;
     assert_eq!(last["run"]["status"], "queued", "{last}");
 }
+
+#[actix_web::test]
+async fn post_process_passes_register_every_file_with_its_lineage() {
+    let app = TestApp::spawn().await;
+    let token = project(&app).await;
+    let all_on = json!({
+        "bg_remove": true, "upscale": true, "upscale_factor": 2,
+        "color": true, "color_profile": "cinematic_warm"
+    });
+    let (s, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:3@64x48"], "stage": "time", "time": "dusk", "candidates": 2, "postprocess": all_on, "wait": true})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
+    let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
+    let assets = entities::assets::Entity::find()
+        .filter(entities::assets::Column::RunId.eq(run_id))
+        .all(&app.db)
+        .await
+        .unwrap();
+    let links = entities::asset_links::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
+    let root = app.data_path().join("projects/book");
+    for a in &assets {
+        let bytes = std::fs::read(root.join(&a.storage_key)).unwrap();
+        assert_eq!(
+            a.sha256.as_deref(),
+            Some(actors::assets::sha256_hex(&bytes).as_str())
+        );
+        let img = image::load_from_memory(&bytes).unwrap();
+        assert_eq!(
+            (Some(img.width() as i32), Some(img.height() as i32)),
+            (a.width, a.height)
+        );
+    }
+    let by_id = |id: &serde_json::Value| {
+        assets
+            .iter()
+            .find(|a| a.id.to_string() == id.as_str().unwrap())
+            .unwrap()
+    };
+    for job in b["jobs"].as_array().unwrap() {
+        for c in job["candidates"].as_array().unwrap() {
+            let out = by_id(&c["output_asset_id"]);
+            let fin = by_id(&c["final_asset_id"]);
+            if job["stage"] == "style" {
+                // Passes run on the chain's last stage only.
+                assert_eq!(out.id, fin.id);
+                continue;
+            }
+            assert_eq!(fin.kind, "color");
+            assert_eq!(fin.width, out.width.map(|w| w * 2), "upscaled 2x");
+            // Walk the lineage back from the final file to the output.
+            let mut at = fin.id;
+            let mut kinds = vec![fin.kind.clone()];
+            while at != out.id {
+                let l = links
+                    .iter()
+                    .find(|l| l.child_asset_id == at && l.link_type == "derived_from")
+                    .unwrap();
+                at = l.parent_asset_id;
+                kinds.push(assets.iter().find(|a| a.id == at).unwrap().kind.clone());
+            }
+            assert_eq!(kinds.last().map(String::as_str), Some("generated"));
+            assert!(kinds.contains(&"upscaled".to_string()), "{kinds:?}");
+        }
+        let winner = job["selected_candidate_index"].as_i64().unwrap() as usize;
+        assert_eq!(
+            job["final_asset_id"],
+            job["candidates"][winner]["final_asset_id"]
+        );
+    }
+
+    // The project turns upscaling on (its settings are database-owned; the
+    // settings API arrives with the journey contract); a request can turn it
+    // off again.
+    {
+        use sea_orm::sea_query::Expr;
+        entities::projects::Entity::update_many()
+            .col_expr(
+                entities::projects::Column::SettingsJson,
+                Expr::value(json!({"manifest": {"postprocess": {"upscale": true}}})),
+            )
+            .filter(entities::projects::Column::Slug.eq("book"))
+            .exec(&app.db)
+            .await
+            .unwrap();
+    }
+    let (_, off) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:4@64x48"], "stage": "style", "candidates": 1, "postprocess": {"upscale": false}, "wait": true})).await;
+    let (_, on) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:5@64x48"], "stage": "style", "candidates": 1, "wait": true})).await;
+    let kinds_of = |body: &serde_json::Value| {
+        let id: uuid::Uuid = body["run_id"].as_str().unwrap().parse().unwrap();
+        let db = app.db.clone();
+        async move {
+            entities::assets::Entity::find()
+                .filter(entities::assets::Column::RunId.eq(id))
+                .all(&db)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|a| a.kind)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(!kinds_of(&off).await.contains(&"upscaled".to_string()));
+    assert!(kinds_of(&on).await.contains(&"upscaled".to_string()));
+    // Unknown profiles and factors are refused before anything is stored.
+    let (s, e) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:1"], "postprocess": {"color": true, "color_profile": "sepia"}})).await;
+    crate::helpers::assert_error(s, &e, 400, "config_validation_failed");
+    let (s, e) = trigger(
+        &app,
+        &token,
+        json!({"mode": "run", "scene_refs": ["sample:1"], "postprocess": {"upscale_factor": 3}}),
+    )
+    .await;
+    crate::helpers::assert_error(s, &e, 400, "config_validation_failed");
+}

@@ -21,6 +21,39 @@ pub struct Manifest {
     pub output_guard: OutputGuard,
     pub policy: Policy,
     pub prompts: BTreeMap<String, String>,
+    pub postprocess: Postprocess,
+}
+
+/// Passes applied to every candidate of the chain's last stage, in this
+/// order: background removal -> upscale -> colour. Each is optional; a
+/// request can switch any of them on or off.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Postprocess {
+    pub bg_remove: bool,
+    pub bg_remove_settings: imaging::passes::bg_remove::BgRemoveSettings,
+    pub upscale: bool,
+    /// 2 or 4.
+    pub upscale_factor: u32,
+    pub color: bool,
+    /// A built-in profile (`neutral`, `cinematic_warm`, `cold_rain`) or one
+    /// of `color_profiles`.
+    pub color_profile: String,
+    pub color_profiles: Vec<imaging::passes::color::ColorProfile>,
+}
+
+impl Default for Postprocess {
+    fn default() -> Self {
+        Self {
+            bg_remove: false,
+            bg_remove_settings: Default::default(),
+            upscale: false,
+            upscale_factor: 2,
+            color: false,
+            color_profile: "neutral".into(),
+            color_profiles: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -71,6 +104,7 @@ impl Default for Manifest {
             output_guard: OutputGuard::default(),
             policy: Policy::default(),
             prompts,
+            postprocess: Postprocess::default(),
         }
     }
 }
@@ -180,6 +214,34 @@ impl Manifest {
             .any(|r| r.trim().is_empty())
         {
             return bad("style_refs and scene_refs must not contain blank entries");
+        }
+        let pp = &self.postprocess;
+        if !imaging::passes::upscale::FACTORS.contains(&pp.upscale_factor) {
+            return bad("postprocess.upscale_factor must be 2 or 4");
+        }
+        let bg = &pp.bg_remove_settings;
+        if !(0.0..=442.0).contains(&bg.tolerance)
+            || bg.feather_px > 64
+            || !(0.0..=1.0).contains(&bg.min_removed_fraction)
+        {
+            return bad(
+                "postprocess.bg_remove_settings: tolerance 0..442, feather_px 0..64, min_removed_fraction 0..1",
+            );
+        }
+        for p in &pp.color_profiles {
+            p.validate()
+                .map_err(|m| ServiceError::validation("config_validation_failed", m))?;
+        }
+        if imaging::passes::color::ColorProfile::find(&pp.color_profile, &pp.color_profiles)
+            .is_none()
+        {
+            return Err(ServiceError::validation(
+                "config_validation_failed",
+                format!(
+                    "postprocess.color_profile '{}' is not a known profile",
+                    pp.color_profile
+                ),
+            ));
         }
         Ok(())
     }

@@ -4,6 +4,7 @@
 pub mod control;
 pub mod events;
 pub mod manifest;
+pub mod passes;
 pub mod pipeline;
 pub mod plan;
 pub mod scenes;

@@ -21,7 +21,8 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use super::events::{self, EventHub};
-use super::manifest::Manifest;
+use super::manifest::{Manifest, Postprocess};
+use super::passes;
 use super::store::status;
 use super::writer::{JobCompletion, PendingEvent, RowWriter, Rows};
 use crate::assets::{self, NewAsset};
@@ -94,6 +95,8 @@ struct JobCtx<'a> {
     input: &'a image::RgbaImage,
     input_id: Uuid,
     guard: GuardSettings,
+    /// The passes to run on each candidate (last stage, when any is on).
+    postprocess: Option<&'a Postprocess>,
 }
 
 #[derive(Debug, Clone)]
@@ -101,6 +104,8 @@ struct CandidateResult {
     index: i32,
     status: String,
     asset_id: Option<Uuid>,
+    /// After the post-process passes (the output itself when none ran).
+    final_asset_id: Option<Uuid>,
     report: Option<GuardReport>,
 }
 
@@ -252,6 +257,11 @@ pub async fn run_job(
     }
     // `job.started` was recorded with the lease (engine::run).
 
+    let last_stage = job
+        .meta_json
+        .get("last_stage")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     let ctx = JobCtx {
         env,
         run,
@@ -260,6 +270,8 @@ pub async fn run_job(
         input: &input,
         input_id,
         guard: guard_settings,
+        postprocess: (last_stage && passes::any_enabled(&manifest.postprocess))
+            .then_some(&manifest.postprocess),
     };
     let work = priors
         .into_iter()
@@ -345,6 +357,7 @@ async fn candidate(
                 index,
                 status: existing.status,
                 asset_id: existing.output_asset_id,
+                final_asset_id: existing.final_asset_id.or(existing.output_asset_id),
                 report: Some(GuardReport {
                     chroma_delta: 0.0,
                     hard_failures: existing.rank_hard_failures as u32,
@@ -362,12 +375,15 @@ async fn candidate(
     {
         let (_, bytes) = assets::load_bytes(&env.db, &env.store, asset_id).await?;
         let limits = env.limits;
-        let report = cpu(move || {
-            imaging::decode(&bytes, limits).map(|img| guard::check(&img, &guard_settings))
+        let (img, report) = cpu(move || {
+            imaging::decode(&bytes, limits).map(|img| {
+                let report = guard::check(&img, &guard_settings);
+                (img, report)
+            })
         })
         .await?
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let (rows, result) = candidate_rows(run, job, index, asset_id, report, Some(call.id));
+        let (rows, result) = recorded(ctx, index, img, asset_id, report, Some(call.id)).await?;
         env.writer()?.write(rows).await?;
         return Ok(Some(result));
     }
@@ -380,17 +396,18 @@ async fn candidate(
                 index,
                 status: status::FAILED.into(),
                 asset_id: None,
+                final_asset_id: None,
                 report: None,
             })
         });
     };
     let (img, cost, model, request_id) = generated;
     let (width, height) = img.dimensions();
-    let (report, png, sha) = cpu(move || {
+    let (img, report, png, sha) = cpu(move || {
         let report = guard::check(&img, &guard_settings);
         let png = imaging::encode_png(&img);
         let sha = png.as_ref().map(|b| assets::sha256_hex(b)).ok();
-        (report, png, sha)
+        (img, report, png, sha)
     })
     .await?;
     let png = png.map_err(|e| ServiceError::Internal(e.to_string()))?;
@@ -425,7 +442,7 @@ async fn candidate(
     )
     .await?;
     let now = time::now();
-    let (mut rows, result) = candidate_rows(run, job, index, asset.id, report, Some(call_id));
+    let (mut rows, result) = recorded(ctx, index, img, asset.id, report, Some(call_id)).await?;
     rows.provider_calls.push(provider_calls::Model {
         status: "succeeded".into(),
         model_name: Some(model.clone()),
@@ -656,11 +673,50 @@ async fn fail_call(
 }
 
 /// The candidate, its quality report and its `candidate.ready` event.
+/// Runs the candidate's passes (when its job has any and it passed the
+/// guard) and builds its rows.
+async fn recorded(
+    ctx: &JobCtx<'_>,
+    index: i32,
+    img: image::RgbaImage,
+    output: Uuid,
+    report: GuardReport,
+    call_id: Option<Uuid>,
+) -> Result<(Rows, CandidateResult), ServiceError> {
+    let derived = match ctx.postprocess {
+        Some(pp) if report.hard_failures == 0 => {
+            Some(passes::apply(&ctx.env.store, pp, ctx.run, ctx.job, index, img, output).await?)
+        }
+        _ => None,
+    };
+    let final_asset_id = derived.as_ref().map_or(output, |d| d.final_asset_id);
+    let notes = derived
+        .as_ref()
+        .map(|d| d.notes.clone())
+        .unwrap_or_default();
+    let (mut rows, result) = candidate_rows(
+        ctx.run,
+        ctx.job,
+        index,
+        (output, final_asset_id),
+        notes,
+        report,
+        call_id,
+    );
+    if let Some(d) = derived {
+        // Files first in foreign-key order: the pass outputs and their links.
+        rows.assets.extend(d.assets);
+        rows.links.extend(d.links);
+    }
+    Ok((rows, result))
+}
+
 fn candidate_rows(
     run: &runs::Model,
     job: &run_jobs::Model,
     index: i32,
-    asset_id: Uuid,
+    (asset_id, final_asset_id): (Uuid, Uuid),
+    passes: Vec<serde_json::Value>,
     report: GuardReport,
     call_id: Option<Uuid>,
 ) -> (Rows, CandidateResult) {
@@ -680,11 +736,11 @@ fn candidate_rows(
         candidate_index: index,
         status: status.into(),
         output_asset_id: Some(asset_id),
-        final_asset_id: None,
+        final_asset_id: Some(final_asset_id),
         rank_hard_failures: report.hard_failures as i32,
         rank_soft_warnings: report.soft_warnings as i32,
         rank_avg_chroma_exceed: report.chroma_exceed,
-        meta_json: json!({ "provider_call_id": call_id, "guard_reasons": report.reasons }),
+        meta_json: json!({ "provider_call_id": call_id, "guard_reasons": report.reasons, "passes": passes }),
         created_at: now,
         updated_at: now,
     });
@@ -718,7 +774,7 @@ fn candidate_rows(
         event_type: "candidate.ready",
         job_id: Some(job.id),
         payload: json!({
-            "candidate_index": index, "status": status, "asset_id": asset_id,
+            "candidate_index": index, "status": status, "asset_id": asset_id, "final_asset_id": final_asset_id,
             "guard": { "chroma_delta": report.chroma_delta, "hard_failures": report.hard_failures, "soft_warnings": report.soft_warnings },
         }),
     });
@@ -726,6 +782,7 @@ fn candidate_rows(
         index,
         status: status.into(),
         asset_id: Some(asset_id),
+        final_asset_id: Some(final_asset_id),
         report: Some(report),
     };
     (rows, result)
@@ -769,7 +826,7 @@ async fn finish_job(
         job_id: Some(job.id),
         payload,
     };
-    let winner = select_winner(&candidates).and_then(|w| Some((w.index, w.asset_id?)));
+    let winner = select_winner(&candidates).and_then(|w| Some((w.index, w.final_asset_id?)));
     let (outcome, completion) = match winner {
         Some((index, asset_id)) => (
             JobOutcome::Done {
@@ -840,6 +897,7 @@ mod tests {
             index,
             status: status.into(),
             asset_id: Some(Uuid::now_v7()),
+            final_asset_id: None,
             report: Some(GuardReport {
                 chroma_delta: 0.0,
                 hard_failures: hard,

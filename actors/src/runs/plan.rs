@@ -62,6 +62,42 @@ pub struct TriggerInput {
     pub budget_usd: Option<f64>,
     pub project_root: Option<String>,
     pub manifest: Option<Value>,
+    /// Pass switches and settings, over the manifest's `postprocess`.
+    pub postprocess: Option<Value>,
+}
+
+/// The request's manifest layer: `manifest`, with `postprocess` on top.
+fn request_overlay(input: &TriggerInput) -> Result<Option<Value>, ServiceError> {
+    let Some(pp) = &input.postprocess else {
+        return Ok(input.manifest.clone());
+    };
+    if !pp.is_object() {
+        return Err(ServiceError::validation(
+            "config_validation_failed",
+            "postprocess must be a JSON object",
+        ));
+    }
+    let mut overlay = input
+        .manifest
+        .clone()
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    match overlay.as_object_mut() {
+        Some(o) => {
+            let merged = match o.remove("postprocess") {
+                Some(Value::Object(mut base)) => {
+                    for (k, v) in pp.as_object().into_iter().flatten() {
+                        base.insert(k.clone(), v.clone());
+                    }
+                    Value::Object(base)
+                }
+                _ => pp.clone(),
+            };
+            o.insert("postprocess".into(), merged);
+            Ok(Some(overlay))
+        }
+        // A non-object manifest is refused with its own message later.
+        None => Ok(Some(overlay)),
+    }
 }
 
 /// A request that passed the checks that need no lookup (contract: 400 before 404).
@@ -212,7 +248,7 @@ pub fn validate(input: &TriggerInput) -> Result<ValidTrigger, ServiceError> {
         candidates,
         provider,
         budget_usd: input.budget_usd,
-        manifest_overlay: input.manifest.clone(),
+        manifest_overlay: request_overlay(input)?,
     })
 }
 

@@ -153,7 +153,12 @@ pub async fn create_run(
                 heartbeat_at: None,
                 next_attempt_at: None,
                 last_error: None,
-                meta_json: json!({ "variant": stage.variant, "candidates": plan.candidates }),
+                meta_json: json!({
+                    "variant": stage.variant,
+                    "candidates": plan.candidates,
+                    // Post-process passes run on the chain's last stage only.
+                    "last_stage": stage_index + 1 == plan.stages.len(),
+                }),
                 started_at: None,
                 finished_at: None,
                 created_at: now,

@@ -42,6 +42,10 @@ pub struct TriggerBody {
     /// Manifest overlay for this run (over the project's manifest and the defaults).
     #[schema(value_type = Option<Object>)]
     manifest: Option<serde_json::Value>,
+    /// Post-process switches and settings for this run, over the manifest's
+    /// `postprocess` (e.g. `{"upscale": true, "color": false}`).
+    #[schema(value_type = Option<Object>)]
+    postprocess: Option<serde_json::Value>,
     /// Answer only when the run has finished (up to `wait_timeout_seconds`).
     wait: Option<bool>,
     wait_timeout_seconds: Option<u64>,
@@ -106,6 +110,7 @@ pub async fn trigger_run(
         budget_usd: body.budget_usd,
         project_root: body.project_root,
         manifest: body.manifest,
+        postprocess: body.postprocess,
     })?;
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     let triggered = trigger::trigger(&state.engine, &principal, &project, valid).await?;

@@ -9,6 +9,8 @@
 //! 2. Latency-bound efficiency: provider latency L, concurrency C, N calls:
 //!    ideal wall time ceil(N / C) x L divided by the measured wall time.
 
+pub mod passes;
+
 use std::time::{Duration, Instant};
 
 use actors::Principal;
