@@ -73,6 +73,10 @@ impl Default for EngineSettings {
 pub struct ProvidersSettings {
     pub local: providers::local::LocalProviderSettings,
     pub openai: providers::openai::OpenAiSettings,
+    /// remove.bg background removal (not yet called by the engine's passes).
+    pub removebg: providers::bg_remote::RemoteRemoverSettings,
+    /// PhotoRoom background removal (not yet called by the engine's passes).
+    pub photoroom: providers::bg_remote::RemoteRemoverSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! they all return. The built-in [`local::LocalProvider`] is the embedded
 //! default: offline, deterministic, real image work.
 
+pub mod bg_remote;
 pub mod credentials;
 pub mod local;
 pub mod openai;

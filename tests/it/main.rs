@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bg_stub;
 mod helpers;
 mod openai_stub;
 

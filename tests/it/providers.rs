@@ -213,3 +213,84 @@ async fn a_run_on_a_provider_without_credentials_is_refused_before_anything_is_s
         .await;
     assert_eq!(s, reqwest::StatusCode::OK, "{b}");
 }
+
+mod background_removal {
+    use super::*;
+    use crate::bg_stub::{self, BgStub, Reply};
+    use providers::bg_remote::{RemoteRemover, RemoteRemoverSettings, Service};
+
+    fn remover(stub: &BgStub, service: Service, key: Option<&'static str>) -> RemoteRemover {
+        atelier::startup::install_runtime_defaults();
+        let base_url = match service {
+            Service::RemoveBg => stub.removebg_url.clone(),
+            Service::PhotoRoom => stub.photoroom_url.clone(),
+        };
+        let settings = RemoteRemoverSettings {
+            enabled: true,
+            base_url: Some(base_url),
+            timeout_secs: Some(1),
+            ..RemoteRemoverSettings::default()
+        };
+        RemoteRemover::new(
+            service,
+            settings,
+            Arc::new(Fixed(key)),
+            DecodeLimits::default(),
+        )
+        .unwrap()
+    }
+
+    #[actix_web::test]
+    async fn removebg_and_photoroom_speak_their_wire_formats() {
+        let stub = BgStub::start().await;
+        let input = imaging::scene::sample_scene(2, 64, 48);
+        for (service, price) in [(Service::RemoveBg, 0.20), (Service::PhotoRoom, 0.02)] {
+            let r = remover(&stub, service, Some(bg_stub::KEY));
+            let out = r.remove(input.clone()).await.unwrap();
+            assert_eq!(out.image.dimensions(), (64, 48));
+            assert_eq!(out.image.get_pixel(0, 0).0[3], 0, "cut-out is transparent");
+            assert_eq!(out.cost_usd, price);
+            let err = |status, code| Reply::Error { status, code };
+            let cases = [
+                (
+                    err(402, "insufficient_credits"),
+                    "provider_invalid_request",
+                    false,
+                ),
+                (err(429, "rate_limit"), "provider_rate_limited", true),
+                (err(503, "unavailable"), "provider_server_error", true),
+                (
+                    err(400, "unknown_foreground"),
+                    "provider_invalid_request",
+                    false,
+                ),
+                (Reply::NotAnImage, "provider_malformed_response", true),
+                (
+                    Reply::Slow(Duration::from_millis(2500)),
+                    "provider_timeout",
+                    true,
+                ),
+            ];
+            for (reply, code, retryable) in cases {
+                stub.script([reply.clone()]);
+                let e = r.remove(input.clone()).await.unwrap_err();
+                assert_eq!(e.code(), code, "{service:?} {reply:?}: {e}");
+                assert_eq!(e.is_retryable(), retryable);
+                assert!(!format!("{e:?}").contains(bg_stub::KEY));
+            }
+            let wrong = remover(&stub, service, Some("wrong-key"));
+            assert_eq!(
+                wrong.remove(input.clone()).await.unwrap_err().code(),
+                "provider_auth"
+            );
+            let before = stub.calls();
+            let none = remover(&stub, service, None);
+            assert!(none.preflight().is_err());
+            assert_eq!(
+                none.remove(input.clone()).await.unwrap_err().code(),
+                "provider_not_configured"
+            );
+            assert_eq!(stub.calls(), before, "nothing sent without a key");
+        }
+    }
+}
