@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use image::RgbaImage;
 use imaging::DecodeLimits;
 use serde::{Deserialize, Serialize};
 
 use crate::ProviderError;
 use crate::credentials::{Credentials, Secret};
+use crate::http::{read_limited, transport};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Service {
@@ -211,36 +211,6 @@ impl RemoteRemover {
                 .or_else(|| header("x-photoroom-request-id")),
         })
     }
-}
-
-fn transport(e: &reqwest::Error) -> ProviderError {
-    if e.is_timeout() {
-        ProviderError::Timeout
-    } else if e.is_body() || e.is_decode() {
-        ProviderError::Malformed(format!("response body truncated: {e}"))
-    } else {
-        ProviderError::Transport(e.to_string())
-    }
-}
-
-async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, ProviderError> {
-    if resp.content_length().is_some_and(|n| n as usize > max) {
-        return Err(ProviderError::Malformed(format!(
-            "response larger than {max} bytes"
-        )));
-    }
-    let mut body = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| transport(&e))?;
-        if body.len() + chunk.len() > max {
-            return Err(ProviderError::Malformed(format!(
-                "response larger than {max} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 #[derive(Deserialize)]

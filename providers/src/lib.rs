@@ -4,6 +4,7 @@
 
 pub mod bg_remote;
 pub mod credentials;
+mod http;
 pub mod local;
 pub mod openai;
 

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use futures_util::StreamExt;
 use imaging::DecodeLimits;
 use serde::{Deserialize, Serialize};
 
 use crate::credentials::{Credentials, Secret};
+use crate::http::{read_limited, transport};
 use crate::{GenerateRequest, GeneratedImage, ImageProvider, ProviderConfigError, ProviderError};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -237,40 +237,9 @@ struct ErrorBody {
     kind: Option<String>,
 }
 
-fn transport(e: &reqwest::Error) -> ProviderError {
-    if e.is_timeout() {
-        ProviderError::Timeout
-    } else if e.is_body() || e.is_decode() {
-        ProviderError::Malformed(format!("response body truncated: {e}"))
-    } else {
-        ProviderError::Transport(e.to_string())
-    }
-}
-
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     v.trim().parse::<f64>().ok().map(Duration::from_secs_f64)
-}
-
-/// Reads the body, refusing more than `max` bytes.
-async fn read_limited(resp: reqwest::Response, max: usize) -> Result<Vec<u8>, ProviderError> {
-    if resp.content_length().is_some_and(|n| n as usize > max) {
-        return Err(ProviderError::Malformed(format!(
-            "response larger than {max} bytes"
-        )));
-    }
-    let mut body = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| transport(&e))?;
-        if body.len() + chunk.len() > max {
-            return Err(ProviderError::Malformed(format!(
-                "response larger than {max} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// Maps a non-2xx answer to the taxonomy. `key` is scrubbed from any message
