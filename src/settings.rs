@@ -73,9 +73,9 @@ impl Default for EngineSettings {
 pub struct ProvidersSettings {
     pub local: providers::local::LocalProviderSettings,
     pub openai: providers::openai::OpenAiSettings,
-    /// remove.bg background removal (not yet called by the engine's passes).
+    /// remove.bg background removal (a `postprocess.bg_remove_backends` entry).
     pub removebg: providers::bg_remote::RemoteRemoverSettings,
-    /// PhotoRoom background removal (not yet called by the engine's passes).
+    /// PhotoRoom background removal (a `postprocess.bg_remove_backends` entry).
     pub photoroom: providers::bg_remote::RemoteRemoverSettings,
 }
 

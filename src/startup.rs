@@ -76,7 +76,25 @@ pub async fn embedded_engine(
             config.limits,
         )?));
     }
+    let limits = config.limits;
     let mut deps = actors::engine::EngineDeps::new(db.clone(), roots.clone(), providers, config);
+    use providers::bg_remote::{RemoteRemover, Service};
+    for (service, s) in [
+        (Service::RemoveBg, &settings.providers.removebg),
+        (Service::PhotoRoom, &settings.providers.photoroom),
+    ] {
+        if s.enabled {
+            deps.removers.insert(
+                service.code().into(),
+                Arc::new(RemoteRemover::new(
+                    service,
+                    s.clone(),
+                    Arc::new(providers::credentials::EnvCredentials),
+                    limits,
+                )?),
+            );
+        }
+    }
     deps.writer_db = crate::database::writer_connection(settings).await?;
     let engine = actors::engine::Engine::start(deps);
     Ok((engine, roots))

@@ -22,6 +22,7 @@ pub enum Reply {
 
 #[derive(Default)]
 pub struct State {
+    key: String,
     script: Mutex<VecDeque<Reply>>,
     calls: Mutex<u32>,
 }
@@ -34,7 +35,15 @@ pub struct BgStub {
 
 impl BgStub {
     pub async fn start() -> Self {
-        let state = Arc::new(State::default());
+        Self::start_with_key(KEY).await
+    }
+
+    /// A stub that accepts `key` instead of [`KEY`].
+    pub async fn start_with_key(key: &str) -> Self {
+        let state = Arc::new(State {
+            key: key.to_string(),
+            ..State::default()
+        });
         let shared = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -76,8 +85,8 @@ fn cutout() -> Vec<u8> {
 }
 
 /// `None` when the upload is well formed; else the status to refuse it with.
-fn refused(req: &HttpRequest, body: &[u8], header: &str) -> Option<u16> {
-    let key_ok = req.headers().get(header).and_then(|v| v.to_str().ok()) == Some(KEY);
+fn refused(req: &HttpRequest, body: &[u8], header: &str, key: &str) -> Option<u16> {
+    let key_ok = req.headers().get(header).and_then(|v| v.to_str().ok()) == Some(key);
     let text = String::from_utf8_lossy(body);
     let shape_ok = text.contains("name=\"image_file\"") && body.windows(4).any(|w| w == b"\x89PNG");
     match (key_ok, shape_ok) {
@@ -115,7 +124,7 @@ async fn removebg(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -
         HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
             .json(json!({ "errors": [{ "title": format!("stub {code}"), "code": code }] }))
     };
-    if let Some(status) = refused(&req, &body, "x-api-key") {
+    if let Some(status) = refused(&req, &body, "x-api-key", &state.key) {
         return error(status, "auth_failed");
     }
     answer(&state, error).await
@@ -126,7 +135,7 @@ async fn segment(req: HttpRequest, body: web::Bytes, state: web::Data<State>) ->
         HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
             .json(json!({ "detail": format!("stub {code}"), "status_code": status, "type": code }))
     };
-    if let Some(status) = refused(&req, &body, "x-api-key") {
+    if let Some(status) = refused(&req, &body, "x-api-key", &state.key) {
         return error(status, "forbidden");
     }
     answer(&state, error).await

@@ -1026,3 +1026,75 @@ async fn post_process_passes_register_every_file_with_its_lineage() {
     .await;
     crate::helpers::assert_error(s, &e, 400, "config_validation_failed");
 }
+
+#[actix_web::test]
+async fn background_removal_falls_back_to_a_paid_service_with_spend_safety() {
+    // The key comes from a variable the test runner always sets, so no test
+    // has to change the process environment.
+    let key = env!("CARGO_MANIFEST_DIR");
+    let stub = crate::bg_stub::BgStub::start_with_key(key).await;
+    let app = TestApp::spawn_with(|s| {
+        s.providers.photoroom.enabled = true;
+        s.providers.photoroom.base_url = Some(stub.photoroom_url.clone());
+        s.providers.photoroom.api_key_env = Some("CARGO_MANIFEST_DIR".into());
+    })
+    .await;
+    let token = project(&app).await;
+    // Local removal finds nothing at these settings, so PhotoRoom is asked.
+    let pp = json!({
+        "bg_remove": true, "bg_remove_backends": ["local", "photoroom"],
+        "bg_remove_settings": {"tolerance": 0.0, "min_removed_fraction": 0.9}
+    });
+    let body = json!({"mode": "run", "scene_refs": ["sample:2@64x48"], "stage": "style", "candidates": 2, "postprocess": pp, "wait": true});
+    let (s, e) = trigger(&app, &token, body.clone()).await;
+    crate::helpers::assert_error(s, &e, 400, "spend_confirmation_required");
+    let (s, e) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:2"], "postprocess": {"bg_remove": true, "bg_remove_backends": ["removebg"]}})).await;
+    crate::helpers::assert_error(s, &e, 400, "bg_remove_backend_not_configured");
+    let mut confirmed = body;
+    confirmed["confirm_spend"] = json!(true);
+    let (s, b) = trigger(&app, &token, confirmed).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
+    assert_eq!(b["plan"]["pass_calls"], 2, "{}", b["plan"]);
+    assert_eq!(stub.calls(), 2, "one paid removal per candidate");
+    let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
+    let calls = entities::provider_calls::Entity::find()
+        .filter(entities::provider_calls::Column::RunId.eq(run_id))
+        .filter(entities::provider_calls::Column::Operation.eq("bg_remove"))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(calls.len(), 2);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.status == "succeeded" && c.provider_code == "photoroom")
+    );
+    let costs = entities::cost_events::Entity::find()
+        .filter(entities::cost_events::Column::RunId.eq(run_id))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(costs.len(), 2);
+    assert!(costs.iter().all(|c| c.total_cost_usd == 0.02));
+    for c in b["jobs"][0]["candidates"].as_array().unwrap() {
+        let fin: uuid::Uuid = c["final_asset_id"].as_str().unwrap().parse().unwrap();
+        let asset = entities::assets::Entity::find_by_id(fin)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(asset.kind, "bg_removed");
+        assert!(calls.iter().any(|call| call.result_asset_id == Some(fin)));
+        let link = entities::asset_links::Entity::find()
+            .filter(entities::asset_links::Column::ChildAssetId.eq(fin))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            link.parent_asset_id.to_string(),
+            c["output_asset_id"].as_str().unwrap()
+        );
+    }
+}

@@ -95,6 +95,8 @@ pub struct EngineDeps {
     pub audit: Option<actix::Recipient<PaidCall>>,
     /// Group commit for the job pipeline's rows, started with the engine.
     pub writer: Option<RowWriter>,
+    /// Remote background-removal services by code (`removebg`, `photoroom`).
+    pub removers: HashMap<String, Arc<providers::bg_remote::RemoteRemover>>,
     /// A connection of the row writer's own (SQLite), so it never queues
     /// behind readers for one; `None`: it uses `db`.
     pub writer_db: Option<DatabaseConnection>,
@@ -132,6 +134,7 @@ impl EngineDeps {
             audit: None,
             writer: None,
             writer_db: None,
+            removers: HashMap::new(),
         }
     }
 

@@ -96,6 +96,7 @@ impl Actor for WorkerActor {
                 spend: self.deps.spend.clone(),
                 audit: self.deps.audit.clone(),
                 writer: self.deps.writer.clone(),
+                removers: self.deps.removers.clone(),
                 project_budget_usd: serde_json::from_value::<crate::runs::manifest::Manifest>(
                     self.run.settings_snapshot_json.clone(),
                 )

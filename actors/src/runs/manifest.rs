@@ -31,6 +31,9 @@ pub struct Manifest {
 #[serde(default, deny_unknown_fields)]
 pub struct Postprocess {
     pub bg_remove: bool,
+    /// Tried in order until one removes a background: `local` (built in,
+    /// free), `photoroom`, `removebg` (paid, need their provider settings).
+    pub bg_remove_backends: Vec<String>,
     pub bg_remove_settings: imaging::passes::bg_remove::BgRemoveSettings,
     pub upscale: bool,
     /// 2 or 4.
@@ -46,6 +49,7 @@ impl Default for Postprocess {
     fn default() -> Self {
         Self {
             bg_remove: false,
+            bg_remove_backends: vec!["local".into()],
             bg_remove_settings: Default::default(),
             upscale: false,
             upscale_factor: 2,
@@ -218,6 +222,16 @@ impl Manifest {
         let pp = &self.postprocess;
         if !imaging::passes::upscale::FACTORS.contains(&pp.upscale_factor) {
             return bad("postprocess.upscale_factor must be 2 or 4");
+        }
+        let known = ["local", "photoroom", "removebg"];
+        let backends = &pp.bg_remove_backends;
+        if backends.is_empty()
+            || backends.iter().any(|b| !known.contains(&b.as_str()))
+            || (1..backends.len()).any(|i| backends[..i].contains(&backends[i]))
+        {
+            return bad(
+                "postprocess.bg_remove_backends: one or more of local, photoroom, removebg, each once",
+            );
         }
         let bg = &pp.bg_remove_settings;
         if !(0.0..=442.0).contains(&bg.tolerance)

@@ -7,10 +7,10 @@ use entities::{asset_links, assets, run_jobs, runs};
 use image::RgbaImage;
 use imaging::passes::{bg_remove, color, upscale};
 use serde_json::{Value, json};
-use storage::ObjectStore;
 use uuid::Uuid;
 
 use super::manifest::Postprocess;
+use super::pipeline::{JobEnv, remote_bg_remove};
 use crate::assets::NewAsset;
 use crate::{ServiceError, time};
 
@@ -46,7 +46,7 @@ impl Pass {
 
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
-    store: &ObjectStore,
+    env: &JobEnv,
     pp: &Postprocess,
     run: &runs::Model,
     job: &run_jobs::Model,
@@ -71,6 +71,48 @@ pub async fn apply(
     ];
     let mut current = image;
     for (_, pass) in passes.into_iter().filter(|(on, _)| *on) {
+        if matches!(pass, Pass::BgRemove) && pp.bg_remove_backends.iter().any(|b| b != "local") {
+            // A chain with remote services: each backend in order until one
+            // removes a background.
+            let mut done = false;
+            for backend in &pp.bg_remove_backends {
+                if backend == "local" {
+                    let (input, bg) = (current.clone(), pp.bg_remove_settings);
+                    let local =
+                        imaging::cpu::run(move || bg_remove::remove_background(&input, &bg))
+                            .await
+                            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                    if let Some(r) = local {
+                        let asset =
+                            store_pass(env, run, job, index, "bg_removed", &r.image).await?;
+                        applied.notes.push(json!({ "pass": "bg_removed", "backend": "local", "removed_fraction": r.removed_fraction }));
+                        link(&mut applied, run, asset);
+                        current = r.image;
+                        done = true;
+                        break;
+                    }
+                } else if let Some((img, asset)) =
+                    remote_bg_remove(env, run, job, index, &current, backend).await?
+                {
+                    applied
+                        .notes
+                        .push(json!({ "pass": "bg_removed", "backend": backend }));
+                    // Already stored and committed with its paid call.
+                    let id = asset.id;
+                    applied.links.push(derived(run, applied.final_asset_id, id));
+                    applied.final_asset_id = id;
+                    current = img;
+                    done = true;
+                    break;
+                }
+            }
+            if !done {
+                applied.notes.push(
+                    json!({ "pass": "bg_removed", "skipped": "no_backend_removed_a_background" }),
+                );
+            }
+            continue;
+        }
         let (bg, factor, profile) = (pp.bg_remove_settings, pp.upscale_factor, profile.clone());
         let kind = pass.kind();
         let input = current.clone();
@@ -94,52 +136,78 @@ pub async fn apply(
                     json!({ "pass": kind, "profile": profile.name }),
                 ),
             };
-            let encoded = out.map(|img| {
-                imaging::encode_png(&img).map(|png| {
-                    let sha = crate::assets::sha256_hex(&png);
-                    (img, png, sha)
-                })
-            });
-            (encoded, note)
+            (out, note)
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let (encoded, note) = produced;
+        let (out, note) = produced;
         applied.notes.push(note);
-        let Some(encoded) = encoded else { continue };
-        let (img, png, sha) = encoded.map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let asset = crate::assets::put(
-            store,
-            NewAsset {
-                project_id: run.project_id,
-                kind,
-                key: &format!("runs/{}/{}/c{index}.{kind}.png", run.id, job.job_key),
-                width: img.width(),
-                height: img.height(),
-                bytes: png,
-                mime: "image/png",
-                run_id: Some(run.id),
-                job_id: Some(job.id),
-                candidate_id: None,
-                metadata: json!({ "candidate_index": index, "stage": job.stage, "pass": kind }),
-                dedup: false,
-            },
-            Some(sha),
-        )
-        .await?;
-        let now = time::now();
-        applied.links.push(asset_links::Model {
-            id: Uuid::now_v7(),
-            project_id: run.project_id,
-            parent_asset_id: applied.final_asset_id,
-            child_asset_id: asset.id,
-            link_type: "derived_from".into(),
-            created_at: now,
-            updated_at: now,
-        });
-        applied.final_asset_id = asset.id;
-        applied.assets.push(asset);
+        let Some(img) = out else { continue };
+        let asset = store_pass(env, run, job, index, kind, &img).await?;
+        link(&mut applied, run, asset);
         current = img;
     }
     Ok(applied)
+}
+
+fn derived(run: &runs::Model, parent: Uuid, child: Uuid) -> asset_links::Model {
+    let now = time::now();
+    asset_links::Model {
+        id: Uuid::now_v7(),
+        project_id: run.project_id,
+        parent_asset_id: parent,
+        child_asset_id: child,
+        link_type: "derived_from".into(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Records a pass output (its row goes in with the candidate's rows).
+fn link(applied: &mut Applied, run: &runs::Model, asset: assets::Model) {
+    applied
+        .links
+        .push(derived(run, applied.final_asset_id, asset.id));
+    applied.final_asset_id = asset.id;
+    applied.assets.push(asset);
+}
+
+/// Encodes and writes a pass output file; returns its asset row (not yet inserted).
+async fn store_pass(
+    env: &JobEnv,
+    run: &runs::Model,
+    job: &run_jobs::Model,
+    index: i32,
+    kind: &'static str,
+    img: &RgbaImage,
+) -> Result<assets::Model, ServiceError> {
+    let owned = img.clone();
+    let (png, sha) = imaging::cpu::run(move || {
+        imaging::encode_png(&owned).map(|png| {
+            let sha = crate::assets::sha256_hex(&png);
+            (png, sha)
+        })
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(e.to_string()))?
+    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    crate::assets::put(
+        &env.store,
+        NewAsset {
+            project_id: run.project_id,
+            kind,
+            key: &format!("runs/{}/{}/c{index}.{kind}.png", run.id, job.job_key),
+            width: img.width(),
+            height: img.height(),
+            bytes: png,
+            mime: "image/png",
+            run_id: Some(run.id),
+            job_id: Some(job.id),
+            candidate_id: None,
+            metadata: json!({ "candidate_index": index, "stage": job.stage, "pass": kind }),
+            dedup: false,
+        },
+        Some(sha),
+    )
+    .await
 }

@@ -64,10 +64,12 @@ pub struct JobEnv {
     pub project_budget_usd: Option<f64>,
     /// Group commit for the candidates' rows.
     pub writer: Option<RowWriter>,
+    /// Remote background-removal services by code.
+    pub removers: HashMap<String, Arc<providers::bg_remote::RemoteRemover>>,
 }
 
 impl JobEnv {
-    fn writer(&self) -> Result<&RowWriter, ServiceError> {
+    pub(super) fn writer(&self) -> Result<&RowWriter, ServiceError> {
         self.writer
             .as_ref()
             .ok_or_else(|| ServiceError::Internal("row writer not started".into()))
@@ -533,7 +535,9 @@ async fn call_with_retries(
         first = false;
         if !already_in_flight {
             attempt += 1;
-            if let Err(refused) = reserve(env, run, call.id, attempt).await {
+            if let Err(refused) =
+                reserve(env, run, call.id, attempt, env.provider.unit_price_usd()).await
+            {
                 let code = match &refused {
                     ServiceError::Policy { code, .. } => *code,
                     _ => "reservation_failed",
@@ -613,6 +617,158 @@ async fn call_with_retries(
     }
 }
 
+/// One paid background removal by a remote service, with the same safety as
+/// generation calls: a call record before the call, a reservation through
+/// the CostActor, the result (file, asset, call, cost event) committed as
+/// soon as it arrives, and a stored result reused instead of paid again.
+/// `None`: refused, failed or canceled (the next backend is tried).
+pub(super) async fn remote_bg_remove(
+    env: &JobEnv,
+    run: &runs::Model,
+    job: &run_jobs::Model,
+    index: i32,
+    image: &image::RgbaImage,
+    code: &str,
+) -> Result<Option<(image::RgbaImage, entities::assets::Model)>, ServiceError> {
+    let Some(remover) = env.removers.get(code) else {
+        return Ok(None);
+    };
+    let key = format!("{}:{}:c{index}:bg_remove:{code}", run.id, job.job_key);
+    let existing = provider_calls::Entity::find()
+        .filter(provider_calls::Column::IdempotencyKey.eq(key.as_str()))
+        .one(&env.db)
+        .await?;
+    if let Some(c) = &existing
+        && c.status == "succeeded"
+        && let Some(asset_id) = c.result_asset_id
+    {
+        let (asset, bytes) = assets::load_bytes(&env.db, &env.store, asset_id).await?;
+        let limits = env.limits;
+        let img = cpu(move || imaging::decode(&bytes, limits))
+            .await?
+            .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        return Ok(Some((img, asset)));
+    }
+    if canceled(&env.db, run.id, job.id).await? {
+        return Ok(None);
+    }
+    let price = remover.unit_price_usd();
+    let call = match existing {
+        Some(c) => c,
+        None => {
+            let c = provider_calls::Model {
+                provider_code: code.to_string(),
+                operation: "bg_remove".into(),
+                reserved_cost_usd: price,
+                request_json: json!({ "stage": job.stage, "candidate_index": index, "pass": "bg_remove" }),
+                ..new_call(env, run, job, index, &key, false)
+            };
+            env.writer()?
+                .write(Rows {
+                    provider_calls: vec![c.clone()],
+                    ..Rows::default()
+                })
+                .await?;
+            c
+        }
+    };
+    let attempt = call.attempt.max(0) as u32 + 1;
+    if let Err(refused) = reserve(env, run, call.id, attempt, price).await {
+        let code = match &refused {
+            ServiceError::Policy { code, .. } => *code,
+            _ => "reservation_failed",
+        };
+        fail_call(env, call.id, code, &refused.to_string()).await?;
+        return Ok(None);
+    }
+    let removed = match remover.remove(image.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            fail_call(env, call.id, e.code(), &e.to_string()).await?;
+            return Ok(None);
+        }
+    };
+    let img = removed.image;
+    let (img, png, sha) = cpu(move || {
+        let png = imaging::encode_png(&img);
+        let sha = png.as_ref().map(|b| assets::sha256_hex(b)).ok();
+        (img, png, sha)
+    })
+    .await?;
+    let png = png.map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let asset = assets::put(
+        &env.store,
+        NewAsset {
+            project_id: run.project_id,
+            kind: "bg_removed",
+            key: &format!("runs/{}/{}/c{index}.bg_removed.png", run.id, job.job_key),
+            width: img.width(),
+            height: img.height(),
+            bytes: png,
+            mime: "image/png",
+            run_id: Some(run.id),
+            job_id: Some(job.id),
+            candidate_id: None,
+            metadata: json!({ "candidate_index": index, "stage": job.stage, "pass": "bg_removed", "backend": code }),
+            dedup: false,
+        },
+        sha,
+    )
+    .await?;
+    let now = time::now();
+    let mut rows = Rows {
+        provider_calls: vec![provider_calls::Model {
+            status: "succeeded".into(),
+            actual_cost_usd: Some(removed.cost_usd),
+            result_asset_id: Some(asset.id),
+            provider_request_id: removed.provider_request_id,
+            finished_at: Some(now),
+            updated_at: now,
+            ..call.clone()
+        }],
+        ..Rows::default()
+    };
+    if removed.cost_usd > 0.0 {
+        rows.cost_events.push(entities::cost_events::Model {
+            id: Uuid::now_v7(),
+            project_id: run.project_id,
+            run_id: Some(run.id),
+            job_id: Some(job.id),
+            provider_call_id: Some(call.id),
+            provider_code: code.to_string(),
+            model_name: None,
+            event_type: "background_removal".into(),
+            units: 1.0,
+            unit_cost_usd: removed.cost_usd,
+            total_cost_usd: removed.cost_usd,
+            currency: "USD".into(),
+            meta_json: json!({ "idempotency_key": key }),
+            created_at: now,
+        });
+    }
+    rows.assets.push(asset.clone());
+    env.writer()?.write(rows).await?;
+    if removed.cost_usd > 0.0
+        && let Some(audit) = &env.audit
+    {
+        let sent = audit
+            .send(crate::engine::PaidCall {
+                project_id: run.project_id,
+                run_id: run.id,
+                job_id: job.id,
+                provider_call_id: call.id,
+                provider_code: code.to_string(),
+                idempotency_key: key,
+                cost_usd: removed.cost_usd,
+            })
+            .await;
+        if let Err(e) = sent {
+            tracing::error!(error = %e, "audit actor unavailable");
+        }
+    }
+    Ok(Some((img, asset)))
+}
+
 /// Marks the call in flight for this attempt; paid calls go through the
 /// CostActor, which refuses when a budget would be exceeded.
 async fn reserve(
@@ -620,8 +776,8 @@ async fn reserve(
     run: &runs::Model,
     call_id: Uuid,
     attempt: u32,
+    amount: f64,
 ) -> Result<(), ServiceError> {
-    let amount = env.provider.unit_price_usd();
     match (&env.spend, amount > 0.0) {
         (Some(spend), true) => spend
             .send(crate::engine::ReserveSpend {
@@ -685,7 +841,7 @@ async fn recorded(
 ) -> Result<(Rows, CandidateResult), ServiceError> {
     let derived = match ctx.postprocess {
         Some(pp) if report.hard_failures == 0 => {
-            Some(passes::apply(&ctx.env.store, pp, ctx.run, ctx.job, index, img, output).await?)
+            Some(passes::apply(ctx.env, pp, ctx.run, ctx.job, index, img, output).await?)
         }
         _ => None,
     };

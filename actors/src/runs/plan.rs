@@ -271,6 +271,8 @@ pub struct Plan {
     pub style_refs: Vec<String>,
     pub jobs: u32,
     pub provider_calls: u32,
+    /// Paid post-process calls at most (remote background removal).
+    pub pass_calls: u32,
     pub unit_price_usd: f64,
     pub estimated_cost_usd: f64,
     pub budget_usd: Option<f64>,
@@ -279,11 +281,16 @@ pub struct Plan {
 
 /// Stage chain and prompts for `trigger` under `manifest`; `scenes` are the
 /// resolved scene references (one job chain each).
+/// Price of one call of a background-removal backend (`local` is free);
+/// `None`: the backend is not configured.
+pub type BgRemovePrice<'a> = &'a dyn Fn(&str) -> Option<f64>;
+
 pub fn build(
     trigger: &ValidTrigger,
     project_manifest: Option<&Value>,
     scenes: Vec<String>,
     unit_price_usd: f64,
+    bg_remove_price: BgRemovePrice<'_>,
 ) -> Result<Plan, ServiceError> {
     let manifest = manifest::resolve(project_manifest, trigger.manifest_overlay.as_ref())?;
     let candidates = trigger.candidates.unwrap_or(manifest.generation.candidates);
@@ -332,16 +339,37 @@ pub fn build(
     }
     let jobs = (scenes.len() * stages.len()) as u32;
     let provider_calls = jobs * candidates;
-    if provider_calls > manifest.safe_batch_limit {
+    // Remote background removal is paid per candidate of the last stage;
+    // the worst case (every earlier backend finds nothing) counts them all.
+    let mut pass_unit_cost = 0.0;
+    let mut paid_passes = 0u32;
+    if manifest.postprocess.bg_remove {
+        for backend in &manifest.postprocess.bg_remove_backends {
+            let price = bg_remove_price(backend).ok_or_else(|| {
+                ServiceError::validation(
+                    "bg_remove_backend_not_configured",
+                    format!("Background-removal backend '{backend}' is not configured"),
+                )
+            })?;
+            if price > 0.0 {
+                pass_unit_cost += price;
+                paid_passes += 1;
+            }
+        }
+    }
+    let pass_calls = scenes.len() as u32 * candidates * paid_passes;
+    if provider_calls + pass_calls > manifest.safe_batch_limit {
         return Err(ServiceError::validation(
             "batch_over_limit",
             format!(
-                "Batch of {provider_calls} provider calls ({jobs} jobs x {candidates} candidates) exceeds the safety limit of {}",
+                "Batch of {} provider calls ({jobs} jobs x {candidates} candidates, plus {pass_calls} paid post-process calls) exceeds the safety limit of {}",
+                provider_calls + pass_calls,
                 manifest.safe_batch_limit
             ),
         ));
     }
-    let estimated_cost_usd = f64::from(provider_calls) * unit_price_usd;
+    let estimated_cost_usd = f64::from(provider_calls) * unit_price_usd
+        + f64::from(scenes.len() as u32 * candidates) * pass_unit_cost;
     let budget_usd = match (trigger.budget_usd, manifest.policy.run_budget_usd) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -355,6 +383,7 @@ pub fn build(
         style_refs: trigger.style_refs.clone(),
         jobs,
         provider_calls,
+        pass_calls,
         unit_price_usd,
         estimated_cost_usd,
         budget_usd,
@@ -440,7 +469,7 @@ mod tests {
     fn chain_prompts_accumulate_and_limits_apply() {
         use serde_json::json;
         let t = validate(&input(json!({"scene_refs": ["a", "b"], "stage": "weather", "weather": "rain", "candidates": 3}))).unwrap();
-        let plan = build(&t, None, vec!["a".into(), "b".into()], 0.04).unwrap();
+        let plan = build(&t, None, vec!["a".into(), "b".into()], 0.04, &|_| Some(0.0)).unwrap();
         assert_eq!(plan.stages.len(), 3);
         assert_eq!(plan.jobs, 6);
         assert_eq!(plan.provider_calls, 18);
@@ -449,7 +478,7 @@ mod tests {
         assert!(plan.stages[2].prompt.contains("Daylight"));
         let over = validate(&input(json!({"scene_refs": ["a"], "candidates": 7}))).unwrap();
         assert!(matches!(
-            build(&over, None, vec!["a".into()], 0.0),
+            build(&over, None, vec!["a".into()], 0.0, &|_| Some(0.0)),
             Err(ServiceError::Validation {
                 code: "candidates_over_limit",
                 ..
@@ -457,7 +486,9 @@ mod tests {
         ));
         let limit = json!({"safe_batch_limit": 4});
         assert!(matches!(
-            build(&t, Some(&limit), vec!["a".into(), "b".into()], 0.0),
+            build(&t, Some(&limit), vec!["a".into(), "b".into()], 0.0, &|_| {
+                Some(0.0)
+            }),
             Err(ServiceError::Validation {
                 code: "batch_over_limit",
                 ..

@@ -41,11 +41,16 @@ pub async fn trigger(
     )
     .await?;
     let references = resolved.iter().map(|s| s.reference.clone()).collect();
+    let bg_remove_price = |backend: &str| match backend {
+        "local" => Some(0.0),
+        other => deps.removers.get(other).map(|r| r.unit_price_usd()),
+    };
     let plan = plan::build(
         &valid,
         project.settings_json.get("manifest"),
         references,
         provider.unit_price_usd(),
+        &bg_remove_price,
     )?;
 
     if plan.mode == Mode::Run {
@@ -56,6 +61,17 @@ pub async fn trigger(
                 format!("Provider '{}' cannot be called: {e}", valid.provider),
             )
         })?;
+        let pp = &plan.manifest.postprocess;
+        for backend in pp.bg_remove_backends.iter().filter(|_| pp.bg_remove) {
+            if let Some(remover) = deps.removers.get(backend.as_str()) {
+                remover.preflight().map_err(|e| {
+                    ServiceError::validation(
+                        "provider_not_configured",
+                        format!("Background-removal backend '{backend}' cannot be called: {e}"),
+                    )
+                })?;
+            }
+        }
         let paid = plan.estimated_cost_usd > 0.0;
         if paid && !valid.confirm_spend {
             return Err(ServiceError::Policy {
