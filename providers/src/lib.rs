@@ -88,6 +88,9 @@ pub struct GenerateRequest {
     pub stage: Stage,
     pub prompt: String,
     pub input: RgbaImage,
+    /// Style references, sent after the input to providers that take
+    /// several images (the local provider works from the input alone).
+    pub references: std::sync::Arc<Vec<RgbaImage>>,
     pub candidate_index: u32,
     /// 1 for the first call with this idempotency key, then 2, 3, …
     pub attempt: u32,

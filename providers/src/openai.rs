@@ -296,24 +296,36 @@ impl ImageProvider for OpenAiProvider {
 
     async fn generate(&self, request: GenerateRequest) -> Result<GeneratedImage, ProviderError> {
         let key = self.api_key()?;
-        let input = request.input;
-        let png = imaging::cpu::run(move || imaging::encode_png(&input))
-            .await
-            .map_err(|e| ProviderError::Malformed(e.to_string()))?
-            .map_err(|e| ProviderError::Malformed(format!("cannot encode the input: {e}")))?;
+        let (input, references) = (request.input, request.references);
+        // The input first, then the style references: one `image[]` part each.
+        let pngs = imaging::cpu::run(move || {
+            std::iter::once(&input)
+                .chain(references.iter())
+                .map(imaging::encode_png)
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .map_err(|e| ProviderError::Malformed(e.to_string()))?
+        .map_err(|e| ProviderError::Malformed(format!("cannot encode the input: {e}")))?;
         let s = &self.settings;
-        let image_part = reqwest::multipart::Part::bytes(png)
-            .file_name("input.png")
-            .mime_str("image/png")
-            .map_err(|e| ProviderError::Transport(e.to_string()))?;
         let mut form = reqwest::multipart::Form::new()
             .text("model", s.model.clone())
             .text("prompt", request.prompt)
             .text("size", s.size.clone())
             .text("quality", s.quality.clone())
             .text("output_format", s.output_format.clone())
-            .text("n", "1")
-            .part("image[]", image_part);
+            .text("n", "1");
+        for (i, png) in pngs.into_iter().enumerate() {
+            let part = reqwest::multipart::Part::bytes(png)
+                .file_name(if i == 0 {
+                    "input.png".to_string()
+                } else {
+                    format!("reference-{i}.png")
+                })
+                .mime_str("image/png")
+                .map_err(|e| ProviderError::Transport(e.to_string()))?;
+            form = form.part("image[]", part);
+        }
         if let Some(f) = &s.input_fidelity {
             form = form.text("input_fidelity", f.clone());
         }

@@ -36,6 +36,7 @@ pub struct State {
     script: Mutex<VecDeque<Reply>>,
     calls: Mutex<HashMap<String, u32>>,
     images_served: Mutex<HashMap<String, u32>>,
+    images_per_call: Mutex<Vec<usize>>,
     latency: Mutex<Duration>,
 }
 
@@ -76,6 +77,11 @@ impl OpenAiStub {
     /// Calls received per idempotency key.
     pub fn calls(&self) -> HashMap<String, u32> {
         self.state.calls.lock().unwrap().clone()
+    }
+
+    /// How many `image[]` parts each accepted call carried.
+    pub fn images_per_call(&self) -> Vec<usize> {
+        self.state.images_per_call.lock().unwrap().clone()
     }
 
     /// Images served per idempotency key (what a paid provider bills).
@@ -138,6 +144,11 @@ async fn edits(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> H
         .unwrap_or("")
         .to_string();
     *state.calls.lock().unwrap().entry(key.clone()).or_default() += 1;
+    state
+        .images_per_call
+        .lock()
+        .unwrap()
+        .push(text.matches("name=\"image[]\"").count());
     let reply = state
         .script
         .lock()

@@ -41,6 +41,7 @@ fn request(key: &str) -> GenerateRequest {
         stage: Stage::Style,
         prompt: "ink the street".into(),
         input: imaging::scene::sample_scene(1, 64, 48),
+        references: Arc::new(vec![imaging::scene::sample_scene(9, 32, 24)]),
         candidate_index: 0,
         attempt: 1,
     }
@@ -60,6 +61,11 @@ async fn openai_adapter_returns_the_image_cost_and_request_id() {
         stub.calls().get("run1:job1:c0"),
         Some(&1),
         "idempotency key sent"
+    );
+    assert_eq!(
+        stub.images_per_call(),
+        vec![2],
+        "the input and one style reference"
     );
 }
 

@@ -127,7 +127,7 @@ async fn kill_dash_nine_mid_run_then_restart_completes_without_repeating_paid_ca
     let trig: serde_json::Value = client
         .post(format!("{}/api/projects/crash/runs/trigger", first.base))
         .bearer_auth(&token)
-        .json(&json!({"mode": "run", "provider": "openai", "confirm_spend": true, "scene_refs": ["sample:1", "sample:2", "sample:3"], "stage": "weather", "candidates": 2}))
+        .json(&json!({"mode": "run", "provider": "openai", "confirm_spend": true, "scene_refs": ["sample:1", "sample:2", "sample:3"], "style_refs": ["sample:7@32x32"], "stage": "weather", "candidates": 2}))
         .send().await.unwrap().json().await.unwrap();
     let run_id: uuid::Uuid = trig["run_id"].as_str().unwrap().parse().unwrap();
 
@@ -232,6 +232,10 @@ async fn kill_dash_nine_mid_run_then_restart_completes_without_repeating_paid_ca
             c.attempt
         );
     }
+    assert!(
+        provider.images_per_call().iter().all(|n| *n == 2),
+        "every call carried the input and the style reference"
+    );
     let costs = entities::cost_events::Entity::find()
         .filter(entities::cost_events::Column::RunId.eq(run_id))
         .all(&db)

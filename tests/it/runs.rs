@@ -1098,3 +1098,39 @@ async fn background_removal_falls_back_to_a_paid_service_with_spend_safety() {
         );
     }
 }
+
+#[actix_web::test]
+async fn style_references_are_checked_stored_and_kept_with_the_run() {
+    let app = TestApp::spawn().await;
+    let token = project(&app).await;
+    let (s, e) = trigger(
+        &app,
+        &token,
+        json!({"mode": "run", "scene_refs": ["sample:1"], "style_refs": ["missing/ref.png"]}),
+    )
+    .await;
+    crate::helpers::assert_error(s, &e, 400, "scene_not_found");
+    let (s, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:1@64x48"], "style_refs": ["sample:7@32x32"], "stage": "style", "candidates": 1, "wait": true})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done");
+    let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
+    let run = entities::runs::Entity::find_by_id(run_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let ids = run.plan_json["style_ref_assets"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(ids.len(), 1);
+    let reference = entities::assets::Entity::find_by_id(
+        ids[0].as_str().unwrap().parse::<uuid::Uuid>().unwrap(),
+    )
+    .one(&app.db)
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(reference.kind, "reference");
+    assert_eq!((reference.width, reference.height), (Some(32), Some(32)));
+}

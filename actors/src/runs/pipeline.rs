@@ -99,6 +99,7 @@ struct JobCtx<'a> {
     guard: GuardSettings,
     /// The passes to run on each candidate (last stage, when any is on).
     postprocess: Option<&'a Postprocess>,
+    references: Arc<Vec<image::RgbaImage>>,
 }
 
 #[derive(Debug, Clone)]
@@ -169,6 +170,29 @@ async fn canceled(
     Ok(job.is_none_or(|s| s == status::CANCELED))
 }
 
+/// The run's style references (asset ids recorded in its plan), decoded.
+async fn load_references(
+    env: &JobEnv,
+    run: &runs::Model,
+) -> Result<Vec<image::RgbaImage>, ServiceError> {
+    let ids: Vec<Uuid> = run
+        .plan_json
+        .get("style_ref_assets")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let mut images = Vec::with_capacity(ids.len());
+    for id in ids {
+        let (_, bytes) = assets::load_bytes(&env.db, &env.store, id).await?;
+        let limits = env.limits;
+        images.push(
+            cpu(move || imaging::decode(&bytes, limits))
+                .await?
+                .map_err(|e| ServiceError::Internal(format!("style reference: {e}")))?,
+        );
+    }
+    Ok(images)
+}
+
 /// The call's idempotency key: stable across retries, restarts and nodes.
 fn call_key(run: &runs::Model, job: &run_jobs::Model, index: i32) -> String {
     format!("{}:{}:c{}", run.id, job.job_key, index)
@@ -223,6 +247,7 @@ pub async fn run_job(
             .await?
             .map_err(|e| ServiceError::Internal(format!("input image: {e}")))?,
     );
+    let references = Arc::new(load_references(env, run).await?);
     // Every call not yet on record is recorded, in one write, before any is
     // made. A free call's record starts in flight (attempt 1), sparing a
     // separate write per attempt; a paid one is reserved per attempt by the
@@ -274,6 +299,7 @@ pub async fn run_job(
         guard: guard_settings,
         postprocess: (last_stage && passes::any_enabled(&manifest.postprocess))
             .then_some(&manifest.postprocess),
+        references,
     };
     let work = priors
         .into_iter()
@@ -585,6 +611,7 @@ async fn call_with_retries(
                     stage,
                     prompt: job.prompt_text.clone().unwrap_or_default(),
                     input: input.clone(),
+                    references: ctx.references.clone(),
                     candidate_index: index as u32,
                     attempt,
                 })

@@ -57,6 +57,7 @@ pub async fn create_run(
     project: &projects::Model,
     plan: &Plan,
     scenes: Vec<ResolvedScene>,
+    style_refs: Vec<ResolvedScene>,
     max_attempts: i32,
 ) -> Result<CreatedRun, ServiceError> {
     let now = time::now();
@@ -73,6 +74,36 @@ pub async fn create_run(
             .then(|| s.variant.clone())
             .flatten()
     });
+    let txn = crate::db::begin_write(db).await?;
+    // Style references: project assets (content-addressed, shared by runs),
+    // handed to providers with every job's input.
+    let mut reference_ids = Vec::new();
+    for r in style_refs {
+        let asset = assets::store(
+            &txn,
+            object_store,
+            NewAsset {
+                project_id: project.id,
+                kind: "reference",
+                key: &format!("references/{}.png", assets::sha256_hex(&r.png)),
+                mime: "image/png",
+                width: r.width,
+                height: r.height,
+                bytes: r.png,
+                run_id: None,
+                job_id: None,
+                candidate_id: None,
+                metadata: json!({ "style_ref": r.reference }),
+                dedup: true,
+            },
+        )
+        .await?;
+        reference_ids.push(asset.id);
+    }
+    let mut plan_json = serde_json::to_value(plan).unwrap_or_default();
+    if let Some(o) = plan_json.as_object_mut() {
+        o.insert("style_ref_assets".into(), json!(reference_ids));
+    }
     let run = runs::Model {
         id: run_id,
         project_id: project.id,
@@ -86,7 +117,7 @@ pub async fn create_run(
         image_size: None,
         image_quality: None,
         settings_snapshot_json: serde_json::to_value(&plan.manifest).unwrap_or_default(),
-        plan_json: serde_json::to_value(plan).unwrap_or_default(),
+        plan_json,
         budget_usd: plan.budget_usd,
         estimated_cost_usd: plan.estimated_cost_usd,
         last_event_seq: 0,
@@ -97,7 +128,6 @@ pub async fn create_run(
         created_at: now,
         updated_at: now,
     };
-    let txn = crate::db::begin_write(db).await?;
     runs::Entity::insert(runs::ActiveModel::from(run.clone()))
         .exec_without_returning(&txn)
         .await?;

@@ -15,6 +15,9 @@ pub struct Triggered {
     pub created: CreatedRun,
 }
 
+/// Images per provider call stay well within what providers accept.
+const MAX_STYLE_REFS: usize = 8;
+
 /// Everything up to the first paid call happens here, in this order:
 /// provider, scenes, plan and limits, spend policy, queue capacity, persist.
 pub async fn trigger(
@@ -124,6 +127,19 @@ pub async fn trigger(
             });
         }
     }
+    // Style references: the request's, else the manifest's; checked like scenes.
+    let style_refs = if plan.style_refs.is_empty() {
+        &plan.manifest.style_refs
+    } else {
+        &plan.style_refs
+    };
+    if style_refs.len() > MAX_STYLE_REFS {
+        return Err(ServiceError::validation(
+            "invalid_request",
+            format!("At most {MAX_STYLE_REFS} style references per run"),
+        ));
+    }
+    let style = scenes::resolve(db, project.id, &store_, style_refs, deps.config.limits).await?;
     let created = store::create_run(
         db,
         &deps.hub,
@@ -132,6 +148,7 @@ pub async fn trigger(
         project,
         &plan,
         resolved,
+        style,
         deps.config.job_max_attempts,
     )
     .await?;
