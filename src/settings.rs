@@ -113,6 +113,10 @@ pub struct HttpSettings {
     /// How long a rendered list may be reused without checking the database
     /// (this node's own writes always show at once).
     pub read_cache_ms: u64,
+    /// The WebSocket feed pings this often…
+    pub ws_heartbeat_ms: u64,
+    /// …and closes (1001) when nothing was heard for this long.
+    pub ws_idle_timeout_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -165,6 +169,8 @@ impl Default for HttpSettings {
             workers: 2,
             shutdown_timeout_seconds: 10,
             read_cache_ms: 100,
+            ws_heartbeat_ms: 10_000,
+            ws_idle_timeout_ms: 30_000,
         }
     }
 }

@@ -169,6 +169,13 @@ impl Application {
             database_backend: database::backend_name(&db.conn),
             schema_version: status.current_version().unwrap_or_default().to_string(),
             read_cache_ms: settings.http.read_cache_ms,
+            ws_heartbeat: Duration::from_millis(settings.http.ws_heartbeat_ms.max(50)),
+            ws_idle_timeout: Duration::from_millis(
+                settings
+                    .http
+                    .ws_idle_timeout_ms
+                    .max(settings.http.ws_heartbeat_ms),
+            ),
         };
         let tokens = Arc::new(TokenVerifier::new(Duration::from_secs(
             settings.auth.token_cache_seconds,

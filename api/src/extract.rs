@@ -75,6 +75,28 @@ async fn resolve(req: &HttpRequest, allow_bootstrap: bool) -> Result<Principal, 
     ))
 }
 
+/// For the WebSocket feed: `Authorization: Bearer` or, for clients that
+/// cannot set headers (browsers), the token as a query parameter. The
+/// request log never records query strings (see `RedactedSpan`).
+pub async fn principal_from_header_or(
+    req: &HttpRequest,
+    query_token: Option<&str>,
+) -> Result<Principal, ApiError> {
+    let state = state_of(req)?;
+    if state.config.dev_bypass {
+        return Ok(Principal::DevBypass);
+    }
+    if let Some(token) = bearer(req)? {
+        return authenticate(&state, &token).await;
+    }
+    match query_token.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(token) => authenticate(&state, token).await,
+        None => Err(ApiError::unauthorized(
+            "Missing Authorization: Bearer token",
+        )),
+    }
+}
+
 impl FromRequest for Auth {
     type Error = ApiError;
     type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;

@@ -20,7 +20,7 @@ use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, web};
 use actors::auth::TokenVerifier;
 use sea_orm::DatabaseConnection;
 use storage::paths::StorageRoots;
-use tracing_actix_web::{RequestId, TracingLogger};
+use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder, TracingLogger};
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
 
@@ -44,6 +44,9 @@ pub struct ApiConfig {
     /// How long a rendered list may be served without revalidation (other
     /// nodes' writes become visible within this window; 0 always revalidates).
     pub read_cache_ms: u64,
+    /// The WebSocket feed's ping interval and idle timeout.
+    pub ws_heartbeat: std::time::Duration,
+    pub ws_idle_timeout: std::time::Duration,
 }
 
 /// Shared by every worker thread.
@@ -196,7 +199,41 @@ pub fn app(
         .into_app()
         .wrap(Compress::default())
         .wrap(actix_web::middleware::from_fn(response_headers))
-        .wrap(TracingLogger::default())
+        .wrap(TracingLogger::<RedactedSpan>::new())
+}
+
+/// The request log's span: like tracing-actix-web's default, but with the
+/// path only — query strings may carry a token (the WebSocket feed accepts
+/// one there for browsers) and never reach the log.
+struct RedactedSpan;
+
+impl RootSpanBuilder for RedactedSpan {
+    fn on_request_start(request: &ServiceRequest) -> tracing::Span {
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        let route = request.match_pattern().unwrap_or_default();
+        tracing::info_span!(
+            "HTTP request",
+            http.method = %request.method(),
+            http.route = %route,
+            http.target = %request.path(),
+            http.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            request_id = %request_id,
+            exception.message = tracing::field::Empty,
+            exception.details = tracing::field::Empty,
+        )
+    }
+
+    fn on_request_end<B: MessageBody>(
+        span: tracing::Span,
+        outcome: &Result<ServiceResponse<B>, actix_web::Error>,
+    ) {
+        DefaultRootSpanBuilder::on_request_end(span, outcome);
+    }
 }
 
 async fn response_headers(

@@ -40,6 +40,7 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/projects/{slug}/queue"),
     ("POST", "/api/projects/{slug}/queue/pause"),
     ("POST", "/api/projects/{slug}/queue/resume"),
+    ("GET", "/api/projects/{slug}/events/ws"),
 ];
 
 /// Routes added to the v1 contract (new endpoints only; see docs/api.md).
@@ -53,6 +54,7 @@ const ADDITIONS: &[&str] = &[
     "/api/projects/{slug}/queue",
     "/api/projects/{slug}/queue/pause",
     "/api/projects/{slug}/queue/resume",
+    "/api/projects/{slug}/events/ws",
 ];
 
 const FROZEN_ROUTES: &str = include_str!("frozen_routes.txt");

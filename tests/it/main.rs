@@ -11,6 +11,7 @@ mod openai_stub;
 mod auth;
 mod cli;
 mod contract;
+mod feed;
 mod migrations;
 mod projects;
 mod providers;

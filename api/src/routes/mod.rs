@@ -3,6 +3,7 @@
 //! are the same list.
 
 mod auth;
+mod feed;
 mod health;
 mod projects;
 mod runs;
@@ -34,5 +35,6 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(runs::list_candidates)
         .service(runs::get_queue)
         .service(runs::pause_queue)
-        .service(runs::resume_queue);
+        .service(runs::resume_queue)
+        .service(feed::events_ws);
 }
