@@ -41,6 +41,8 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
     ("POST", "/api/projects/{slug}/queue/pause"),
     ("POST", "/api/projects/{slug}/queue/resume"),
     ("GET", "/api/projects/{slug}/events/ws"),
+    ("GET", "/admin/supervision"),
+    ("POST", "/admin/actors/{name}/restart"),
 ];
 
 /// Routes added to the v1 contract (new endpoints only; see docs/api.md).
@@ -55,6 +57,8 @@ const ADDITIONS: &[&str] = &[
     "/api/projects/{slug}/queue/pause",
     "/api/projects/{slug}/queue/resume",
     "/api/projects/{slug}/events/ws",
+    "/admin/supervision",
+    "/admin/actors/{name}/restart",
 ];
 
 const FROZEN_ROUTES: &str = include_str!("frozen_routes.txt");

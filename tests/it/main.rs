@@ -8,6 +8,7 @@ mod bg_stub;
 mod helpers;
 mod openai_stub;
 
+mod admin;
 mod auth;
 mod cli;
 mod contract;

@@ -89,3 +89,12 @@ impl Handler<PaidCall> for AuditActor {
         })
     }
 }
+
+impl Handler<super::project::Restart> for AuditActor {
+    type Result = ();
+
+    // Stops the actor so its Supervisor restarts it (admin restart).
+    fn handle(&mut self, _: super::project::Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

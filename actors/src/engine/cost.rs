@@ -149,3 +149,12 @@ async fn reserve(db: &sea_orm::DatabaseConnection, msg: &ReserveSpend) -> Result
     crate::db::commit(txn).await?;
     Ok(())
 }
+
+impl Handler<super::project::Restart> for CostActor {
+    type Result = ();
+
+    // Stops the actor so its Supervisor restarts it (admin restart).
+    fn handle(&mut self, _: super::project::Restart, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

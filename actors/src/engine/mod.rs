@@ -147,8 +147,13 @@ impl EngineDeps {
 #[derive(Clone)]
 pub struct Engine {
     project: Addr<ProjectActor>,
+    cost: Addr<CostActor>,
+    audit: Addr<AuditActor>,
     pub deps: Arc<EngineDeps>,
 }
+
+/// Actors an operator can restart through their supervisor.
+pub const RESTARTABLE: &[&str] = &["project", "cost", "audit"];
 
 const MAILBOX_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -166,13 +171,18 @@ impl Engine {
         deps.spend = Some(cost.clone().recipient());
         let (db, registry) = (deps.db.clone(), deps.registry.clone());
         let audit = Supervisor::start(move |_| AuditActor::new(db, registry));
-        deps.audit = Some(audit.recipient());
+        deps.audit = Some(audit.clone().recipient());
         let writer_db = deps.writer_db.clone().unwrap_or_else(|| deps.db.clone());
         deps.writer = Some(RowWriter::start(writer_db, deps.hub.clone()));
         let deps = Arc::new(deps);
         let for_actor = deps.clone();
         let project = Supervisor::start(move |_| ProjectActor::new(for_actor));
-        Self { project, deps }
+        Self {
+            project,
+            cost,
+            audit,
+            deps,
+        }
     }
 
     pub fn hub(&self) -> &EventHub {
@@ -222,13 +232,34 @@ impl Engine {
             .map_err(unavailable)
     }
 
-    /// Forces the ProjectActor through the real supervisor restart path.
-    pub async fn restart_project_actor(&self) -> Result<(), ServiceError> {
-        self.project
-            .send(project::Restart)
-            .timeout(MAILBOX_TIMEOUT)
-            .await
-            .map_err(unavailable)
+    /// Stops the named actor so its supervisor restarts it (see [`RESTARTABLE`]).
+    pub async fn restart_actor(&self, name: &str) -> Result<(), ServiceError> {
+        let sent = match name {
+            "project" => {
+                self.project
+                    .send(project::Restart)
+                    .timeout(MAILBOX_TIMEOUT)
+                    .await
+            }
+            "cost" => {
+                self.cost
+                    .send(project::Restart)
+                    .timeout(MAILBOX_TIMEOUT)
+                    .await
+            }
+            "audit" => {
+                self.audit
+                    .send(project::Restart)
+                    .timeout(MAILBOX_TIMEOUT)
+                    .await
+            }
+            _ => {
+                return Err(ServiceError::not_found(format!(
+                    "No restartable actor '{name}'"
+                )));
+            }
+        };
+        sent.map_err(unavailable)
     }
 
     /// Waits until the run is in a terminal state (or `timeout` passes).

@@ -2,6 +2,7 @@
 //! only through [`configure`], so the OpenAPI document and the mounted routes
 //! are the same list.
 
+mod admin;
 mod auth;
 mod feed;
 mod health;
@@ -36,5 +37,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(runs::get_queue)
         .service(runs::pause_queue)
         .service(runs::resume_queue)
-        .service(feed::events_ws);
+        .service(feed::events_ws)
+        .service(admin::supervision)
+        .service(admin::restart_actor);
 }

@@ -1,0 +1,155 @@
+//! Operator endpoints (unscoped tokens only): the supervision tree and
+//! restarts through the real supervisor path.
+
+use actix_web::{get, post, web};
+use actors::Principal;
+use actors::runs::store::status;
+use entities::{run_jobs, runs};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::Auth;
+
+fn require_admin(principal: &Principal) -> Result<(), ApiError> {
+    match principal {
+        Principal::Token(t) if t.project_id.is_none() => Ok(()),
+        Principal::DevBypass => Ok(()),
+        _ => Err(ApiError::from(actors::ServiceError::Forbidden(
+            "An unscoped (admin) token is required".into(),
+        ))),
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QueueStats {
+    queued_runs: u64,
+    running_runs: u64,
+    running_jobs: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SupervisionResponse {
+    ok: bool,
+    node_id: String,
+    uptime_seconds: u64,
+    /// Per actor: `name`, `status`, `restarts`, `last_error`, `last_restart_at`, `started_at`.
+    #[schema(value_type = Vec<Object>)]
+    actors: Vec<actors::engine::ActorInfo>,
+    /// Actors `POST /admin/actors/{name}/restart` accepts.
+    restartable: Vec<&'static str>,
+    /// WorkerActors alive in this process (one per running job).
+    live_workers: usize,
+    /// Job leases this node holds.
+    leases_held: u64,
+    queue: QueueStats,
+}
+
+/// The actor tree with status, restarts and last errors, live workers,
+/// leases and queue statistics.
+#[utoipa::path(
+    tag = "admin",
+    responses(
+        (status = 200, body = SupervisionResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    )
+)]
+#[get("/admin/supervision")]
+pub async fn supervision(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+) -> ApiResult<web::Json<SupervisionResponse>> {
+    require_admin(&principal)?;
+    let engine = &state.engine;
+    let count_runs = |s: &'static str| {
+        runs::Entity::find()
+            .filter(runs::Column::Status.eq(s))
+            .count(&state.db)
+    };
+    let leases_held = run_jobs::Entity::find()
+        .filter(run_jobs::Column::Status.eq(status::RUNNING))
+        .filter(run_jobs::Column::LeaseOwner.eq(engine.deps.node_id.as_str()))
+        .count(&state.db)
+        .await
+        .map_err(actors::ServiceError::from)?;
+    let running_jobs = run_jobs::Entity::find()
+        .filter(run_jobs::Column::Status.eq(status::RUNNING))
+        .count(&state.db)
+        .await
+        .map_err(actors::ServiceError::from)?;
+    Ok(web::Json(SupervisionResponse {
+        ok: true,
+        node_id: engine.deps.node_id.clone(),
+        uptime_seconds: state.started.elapsed().map_or(0, |d| d.as_secs()),
+        actors: engine.registry().snapshot(),
+        restartable: actors::engine::RESTARTABLE.to_vec(),
+        live_workers: engine.registry().live_workers(),
+        leases_held,
+        queue: QueueStats {
+            queued_runs: count_runs(status::QUEUED)
+                .await
+                .map_err(actors::ServiceError::from)?,
+            running_runs: count_runs(status::RUNNING)
+                .await
+                .map_err(actors::ServiceError::from)?,
+            running_jobs,
+        },
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RestartResponse {
+    ok: bool,
+    actor: String,
+    restarts: u32,
+}
+
+/// Stops the actor so its supervisor restarts it; unfinished work is
+/// reloaded from the database.
+#[utoipa::path(
+    tag = "admin",
+    params(("name" = String, Path, description = "project, cost or audit")),
+    responses(
+        (status = 200, body = RestartResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "no restartable actor of that name"),
+    )
+)]
+#[post("/admin/actors/{name}/restart")]
+pub async fn restart_actor(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    name: web::Path<String>,
+) -> ApiResult<web::Json<RestartResponse>> {
+    require_admin(&principal)?;
+    let engine = &state.engine;
+    let restarts_of = || {
+        engine
+            .registry()
+            .snapshot()
+            .into_iter()
+            .find(|a| a.name == *name)
+    };
+    let before = restarts_of().map_or(0, |a| a.restarts);
+    engine.restart_actor(&name).await?;
+    // The supervisor restarts the actor right after it stops; wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let restarts = loop {
+        match restarts_of() {
+            Some(a) if a.status == "running" && a.restarts > before => break a.restarts,
+            _ if std::time::Instant::now() > deadline => {
+                return Err(ApiError::from(actors::ServiceError::Internal(format!(
+                    "actor {name} did not come back"
+                ))));
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    };
+    Ok(web::Json(RestartResponse {
+        ok: true,
+        actor: name.into_inner(),
+        restarts,
+    }))
+}

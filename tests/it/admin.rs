@@ -1,0 +1,66 @@
+//! Operator endpoints: the supervision snapshot and a forced restart through
+//! the real supervisor path, visible in the next snapshot.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{TestApp, assert_error};
+
+#[actix_web::test]
+async fn supervision_snapshot_and_forced_restart() {
+    let app = TestApp::spawn().await;
+    let admin = app.bootstrap_token().await;
+    app.create_project(&admin, "Book", "book").await;
+    let scoped = app.scoped_token(&admin, "book").await;
+
+    let (s, b) = app.get("/admin/supervision", &scoped).await;
+    assert_error(s, &b, 403, "forbidden");
+    let (s, snap) = app.get("/admin/supervision", &admin).await;
+    assert_eq!(s, StatusCode::OK, "{snap}");
+    let actor = |snap: &serde_json::Value, name: &str| {
+        snap["actors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no actor {name} in {snap}"))
+    };
+    for name in ["project", "cost", "audit"] {
+        assert_eq!(actor(&snap, name)["status"], "running");
+        assert_eq!(actor(&snap, name)["restarts"], 0);
+    }
+    assert_eq!(snap["queue"]["queued_runs"], 0);
+    assert!(snap["node_id"].as_str().unwrap().starts_with("node-"));
+
+    let (s, r) = app
+        .post("/admin/actors/project/restart", &admin, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["restarts"], 1);
+    let (_, snap) = app.get("/admin/supervision", &admin).await;
+    let project = actor(&snap, "project");
+    assert_eq!(project["restarts"], 1);
+    assert_eq!(project["status"], "running");
+    assert!(project["last_restart_at"].is_string());
+
+    // The engine still works after the restart.
+    let (s, b) = app
+        .post(
+            "/api/projects/book/runs/trigger",
+            &admin,
+            json!({"mode": "run", "scene_refs": ["sample:1"], "stage": "style", "candidates": 1, "wait": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done");
+
+    let (s, b) = app
+        .post("/admin/actors/nope/restart", &admin, json!({}))
+        .await;
+    assert_error(s, &b, 404, "not_found");
+    let (s, b) = app
+        .post("/admin/actors/cost/restart", &scoped, json!({}))
+        .await;
+    assert_error(s, &b, 403, "forbidden");
+}
