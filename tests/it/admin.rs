@@ -64,3 +64,62 @@ async fn supervision_snapshot_and_forced_restart() {
         .await;
     assert_error(s, &b, 403, "forbidden");
 }
+
+#[actix_web::test]
+async fn metrics_in_prometheus_text_format() {
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    let res = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    app.create_project(&token, "Book", "book").await;
+    let (s, b) = app
+        .post(
+            "/api/projects/book/runs/trigger",
+            &token,
+            json!({"mode": "run", "scene_refs": ["sample:1"], "stage": "time", "candidates": 2, "wait": true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let res = app
+        .client
+        .get(format!("{}/metrics", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = res.text().await.unwrap();
+    let value = |line_start: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("atelier_runs{status=\"done\"}"), 1.0);
+    assert_eq!(value("atelier_jobs{status=\"done\"}"), 2.0);
+    assert_eq!(value("atelier_candidates{status=\"done\"}"), 4.0);
+    assert_eq!(
+        value("atelier_provider_calls{provider=\"local\",status=\"succeeded\"}"),
+        4.0
+    );
+    // Process-wide (other tests in the same process may add to it).
+    assert!(value("atelier_provider_call_seconds_count{provider=\"local\",outcome=\"ok\"}") >= 4.0);
+    assert_eq!(value("atelier_actor_restarts{actor=\"project\"}"), 0.0);
+    assert!(text.contains("# TYPE atelier_provider_call_seconds histogram"));
+    assert!(text.contains("\natelier_feed_clients "));
+}

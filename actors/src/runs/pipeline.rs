@@ -605,7 +605,9 @@ async fn call_with_retries(
                     permit
                 }
             };
-            env.provider
+            let began = std::time::Instant::now();
+            let result = env
+                .provider
                 .generate(GenerateRequest {
                     idempotency_key: call.idempotency_key.clone(),
                     stage,
@@ -615,7 +617,10 @@ async fn call_with_retries(
                     candidate_index: index as u32,
                     attempt,
                 })
-                .await
+                .await;
+            let outcome = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
+            crate::metrics::observe_call(env.provider.code(), outcome, began.elapsed());
+            result
         };
         match result {
             Ok(g) => return Ok(Some((g.image, g.cost_usd, g.model, g.provider_request_id))),
@@ -708,7 +713,11 @@ pub(super) async fn remote_bg_remove(
         fail_call(env, call.id, code, &refused.to_string()).await?;
         return Ok(None);
     }
-    let removed = match remover.remove(image.clone()).await {
+    let began = std::time::Instant::now();
+    let removed = remover.remove(image.clone()).await;
+    let outcome = removed.as_ref().map_or_else(|e| e.code(), |_| "ok");
+    crate::metrics::observe_call(code, outcome, began.elapsed());
+    let removed = match removed {
         Ok(r) => r,
         Err(e) => {
             fail_call(env, call.id, e.code(), &e.to_string()).await?;

@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod feed;
 mod health;
+mod metrics;
 mod projects;
 mod runs;
 mod storage;
@@ -39,5 +40,6 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(runs::resume_queue)
         .service(feed::events_ws)
         .service(admin::supervision)
-        .service(admin::restart_actor);
+        .service(admin::restart_actor)
+        .service(metrics::metrics);
 }

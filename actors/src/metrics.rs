@@ -1,0 +1,67 @@
+//! In-process measurements the database cannot give: provider call
+//! latencies (cumulative histogram buckets, Prometheus style) and live feed
+//! clients. Counts of runs, jobs, calls and costs come from the database.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+pub const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0];
+
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    /// Cumulative: `counts[i]` calls took at most `LATENCY_BUCKETS[i]`.
+    pub counts: [u64; LATENCY_BUCKETS.len()],
+    pub count: u64,
+    pub sum_seconds: f64,
+}
+
+static LATENCIES: Mutex<BTreeMap<(String, String), Histogram>> = Mutex::new(BTreeMap::new());
+static FEED_CLIENTS: AtomicI64 = AtomicI64::new(0);
+
+/// Records one provider call (`outcome`: `ok` or the error code).
+pub fn observe_call(provider: &str, outcome: &str, took: Duration) {
+    let secs = took.as_secs_f64();
+    if let Ok(mut map) = LATENCIES.lock() {
+        let h = map
+            .entry((provider.to_string(), outcome.to_string()))
+            .or_default();
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum_seconds += secs;
+    }
+}
+
+/// Latency histograms by (provider, outcome).
+pub fn call_latencies() -> Vec<((String, String), Histogram)> {
+    LATENCIES
+        .lock()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// Counts a feed client for as long as the guard lives.
+pub struct FeedClient(());
+
+impl FeedClient {
+    pub fn connect() -> Self {
+        FEED_CLIENTS.fetch_add(1, Ordering::Relaxed);
+        Self(())
+    }
+}
+
+impl Drop for FeedClient {
+    fn drop(&mut self) {
+        FEED_CLIENTS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub fn feed_clients() -> i64 {
+    FEED_CLIENTS.load(Ordering::Relaxed)
+}
