@@ -28,8 +28,8 @@ pub fn any_enabled(pp: &Postprocess) -> bool {
     pp.bg_remove || pp.upscale || pp.color
 }
 
+/// The passes after background removal, which always produce an image.
 enum Pass {
-    BgRemove,
     Upscale,
     Color,
 }
@@ -37,7 +37,6 @@ enum Pass {
 impl Pass {
     fn kind(&self) -> &'static str {
         match self {
-            Pass::BgRemove => "bg_removed",
             Pass::Upscale => "upscaled",
             Pass::Color => "color",
         }
@@ -64,75 +63,58 @@ pub async fn apply(
         color::ColorProfile::find(&pp.color_profile, &pp.color_profiles).ok_or_else(|| {
             ServiceError::Internal(format!("colour profile {} vanished", pp.color_profile))
         })?;
-    let passes = [
-        (pp.bg_remove, Pass::BgRemove),
-        (pp.upscale, Pass::Upscale),
-        (pp.color, Pass::Color),
-    ];
     let mut current = image;
-    for (_, pass) in passes.into_iter().filter(|(on, _)| *on) {
-        if matches!(pass, Pass::BgRemove) && pp.bg_remove_backends.iter().any(|b| b != "local") {
-            // A chain with remote services: each backend in order until one
-            // removes a background.
-            let mut done = false;
-            for backend in &pp.bg_remove_backends {
-                if backend == "local" {
-                    let (input, bg) = (current.clone(), pp.bg_remove_settings);
-                    let local =
-                        imaging::cpu::run(move || bg_remove::remove_background(&input, &bg))
-                            .await
-                            .map_err(|e| ServiceError::Internal(e.to_string()))?;
-                    if let Some(r) = local {
-                        let asset =
-                            store_pass(env, run, job, index, "bg_removed", &r.image).await?;
-                        applied.notes.push(json!({ "pass": "bg_removed", "backend": "local", "removed_fraction": r.removed_fraction }));
-                        link(&mut applied, run, asset);
-                        current = r.image;
-                        done = true;
-                        break;
-                    }
-                } else if let Some((img, asset)) =
-                    remote_bg_remove(env, run, job, index, &current, backend).await?
-                {
-                    applied
-                        .notes
-                        .push(json!({ "pass": "bg_removed", "backend": backend }));
-                    // Already stored and committed with its paid call.
-                    let id = asset.id;
-                    applied.links.push(derived(run, applied.final_asset_id, id));
-                    applied.final_asset_id = id;
-                    current = img;
+    if pp.bg_remove {
+        // Each backend in order until one removes a background.
+        let mut done = false;
+        for backend in &pp.bg_remove_backends {
+            if backend == "local" {
+                let (input, bg) = (current.clone(), pp.bg_remove_settings);
+                let local = imaging::cpu::run(move || bg_remove::remove_background(&input, &bg))
+                    .await
+                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                if let Some(r) = local {
+                    let asset = store_pass(env, run, job, index, "bg_removed", &r.image).await?;
+                    applied.notes.push(json!({ "pass": "bg_removed", "backend": "local", "removed_fraction": r.removed_fraction }));
+                    link(&mut applied, run, asset);
+                    current = r.image;
                     done = true;
                     break;
                 }
+            } else if let Some((img, asset)) =
+                remote_bg_remove(env, run, job, index, &current, backend).await?
+            {
+                applied
+                    .notes
+                    .push(json!({ "pass": "bg_removed", "backend": backend }));
+                // Already stored and committed with its paid call.
+                let id = asset.id;
+                applied.links.push(derived(run, applied.final_asset_id, id));
+                applied.final_asset_id = id;
+                current = img;
+                done = true;
+                break;
             }
-            if !done {
-                applied.notes.push(
-                    json!({ "pass": "bg_removed", "skipped": "no_backend_removed_a_background" }),
-                );
-            }
-            continue;
         }
-        let (bg, factor, profile) = (pp.bg_remove_settings, pp.upscale_factor, profile.clone());
+        if !done {
+            applied.notes.push(
+                json!({ "pass": "bg_removed", "skipped": "no_backend_removed_a_background" }),
+            );
+        }
+    }
+    let passes = [(pp.upscale, Pass::Upscale), (pp.color, Pass::Color)];
+    for (_, pass) in passes.into_iter().filter(|(on, _)| *on) {
+        let (factor, profile) = (pp.upscale_factor, profile.clone());
         let kind = pass.kind();
         let input = current.clone();
         let produced = imaging::cpu::run(move || {
             let (out, note) = match pass {
-                Pass::BgRemove => match bg_remove::remove_background(&input, &bg) {
-                    Some(r) => (
-                        Some(r.image),
-                        json!({ "pass": kind, "background": r.background, "removed_fraction": r.removed_fraction }),
-                    ),
-                    // Nothing border-connected to remove: the image goes on
-                    // unchanged (remote removal providers are not wired yet).
-                    None => (None, json!({ "pass": kind, "skipped": "no_background_found" })),
-                },
                 Pass::Upscale => (
-                    Some(upscale::upscale(&input, factor)),
+                    upscale::upscale(&input, factor),
                     json!({ "pass": kind, "factor": factor }),
                 ),
                 Pass::Color => (
-                    Some(color::apply(&input, &profile)),
+                    color::apply(&input, &profile),
                     json!({ "pass": kind, "profile": profile.name }),
                 ),
             };
@@ -140,9 +122,8 @@ pub async fn apply(
         })
         .await
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
-        let (out, note) = produced;
+        let (img, note) = produced;
         applied.notes.push(note);
-        let Some(img) = out else { continue };
         let asset = store_pass(env, run, job, index, kind, &img).await?;
         link(&mut applied, run, asset);
         current = img;
