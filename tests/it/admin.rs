@@ -123,3 +123,45 @@ async fn metrics_in_prometheus_text_format() {
     assert!(text.contains("# TYPE atelier_provider_call_seconds histogram"));
     assert!(text.contains("\natelier_feed_clients "));
 }
+
+#[actix_web::test]
+async fn pausing_all_processing_holds_runs_until_resumed() {
+    let app = TestApp::spawn_with(|s| s.engine.heartbeat_ms = 100).await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    let scoped = app.scoped_token(&token, "book").await;
+    let (s, b) = app.post("/admin/pause", &scoped, json!({})).await;
+    assert_error(s, &b, 403, "forbidden");
+    let (s, b) = app.post("/admin/pause", &token, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["paused_all"], true);
+    let (_, b) = app
+        .post(
+            "/api/projects/book/runs/trigger",
+            &token,
+            json!({"mode": "run", "scene_refs": ["sample:1"], "stage": "style", "candidates": 1}),
+        )
+        .await;
+    let run_id = b["run_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (_, run) = app
+        .get(&format!("/api/projects/book/runs/{run_id}"), &token)
+        .await;
+    assert_eq!(run["run"]["status"], "queued", "{run}");
+    let (_, snap) = app.get("/admin/supervision", &token).await;
+    assert_eq!(snap["paused_all"], true);
+    assert_eq!(snap["queue"]["queued_runs"], 1);
+    let (s, b) = app.post("/admin/resume", &token, json!({})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, run) = app
+            .get(&format!("/api/projects/book/runs/{run_id}"), &token)
+            .await;
+        if run["run"]["status"] == "done" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "run did not resume: {run}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

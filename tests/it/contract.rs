@@ -44,6 +44,8 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
     ("GET", "/admin/supervision"),
     ("POST", "/admin/actors/{name}/restart"),
     ("GET", "/metrics"),
+    ("POST", "/admin/pause"),
+    ("POST", "/admin/resume"),
 ];
 
 /// Routes added to the v1 contract (new endpoints only; see docs/api.md).
@@ -61,6 +63,8 @@ const ADDITIONS: &[&str] = &[
     "/admin/supervision",
     "/admin/actors/{name}/restart",
     "/metrics",
+    "/admin/pause",
+    "/admin/resume",
 ];
 
 const FROZEN_ROUTES: &str = include_str!("frozen_routes.txt");

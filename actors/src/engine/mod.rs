@@ -95,6 +95,9 @@ pub struct EngineDeps {
     pub audit: Option<actix::Recipient<PaidCall>>,
     /// Group commit for the job pipeline's rows, started with the engine.
     pub writer: Option<RowWriter>,
+    /// Operator switch: while set, no queued run starts and no job is leased
+    /// (running jobs finish). In memory, per process.
+    pub paused_all: std::sync::atomic::AtomicBool,
     /// Remote background-removal services by code (`removebg`, `photoroom`).
     pub removers: HashMap<String, Arc<providers::bg_remote::RemoteRemover>>,
     /// A connection of the row writer's own (SQLite), so it never queues
@@ -135,6 +138,7 @@ impl EngineDeps {
             writer: None,
             writer_db: None,
             removers: HashMap::new(),
+            paused_all: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -230,6 +234,29 @@ impl Engine {
             .timeout(MAILBOX_TIMEOUT)
             .await
             .map_err(unavailable)
+    }
+
+    /// Pauses or resumes all processing in this process (see
+    /// [`EngineDeps::paused_all`]); running RunActors resume leasing on their
+    /// next heartbeat pass.
+    pub async fn set_all_paused(&self, paused: bool) -> Result<(), ServiceError> {
+        self.deps
+            .paused_all
+            .store(paused, std::sync::atomic::Ordering::SeqCst);
+        if !paused {
+            self.project
+                .send(project::Pump)
+                .timeout(MAILBOX_TIMEOUT)
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    pub fn all_paused(&self) -> bool {
+        self.deps
+            .paused_all
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Stops the named actor so its supervisor restarts it (see [`RESTARTABLE`]).

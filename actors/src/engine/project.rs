@@ -48,6 +48,13 @@ impl ProjectActor {
 
     /// Starts queued runs while their project has room, oldest first.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self
+            .deps
+            .paused_all
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
         let mut waiting = VecDeque::new();
         while let Some((run_id, project_id)) = self.queue.pop_front() {
             if self.active.contains_key(&run_id) {
@@ -239,6 +246,19 @@ impl Handler<SetPaused> for ProjectActor {
             self.paused.remove(&msg.project_id);
             self.pump(ctx);
         }
+    }
+}
+
+/// Starts whatever the queue allows (after a global resume).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Pump;
+
+impl Handler<Pump> for ProjectActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Pump, ctx: &mut Context<Self>) {
+        self.pump(ctx);
     }
 }
 

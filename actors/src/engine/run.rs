@@ -259,6 +259,10 @@ async fn plan_step(
             Step::Wait
         });
     }
+    if deps.paused_all.load(std::sync::atomic::Ordering::SeqCst) {
+        // Operator pause: nothing new is leased; running jobs finish.
+        return Ok(Step::Wait);
+    }
     let ready = run_jobs::Entity::find()
         .filter(run_jobs::Column::RunId.eq(run_id))
         .filter(run_jobs::Column::Status.eq(status::PENDING))

@@ -44,6 +44,8 @@ pub struct SupervisionResponse {
     live_workers: usize,
     /// Job leases this node holds.
     leases_held: u64,
+    /// All processing paused by an operator (`POST /admin/pause`).
+    paused_all: bool,
     queue: QueueStats,
 }
 
@@ -87,6 +89,7 @@ pub async fn supervision(
         restartable: actors::engine::RESTARTABLE.to_vec(),
         live_workers: engine.registry().live_workers(),
         leases_held,
+        paused_all: engine.all_paused(),
         queue: QueueStats {
             queued_runs: count_runs(status::QUEUED)
                 .await
@@ -152,4 +155,51 @@ pub async fn restart_actor(
         actor: name.into_inner(),
         restarts,
     }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PauseResponse {
+    ok: bool,
+    paused_all: bool,
+}
+
+async fn set_paused(
+    state: &AppState,
+    principal: &Principal,
+    paused: bool,
+) -> ApiResult<web::Json<PauseResponse>> {
+    require_admin(principal)?;
+    state.engine.set_all_paused(paused).await?;
+    tracing::info!(paused, "processing paused or resumed by an operator");
+    Ok(web::Json(PauseResponse {
+        ok: true,
+        paused_all: paused,
+    }))
+}
+
+/// Pauses all processing in this process: no queued run starts and no job
+/// is leased; running jobs finish. Not persisted (a restart resumes).
+#[utoipa::path(
+    tag = "admin",
+    responses((status = 200, body = PauseResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+#[post("/admin/pause")]
+pub async fn pause_all(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+) -> ApiResult<web::Json<PauseResponse>> {
+    set_paused(&state, &principal, true).await
+}
+
+/// Resumes all processing (runs continue from where they stopped).
+#[utoipa::path(
+    tag = "admin",
+    responses((status = 200, body = PauseResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))
+)]
+#[post("/admin/resume")]
+pub async fn resume_all(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+) -> ApiResult<web::Json<PauseResponse>> {
+    set_paused(&state, &principal, false).await
 }

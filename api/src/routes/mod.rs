@@ -41,5 +41,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(feed::events_ws)
         .service(admin::supervision)
         .service(admin::restart_actor)
+        .service(admin::pause_all)
+        .service(admin::resume_all)
         .service(metrics::metrics);
 }
