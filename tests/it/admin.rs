@@ -161,7 +161,10 @@ async fn pausing_all_processing_holds_runs_until_resumed() {
         if run["run"]["status"] == "done" {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "run did not resume: {run}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run did not resume: {run}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
