@@ -114,12 +114,11 @@ impl RemoteRemover {
         if !settings.price_usd.is_finite() || settings.price_usd < 0.0 {
             return Err(bad("price_usd must be a number >= 0".into()));
         }
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("atelier/", env!("CARGO_PKG_VERSION")))
-            .timeout(Duration::from_secs(settings.timeout_secs.max(1)))
-            .connect_timeout(Duration::from_secs(15))
-            .build()
-            .map_err(|e| bad(format!("HTTP client: {e}")))?;
+        let http = crate::http::client(
+            Duration::from_secs(settings.timeout_secs.max(1)),
+            Duration::from_secs(15),
+        )
+        .map_err(bad)?;
         Ok(Self {
             service,
             settings,
@@ -138,14 +137,7 @@ impl RemoteRemover {
     }
 
     fn api_key(&self) -> Result<Secret, ProviderError> {
-        self.credentials
-            .secret(&self.settings.api_key_env)
-            .ok_or_else(|| {
-                ProviderError::NotConfigured(format!(
-                    "no API key: set the secret {}",
-                    self.settings.api_key_env
-                ))
-            })
+        self.credentials.required(&self.settings.api_key_env)
     }
 
     pub fn preflight(&self) -> Result<(), ProviderError> {

@@ -27,6 +27,13 @@ impl fmt::Debug for Secret {
 pub trait Credentials: Send + Sync {
     /// The secret called `name` (e.g. `OPENAI_API_KEY`), if there is one.
     fn secret(&self, name: &str) -> Option<Secret>;
+
+    /// The secret an adapter cannot call without (nothing is sent without it).
+    fn required(&self, name: &str) -> Result<Secret, crate::ProviderError> {
+        self.secret(name).ok_or_else(|| {
+            crate::ProviderError::NotConfigured(format!("no API key: set the secret {name}"))
+        })
+    }
 }
 
 /// Secrets from the process environment; blank values count as missing.

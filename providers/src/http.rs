@@ -1,6 +1,8 @@
 //! What the HTTP adapters share: reqwest errors mapped to the taxonomy, and
 //! response bodies read with a size limit.
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
 
 use crate::ProviderError;
@@ -35,4 +37,14 @@ pub(crate) async fn read_limited(
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// The HTTP client of one adapter: our user agent, a total and a connect timeout.
+pub(crate) fn client(timeout: Duration, connect: Duration) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .user_agent(concat!("atelier/", env!("CARGO_PKG_VERSION")))
+        .timeout(timeout)
+        .connect_timeout(connect)
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))
 }

@@ -184,12 +184,11 @@ impl OpenAiProvider {
                 settings.model, settings.quality, settings.size, settings.prices.version
             ))
         })?;
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("atelier/", env!("CARGO_PKG_VERSION")))
-            .timeout(Duration::from_secs(settings.timeout_secs.max(1)))
-            .connect_timeout(Duration::from_secs(settings.connect_timeout_secs.max(1)))
-            .build()
-            .map_err(|e| bad(format!("HTTP client: {e}")))?;
+        let http = crate::http::client(
+            Duration::from_secs(settings.timeout_secs.max(1)),
+            Duration::from_secs(settings.connect_timeout_secs.max(1)),
+        )
+        .map_err(bad)?;
         Ok(Self {
             settings,
             credentials,
@@ -200,14 +199,7 @@ impl OpenAiProvider {
     }
 
     fn api_key(&self) -> Result<Secret, ProviderError> {
-        self.credentials
-            .secret(&self.settings.api_key_env)
-            .ok_or_else(|| {
-                ProviderError::NotConfigured(format!(
-                    "no API key: set the secret {}",
-                    self.settings.api_key_env
-                ))
-            })
+        self.credentials.required(&self.settings.api_key_env)
     }
 }
 

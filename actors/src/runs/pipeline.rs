@@ -471,34 +471,9 @@ async fn candidate(
     .await?;
     let now = time::now();
     let (mut rows, result) = recorded(ctx, index, img, asset.id, report, Some(call_id)).await?;
-    rows.provider_calls.push(provider_calls::Model {
-        status: "succeeded".into(),
-        model_name: Some(model.clone()),
-        actual_cost_usd: Some(cost),
-        result_asset_id: Some(asset.id),
-        provider_request_id: request_id,
-        finished_at: Some(now),
-        updated_at: now,
-        ..(*call).clone()
-    });
-    if cost > 0.0 {
-        rows.cost_events.push(entities::cost_events::Model {
-            id: Uuid::now_v7(),
-            project_id: run.project_id,
-            run_id: Some(run.id),
-            job_id: Some(job.id),
-            provider_call_id: Some(call_id),
-            provider_code: env.provider.code().into(),
-            model_name: Some(model),
-            event_type: "image_generation".into(),
-            units: 1.0,
-            unit_cost_usd: cost,
-            total_cost_usd: cost,
-            currency: "USD".into(),
-            meta_json: json!({ "idempotency_key": call.idempotency_key }),
-            created_at: now,
-        });
-    }
+    let (done, cost_event) = completed_call(&call, asset.id, cost, Some(model), request_id);
+    rows.provider_calls.push(done);
+    rows.cost_events.extend(cost_event);
     rows.links.push(asset_links::Model {
         id: Uuid::now_v7(),
         project_id: run.project_id,
@@ -510,24 +485,7 @@ async fn candidate(
     });
     rows.assets.push(asset);
     env.writer()?.write(rows).await?;
-    if cost > 0.0
-        && let Some(audit) = &env.audit
-    {
-        let sent = audit
-            .send(crate::engine::PaidCall {
-                project_id: run.project_id,
-                run_id: run.id,
-                job_id: job.id,
-                provider_call_id: call_id,
-                provider_code: env.provider.code().into(),
-                idempotency_key: call.idempotency_key.clone(),
-                cost_usd: cost,
-            })
-            .await;
-        if let Err(e) = sent {
-            tracing::error!(error = %e, "audit actor unavailable");
-        }
-    }
+    audit_paid(env, &call, cost).await;
     Ok(Some(result))
 }
 
@@ -751,58 +709,89 @@ pub(super) async fn remote_bg_remove(
         sha,
     )
     .await?;
-    let now = time::now();
-    let mut rows = Rows {
-        provider_calls: vec![provider_calls::Model {
-            status: "succeeded".into(),
-            actual_cost_usd: Some(removed.cost_usd),
-            result_asset_id: Some(asset.id),
-            provider_request_id: removed.provider_request_id,
-            finished_at: Some(now),
-            updated_at: now,
-            ..call.clone()
-        }],
+    let (done, cost_event) = completed_call(
+        &call,
+        asset.id,
+        removed.cost_usd,
+        None,
+        removed.provider_request_id,
+    );
+    let rows = Rows {
+        provider_calls: vec![done],
+        cost_events: cost_event.into_iter().collect(),
+        assets: vec![asset.clone()],
         ..Rows::default()
     };
-    if removed.cost_usd > 0.0 {
-        rows.cost_events.push(entities::cost_events::Model {
-            id: Uuid::now_v7(),
-            project_id: run.project_id,
-            run_id: Some(run.id),
-            job_id: Some(job.id),
-            provider_call_id: Some(call.id),
-            provider_code: code.to_string(),
-            model_name: None,
-            event_type: "background_removal".into(),
-            units: 1.0,
-            unit_cost_usd: removed.cost_usd,
-            total_cost_usd: removed.cost_usd,
-            currency: "USD".into(),
-            meta_json: json!({ "idempotency_key": key }),
-            created_at: now,
-        });
-    }
-    rows.assets.push(asset.clone());
     env.writer()?.write(rows).await?;
-    if removed.cost_usd > 0.0
-        && let Some(audit) = &env.audit
-    {
-        let sent = audit
-            .send(crate::engine::PaidCall {
-                project_id: run.project_id,
-                run_id: run.id,
-                job_id: job.id,
-                provider_call_id: call.id,
-                provider_code: code.to_string(),
-                idempotency_key: key,
-                cost_usd: removed.cost_usd,
-            })
-            .await;
-        if let Err(e) = sent {
-            tracing::error!(error = %e, "audit actor unavailable");
-        }
-    }
+    audit_paid(env, &call, removed.cost_usd).await;
     Ok(Some((img, asset)))
+}
+
+/// A call's completion: the record marked succeeded with its result and, for
+/// a paid call, its cost event (both commit with the result's rows).
+fn completed_call(
+    call: &provider_calls::Model,
+    result_asset_id: Uuid,
+    cost: f64,
+    model: Option<String>,
+    provider_request_id: Option<String>,
+) -> (provider_calls::Model, Option<entities::cost_events::Model>) {
+    let now = time::now();
+    let event = (cost > 0.0).then(|| entities::cost_events::Model {
+        id: Uuid::now_v7(),
+        project_id: call.project_id,
+        run_id: call.run_id,
+        job_id: call.job_id,
+        provider_call_id: Some(call.id),
+        provider_code: call.provider_code.clone(),
+        model_name: model.clone(),
+        event_type: if call.operation == "bg_remove" {
+            "background_removal"
+        } else {
+            "image_generation"
+        }
+        .into(),
+        units: 1.0,
+        unit_cost_usd: cost,
+        total_cost_usd: cost,
+        currency: "USD".into(),
+        meta_json: json!({ "idempotency_key": call.idempotency_key }),
+        created_at: now,
+    });
+    let done = provider_calls::Model {
+        status: "succeeded".into(),
+        model_name: model.or_else(|| call.model_name.clone()),
+        actual_cost_usd: Some(cost),
+        result_asset_id: Some(result_asset_id),
+        provider_request_id,
+        finished_at: Some(now),
+        updated_at: now,
+        ..call.clone()
+    };
+    (done, event)
+}
+
+/// Tells the AuditActor about a paid call once its rows have committed.
+async fn audit_paid(env: &JobEnv, call: &provider_calls::Model, cost: f64) {
+    let (Some(audit), true, Some(run_id), Some(job_id)) =
+        (&env.audit, cost > 0.0, call.run_id, call.job_id)
+    else {
+        return;
+    };
+    let sent = audit
+        .send(crate::engine::PaidCall {
+            project_id: call.project_id,
+            run_id,
+            job_id,
+            provider_call_id: call.id,
+            provider_code: call.provider_code.clone(),
+            idempotency_key: call.idempotency_key.clone(),
+            cost_usd: cost,
+        })
+        .await;
+    if let Err(e) = sent {
+        tracing::error!(error = %e, "audit actor unavailable");
+    }
 }
 
 /// Marks the call in flight for this attempt; paid calls go through the
@@ -864,7 +853,6 @@ async fn fail_call(
     Ok(())
 }
 
-/// The candidate, its quality report and its `candidate.ready` event.
 /// Runs the candidate's passes (when its job has any and it passed the
 /// guard) and builds its rows.
 async fn recorded(
@@ -903,6 +891,7 @@ async fn recorded(
     Ok((rows, result))
 }
 
+/// The candidate, its quality report and its `candidate.ready` event.
 fn candidate_rows(
     run: &runs::Model,
     job: &run_jobs::Model,
