@@ -3,7 +3,7 @@
 //! type, size and dimensions.
 
 use entities::assets;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use storage::{ObjectKey, ObjectStore};
@@ -23,54 +23,74 @@ pub struct NewAsset<'a> {
     pub job_id: Option<Uuid>,
     pub candidate_id: Option<Uuid>,
     pub metadata: Value,
-    /// Reuse an existing asset of the project with the same content.
-    pub dedup: bool,
+}
+
+/// A stored file's row and whether it is new (to be inserted) or an existing
+/// asset of the project with the same content in the same role.
+pub struct Stored {
+    pub row: assets::Model,
+    pub fresh: bool,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Writes the file (unless deduplicated) and inserts its row.
+/// Writes the file and inserts its row, unless the project already holds
+/// the same content in the same role (then that asset is returned).
 pub async fn store<C: ConnectionTrait>(
     db: &C,
     object_store: &ObjectStore,
     asset: NewAsset<'_>,
 ) -> Result<assets::Model, ServiceError> {
-    if asset.dedup {
-        let sha = sha256_hex(&asset.bytes);
-        if let Some(existing) = assets::Entity::find()
-            .filter(assets::Column::ProjectId.eq(asset.project_id))
-            .filter(assets::Column::Sha256.eq(sha.as_str()))
-            .one(db)
-            .await?
-        {
-            return Ok(existing);
-        }
+    let stored = put(db, object_store, asset, None).await?;
+    if stored.fresh {
+        assets::Entity::insert(assets::ActiveModel::from(stored.row.clone()))
+            .exec_without_returning(db)
+            .await?;
     }
-    let row = put(object_store, asset, None).await?;
-    assets::Entity::insert(assets::ActiveModel::from(row.clone()))
-        .exec_without_returning(db)
-        .await?;
-    Ok(row)
+    Ok(stored.row)
 }
 
-/// Writes the file and returns the row to insert (the caller inserts it,
-/// possibly batched with others). `sha256`: the content hash if the caller
-/// already computed it off the async threads.
-pub async fn put(
+/// Deduplication by content within a project: the same bytes in the same
+/// role (`kind`) are one asset, its file written once. Best effort under
+/// concurrency: two identical files written at the same instant may both be
+/// stored (nothing is lost, a little space is).
+async fn existing<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    kind: &str,
+    sha256: &str,
+) -> Result<Option<assets::Model>, ServiceError> {
+    Ok(assets::Entity::find()
+        .filter(assets::Column::ProjectId.eq(project_id))
+        .filter(assets::Column::Sha256.eq(sha256))
+        .filter(assets::Column::Kind.eq(kind))
+        .one(db)
+        .await?)
+}
+
+/// Writes the file unless the project already holds it (see `existing`) and
+/// returns the row; a fresh row is for the caller to insert, possibly
+/// batched with others. `sha256`: the content hash if the caller already
+/// computed it off the async threads.
+pub async fn put<C: ConnectionTrait>(
+    db: &C,
     object_store: &ObjectStore,
     asset: NewAsset<'_>,
     sha256: Option<String>,
-) -> Result<assets::Model, ServiceError> {
+) -> Result<Stored, ServiceError> {
     let sha = sha256.unwrap_or_else(|| sha256_hex(&asset.bytes));
+    if let Some(row) = existing(db, asset.project_id, asset.kind, &sha).await? {
+        return Ok(Stored { row, fresh: false });
+    }
     let key = ObjectKey::parse(asset.key).map_err(|e| ServiceError::Internal(e.to_string()))?;
     let size = asset.bytes.len() as i64;
     object_store
         .put(&key, asset.bytes)
         .await
         .map_err(|e| ServiceError::Internal(format!("storage: {e}")))?;
-    Ok(assets::Model {
+    let row = assets::Model {
         id: Uuid::now_v7(),
         project_id: asset.project_id,
         kind: asset.kind.to_string(),
@@ -87,7 +107,8 @@ pub async fn put(
         candidate_id: asset.candidate_id,
         metadata_json: asset.metadata,
         created_at: time::now(),
-    })
+    };
+    Ok(Stored { row, fresh: true })
 }
 
 pub async fn load_bytes<C: ConnectionTrait>(
@@ -106,4 +127,58 @@ pub async fn load_bytes<C: ConnectionTrait>(
         .await
         .map_err(|e| ServiceError::Internal(format!("storage: {e}")))?;
     Ok((asset, bytes))
+}
+
+/// A project's assets, newest first; optionally one kind or one run's.
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    limit: u64,
+    kind: Option<&str>,
+    run_id: Option<Uuid>,
+) -> Result<Vec<assets::Model>, ServiceError> {
+    let mut query = assets::Entity::find().filter(assets::Column::ProjectId.eq(project_id));
+    if let Some(kind) = kind {
+        query = query.filter(assets::Column::Kind.eq(kind));
+    }
+    if let Some(run_id) = run_id {
+        query = query.filter(assets::Column::RunId.eq(run_id));
+    }
+    Ok(query
+        .order_by_desc(assets::Column::CreatedAt)
+        .order_by_desc(assets::Column::Id)
+        .limit(limit)
+        .all(db)
+        .await?)
+}
+
+/// One asset of the project; any other id (malformed, unknown, another
+/// project's) is "Asset not found".
+pub async fn get<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    raw_id: &str,
+) -> Result<assets::Model, ServiceError> {
+    let not_found = || ServiceError::not_found("Asset not found");
+    let id = Uuid::parse_str(raw_id.trim()).map_err(|_| not_found())?;
+    assets::Entity::find_by_id(id)
+        .filter(assets::Column::ProjectId.eq(project_id))
+        .one(db)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// The bytes of an asset's file.
+pub async fn read(
+    object_store: &ObjectStore,
+    asset: &assets::Model,
+) -> Result<Vec<u8>, ServiceError> {
+    let key =
+        ObjectKey::parse(&asset.storage_key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    object_store.get(&key).await.map_err(|e| match e {
+        storage::StorageError::NotFound(_) => {
+            ServiceError::not_found("The asset's file is missing from storage")
+        }
+        e => ServiceError::Internal(format!("storage: {e}")),
+    })
 }

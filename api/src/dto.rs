@@ -338,3 +338,52 @@ impl From<&actors::runs::events::RunEvent> for Event {
         }
     }
 }
+
+/// A file of the project.
+#[derive(Serialize, ToSchema)]
+pub struct Asset {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub kind: String,
+    /// Same as `kind` (older clients read this name).
+    pub asset_kind: String,
+    pub storage_uri: String,
+    /// Same as `storage_uri` (older clients read this name).
+    pub rel_path: String,
+    pub storage_backend: String,
+    pub mime_type: Option<String>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub byte_size: Option<i64>,
+    pub sha256: Option<String>,
+    pub run_id: Option<Uuid>,
+    pub job_id: Option<Uuid>,
+    pub candidate_id: Option<Uuid>,
+    #[schema(value_type = Object)]
+    pub metadata_json: serde_json::Value,
+    pub created_at: String,
+}
+
+impl From<&entities::assets::Model> for Asset {
+    fn from(a: &entities::assets::Model) -> Self {
+        Self {
+            id: a.id,
+            project_id: a.project_id,
+            kind: a.kind.clone(),
+            asset_kind: a.kind.clone(),
+            storage_uri: a.storage_uri.clone(),
+            rel_path: a.storage_uri.clone(),
+            storage_backend: a.storage_backend.clone(),
+            mime_type: a.mime_type.clone(),
+            width: a.width,
+            height: a.height,
+            byte_size: a.byte_size,
+            sha256: a.sha256.clone(),
+            run_id: a.run_id,
+            job_id: a.job_id,
+            candidate_id: a.candidate_id,
+            metadata_json: a.metadata_json.clone(),
+            created_at: format(&a.created_at),
+        }
+    }
+}

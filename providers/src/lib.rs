@@ -87,7 +87,8 @@ pub struct GenerateRequest {
     pub idempotency_key: String,
     pub stage: Stage,
     pub prompt: String,
-    pub input: RgbaImage,
+    /// The image to work from; `None` generates from the prompt alone.
+    pub input: Option<RgbaImage>,
     /// Style references, sent after the input to providers that take
     /// several images (the local provider works from the input alone).
     pub references: std::sync::Arc<Vec<RgbaImage>>,

@@ -8,6 +8,9 @@ use imaging::effects::{self, Rng};
 
 use crate::{GenerateRequest, GeneratedImage, ImageProvider, ProviderError, Stage};
 
+/// Size of an image generated from a prompt alone.
+const PROMPT_ONLY_SIZE: (u32, u32) = (512, 384);
+
 #[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LocalProviderSettings {
@@ -67,11 +70,17 @@ impl ImageProvider for LocalProvider {
         }
         let variant = request.candidate_index;
         // Image work is CPU-bound: keep it off the async threads.
-        let (stage, input) = (request.stage, request.input);
-        let image = imaging::cpu::run(move || match stage {
-            Stage::Style => effects::ink(&input, variant),
-            Stage::Time(t) => effects::grade_time(&input, t),
-            Stage::Weather(w) => effects::weather(&input, w, seed),
+        let (stage, input, prompt) = (request.stage, request.input, request.prompt);
+        let image = imaging::cpu::run(move || {
+            // From the prompt alone: a procedural scene seeded by it.
+            let input = input.unwrap_or_else(|| {
+                imaging::scene::sample_scene(hash(&prompt), PROMPT_ONLY_SIZE.0, PROMPT_ONLY_SIZE.1)
+            });
+            match stage {
+                Stage::Style => effects::ink(&input, variant),
+                Stage::Time(t) => effects::grade_time(&input, t),
+                Stage::Weather(w) => effects::weather(&input, w, seed),
+            }
         })
         .await
         .map_err(|e| ProviderError::Malformed(format!("local image task failed: {e}")))?;

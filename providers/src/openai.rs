@@ -1,6 +1,8 @@
 //! OpenAI Images adapter (gpt-image-1 family), speaking the real wire format:
 //! `POST {base_url}/images/edits` as multipart with the stage's input image
-//! as `image[]`, answered by JSON with `data[0].b64_json`. The base URL is
+//! and the style references as `image[]`, or `POST {base_url}/images/generations`
+//! with a JSON body when there is no image; both answered by JSON with
+//! `data[0].b64_json`. The base URL is
 //! configurable, so OpenAI-compatible gateways work too.
 //!
 //! Everything that can be checked is checked before any call: model, size for
@@ -204,7 +206,7 @@ impl OpenAiProvider {
 }
 
 #[derive(Deserialize)]
-struct EditResponse {
+struct ImagesResponse {
     #[serde(default)]
     data: Vec<ImageData>,
 }
@@ -291,7 +293,8 @@ impl ImageProvider for OpenAiProvider {
         let (input, references) = (request.input, request.references);
         // The input first, then the style references: one `image[]` part each.
         let pngs = imaging::cpu::run(move || {
-            std::iter::once(&input)
+            input
+                .iter()
                 .chain(references.iter())
                 .map(imaging::encode_png)
                 .collect::<Result<Vec<_>, _>>()
@@ -300,36 +303,48 @@ impl ImageProvider for OpenAiProvider {
         .map_err(|e| ProviderError::Malformed(e.to_string()))?
         .map_err(|e| ProviderError::Malformed(format!("cannot encode the input: {e}")))?;
         let s = &self.settings;
-        let mut form = reqwest::multipart::Form::new()
-            .text("model", s.model.clone())
-            .text("prompt", request.prompt)
-            .text("size", s.size.clone())
-            .text("quality", s.quality.clone())
-            .text("output_format", s.output_format.clone())
-            .text("n", "1");
-        for (i, png) in pngs.into_iter().enumerate() {
-            let part = reqwest::multipart::Part::bytes(png)
-                .file_name(if i == 0 {
-                    "input.png".to_string()
-                } else {
-                    format!("reference-{i}.png")
-                })
-                .mime_str("image/png")
-                .map_err(|e| ProviderError::Transport(e.to_string()))?;
-            form = form.part("image[]", part);
-        }
-        if let Some(f) = &s.input_fidelity {
-            form = form.text("input_fidelity", f.clone());
-        }
-        if let Some(b) = &s.background {
-            form = form.text("background", b.clone());
-        }
-        let resp = self
-            .http
-            .post(format!("{}/images/edits", s.base_url.trim_end_matches('/')))
+        let base = s.base_url.trim_end_matches('/');
+        // No image at all: a generation from the prompt alone (JSON body);
+        // otherwise an edit of the images (multipart).
+        let call = if pngs.is_empty() {
+            let mut body = serde_json::json!({
+                "model": s.model, "prompt": request.prompt, "size": s.size,
+                "quality": s.quality, "output_format": s.output_format, "n": 1,
+            });
+            if let Some(b) = &s.background {
+                body["background"] = serde_json::Value::from(b.clone());
+            }
+            self.http
+                .post(format!("{base}/images/generations"))
+                .json(&body)
+        } else {
+            let mut form = reqwest::multipart::Form::new()
+                .text("model", s.model.clone())
+                .text("prompt", request.prompt)
+                .text("size", s.size.clone())
+                .text("quality", s.quality.clone())
+                .text("output_format", s.output_format.clone())
+                .text("n", "1");
+            for (i, png) in pngs.into_iter().enumerate() {
+                let part = reqwest::multipart::Part::bytes(png)
+                    .file_name(format!("image-{i}.png"))
+                    .mime_str("image/png")
+                    .map_err(|e| ProviderError::Transport(e.to_string()))?;
+                form = form.part("image[]", part);
+            }
+            if let Some(f) = &s.input_fidelity {
+                form = form.text("input_fidelity", f.clone());
+            }
+            if let Some(b) = &s.background {
+                form = form.text("background", b.clone());
+            }
+            self.http
+                .post(format!("{base}/images/edits"))
+                .multipart(form)
+        };
+        let resp = call
             .bearer_auth(key.expose())
             .header("Idempotency-Key", &request.idempotency_key)
-            .multipart(form)
             .send()
             .await
             .map_err(|e| transport(&e))?;
@@ -344,7 +359,7 @@ impl ImageProvider for OpenAiProvider {
         if !(200..300).contains(&status) {
             return Err(classify(status, &body, retry, &key));
         }
-        let parsed: EditResponse = serde_json::from_slice(&body).map_err(|e| {
+        let parsed: ImagesResponse = serde_json::from_slice(&body).map_err(|e| {
             ProviderError::Malformed(format!("response is not the expected JSON: {e}"))
         })?;
         let b64 = parsed

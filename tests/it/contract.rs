@@ -37,6 +37,9 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
         "GET",
         "/api/projects/{slug}/runs/{runId}/jobs/{jobId}/candidates",
     ),
+    ("GET", "/api/projects/{slug}/assets"),
+    ("GET", "/api/projects/{slug}/assets/{assetId}"),
+    ("GET", "/api/projects/{slug}/assets/{assetId}/content"),
     ("GET", "/api/projects/{slug}/queue"),
     ("POST", "/api/projects/{slug}/queue/pause"),
     ("POST", "/api/projects/{slug}/queue/resume"),
@@ -65,6 +68,7 @@ const ADDITIONS: &[&str] = &[
     "/metrics",
     "/admin/pause",
     "/admin/resume",
+    "/api/projects/{slug}/assets/{assetId}/content",
 ];
 
 const FROZEN_ROUTES: &str = include_str!("frozen_routes.txt");

@@ -9,6 +9,7 @@ mod helpers;
 mod openai_stub;
 
 mod admin;
+mod assets;
 mod auth;
 mod cli;
 mod contract;

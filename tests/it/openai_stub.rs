@@ -1,6 +1,6 @@
 //! A loopback server speaking OpenAI's Images wire format
-//! (`POST /v1/images/edits`, multipart in, `data[0].b64_json` out, OpenAI's
-//! error bodies), scripted per test and counting calls per idempotency key.
+//! (`POST /v1/images/edits`, multipart in; `POST /v1/images/generations`, JSON
+//! in; `data[0].b64_json` out, OpenAI's error bodies), scripted per test and counting calls per idempotency key.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -54,6 +54,7 @@ impl OpenAiStub {
                 .app_data(shared.clone())
                 .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
                 .route("/v1/images/edits", web::post().to(edits))
+                .route("/v1/images/generations", web::post().to(generations))
         })
         .workers(2)
         .bind(("127.0.0.1", 0))
@@ -101,8 +102,13 @@ fn error_body(status: u16, code: &str) -> HttpResponse {
         .json(json!({ "error": { "message": message, "type": "invalid_request_error", "param": null, "code": code } }))
 }
 
-fn image_b64() -> String {
-    let img = image::RgbaImage::from_pixel(64, 48, image::Rgba([120, 120, 120, 255]));
+/// A grey image whose shade depends on the request, as a real provider's
+/// outputs differ from call to call.
+fn image_b64(key: &str) -> String {
+    let shade = key
+        .bytes()
+        .fold(7u8, |h, b| h.wrapping_mul(31).wrapping_add(b));
+    let img = image::RgbaImage::from_pixel(64, 48, image::Rgba([shade, shade, shade, 255]));
     let png = imaging::encode_png(&img).unwrap();
     base64::engine::general_purpose::STANDARD.encode(png)
 }
@@ -115,20 +121,55 @@ fn image_body(b64: String) -> serde_json::Value {
     })
 }
 
-async fn edits(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
-    if req
-        .headers()
+fn authorized(req: &HttpRequest) -> bool {
+    req.headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        != Some(&format!("Bearer {KEY}"))
-    {
-        return error_body(401, "invalid_api_key");
-    }
-    let multipart = req
-        .headers()
+        == Some(&format!("Bearer {KEY}"))
+}
+
+fn content_type_is(req: &HttpRequest, wanted: &str) -> bool {
+    req.headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
+        .is_some_and(|v| v.starts_with(wanted))
+}
+
+fn idempotency_key(req: &HttpRequest) -> String {
+    req.headers()
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Text to image: a JSON body with model, prompt and size, no image.
+async fn generations(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    if !authorized(&req) {
+        return error_body(401, "invalid_api_key");
+    }
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    let valid = content_type_is(&req, "application/json")
+        && parsed.as_ref().is_some_and(|b| {
+            ["model", "prompt", "size", "quality"]
+                .iter()
+                .all(|f| b[f].is_string())
+                && b.get("image").is_none()
+        });
+    if !valid {
+        return error_body(400, "invalid_request");
+    }
+    let key = idempotency_key(&req);
+    *state.calls.lock().unwrap().entry(key.clone()).or_default() += 1;
+    state.images_per_call.lock().unwrap().push(0);
+    answer(&state, key).await
+}
+
+async fn edits(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
+    if !authorized(&req) {
+        return error_body(401, "invalid_api_key");
+    }
+    let multipart = content_type_is(&req, "multipart/form-data");
     let text = String::from_utf8_lossy(&body);
     let has_fields = ["model", "prompt", "size", "quality", "image[]"]
         .iter()
@@ -137,18 +178,18 @@ async fn edits(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> H
     if !multipart || !has_fields || !has_png {
         return error_body(400, "invalid_request");
     }
-    let key = req
-        .headers()
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
+    let key = idempotency_key(&req);
     *state.calls.lock().unwrap().entry(key.clone()).or_default() += 1;
     state
         .images_per_call
         .lock()
         .unwrap()
         .push(text.matches("name=\"image[]\"").count());
+    answer(&state, key).await
+}
+
+/// The scripted reply to an accepted call.
+async fn answer(state: &State, key: String) -> HttpResponse {
     let reply = state
         .script
         .lock()
@@ -172,12 +213,12 @@ async fn edits(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> H
             served();
             HttpResponse::Ok()
                 .insert_header(("x-request-id", format!("req_{key}")))
-                .json(image_body(image_b64()))
+                .json(image_body(image_b64(&key)))
         }
         Reply::Slow(d) => {
             tokio::time::sleep(d).await;
             served();
-            HttpResponse::Ok().json(image_body(image_b64()))
+            HttpResponse::Ok().json(image_body(image_b64(&key)))
         }
         Reply::Error {
             status,
@@ -194,7 +235,7 @@ async fn edits(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> H
             r
         }
         Reply::Truncated => {
-            let full = serde_json::to_vec(&image_body(image_b64())).unwrap();
+            let full = serde_json::to_vec(&image_body(image_b64(&key))).unwrap();
             let half = web::Bytes::copy_from_slice(&full[..full.len() / 2]);
             // The headers and half the body go out; then the connection drops.
             let chunks = futures_util::StreamExt::chain(

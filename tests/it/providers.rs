@@ -40,7 +40,7 @@ fn request(key: &str) -> GenerateRequest {
         idempotency_key: key.into(),
         stage: Stage::Style,
         prompt: "ink the street".into(),
-        input: imaging::scene::sample_scene(1, 64, 48),
+        input: Some(imaging::scene::sample_scene(1, 64, 48)),
         references: Arc::new(vec![imaging::scene::sample_scene(9, 32, 24)]),
         candidate_index: 0,
         attempt: 1,
@@ -67,6 +67,45 @@ async fn openai_adapter_returns_the_image_cost_and_request_id() {
         vec![2],
         "the input and one style reference"
     );
+}
+
+#[actix_web::test]
+async fn openai_adapter_generates_from_a_prompt_alone() {
+    let stub = OpenAiStub::start().await;
+    let p = provider(&stub, Some(KEY), |s| {
+        s.background = Some("transparent".into())
+    });
+    let g = p
+        .generate(GenerateRequest {
+            input: None,
+            references: Arc::new(Vec::new()),
+            ..request("run1:job2:c0")
+        })
+        .await
+        .unwrap();
+    assert_eq!(g.image.dimensions(), (64, 48));
+    assert_eq!(g.cost_usd, 0.25);
+    assert_eq!(
+        stub.images_per_call(),
+        vec![0],
+        "the generations endpoint, no image sent"
+    );
+    assert_eq!(stub.calls().get("run1:job2:c0"), Some(&1));
+    // Its errors are the same taxonomy.
+    stub.script([Reply::Error {
+        status: 429,
+        code: "rate_limit_exceeded",
+        retry_after: Some(3),
+    }]);
+    let e = p
+        .generate(GenerateRequest {
+            input: None,
+            references: Arc::new(Vec::new()),
+            ..request("k")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(3)), "{e:?}");
 }
 
 #[actix_web::test]
@@ -299,4 +338,21 @@ mod background_removal {
             assert_eq!(stub.calls(), before, "nothing sent without a key");
         }
     }
+}
+
+#[actix_web::test]
+async fn local_provider_generates_from_a_prompt_alone_deterministically() {
+    atelier::startup::install_runtime_defaults();
+    let p = providers::local::LocalProvider::new(Default::default());
+    let from = |prompt: &str| GenerateRequest {
+        input: None,
+        prompt: prompt.into(),
+        ..request("run:job:c0")
+    };
+    let a = p.generate(from("a quiet harbour")).await.unwrap().image;
+    let again = p.generate(from("a quiet harbour")).await.unwrap().image;
+    let other = p.generate(from("a busy market")).await.unwrap().image;
+    assert_eq!(a.dimensions(), (512, 384));
+    assert_eq!(a, again, "same prompt, same image");
+    assert_ne!(a, other, "the prompt shapes the scene");
 }

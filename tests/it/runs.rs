@@ -961,17 +961,29 @@ async fn post_process_passes_register_every_file_with_its_lineage() {
             }
             assert_eq!(fin.kind, "color");
             assert_eq!(fin.width, out.width.map(|w| w * 2), "upscaled 2x");
-            // Walk the lineage back from the final file to the output.
-            let mut at = fin.id;
-            let mut kinds = vec![fin.kind.clone()];
-            while at != out.id {
-                let l = links
+            // Walk the lineage back from the final file to the output (a
+            // file identical to another candidate's is one asset, so the
+            // lineage is a graph: search it).
+            fn path(
+                at: uuid::Uuid,
+                to: uuid::Uuid,
+                links: &[entities::asset_links::Model],
+                assets: &[entities::assets::Model],
+            ) -> Option<Vec<String>> {
+                let kind = assets.iter().find(|a| a.id == at)?.kind.clone();
+                if at == to {
+                    return Some(vec![kind]);
+                }
+                links
                     .iter()
-                    .find(|l| l.child_asset_id == at && l.link_type == "derived_from")
-                    .unwrap();
-                at = l.parent_asset_id;
-                kinds.push(assets.iter().find(|a| a.id == at).unwrap().kind.clone());
+                    .filter(|l| l.child_asset_id == at && l.link_type == "derived_from")
+                    .find_map(|l| path(l.parent_asset_id, to, links, assets))
+                    .map(|mut rest| {
+                        rest.insert(0, kind);
+                        rest
+                    })
             }
+            let kinds = path(fin.id, out.id, &links, &assets).unwrap();
             assert_eq!(kinds.last().map(String::as_str), Some("generated"));
             assert!(kinds.contains(&"upscaled".to_string()), "{kinds:?}");
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::Utc;
-use entities::{projects, run_jobs, runs};
+use entities::{assets, projects, run_jobs, runs};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::json;
@@ -414,16 +414,57 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
         serde_json::to_vec_pretty(&log).map_err(|e| ServiceError::Internal(e.to_string()))?;
     let object_key =
         storage::ObjectKey::parse(&key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let size = bytes.len() as i64;
     store
-        .put(&object_key, bytes)
+        .put(&object_key, bytes.clone())
         .await
         .map_err(|e| ServiceError::Internal(format!("storage: {e}")))?;
     let txn = crate::db::begin_write(&deps.db).await?;
     runs::Entity::update_many()
-        .col_expr(runs::Column::RunLogKey, Expr::value(key))
+        .col_expr(runs::Column::RunLogKey, Expr::value(key.clone()))
         .filter(runs::Column::Id.eq(run_id))
         .exec(&txn)
         .await?;
+    // A file like any other: registered as an asset (rewritten in place when
+    // a retried run finishes again).
+    let sha = crate::assets::sha256_hex(&bytes);
+    let existing = assets::Entity::find()
+        .filter(assets::Column::RunId.eq(run_id))
+        .filter(assets::Column::Kind.eq("run_log"))
+        .one(&txn)
+        .await?;
+    match existing {
+        Some(row) => {
+            assets::Entity::update_many()
+                .col_expr(assets::Column::Sha256, Expr::value(sha))
+                .col_expr(assets::Column::ByteSize, Expr::value(size))
+                .filter(assets::Column::Id.eq(row.id))
+                .exec(&txn)
+                .await?;
+        }
+        None => {
+            assets::Entity::insert(assets::ActiveModel::from(assets::Model {
+                id: Uuid::now_v7(),
+                project_id: run.project_id,
+                kind: "run_log".into(),
+                storage_backend: store.backend().to_string(),
+                storage_key: key.clone(),
+                storage_uri: key,
+                mime_type: Some("application/json".into()),
+                width: None,
+                height: None,
+                byte_size: Some(size),
+                sha256: Some(sha),
+                run_id: Some(run_id),
+                job_id: None,
+                candidate_id: None,
+                metadata_json: json!({}),
+                created_at: crate::time::now(),
+            }))
+            .exec_without_returning(&txn)
+            .await?;
+        }
+    }
     crate::db::commit(txn).await?;
     Ok(())
 }

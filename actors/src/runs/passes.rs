@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::manifest::Postprocess;
 use super::pipeline::{JobEnv, remote_bg_remove};
-use crate::assets::NewAsset;
+use crate::assets::{NewAsset, Stored};
 use crate::{ServiceError, time};
 
 /// What the passes produced for one candidate.
@@ -22,6 +22,8 @@ pub struct Applied {
     pub links: Vec<asset_links::Model>,
     /// Per pass: what it did, for the candidate's record.
     pub notes: Vec<Value>,
+    /// The image of `final_asset_id`.
+    pub final_image: RgbaImage,
 }
 
 pub fn any_enabled(pp: &Postprocess) -> bool {
@@ -58,6 +60,7 @@ pub async fn apply(
         assets: Vec::new(),
         links: Vec::new(),
         notes: Vec::new(),
+        final_image: RgbaImage::new(0, 0),
     };
     let profile =
         color::ColorProfile::find(&pp.color_profile, &pp.color_profiles).ok_or_else(|| {
@@ -74,9 +77,9 @@ pub async fn apply(
                     .await
                     .map_err(|e| ServiceError::Internal(e.to_string()))?;
                 if let Some(r) = local {
-                    let asset = store_pass(env, run, job, index, "bg_removed", &r.image).await?;
+                    let stored = store_pass(env, run, job, index, "bg_removed", &r.image).await?;
                     applied.notes.push(json!({ "pass": "bg_removed", "backend": "local", "removed_fraction": r.removed_fraction }));
-                    link(&mut applied, run, asset);
+                    chain(&mut applied, run, stored);
                     current = r.image;
                     done = true;
                     break;
@@ -89,7 +92,9 @@ pub async fn apply(
                     .push(json!({ "pass": "bg_removed", "backend": backend }));
                 // Already stored and committed with its paid call.
                 let id = asset.id;
-                applied.links.push(derived(run, applied.final_asset_id, id));
+                applied
+                    .links
+                    .push(link(run, applied.final_asset_id, id, LinkType::DerivedFrom));
                 applied.final_asset_id = id;
                 current = img;
                 done = true;
@@ -124,36 +129,107 @@ pub async fn apply(
         .map_err(|e| ServiceError::Internal(e.to_string()))?;
         let (img, note) = produced;
         applied.notes.push(note);
-        let asset = store_pass(env, run, job, index, kind, &img).await?;
-        link(&mut applied, run, asset);
+        let stored = store_pass(env, run, job, index, kind, &img).await?;
+        chain(&mut applied, run, stored);
         current = img;
     }
+    applied.final_image = current;
     Ok(applied)
 }
 
-fn derived(run: &runs::Model, parent: Uuid, child: Uuid) -> asset_links::Model {
+/// The lineage relations the pipeline records.
+#[derive(Clone, Copy)]
+pub enum LinkType {
+    /// The child was made from the parent (a generation, a pass).
+    DerivedFrom,
+    /// The child is the parent in another form (a thumbnail).
+    VariantOf,
+}
+
+pub fn link(run: &runs::Model, parent: Uuid, child: Uuid, kind: LinkType) -> asset_links::Model {
     let now = time::now();
     asset_links::Model {
         id: Uuid::now_v7(),
         project_id: run.project_id,
         parent_asset_id: parent,
         child_asset_id: child,
-        link_type: "derived_from".into(),
+        link_type: match kind {
+            LinkType::DerivedFrom => "derived_from",
+            LinkType::VariantOf => "variant_of",
+        }
+        .into(),
         created_at: now,
         updated_at: now,
     }
 }
 
-/// Records a pass output (its row goes in with the candidate's rows).
-fn link(applied: &mut Applied, run: &runs::Model, asset: assets::Model) {
+/// Records a pass output (a fresh row goes in with the candidate's rows).
+fn chain(applied: &mut Applied, run: &runs::Model, stored: Stored) {
+    let id = stored.row.id;
     applied
         .links
-        .push(derived(run, applied.final_asset_id, asset.id));
-    applied.final_asset_id = asset.id;
-    applied.assets.push(asset);
+        .push(link(run, applied.final_asset_id, id, LinkType::DerivedFrom));
+    applied.final_asset_id = id;
+    if stored.fresh {
+        applied.assets.push(stored.row);
+    }
 }
 
-/// Encodes and writes a pass output file; returns its asset row (not yet inserted).
+/// Longest side of a thumbnail; smaller images are their own thumbnail.
+pub const THUMBNAIL_SIDE: u32 = 256;
+
+/// The candidate's thumbnail for the feed and the console (WebP, a
+/// `variant_of` its final file): the asset id, plus the row and link to
+/// insert when it is new. An image no larger than a thumbnail is its own.
+pub async fn thumbnail(
+    env: &JobEnv,
+    run: &runs::Model,
+    job: &run_jobs::Model,
+    index: i32,
+    (final_id, img): (Uuid, &RgbaImage),
+) -> Result<(Uuid, Vec<assets::Model>, Vec<asset_links::Model>), ServiceError> {
+    if img.width().max(img.height()) <= THUMBNAIL_SIDE {
+        return Ok((final_id, Vec::new(), Vec::new()));
+    }
+    let owned = img.clone();
+    let (webp, sha, (w, h)) = imaging::cpu::run(move || {
+        imaging::passes::thumbnail::thumbnail_webp(&owned, THUMBNAIL_SIDE).map(|(webp, dims)| {
+            let sha = crate::assets::sha256_hex(&webp);
+            (webp, sha, dims)
+        })
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(e.to_string()))?
+    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let stored = crate::assets::put(
+        &env.db,
+        &env.store,
+        NewAsset {
+            project_id: run.project_id,
+            kind: "thumbnail",
+            key: &format!("thumbnails/{}/{}/c{index}.webp", run.id, job.job_key),
+            width: w,
+            height: h,
+            bytes: webp,
+            mime: "image/webp",
+            run_id: Some(run.id),
+            job_id: Some(job.id),
+            candidate_id: None,
+            metadata: json!({ "candidate_index": index, "stage": job.stage, "thumbnail_of": final_id }),
+        },
+        Some(sha),
+    )
+    .await?;
+    let id = stored.row.id;
+    let edge = link(run, final_id, id, LinkType::VariantOf);
+    Ok((
+        id,
+        stored.fresh.then_some(stored.row).into_iter().collect(),
+        vec![edge],
+    ))
+}
+
+/// Encodes and writes a pass output file (or finds the project's identical one).
 async fn store_pass(
     env: &JobEnv,
     run: &runs::Model,
@@ -161,7 +237,7 @@ async fn store_pass(
     index: i32,
     kind: &'static str,
     img: &RgbaImage,
-) -> Result<assets::Model, ServiceError> {
+) -> Result<Stored, ServiceError> {
     let owned = img.clone();
     let (png, sha) = imaging::cpu::run(move || {
         imaging::encode_png(&owned).map(|png| {
@@ -173,6 +249,7 @@ async fn store_pass(
     .map_err(|e| ServiceError::Internal(e.to_string()))?
     .map_err(|e| ServiceError::Internal(e.to_string()))?;
     crate::assets::put(
+        &env.db,
         &env.store,
         NewAsset {
             project_id: run.project_id,
@@ -186,7 +263,6 @@ async fn store_pass(
             job_id: Some(job.id),
             candidate_id: None,
             metadata: json!({ "candidate_index": index, "stage": job.stage, "pass": kind }),
-            dedup: false,
         },
         Some(sha),
     )

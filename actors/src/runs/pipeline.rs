@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use entities::{asset_links, provider_calls, quality_reports, run_candidates, run_jobs, runs};
+use entities::{provider_calls, quality_reports, run_candidates, run_jobs, runs};
 use futures_util::future::join_all;
 use imaging::DecodeLimits;
 use imaging::effects::{TimeOfDay, Weather};
@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use super::events::{self, EventHub};
 use super::manifest::{Manifest, Postprocess};
-use super::passes;
+use super::passes::{self, LinkType, link};
 use super::store::status;
 use super::writer::{JobCompletion, PendingEvent, RowWriter, Rows};
 use crate::assets::{self, NewAsset};
@@ -100,6 +100,8 @@ struct JobCtx<'a> {
     /// The passes to run on each candidate (last stage, when any is on).
     postprocess: Option<&'a Postprocess>,
     references: Arc<Vec<image::RgbaImage>>,
+    /// For the URLs in events.
+    project_slug: String,
 }
 
 #[derive(Debug, Clone)]
@@ -248,6 +250,11 @@ pub async fn run_job(
             .map_err(|e| ServiceError::Internal(format!("input image: {e}")))?,
     );
     let references = Arc::new(load_references(env, run).await?);
+    let project_slug = entities::projects::Entity::find_by_id(run.project_id)
+        .one(&env.db)
+        .await?
+        .map(|p| p.slug)
+        .unwrap_or_default();
     // Every call not yet on record is recorded, in one write, before any is
     // made. A free call's record starts in flight (attempt 1), sparing a
     // separate write per attempt; a paid one is reserved per attempt by the
@@ -300,6 +307,7 @@ pub async fn run_job(
         postprocess: (last_stage && passes::any_enabled(&manifest.postprocess))
             .then_some(&manifest.postprocess),
         references,
+        project_slug,
     };
     let work = priors
         .into_iter()
@@ -450,7 +458,8 @@ async fn candidate(
     // The file first: a crash before the rows commit leaves an orphan file at
     // a run-scoped key (rewritten with the same content on resume), never a
     // row without its file.
-    let asset = assets::put(
+    let stored = assets::put(
+        &env.db,
         &env.store,
         NewAsset {
             project_id: run.project_id,
@@ -464,26 +473,21 @@ async fn candidate(
             job_id: Some(job.id),
             candidate_id: None,
             metadata: json!({ "candidate_index": index, "stage": job.stage, "model": model }),
-            dedup: false,
         },
         sha,
     )
     .await?;
-    let now = time::now();
-    let (mut rows, result) = recorded(ctx, index, img, asset.id, report, Some(call_id)).await?;
-    let (done, cost_event) = completed_call(&call, asset.id, cost, Some(model), request_id);
+    let asset_id = stored.row.id;
+    let (mut rows, result) = recorded(ctx, index, img, asset_id, report, Some(call_id)).await?;
+    let (done, cost_event) = completed_call(&call, asset_id, cost, Some(model), request_id);
     rows.provider_calls.push(done);
     rows.cost_events.extend(cost_event);
-    rows.links.push(asset_links::Model {
-        id: Uuid::now_v7(),
-        project_id: run.project_id,
-        parent_asset_id: input_id,
-        child_asset_id: asset.id,
-        link_type: "derived_from".into(),
-        created_at: now,
-        updated_at: now,
-    });
-    rows.assets.push(asset);
+    rows.links
+        .push(link(run, input_id, asset_id, LinkType::DerivedFrom));
+    // Foreign-key order: the output before the pass files derived from it.
+    if stored.fresh {
+        rows.assets.insert(0, stored.row);
+    }
     env.writer()?.write(rows).await?;
     audit_paid(env, &call, cost).await;
     Ok(Some(result))
@@ -570,7 +574,7 @@ async fn call_with_retries(
                     idempotency_key: call.idempotency_key.clone(),
                     stage,
                     prompt: job.prompt_text.clone().unwrap_or_default(),
-                    input: input.clone(),
+                    input: Some(input.clone()),
                     references: ctx.references.clone(),
                     candidate_index: index as u32,
                     attempt,
@@ -690,7 +694,8 @@ pub(super) async fn remote_bg_remove(
     })
     .await?;
     let png = png.map_err(|e| ServiceError::Internal(e.to_string()))?;
-    let asset = assets::put(
+    let stored = assets::put(
+        &env.db,
         &env.store,
         NewAsset {
             project_id: run.project_id,
@@ -704,11 +709,11 @@ pub(super) async fn remote_bg_remove(
             job_id: Some(job.id),
             candidate_id: None,
             metadata: json!({ "candidate_index": index, "stage": job.stage, "pass": "bg_removed", "backend": code }),
-            dedup: false,
         },
         sha,
     )
     .await?;
+    let asset = stored.row.clone();
     let (done, cost_event) = completed_call(
         &call,
         asset.id,
@@ -719,7 +724,7 @@ pub(super) async fn remote_bg_remove(
     let rows = Rows {
         provider_calls: vec![done],
         cost_events: cost_event.into_iter().collect(),
-        assets: vec![asset.clone()],
+        assets: stored.fresh.then_some(stored.row).into_iter().collect(),
         ..Rows::default()
     };
     env.writer()?.write(rows).await?;
@@ -863,44 +868,65 @@ async fn recorded(
     report: GuardReport,
     call_id: Option<Uuid>,
 ) -> Result<(Rows, CandidateResult), ServiceError> {
-    let derived = match ctx.postprocess {
+    let (final_asset_id, notes, final_image, mut assets, mut links) = match ctx.postprocess {
         Some(pp) if report.hard_failures == 0 => {
-            Some(passes::apply(ctx.env, pp, ctx.run, ctx.job, index, img, output).await?)
+            let d = passes::apply(ctx.env, pp, ctx.run, ctx.job, index, img, output).await?;
+            (d.final_asset_id, d.notes, d.final_image, d.assets, d.links)
         }
-        _ => None,
+        _ => (output, Vec::new(), img, Vec::new(), Vec::new()),
     };
-    let final_asset_id = derived.as_ref().map_or(output, |d| d.final_asset_id);
-    let notes = derived
-        .as_ref()
-        .map(|d| d.notes.clone())
-        .unwrap_or_default();
-    let (mut rows, result) = candidate_rows(
+    let (thumbnail_id, thumb_assets, thumb_links) = passes::thumbnail(
+        ctx.env,
         ctx.run,
         ctx.job,
         index,
-        (output, final_asset_id),
-        notes,
+        (final_asset_id, &final_image),
+    )
+    .await?;
+    assets.extend(thumb_assets);
+    links.extend(thumb_links);
+    let (mut rows, result) = candidate_rows(
+        ctx,
+        index,
+        Produced {
+            output,
+            final_asset_id,
+            thumbnail_id,
+            passes: notes,
+        },
         report,
         call_id,
     );
-    if let Some(d) = derived {
-        // Files first in foreign-key order: the pass outputs and their links.
-        rows.assets.extend(d.assets);
-        rows.links.extend(d.links);
-    }
+    // Files in foreign-key order: the pass outputs, the thumbnail, their links.
+    rows.assets.extend(assets);
+    rows.links.extend(links);
     Ok((rows, result))
+}
+
+/// A candidate's files: the provider's output, the last pass output (the
+/// output itself when no pass ran) and the thumbnail.
+struct Produced {
+    output: Uuid,
+    final_asset_id: Uuid,
+    thumbnail_id: Uuid,
+    passes: Vec<serde_json::Value>,
 }
 
 /// The candidate, its quality report and its `candidate.ready` event.
 fn candidate_rows(
-    run: &runs::Model,
-    job: &run_jobs::Model,
+    ctx: &JobCtx<'_>,
     index: i32,
-    (asset_id, final_asset_id): (Uuid, Uuid),
-    passes: Vec<serde_json::Value>,
+    produced: Produced,
     report: GuardReport,
     call_id: Option<Uuid>,
 ) -> (Rows, CandidateResult) {
+    let (run, job) = (ctx.run, ctx.job);
+    let Produced {
+        output: asset_id,
+        final_asset_id,
+        thumbnail_id,
+        passes,
+    } = produced;
     let status = if report.hard_failures > 0 {
         "failed_output_guard"
     } else {
@@ -921,7 +947,10 @@ fn candidate_rows(
         rank_hard_failures: report.hard_failures as i32,
         rank_soft_warnings: report.soft_warnings as i32,
         rank_avg_chroma_exceed: report.chroma_exceed,
-        meta_json: json!({ "provider_call_id": call_id, "guard_reasons": report.reasons, "passes": passes }),
+        meta_json: json!({
+            "provider_call_id": call_id, "guard_reasons": report.reasons, "passes": passes,
+            "thumbnail_asset_id": thumbnail_id,
+        }),
         created_at: now,
         updated_at: now,
     });
@@ -955,7 +984,10 @@ fn candidate_rows(
         event_type: "candidate.ready",
         job_id: Some(job.id),
         payload: json!({
+            "job_key": job.job_key, "stage": job.stage,
             "candidate_index": index, "status": status, "asset_id": asset_id, "final_asset_id": final_asset_id,
+            "thumbnail_asset_id": thumbnail_id,
+            "thumbnail_url": format!("/api/projects/{}/assets/{thumbnail_id}/content", ctx.project_slug),
             "guard": { "chroma_delta": report.chroma_delta, "hard_failures": report.hard_failures, "soft_warnings": report.soft_warnings },
         }),
     });

@@ -94,7 +94,6 @@ pub async fn create_run(
                 job_id: None,
                 candidate_id: None,
                 metadata: json!({ "style_ref": r.reference }),
-                dedup: true,
             },
         )
         .await?;
@@ -148,7 +147,6 @@ pub async fn create_run(
                 job_id: None,
                 candidate_id: None,
                 metadata: json!({ "scene_ref": scene.reference }),
-                dedup: true,
             },
         )
         .await?;

@@ -20,8 +20,10 @@ use entities::{
     run_jobs,
 };
 use futures_util::FutureExt;
-use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
+};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -193,10 +195,22 @@ async fn write_rows(
         cost_events::Entity::insert_many(m.into_iter().map(cost_events::ActiveModel::from))
     })
     .await?;
-    insert_chunked(&txn, all.iter().flat_map(|r| &r.links), |m| {
-        asset_links::Entity::insert_many(m.into_iter().map(asset_links::ActiveModel::from))
-    })
-    .await?;
+    // A deduplicated file may already have its edge (same parent, same role).
+    for chunk in chunks(all.iter().flat_map(|r| &r.links)) {
+        asset_links::Entity::insert_many(chunk.into_iter().map(asset_links::ActiveModel::from))
+            .on_conflict(
+                OnConflict::columns([
+                    asset_links::Column::ProjectId,
+                    asset_links::Column::ParentAssetId,
+                    asset_links::Column::ChildAssetId,
+                    asset_links::Column::LinkType,
+                ])
+                .do_nothing()
+                .to_owned(),
+            )
+            .exec_without_returning(&txn)
+            .await?;
+    }
     insert_chunked(&txn, all.iter().flat_map(|r| &r.candidates), |m| {
         run_candidates::Entity::insert_many(m.into_iter().map(run_candidates::ActiveModel::from))
     })
@@ -218,7 +232,8 @@ async fn write_rows(
         }
         applied.push(mine);
     }
-    let events = number_events(&txn, pending.into_iter()).await?;
+    let progress = progress_of_runs(&txn, &pending).await?;
+    let events = number_events(&txn, pending.into_iter(), &progress).await?;
     insert_chunked(&txn, events.iter(), |m| {
         run_events::Entity::insert_many(m.into_iter().map(run_events::ActiveModel::from))
     })
@@ -315,9 +330,69 @@ where
 
 /// Reserves consecutive sequence numbers per run (one counter update per run
 /// in the batch) and builds the event rows in request order.
+/// Event types whose payload carries the run's `progress` (jobs finished of
+/// all jobs, by status) and `cost_so_far_usd`, as of the commit they are in.
+const WITH_PROGRESS: &[&str] = &[
+    "candidate.ready",
+    "candidate.failed",
+    "job.winner_selected",
+    "stage.completed",
+    "job.failed",
+];
+
+/// Progress and spend of every run with a progress-carrying event in the
+/// batch: two aggregate reads per run, inside the batch's transaction.
+async fn progress_of_runs<C: ConnectionTrait>(
+    db: &C,
+    pending: &[&PendingEvent],
+) -> Result<HashMap<Uuid, Value>, ServiceError> {
+    use super::store::status;
+    let mut out = HashMap::new();
+    for e in pending {
+        if !WITH_PROGRESS.contains(&e.event_type) || out.contains_key(&e.run_id) {
+            continue;
+        }
+        let by_status: Vec<(String, i64)> = run_jobs::Entity::find()
+            .select_only()
+            .column(run_jobs::Column::Status)
+            .column_as(Expr::col(run_jobs::Column::Id).count(), "n")
+            .filter(run_jobs::Column::RunId.eq(e.run_id))
+            .group_by(run_jobs::Column::Status)
+            .into_tuple()
+            .all(db)
+            .await?;
+        let cost: Option<Option<f64>> = cost_events::Entity::find()
+            .select_only()
+            .column_as(Expr::col(cost_events::Column::TotalCostUsd).sum(), "total")
+            .filter(cost_events::Column::RunId.eq(e.run_id))
+            .into_tuple()
+            .one(db)
+            .await?;
+        let total: i64 = by_status.iter().map(|(_, n)| n).sum();
+        let finished: i64 = by_status
+            .iter()
+            .filter(|(s, _)| status::job_is_terminal(s))
+            .map(|(_, n)| n)
+            .sum();
+        let by_status: serde_json::Map<String, Value> = by_status
+            .into_iter()
+            .map(|(s, n)| (s, Value::from(n)))
+            .collect();
+        out.insert(
+            e.run_id,
+            serde_json::json!({
+                "progress": { "jobs_finished": finished, "jobs_total": total, "by_status": by_status },
+                "cost_so_far_usd": cost.flatten().unwrap_or(0.0),
+            }),
+        );
+    }
+    Ok(out)
+}
+
 async fn number_events<'a, C: ConnectionTrait>(
     db: &C,
     pending: impl Iterator<Item = &'a PendingEvent>,
+    progress: &HashMap<Uuid, Value>,
 ) -> Result<Vec<run_events::Model>, ServiceError> {
     let pending: Vec<&PendingEvent> = pending.collect();
     let mut per_run: Vec<(Uuid, i64)> = Vec::new();
@@ -336,6 +411,16 @@ async fn number_events<'a, C: ConnectionTrait>(
         .into_iter()
         .map(|e| {
             let seq = next.entry(e.run_id).or_default();
+            let mut payload = e.payload.clone();
+            if let (Some(extra), Some(p)) = (
+                progress
+                    .get(&e.run_id)
+                    .filter(|_| WITH_PROGRESS.contains(&e.event_type))
+                    .and_then(Value::as_object),
+                payload.as_object_mut(),
+            ) {
+                p.extend(extra.clone());
+            }
             let row = run_events::Model {
                 id: Uuid::now_v7(),
                 project_id: e.project_id,
@@ -343,7 +428,7 @@ async fn number_events<'a, C: ConnectionTrait>(
                 seq: *seq,
                 event_type: e.event_type.to_string(),
                 job_id: e.job_id,
-                payload_json: e.payload.clone(),
+                payload_json: payload,
                 created_at: now,
             };
             *seq += 1;

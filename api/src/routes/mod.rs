@@ -3,6 +3,7 @@
 //! are the same list.
 
 mod admin;
+mod assets;
 mod auth;
 mod feed;
 mod health;
@@ -35,6 +36,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(runs::retry_run)
         .service(runs::cancel_job)
         .service(runs::list_candidates)
+        .service(assets::list_assets)
+        .service(assets::get_asset)
+        .service(assets::asset_content)
         .service(runs::get_queue)
         .service(runs::pause_queue)
         .service(runs::resume_queue)

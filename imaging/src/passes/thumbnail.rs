@@ -5,7 +5,11 @@ use image::RgbaImage;
 
 use crate::ImagingError;
 
-pub fn thumbnail_webp(img: &RgbaImage, max_side: u32) -> Result<Vec<u8>, ImagingError> {
+/// The WebP bytes and the thumbnail's dimensions.
+pub fn thumbnail_webp(
+    img: &RgbaImage,
+    max_side: u32,
+) -> Result<(Vec<u8>, (u32, u32)), ImagingError> {
     let (w, h) = img.dimensions();
     let scale = f64::from(max_side.max(1)) / f64::from(w.max(h).max(1));
     let small = if scale < 1.0 {
@@ -19,7 +23,7 @@ pub fn thumbnail_webp(img: &RgbaImage, max_side: u32) -> Result<Vec<u8>, Imaging
     small
         .write_with_encoder(image::codecs::webp::WebPEncoder::new_lossless(&mut out))
         .map_err(|e| ImagingError::Encode(e.to_string()))?;
-    Ok(out)
+    Ok((out, small.dimensions()))
 }
 
 #[cfg(test)]
@@ -29,13 +33,14 @@ mod tests {
     #[test]
     fn thumbnails_are_small_webp_with_the_aspect_ratio() {
         let img = crate::scene::sample_scene(8, 300, 150);
-        let webp = thumbnail_webp(&img, 64).unwrap();
+        let (webp, dims) = thumbnail_webp(&img, 64).unwrap();
         assert_eq!(&webp[8..12], b"WEBP");
+        assert_eq!(dims, (64, 32));
         let back = crate::decode(&webp, crate::DecodeLimits::default()).unwrap();
         assert_eq!(back.dimensions(), (64, 32));
         let tiny = RgbaImage::from_pixel(10, 5, image::Rgba([1, 2, 3, 4]));
         let back = crate::decode(
-            &thumbnail_webp(&tiny, 64).unwrap(),
+            &thumbnail_webp(&tiny, 64).unwrap().0,
             crate::DecodeLimits::default(),
         )
         .unwrap();

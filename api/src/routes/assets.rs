@@ -1,0 +1,150 @@
+//! The asset registry: every file a project holds (inputs, references,
+//! generated candidates, pass outputs, thumbnails, archived files, run logs),
+//! with its hash, type and dimensions, and the file itself.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, get, web};
+use actors::projects;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::dto::Asset;
+use crate::error::{ApiResult, ErrorBody};
+use crate::extract::{Auth, principal_from_header_or};
+
+#[derive(Deserialize, IntoParams)]
+pub struct AssetListQuery {
+    /// Default 500, clamped to 1..2000.
+    limit: Option<i64>,
+    /// Only this kind (`input`, `reference`, `generated`, `bg_removed`,
+    /// `upscaled`, `color`, `thumbnail`, `archived`, `run_log`, ...).
+    kind: Option<String>,
+    /// Only the files of this run.
+    run_id: Option<Uuid>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssetList {
+    ok: bool,
+    count: usize,
+    assets: Vec<Asset>,
+}
+
+/// Assets of a project, newest first.
+#[utoipa::path(tag = "assets", params(("slug" = String, Path), AssetListQuery),
+    responses((status = 200, body = AssetList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/assets")]
+pub async fn list_assets(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+    query: web::Query<AssetListQuery>,
+) -> ApiResult<web::Json<AssetList>> {
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let limit = query.limit.unwrap_or(500).clamp(1, 2000) as u64;
+    let kind = query
+        .kind
+        .as_deref()
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let assets: Vec<Asset> = actors::assets::list(&state.db, project.id, limit, kind, query.run_id)
+        .await?
+        .iter()
+        .map(Asset::from)
+        .collect();
+    Ok(web::Json(AssetList {
+        ok: true,
+        count: assets.len(),
+        assets,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct AssetDetail {
+    ok: bool,
+    asset: Asset,
+}
+
+/// One asset's record.
+#[utoipa::path(tag = "assets", params(("slug" = String, Path), ("assetId" = String, Path)),
+    responses((status = 200, body = AssetDetail), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/assets/{assetId}")]
+pub async fn get_asset(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<AssetDetail>> {
+    let (slug, asset_id) = path.into_inner();
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let asset = actors::assets::get(&state.db, project.id, &asset_id).await?;
+    Ok(web::Json(AssetDetail {
+        ok: true,
+        asset: Asset::from(&asset),
+    }))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ContentQuery {
+    /// The bearer token, for `<img src>` in browsers (never logged).
+    token: Option<String>,
+}
+
+/// The asset's file, with its stored MIME type. Content never changes for
+/// an id, so it is cacheable; the ETag is the content hash.
+#[utoipa::path(tag = "assets", params(("slug" = String, Path), ("assetId" = String, Path), ContentQuery),
+    responses((status = 200, description = "the file", content_type = "application/octet-stream"),
+        (status = 304, description = "If-None-Match matched"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/assets/{assetId}/content")]
+pub async fn asset_content(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+    query: web::Query<ContentQuery>,
+) -> ApiResult<HttpResponse> {
+    let principal = principal_from_header_or(&req, query.token.as_deref()).await?;
+    let (slug, asset_id) = path.into_inner();
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let asset = actors::assets::get(&state.db, project.id, &asset_id).await?;
+    let etag = asset
+        .sha256
+        .as_deref()
+        .map(|sha| header::EntityTag::new_strong(sha.to_string()));
+    if let (Some(tag), Some(header::IfNoneMatch::Items(wanted))) = (
+        &etag,
+        req.headers()
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                header::IfNoneMatch::Items(
+                    v.split(',')
+                        .filter_map(|t| t.trim().parse::<header::EntityTag>().ok())
+                        .collect(),
+                )
+            }),
+    ) && wanted.iter().any(|w| w.strong_eq(tag))
+    {
+        return Ok(HttpResponse::NotModified().finish());
+    }
+    let store = projects::object_store(&state.db, &state.roots, &project).await?;
+    let bytes = actors::assets::read(&store, &asset).await?;
+    let mut response = HttpResponse::Ok();
+    response
+        .content_type(
+            asset
+                .mime_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".into()),
+        )
+        .insert_header((
+            header::CACHE_CONTROL,
+            "private, max-age=31536000, immutable",
+        ))
+        .insert_header(("X-Content-Type-Options", "nosniff"));
+    if let Some(tag) = etag {
+        response.insert_header(header::ETag(tag));
+    }
+    Ok(response.body(bytes))
+}

@@ -1,0 +1,265 @@
+//! The asset registry over HTTP: thumbnails per candidate, deduplication by
+//! content within a project, listing, detail and file content with auth.
+
+use reqwest::StatusCode;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_error};
+
+async fn run(app: &TestApp, token: &str, body: Value) -> Value {
+    let (s, b) = app
+        .post("/api/projects/book/runs/trigger", token, body)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
+    b
+}
+
+#[actix_web::test]
+async fn candidates_get_thumbnails_served_with_auth_and_caching() {
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    app.create_project(&token, "Other", "other").await;
+    let b = run(&app, &token, json!({"mode": "run", "scene_refs": ["sample:3@320x240"], "stage": "style", "candidates": 2, "wait": true})).await;
+    let run_id = b["run_id"].as_str().unwrap();
+
+    // Every candidate.ready event names its thumbnail.
+    let (_, events) = app
+        .get(&format!("/api/projects/book/runs/{run_id}/events"), &token)
+        .await;
+    let ready: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "candidate.ready")
+        .collect();
+    assert_eq!(ready.len(), 2, "{events}");
+    for e in &ready {
+        let p = &e["payload"];
+        let thumb = p["thumbnail_asset_id"].as_str().unwrap();
+        assert_eq!(
+            p["thumbnail_url"],
+            json!(format!("/api/projects/book/assets/{thumb}/content"))
+        );
+        assert_ne!(p["thumbnail_asset_id"], p["final_asset_id"]);
+        let (s, a) = app
+            .get(&format!("/api/projects/book/assets/{thumb}"), &token)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{a}");
+        let a = &a["asset"];
+        assert_eq!(a["kind"], "thumbnail");
+        assert_eq!(a["mime_type"], "image/webp");
+        assert_eq!(
+            (a["width"].as_i64(), a["height"].as_i64()),
+            (Some(256), Some(192))
+        );
+        // A variant of the candidate's final file.
+        let link = entities::asset_links::Entity::find()
+            .filter(
+                entities::asset_links::Column::ChildAssetId
+                    .eq(thumb.parse::<uuid::Uuid>().unwrap()),
+            )
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(link.link_type, "variant_of");
+        assert_eq!(
+            link.parent_asset_id.to_string(),
+            p["final_asset_id"].as_str().unwrap()
+        );
+
+        // The file, with the token in the query as an <img> would send it.
+        let url = format!("{}{}", app.base, p["thumbnail_url"].as_str().unwrap());
+        let res = app
+            .client
+            .get(format!("{url}?token={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["content-type"], "image/webp");
+        let etag = res.headers()["etag"].to_str().unwrap().to_string();
+        let bytes = res.bytes().await.unwrap();
+        assert_eq!(&bytes[8..12], b"WEBP");
+        assert_eq!(
+            a["sha256"].as_str().unwrap(),
+            actors::assets::sha256_hex(&bytes)
+        );
+        assert_eq!(etag, format!("\"{}\"", a["sha256"].as_str().unwrap()));
+        let again = app
+            .client
+            .get(&url)
+            .bearer_auth(&token)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
+        // No token, a wrong token, another project's scope: refused in the envelope.
+        let (s, e) = app
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/projects/book/assets/{thumb}/content"),
+                None,
+                None,
+            )
+            .await;
+        assert_error(s, &e, 401, "unauthorized");
+        let (s, e) = app
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/projects/book/assets/{thumb}/content?token=nope"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{e}");
+        let (s, e) = app
+            .get(
+                &format!("/api/projects/other/assets/{thumb}/content"),
+                &token,
+            )
+            .await;
+        assert_error(s, &e, 404, "not_found");
+    }
+    let scoped = app.scoped_token(&token, "other").await;
+    let thumb = ready[0]["payload"]["thumbnail_asset_id"].as_str().unwrap();
+    let (s, _) = app
+        .get(&format!("/api/projects/book/assets/{thumb}"), &scoped)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, e) = app
+        .get("/api/projects/book/assets/not-a-uuid", &token)
+        .await;
+    assert_error(s, &e, 404, "not_found");
+    assert_eq!(e["error"], "Asset not found");
+
+    // Listing: newest first, filtered by kind and run, limit clamped.
+    let (_, list) = app
+        .get(
+            &format!("/api/projects/book/assets?kind=thumbnail&run_id={run_id}"),
+            &token,
+        )
+        .await;
+    assert_eq!(list["count"], 2, "{list}");
+    let (_, all) = app.get("/api/projects/book/assets?limit=0", &token).await;
+    assert_eq!(all["count"], 1, "limit is clamped to at least 1");
+    let (_, all) = app.get("/api/projects/book/assets", &token).await;
+    let kinds: Vec<&str> = all["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["input", "generated", "thumbnail"] {
+        assert!(kinds.contains(&kind), "{kinds:?}");
+    }
+    let times: Vec<&str> = all["assets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["created_at"].as_str().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
+
+    // Images no larger than a thumbnail are their own thumbnail.
+    let small = run(&app, &token, json!({"mode": "run", "scene_refs": ["sample:4@64x48"], "stage": "style", "candidates": 1, "wait": true})).await;
+    let c = &small["jobs"][0]["candidates"][0];
+    assert_eq!(c["meta_json"]["thumbnail_asset_id"], c["final_asset_id"]);
+}
+
+#[actix_web::test]
+async fn identical_outputs_are_one_asset_within_a_project() {
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    // The style stage is deterministic for the local provider: a second run
+    // of the same scene produces the same bytes.
+    let body = json!({"mode": "run", "scene_refs": ["sample:6@300x200"], "stage": "style", "candidates": 1, "postprocess": {"upscale": true}, "wait": true});
+    let first = run(&app, &token, body.clone()).await;
+    // Run logs are written after the run is reported finished: not counted.
+    let count = || async {
+        entities::assets::Entity::find()
+            .filter(entities::assets::Column::Kind.ne("run_log"))
+            .all(&app.db)
+            .await
+            .unwrap()
+            .len()
+    };
+    let before = count().await;
+    let second = run(&app, &token, body).await;
+    let c1 = &first["jobs"][0]["candidates"][0];
+    let c2 = &second["jobs"][0]["candidates"][0];
+    assert_ne!(first["run_id"], second["run_id"]);
+    assert_eq!(
+        c1["output_asset_id"], c2["output_asset_id"],
+        "same content, same asset"
+    );
+    assert_eq!(c1["final_asset_id"], c2["final_asset_id"]);
+    assert_eq!(
+        c1["meta_json"]["thumbnail_asset_id"],
+        c2["meta_json"]["thumbnail_asset_id"]
+    );
+    assert_eq!(
+        count().await,
+        before,
+        "the second run stored no second copy of any file"
+    );
+    // The lineage edges exist once each.
+    let links = entities::asset_links::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
+    let mut edges: Vec<_> = links
+        .iter()
+        .map(|l| (l.parent_asset_id, l.child_asset_id, l.link_type.clone()))
+        .collect();
+    let n = edges.len();
+    edges.sort();
+    edges.dedup();
+    assert_eq!(edges.len(), n);
+    // Another project keeps its own copy.
+    app.create_project(&token, "Other", "other").await;
+    let (_, other) = app
+        .post("/api/projects/other/runs/trigger", &token, json!({"mode": "run", "scene_refs": ["sample:6@300x200"], "stage": "style", "candidates": 1, "wait": true}))
+        .await;
+    assert_ne!(
+        other["jobs"][0]["candidates"][0]["output_asset_id"],
+        c1["output_asset_id"]
+    );
+}
+
+#[actix_web::test]
+async fn events_carry_progress_and_cost_so_far() {
+    let app = TestApp::spawn_with(|s| s.providers.local.price_usd = 0.01).await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    let b = run(&app, &token, json!({"mode": "run", "confirm_spend": true, "scene_refs": ["sample:1@64x48", "sample:2@64x48"], "stage": "time", "candidates": 2, "wait": true})).await;
+    let run_id = b["run_id"].as_str().unwrap();
+    let (_, events) = app
+        .get(&format!("/api/projects/book/runs/{run_id}/events"), &token)
+        .await;
+    let events = events["events"].as_array().unwrap();
+    let mut last = (0, 0.0);
+    for e in events {
+        let p = &e["payload"];
+        match e["event_type"].as_str().unwrap() {
+            "candidate.ready" | "job.winner_selected" | "stage.completed" => {
+                assert_eq!(p["progress"]["jobs_total"], 4, "{e}");
+                let finished = p["progress"]["jobs_finished"].as_i64().unwrap();
+                let cost = p["cost_so_far_usd"].as_f64().unwrap();
+                assert!(finished >= last.0 && cost >= last.1 - 1e-9, "monotone: {e}");
+                last = (finished, cost);
+            }
+            _ => assert!(p.get("progress").is_none(), "{e}"),
+        }
+    }
+    assert_eq!(last.0, 4, "the last completion saw every job finished");
+    assert!((last.1 - 0.08).abs() < 1e-9, "8 paid candidates: {}", last.1);
+}
