@@ -261,5 +261,9 @@ async fn events_carry_progress_and_cost_so_far() {
         }
     }
     assert_eq!(last.0, 4, "the last completion saw every job finished");
-    assert!((last.1 - 0.08).abs() < 1e-9, "8 paid candidates: {}", last.1);
+    assert!(
+        (last.1 - 0.08).abs() < 1e-9,
+        "8 paid candidates: {}",
+        last.1
+    );
 }
