@@ -29,6 +29,31 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub engine: EngineSettings,
     pub providers: ProvidersSettings,
+    pub webhooks: WebhookSettings,
+}
+
+/// Webhook delivery: retries with exponential backoff, per-attempt timeout.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// First retry after this long; doubles per attempt, at most an hour.
+    pub retry_base_ms: u64,
+    /// Attempts before a delivery is marked failed.
+    pub max_attempts: i32,
+    pub timeout_ms: u64,
+    /// How often due deliveries are looked for.
+    pub poll_ms: u64,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        Self {
+            retry_base_ms: 2_000,
+            max_attempts: 8,
+            timeout_ms: 10_000,
+            poll_ms: 500,
+        }
+    }
 }
 
 /// The execution engine's bounds and timings.
@@ -138,6 +163,7 @@ impl Default for Settings {
             storage: StorageSettings::default(),
             engine: EngineSettings::default(),
             providers: ProvidersSettings::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }

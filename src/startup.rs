@@ -123,6 +123,12 @@ pub fn engine_config(settings: &Settings) -> actors::engine::EngineConfig {
         },
         job_max_attempts: e.job_max_attempts.max(1),
         limits: imaging::DecodeLimits::default(),
+        webhooks: actors::webhooks::WebhookConfig {
+            retry_base: Duration::from_millis(settings.webhooks.retry_base_ms.max(10)),
+            max_attempts: settings.webhooks.max_attempts.max(1),
+            timeout: Duration::from_millis(settings.webhooks.timeout_ms.max(100)),
+            poll: Duration::from_millis(settings.webhooks.poll_ms.max(10)),
+        },
     }
 }
 

@@ -20,6 +20,7 @@ mod principal;
 pub mod projects;
 pub mod runs;
 pub mod time;
+pub mod webhooks;
 
 pub use error::ServiceError;
 pub use principal::{Principal, TokenPrincipal};

@@ -1,6 +1,6 @@
 //! SeaORM entities for every table of the Atelier schema. Entities only: no
 //! behaviour lives here. The schema itself is defined by the `migration` crate;
-//! `tests/it/schema.rs` checks that every entity can read and write its table on
+//! `tests/it/migrations.rs` checks that every entity can read and write its table on
 //! SQLite and PostgreSQL.
 
 pub mod agent_instruction_events;
@@ -31,6 +31,8 @@ pub mod run_jobs;
 pub mod runs;
 pub mod style_guides;
 pub mod voice_requests;
+pub mod webhook_deliveries;
+pub mod webhooks;
 
 /// `use entities::prelude::*` for the entity types under readable names.
 pub mod prelude {
@@ -62,4 +64,6 @@ pub mod prelude {
     pub use super::runs::Entity as Run;
     pub use super::style_guides::Entity as StyleGuide;
     pub use super::voice_requests::Entity as VoiceRequest;
+    pub use super::webhook_deliveries::Entity as WebhookDelivery;
+    pub use super::webhooks::Entity as Webhook;
 }

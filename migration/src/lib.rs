@@ -12,6 +12,7 @@ mod m20261126_000002_catalog;
 mod m20261126_000003_assets;
 mod m20261126_000004_runs;
 mod m20261126_000005_conversation;
+mod m20261126_000006_webhooks;
 
 pub struct Migrator;
 
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000003_assets::Migration),
             Box::new(m20261126_000004_runs::Migration),
             Box::new(m20261126_000005_conversation::Migration),
+            Box::new(m20261126_000006_webhooks::Migration),
         ]
     }
 }

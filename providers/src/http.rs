@@ -40,7 +40,7 @@ pub(crate) async fn read_limited(
 }
 
 /// The HTTP client of one adapter: our user agent, a total and a connect timeout.
-pub(crate) fn client(timeout: Duration, connect: Duration) -> Result<reqwest::Client, String> {
+pub fn client(timeout: Duration, connect: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .user_agent(concat!("atelier/", env!("CARGO_PKG_VERSION")))
         .timeout(timeout)

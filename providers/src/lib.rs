@@ -5,6 +5,8 @@
 pub mod bg_remote;
 pub mod credentials;
 mod http;
+
+pub use http::client as http_client;
 pub mod local;
 pub mod openai;
 

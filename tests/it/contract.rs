@@ -40,6 +40,13 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/projects/{slug}/assets"),
     ("GET", "/api/projects/{slug}/assets/{assetId}"),
     ("GET", "/api/projects/{slug}/assets/{assetId}/content"),
+    ("POST", "/api/projects/{slug}/webhooks"),
+    ("GET", "/api/projects/{slug}/webhooks"),
+    ("DELETE", "/api/projects/{slug}/webhooks/{webhookId}"),
+    (
+        "GET",
+        "/api/projects/{slug}/webhooks/{webhookId}/deliveries",
+    ),
     ("GET", "/api/projects/{slug}/queue"),
     ("POST", "/api/projects/{slug}/queue/pause"),
     ("POST", "/api/projects/{slug}/queue/resume"),
@@ -69,6 +76,9 @@ const ADDITIONS: &[&str] = &[
     "/admin/pause",
     "/admin/resume",
     "/api/projects/{slug}/assets/{assetId}/content",
+    "/api/projects/{slug}/webhooks",
+    "/api/projects/{slug}/webhooks/{webhookId}",
+    "/api/projects/{slug}/webhooks/{webhookId}/deliveries",
 ];
 
 const FROZEN_ROUTES: &str = include_str!("frozen_routes.txt");

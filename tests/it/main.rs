@@ -20,3 +20,4 @@ mod providers;
 mod recovery;
 mod runs;
 mod storage;
+mod webhooks;

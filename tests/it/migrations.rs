@@ -65,6 +65,8 @@ async fn up_down_up_and_every_entity_reads_its_table() {
         agent_instructions,
         agent_instruction_events,
         voice_requests,
+        webhooks,
+        webhook_deliveries,
     );
 
     let down = database::migrate_down(&db, None).await.unwrap();

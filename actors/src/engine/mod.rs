@@ -17,6 +17,7 @@ mod cost;
 mod project;
 mod registry;
 mod run;
+mod webhook;
 mod worker;
 
 use std::collections::HashMap;
@@ -35,6 +36,7 @@ pub use audit::{AuditActor, PaidCall};
 pub use cost::{CostActor, ReserveSpend};
 pub use project::ProjectActor;
 pub use registry::{ActorInfo, SupervisionRegistry};
+pub use webhook::WebhookActor;
 
 use crate::ServiceError;
 use crate::runs::events::EventHub;
@@ -57,6 +59,7 @@ pub struct EngineConfig {
     /// Attempts per job (a panic or internal error consumes one).
     pub job_max_attempts: i32,
     pub limits: DecodeLimits,
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +78,7 @@ impl Default for EngineConfig {
             },
             job_max_attempts: 3,
             limits: DecodeLimits::default(),
+            webhooks: crate::webhooks::WebhookConfig::default(),
         }
     }
 }
@@ -153,11 +157,12 @@ pub struct Engine {
     project: Addr<ProjectActor>,
     cost: Addr<CostActor>,
     audit: Addr<AuditActor>,
+    webhooks: Addr<WebhookActor>,
     pub deps: Arc<EngineDeps>,
 }
 
 /// Actors an operator can restart through their supervisor.
-pub const RESTARTABLE: &[&str] = &["project", "cost", "audit"];
+pub const RESTARTABLE: &[&str] = &["project", "cost", "audit", "webhooks"];
 
 const MAILBOX_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -176,6 +181,8 @@ impl Engine {
         let (db, registry) = (deps.db.clone(), deps.registry.clone());
         let audit = Supervisor::start(move |_| AuditActor::new(db, registry));
         deps.audit = Some(audit.clone().recipient());
+        let (db, registry, config) = (deps.db.clone(), deps.registry.clone(), deps.config.webhooks);
+        let webhooks = Supervisor::start(move |_| WebhookActor::new(db, config, registry));
         let writer_db = deps.writer_db.clone().unwrap_or_else(|| deps.db.clone());
         deps.writer = Some(RowWriter::start(writer_db, deps.hub.clone()));
         let deps = Arc::new(deps);
@@ -185,6 +192,7 @@ impl Engine {
             project,
             cost,
             audit,
+            webhooks,
             deps,
         }
     }
@@ -276,6 +284,12 @@ impl Engine {
             }
             "audit" => {
                 self.audit
+                    .send(project::Restart)
+                    .timeout(MAILBOX_TIMEOUT)
+                    .await
+            }
+            "webhooks" => {
+                self.webhooks
                     .send(project::Restart)
                     .timeout(MAILBOX_TIMEOUT)
                     .await

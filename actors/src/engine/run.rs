@@ -373,6 +373,12 @@ async fn finish_run(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result
         .await?
         .rows_affected;
     let run = runs::Entity::find_by_id(run_id).one(&txn).await?;
+    // Webhooks are told in the same transaction, so a crash cannot lose them.
+    if changed > 0
+        && let Some(run) = &run
+    {
+        crate::webhooks::enqueue_run_outcome(&txn, run, jobs.len(), done).await?;
+    }
     let status_now = run.map(|r| r.status).unwrap_or_default();
     let event = events::append(
         &txn,

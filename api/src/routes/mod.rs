@@ -11,6 +11,7 @@ mod metrics;
 mod projects;
 mod runs;
 mod storage;
+mod webhooks;
 
 use utoipa_actix_web::service_config::ServiceConfig;
 
@@ -39,6 +40,10 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(assets::list_assets)
         .service(assets::get_asset)
         .service(assets::asset_content)
+        .service(webhooks::create_webhook)
+        .service(webhooks::list_webhooks)
+        .service(webhooks::delete_webhook)
+        .service(webhooks::list_deliveries)
         .service(runs::get_queue)
         .service(runs::pause_queue)
         .service(runs::resume_queue)
