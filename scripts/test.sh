@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite twice: on SQLite (the embedded default) and on
 # PostgreSQL, with a real S3-compatible server (moto) for object storage.
-# Starts what it needs: PostgreSQL on 127.0.0.1:5432 if it is down, and moto on
-# a free loopback port (installed into a cached virtualenv on first use).
+# Starts what it needs: PostgreSQL on 127.0.0.1:5432 if it is down, moto on a
+# free loopback port (installed into a cached virtualenv on first use), and
+# Chromium for the browser test (installed with apt if missing).
 # Usage: scripts/test.sh [extra nextest args, e.g. a test name filter]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,8 +46,20 @@ ensure_moto() {
   echo "moto_server did not start" >&2; exit 1
 }
 
+# The ops console test drives a real headless Chromium (Debian's package).
+ensure_chromium() {
+  if command -v "${ATELIER_CHROMIUM:-chromium}" >/dev/null; then return; fi
+  log "installing chromium (headless browser for the console test)"
+  if command -v apt-get >/dev/null; then
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
+  command -v "${ATELIER_CHROMIUM:-chromium}" >/dev/null || { echo "chromium is required (apt install chromium)" >&2; exit 1; }
+}
+
 ensure_postgres
 ensure_moto
+ensure_chromium
 
 if cargo nextest --version >/dev/null 2>&1; then
   runner=(cargo nextest run --workspace --no-fail-fast)

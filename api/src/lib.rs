@@ -197,6 +197,7 @@ pub fn app(
         .configure(routes::configure)
         .default_service(web::to(unmatched))
         .into_app()
+        .configure(routes::console::configure)
         .wrap(Compress::default())
         .wrap(actix_web::middleware::from_fn(response_headers))
         .wrap(TracingLogger::<RedactedSpan>::new())

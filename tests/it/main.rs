@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bg_stub;
+mod browser;
 mod helpers;
 mod openai_stub;
 
@@ -12,6 +13,7 @@ mod admin;
 mod assets;
 mod auth;
 mod cli;
+mod console;
 mod contract;
 mod feed;
 mod migrations;

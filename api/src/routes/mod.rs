@@ -5,6 +5,7 @@
 mod admin;
 mod assets;
 mod auth;
+pub mod console;
 mod feed;
 mod health;
 mod metrics;
