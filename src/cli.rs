@@ -103,6 +103,22 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 1024)]
         side: u32,
     },
+    /// Live feed latency (event committed -> WebSocket client) for N clients,
+    /// and server memory with one stalled client.
+    Feed {
+        /// Client counts to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,50,200")]
+        clients: Vec<usize>,
+        /// Events per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Measured seconds per client count (after one second of warm-up).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Length of the stalled-client measurement.
+        #[arg(long, default_value_t = 15)]
+        stall_seconds: u64,
+    },
     /// Peak memory of a streamed upscale of a large image.
     UpscaleMemory {
         #[arg(long, default_value_t = 4096)]
@@ -213,6 +229,27 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench {
             what: BenchWhat::Passes { side },
         } => crate::bench::passes::run(side),
+        Command::Bench {
+            what:
+                BenchWhat::Feed {
+                    clients,
+                    rate,
+                    seconds,
+                    stall_seconds,
+                },
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::bench::feed::run(
+                settings,
+                crate::bench::feed::FeedOptions {
+                    clients,
+                    rate,
+                    seconds,
+                    stall_seconds,
+                },
+            )
+            .await
+        }
         Command::Bench {
             what: BenchWhat::UpscaleMemory { side, factor },
         } => {
