@@ -193,6 +193,7 @@ function renderActors(s) {
     if (a.last_error) addError(a.last_restart_at || a.started_at || '', `${a.name}: ${a.last_error}`);
     return el('tr', { 'data-actor': a.name, 'data-status': a.status, 'data-restarts': String(a.restarts) },
       el('td', {}, a.name), el('td', { className: 'st' }, a.status), el('td', { className: 'restarts' }, a.restarts),
+      el('td', {}, a.mailbox_depth ?? ''),
       el('td', {}, a.last_error || ''), cell);
   });
   $('#actors tbody').replaceChildren(...rows);

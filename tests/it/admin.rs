@@ -26,9 +26,11 @@ async fn supervision_snapshot_and_forced_restart() {
             .cloned()
             .unwrap_or_else(|| panic!("no actor {name} in {snap}"))
     };
-    for name in ["project", "cost", "audit"] {
+    for name in ["project", "cost", "audit", "webhooks"] {
         assert_eq!(actor(&snap, name)["status"], "running");
         assert_eq!(actor(&snap, name)["restarts"], 0);
+        // Idle: nothing waiting (counting is unit-tested in the registry).
+        assert_eq!(actor(&snap, name)["mailbox_depth"], 0);
     }
     assert_eq!(snap["queue"]["queued_runs"], 0);
     assert!(snap["node_id"].as_str().unwrap().starts_with("node-"));

@@ -35,7 +35,7 @@ use uuid::Uuid;
 pub use audit::{AuditActor, PaidCall};
 pub use cost::{CostActor, ReserveSpend};
 pub use project::ProjectActor;
-pub use registry::{ActorInfo, SupervisionRegistry};
+pub use registry::{ActorInfo, Counted, SupervisionRegistry};
 pub use webhook::WebhookActor;
 
 use crate::ServiceError;
@@ -94,9 +94,9 @@ pub struct EngineDeps {
     /// Distinguishes this process's leases from other nodes'.
     pub node_id: String,
     /// The CostActor's inbox, set when the engine starts.
-    pub spend: Option<actix::Recipient<ReserveSpend>>,
+    pub spend: Option<Counted<ReserveSpend>>,
     /// The AuditActor's inbox, set when the engine starts.
-    pub audit: Option<actix::Recipient<PaidCall>>,
+    pub audit: Option<Counted<PaidCall>>,
     /// Group commit for the job pipeline's rows, started with the engine.
     pub writer: Option<RowWriter>,
     /// Operator switch: while set, no queued run starts and no job is leased
@@ -177,10 +177,10 @@ impl Engine {
         let mut deps = deps;
         let (db, registry) = (deps.db.clone(), deps.registry.clone());
         let cost = Supervisor::start(move |_| CostActor::new(db, registry));
-        deps.spend = Some(cost.clone().recipient());
+        deps.spend = Some(deps.registry.counted("cost", cost.clone().recipient()));
         let (db, registry) = (deps.db.clone(), deps.registry.clone());
         let audit = Supervisor::start(move |_| AuditActor::new(db, registry));
-        deps.audit = Some(audit.clone().recipient());
+        deps.audit = Some(deps.registry.counted("audit", audit.clone().recipient()));
         let (db, registry, config) = (deps.db.clone(), deps.registry.clone(), deps.config.webhooks);
         let webhooks = Supervisor::start(move |_| WebhookActor::new(db, config, registry));
         let writer_db = deps.writer_db.clone().unwrap_or_else(|| deps.db.clone());
@@ -205,12 +205,29 @@ impl Engine {
         &self.deps.registry
     }
 
+    /// Sends a request to one of the engine's actors, counted in its mailbox
+    /// depth, with the engine's mailbox timeout.
+    async fn ask<A, M>(&self, name: &str, to: &Addr<A>, msg: M) -> Result<M::Result, ServiceError>
+    where
+        A: actix::Actor + actix::Handler<M>,
+        A::Context: actix::dev::ToEnvelope<A, M>,
+        M: actix::Message + Send + 'static,
+        M::Result: Send,
+    {
+        let inbox = self.deps.registry.counted(name, to.clone().recipient());
+        match tokio::time::timeout(MAILBOX_TIMEOUT, inbox.send(msg)).await {
+            Ok(answer) => answer.map_err(unavailable),
+            Err(_) => Err(unavailable(actix::MailboxError::Timeout)),
+        }
+    }
+
     pub async fn submit(&self, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
-        self.project
-            .send(project::SubmitRun { run_id, project_id })
-            .timeout(MAILBOX_TIMEOUT)
-            .await
-            .map_err(unavailable)
+        self.ask(
+            "project",
+            &self.project,
+            project::SubmitRun { run_id, project_id },
+        )
+        .await
     }
 
     pub async fn cancel_run(
@@ -218,30 +235,25 @@ impl Engine {
         run_id: Uuid,
         principal: &crate::Principal,
     ) -> Result<(), ServiceError> {
-        self.project
-            .send(project::CancelRun {
-                run_id,
-                principal: principal.clone(),
-            })
-            .timeout(MAILBOX_TIMEOUT)
-            .await
-            .map_err(unavailable)?
+        let cancel = project::CancelRun {
+            run_id,
+            principal: principal.clone(),
+        };
+        self.ask("project", &self.project, cancel).await?
     }
 
     pub async fn set_paused(&self, project_id: Uuid, paused: bool) -> Result<(), ServiceError> {
-        self.project
-            .send(project::SetPaused { project_id, paused })
-            .timeout(MAILBOX_TIMEOUT)
-            .await
-            .map_err(unavailable)
+        self.ask(
+            "project",
+            &self.project,
+            project::SetPaused { project_id, paused },
+        )
+        .await
     }
 
     pub async fn is_paused(&self, project_id: Uuid) -> Result<bool, ServiceError> {
-        self.project
-            .send(project::IsPaused { project_id })
-            .timeout(MAILBOX_TIMEOUT)
+        self.ask("project", &self.project, project::IsPaused { project_id })
             .await
-            .map_err(unavailable)
     }
 
     /// Pauses or resumes all processing in this process (see
@@ -252,11 +264,7 @@ impl Engine {
             .paused_all
             .store(paused, std::sync::atomic::Ordering::SeqCst);
         if !paused {
-            self.project
-                .send(project::Pump)
-                .timeout(MAILBOX_TIMEOUT)
-                .await
-                .map_err(unavailable)?;
+            self.ask("project", &self.project, project::Pump).await?;
         }
         Ok(())
     }
@@ -269,38 +277,15 @@ impl Engine {
 
     /// Stops the named actor so its supervisor restarts it (see [`RESTARTABLE`]).
     pub async fn restart_actor(&self, name: &str) -> Result<(), ServiceError> {
-        let sent = match name {
-            "project" => {
-                self.project
-                    .send(project::Restart)
-                    .timeout(MAILBOX_TIMEOUT)
-                    .await
-            }
-            "cost" => {
-                self.cost
-                    .send(project::Restart)
-                    .timeout(MAILBOX_TIMEOUT)
-                    .await
-            }
-            "audit" => {
-                self.audit
-                    .send(project::Restart)
-                    .timeout(MAILBOX_TIMEOUT)
-                    .await
-            }
-            "webhooks" => {
-                self.webhooks
-                    .send(project::Restart)
-                    .timeout(MAILBOX_TIMEOUT)
-                    .await
-            }
-            _ => {
-                return Err(ServiceError::not_found(format!(
-                    "No restartable actor '{name}'"
-                )));
-            }
-        };
-        sent.map_err(unavailable)
+        match name {
+            "project" => self.ask(name, &self.project, project::Restart).await,
+            "cost" => self.ask(name, &self.cost, project::Restart).await,
+            "audit" => self.ask(name, &self.audit, project::Restart).await,
+            "webhooks" => self.ask(name, &self.webhooks, project::Restart).await,
+            _ => Err(ServiceError::not_found(format!(
+                "No restartable actor '{name}'"
+            ))),
+        }
     }
 
     /// Waits until the run is in a terminal state (or `timeout` passes).

@@ -58,9 +58,9 @@ pub struct JobEnv {
     pub retry: RetryPolicy,
     pub limits: DecodeLimits,
     /// The CostActor: asked before every paid attempt.
-    pub spend: Option<actix::Recipient<crate::engine::ReserveSpend>>,
+    pub spend: Option<crate::engine::Counted<crate::engine::ReserveSpend>>,
     /// The AuditActor: told about every paid call.
-    pub audit: Option<actix::Recipient<crate::engine::PaidCall>>,
+    pub audit: Option<crate::engine::Counted<crate::engine::PaidCall>>,
     pub project_budget_usd: Option<f64>,
     /// Group commit for the candidates' rows.
     pub writer: Option<RowWriter>,

@@ -35,7 +35,8 @@ pub struct SupervisionResponse {
     ok: bool,
     node_id: String,
     uptime_seconds: u64,
-    /// Per actor: `name`, `status`, `restarts`, `last_error`, `last_restart_at`, `started_at`.
+    /// Per actor: `name`, `status`, `restarts`, `last_error`, `last_restart_at`,
+    /// `started_at`, `mailbox_depth` (requests not answered yet).
     #[schema(value_type = Vec<Object>)]
     actors: Vec<actors::engine::ActorInfo>,
     /// Actors `POST /admin/actors/{name}/restart` accepts.
