@@ -598,24 +598,35 @@ async fn call_with_retries(
                 if !retry {
                     return Ok(None);
                 }
-                let seed = u64::from(attempt) ^ (index as u64) << 8 ^ job.id.as_u128() as u64;
-                // A provider's Retry-After is honoured (up to a minute).
-                let wait = env.retry.delay(attempt, seed).max(
-                    err.retry_after()
-                        .unwrap_or_default()
-                        .min(Duration::from_secs(60)),
-                );
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(retry_wait(env, job, index, attempt, &err)).await;
             }
         }
     }
+}
+
+/// The pause before the next attempt: the policy's jittered backoff, or the
+/// provider's Retry-After when longer (up to a minute).
+fn retry_wait(
+    env: &JobEnv,
+    job: &run_jobs::Model,
+    index: i32,
+    attempt: u32,
+    err: &providers::ProviderError,
+) -> Duration {
+    let seed = u64::from(attempt) ^ (index as u64) << 8 ^ job.id.as_u128() as u64;
+    env.retry.delay(attempt, seed).max(
+        err.retry_after()
+            .unwrap_or_default()
+            .min(Duration::from_secs(60)),
+    )
 }
 
 /// One paid background removal by a remote service, with the same safety as
 /// generation calls: a call record before the call, a reservation through
 /// the CostActor, the result (file, asset, call, cost event) committed as
 /// soon as it arrives, and a stored result reused instead of paid again.
-/// `None`: refused, failed or canceled (the next backend is tried).
+/// Retryable errors are retried like generation calls. `None`: refused,
+/// failed or canceled (the next backend is tried).
 pub(super) async fn remote_bg_remove(
     env: &JobEnv,
     run: &runs::Model,
@@ -666,24 +677,35 @@ pub(super) async fn remote_bg_remove(
             c
         }
     };
-    let attempt = call.attempt.max(0) as u32 + 1;
-    if let Err(refused) = reserve(env, run, call.id, attempt, price).await {
-        let code = match &refused {
-            ServiceError::Policy { code, .. } => *code,
-            _ => "reservation_failed",
-        };
-        fail_call(env, call.id, code, &refused.to_string()).await?;
-        return Ok(None);
-    }
-    let began = std::time::Instant::now();
-    let removed = remover.remove(image.clone()).await;
-    let outcome = removed.as_ref().map_or_else(|e| e.code(), |_| "ok");
-    crate::metrics::observe_call(code, outcome, began.elapsed());
-    let removed = match removed {
-        Ok(r) => r,
-        Err(e) => {
-            fail_call(env, call.id, e.code(), &e.to_string()).await?;
+    let mut attempt = call.attempt.max(0) as u32;
+    let removed = loop {
+        attempt += 1;
+        if let Err(refused) = reserve(env, run, call.id, attempt, price).await {
+            let code = match &refused {
+                ServiceError::Policy { code, .. } => *code,
+                _ => "reservation_failed",
+            };
+            fail_call(env, call.id, code, &refused.to_string()).await?;
             return Ok(None);
+        }
+        let began = std::time::Instant::now();
+        let removed = remover.remove(image.clone()).await;
+        let outcome = removed.as_ref().map_or_else(|e| e.code(), |_| "ok");
+        crate::metrics::observe_call(code, outcome, began.elapsed());
+        match removed {
+            Ok(r) => break r,
+            Err(e) => {
+                fail_call(env, call.id, e.code(), &e.to_string()).await?;
+                // Retryable errors get the generation calls' policy; anything
+                // else hands over to the next backend at once.
+                if !e.is_retryable()
+                    || attempt >= env.retry.max_attempts
+                    || canceled(&env.db, run.id, job.id).await?
+                {
+                    return Ok(None);
+                }
+                tokio::time::sleep(retry_wait(env, job, index, attempt, &e)).await;
+            }
         }
     };
     let img = removed.image;
