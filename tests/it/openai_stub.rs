@@ -33,6 +33,8 @@ pub enum Reply {
 
 #[derive(Default)]
 pub struct State {
+    /// The API key it accepts.
+    key: String,
     script: Mutex<VecDeque<Reply>>,
     calls: Mutex<HashMap<String, u32>>,
     images_served: Mutex<HashMap<String, u32>>,
@@ -47,7 +49,16 @@ pub struct OpenAiStub {
 
 impl OpenAiStub {
     pub async fn start() -> Self {
-        let state = Arc::new(State::default());
+        Self::start_with_key(KEY).await
+    }
+
+    /// Accepting `key` (a test can name an environment variable that is
+    /// always set, instead of changing the process environment).
+    pub async fn start_with_key(key: &str) -> Self {
+        let state = Arc::new(State {
+            key: key.to_string(),
+            ..State::default()
+        });
         let shared = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -121,11 +132,11 @@ fn image_body(b64: String) -> serde_json::Value {
     })
 }
 
-fn authorized(req: &HttpRequest) -> bool {
+fn authorized(req: &HttpRequest, state: &State) -> bool {
     req.headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        == Some(&format!("Bearer {KEY}"))
+        == Some(&format!("Bearer {}", state.key))
 }
 
 fn content_type_is(req: &HttpRequest, wanted: &str) -> bool {
@@ -145,7 +156,7 @@ fn idempotency_key(req: &HttpRequest) -> String {
 
 /// Text to image: a JSON body with model, prompt and size, no image.
 async fn generations(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
-    if !authorized(&req) {
+    if !authorized(&req, &state) {
         return error_body(401, "invalid_api_key");
     }
     let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
@@ -166,7 +177,7 @@ async fn generations(req: HttpRequest, body: web::Bytes, state: web::Data<State>
 }
 
 async fn edits(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
-    if !authorized(&req) {
+    if !authorized(&req, &state) {
         return error_body(401, "invalid_api_key");
     }
     let multipart = content_type_is(&req, "multipart/form-data");

@@ -1237,3 +1237,93 @@ async fn a_failed_remote_removal_is_retried_and_only_success_is_paid() {
         "no_backend_removed_a_background"
     );
 }
+
+#[actix_web::test]
+async fn prompt_scenes_are_generated_from_their_description() {
+    let app = TestApp::spawn().await;
+    let token = project(&app).await;
+    let (s, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["prompt:  a quiet harbour at dawn ", "sample:1@64x48"], "stage": "time", "candidates": 2, "wait": true})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
+    let jobs = b["jobs"].as_array().unwrap();
+    let first = jobs
+        .iter()
+        .find(|j| j["job_key"] == "style_1_prompt")
+        .unwrap();
+    assert!(first["input_asset_id"].is_null());
+    assert_eq!(first["meta_json"]["prompt_only"], true);
+    assert_eq!(first["scene_ref"], "prompt:a quiet harbour at dawn");
+    assert!(
+        first["prompt_text"]
+            .as_str()
+            .unwrap()
+            .starts_with("Scene: a quiet harbour at dawn.")
+    );
+    // The next stage works from the generated winner, knowing the scene too.
+    let next = jobs
+        .iter()
+        .find(|j| j["parent_job_id"] == first["id"])
+        .unwrap();
+    assert_eq!(next["input_asset_id"], first["final_asset_id"]);
+    assert!(
+        next["prompt_text"]
+            .as_str()
+            .unwrap()
+            .contains("a quiet harbour at dawn")
+    );
+    let out: uuid::Uuid = first["candidates"][0]["output_asset_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let asset = entities::assets::Entity::find_by_id(out)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((asset.width, asset.height), (Some(512), Some(384)));
+    // Nothing it was derived from.
+    let parents = entities::asset_links::Entity::find()
+        .filter(entities::asset_links::Column::ChildAssetId.eq(out))
+        .filter(entities::asset_links::Column::LinkType.eq("derived_from"))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert!(parents.is_empty());
+
+    for (body, code) in [
+        (
+            json!({"mode": "run", "scene_refs": ["prompt:   "]}),
+            "invalid_scene",
+        ),
+        (
+            json!({"mode": "run", "scene_refs": [format!("prompt:{}", "x".repeat(501))]}),
+            "invalid_scene",
+        ),
+        (
+            json!({"mode": "run", "scene_refs": ["sample:1"], "style_refs": ["prompt:ink"]}),
+            "invalid_scene",
+        ),
+    ] {
+        let (s, e) = trigger(&app, &token, body).await;
+        crate::helpers::assert_error(s, &e, 400, code);
+    }
+}
+
+#[actix_web::test]
+async fn prompt_scenes_use_the_openai_generations_endpoint() {
+    let key = env!("CARGO_MANIFEST_DIR");
+    let stub = crate::openai_stub::OpenAiStub::start_with_key(key).await;
+    let app = TestApp::spawn_with(|s| {
+        s.providers.openai.enabled = true;
+        s.providers.openai.base_url = stub.base_url.clone();
+        s.providers.openai.api_key_env = "CARGO_MANIFEST_DIR".into();
+    })
+    .await;
+    let token = project(&app).await;
+    let (s, b) = trigger(&app, &token, json!({"mode": "run", "provider": "openai", "confirm_spend": true, "scene_refs": ["prompt:a lighthouse in fog"], "stage": "time", "candidates": 1, "wait": true})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
+    // The first stage from the prompt alone, the second an edit of its winner.
+    assert_eq!(stub.images_per_call(), vec![0, 1]);
+}

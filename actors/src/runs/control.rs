@@ -145,7 +145,10 @@ pub async fn retry_failed(
         let new = run_jobs::Model {
             id: Uuid::now_v7(),
             job_key: format!("{}_r{attempt_no}", old.job_key),
-            status: if old.input_asset_id.is_some() {
+            // Ready when it has its input, or needs none (a prompt scene's first stage).
+            status: if old.input_asset_id.is_some()
+                || old.meta_json.get("prompt_only") == Some(&serde_json::Value::Bool(true))
+            {
                 status::PENDING
             } else {
                 status::BLOCKED

@@ -94,8 +94,9 @@ struct JobCtx<'a> {
     run: &'a runs::Model,
     job: &'a run_jobs::Model,
     stage: Stage,
-    input: &'a image::RgbaImage,
-    input_id: Uuid,
+    /// `None`: generated from the prompt alone.
+    input: Option<&'a image::RgbaImage>,
+    input_id: Option<Uuid>,
     guard: GuardSettings,
     /// The passes to run on each candidate (last stage, when any is on).
     postprocess: Option<&'a Postprocess>,
@@ -220,9 +221,21 @@ pub async fn run_job(
         .unwrap_or(1)
         .max(1) as i32;
     let stage = stage_of(job)?;
-    let input_id = job
-        .input_asset_id
-        .ok_or_else(|| ServiceError::Internal(format!("job {} has no input", job.id)))?;
+    let prompt_only = job
+        .meta_json
+        .get("prompt_only")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let input_id = match job.input_asset_id {
+        Some(id) => Some(id),
+        None if prompt_only => None,
+        None => {
+            return Err(ServiceError::Internal(format!(
+                "job {} has no input",
+                job.id
+            )));
+        }
+    };
     // What an earlier attempt of this job already decided or paid for.
     let mut decided: HashMap<i32, run_candidates::Model> = run_candidates::Entity::find()
         .filter(run_candidates::Column::JobId.eq(job.id))
@@ -242,13 +255,18 @@ pub async fn run_job(
     if canceled(&env.db, run.id, job.id).await? {
         return Ok(JobOutcome::Canceled);
     }
-    let (_, input_bytes) = assets::load_bytes(&env.db, &env.store, input_id).await?;
-    let limits = env.limits;
-    let input = Arc::new(
-        cpu(move || imaging::decode(&input_bytes, limits))
-            .await?
-            .map_err(|e| ServiceError::Internal(format!("input image: {e}")))?,
-    );
+    let input = match input_id {
+        Some(id) => {
+            let (_, input_bytes) = assets::load_bytes(&env.db, &env.store, id).await?;
+            let limits = env.limits;
+            Some(
+                cpu(move || imaging::decode(&input_bytes, limits))
+                    .await?
+                    .map_err(|e| ServiceError::Internal(format!("input image: {e}")))?,
+            )
+        }
+        None => None,
+    };
     let references = Arc::new(load_references(env, run).await?);
     let project_slug = entities::projects::Entity::find_by_id(run.project_id)
         .one(&env.db)
@@ -301,7 +319,7 @@ pub async fn run_job(
         run,
         job,
         stage,
-        input: &input,
+        input: input.as_ref(),
         input_id,
         guard: guard_settings,
         postprocess: (last_stage && passes::any_enabled(&manifest.postprocess))
@@ -482,8 +500,10 @@ async fn candidate(
     let (done, cost_event) = completed_call(&call, asset_id, cost, Some(model), request_id);
     rows.provider_calls.push(done);
     rows.cost_events.extend(cost_event);
-    rows.links
-        .push(link(run, input_id, asset_id, LinkType::DerivedFrom));
+    if let Some(input_id) = input_id {
+        rows.links
+            .push(link(run, input_id, asset_id, LinkType::DerivedFrom));
+    }
     // Foreign-key order: the output before the pass files derived from it.
     if stored.fresh {
         rows.assets.insert(0, stored.row);
@@ -574,7 +594,7 @@ async fn call_with_retries(
                     idempotency_key: call.idempotency_key.clone(),
                     stage,
                     prompt: job.prompt_text.clone().unwrap_or_default(),
-                    input: Some(input.clone()),
+                    input: input.cloned(),
                     references: ctx.references.clone(),
                     candidate_index: index as u32,
                     attempt,

@@ -398,6 +398,12 @@ pub fn sanitize(raw: &str) -> String {
 
 /// `{stage}_{i}_{scene suffix}`, e.g. `time_1_street_01`.
 pub fn job_key(stage: StageName, scene_index: usize, scene_ref: &str) -> String {
+    // A prompt scene's description is no file name.
+    let scene_ref = if scene_ref.starts_with("prompt:") {
+        "prompt"
+    } else {
+        scene_ref
+    };
     let stem = scene_ref.rsplit('/').next().unwrap_or(scene_ref);
     let stem = stem.rsplit_once('.').map_or(stem, |(s, _)| s);
     let suffix = sanitize(stem);

@@ -4,7 +4,9 @@
 //!   `sample:<n>@<w>x<h>` at another size (16 to 2048 pixels a side);
 //! - an asset id of this project;
 //! - a path relative to the project root (`scenes/street.png`);
-//! - `dir:<path>` (from the request's `input`): every image directly in that folder.
+//! - `dir:<path>` (from the request's `input`): every image directly in that folder;
+//! - `prompt:<description>`: no image; the first stage generates the scene
+//!   from its description (later stages work from that stage's winner).
 
 use entities::assets;
 use imaging::DecodeLimits;
@@ -19,10 +21,40 @@ pub const SAMPLE_HEIGHT: u32 = 192;
 
 pub struct ResolvedScene {
     pub reference: String,
+    pub content: SceneContent,
+}
+
+pub enum SceneContent {
+    Image(SceneImage),
+    /// A prompt-only scene's description.
+    Prompt(String),
+}
+
+pub struct SceneImage {
     /// PNG bytes.
     pub png: Vec<u8>,
     pub width: u32,
     pub height: u32,
+}
+
+impl ResolvedScene {
+    fn image(reference: String, png: Vec<u8>, width: u32, height: u32) -> Self {
+        Self {
+            reference,
+            content: SceneContent::Image(SceneImage { png, width, height }),
+        }
+    }
+}
+
+/// Longest description of a prompt-only scene, in characters.
+pub const PROMPT_MAX: usize = 500;
+
+/// Whether `prompt:` scenes are accepted (not for style references, which
+/// must be images).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Prompts {
+    Allowed,
+    Refused,
 }
 
 fn not_found(r: &str) -> ServiceError {
@@ -46,12 +78,12 @@ fn checked(
 ) -> Result<ResolvedScene, ServiceError> {
     let img = imaging::decode(bytes, limits).map_err(|e| corrupt(&reference, e))?;
     let png = imaging::encode_png(&img).map_err(|e| ServiceError::Internal(e.to_string()))?;
-    Ok(ResolvedScene {
+    Ok(ResolvedScene::image(
         reference,
         png,
-        width: img.width(),
-        height: img.height(),
-    })
+        img.width(),
+        img.height(),
+    ))
 }
 
 const SAMPLE_SIDE: std::ops::RangeInclusive<u32> = 16..=2048;
@@ -81,20 +113,39 @@ pub async fn resolve<C: ConnectionTrait>(
     store: &ObjectStore,
     refs: &[String],
     limits: DecodeLimits,
+    prompts: Prompts,
 ) -> Result<Vec<ResolvedScene>, ServiceError> {
     let mut out = Vec::new();
     for r in refs {
-        if let Some(sample) = r.strip_prefix("sample:") {
+        if let Some(description) = r.strip_prefix("prompt:") {
+            let description = description.trim();
+            if prompts == Prompts::Refused {
+                return Err(ServiceError::validation(
+                    "invalid_scene",
+                    format!("'{r}' is not an image (style references must be images)"),
+                ));
+            }
+            if description.is_empty() || description.chars().count() > PROMPT_MAX {
+                return Err(ServiceError::validation(
+                    "invalid_scene",
+                    format!("A prompt scene needs a description of 1 to {PROMPT_MAX} characters"),
+                ));
+            }
+            out.push(ResolvedScene {
+                reference: format!("prompt:{description}"),
+                content: SceneContent::Prompt(description.to_string()),
+            });
+        } else if let Some(sample) = r.strip_prefix("sample:") {
             let (seed, width, height) = parse_sample(sample).ok_or_else(|| not_found(r))?;
             let img = imaging::scene::sample_scene(seed, width, height);
             let png =
                 imaging::encode_png(&img).map_err(|e| ServiceError::Internal(e.to_string()))?;
-            out.push(ResolvedScene {
-                reference: r.clone(),
+            out.push(ResolvedScene::image(
+                r.clone(),
                 png,
-                width: img.width(),
-                height: img.height(),
-            });
+                img.width(),
+                img.height(),
+            ));
         } else if let Some(dir) = r.strip_prefix("dir:") {
             let dir = dir.trim_matches('/');
             ObjectKey::parse(dir).map_err(|_| not_found(dir))?;

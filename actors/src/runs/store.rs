@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::events::{self, EventHub};
 use super::plan::{Mode, Plan, job_key};
-use super::scenes::ResolvedScene;
+use super::scenes::{ResolvedScene, SceneContent};
 use crate::assets::{self, NewAsset};
 use crate::audit::{self, AuditEntry};
 use crate::{Principal, ServiceError, time};
@@ -79,17 +79,21 @@ pub async fn create_run(
     // handed to providers with every job's input.
     let mut reference_ids = Vec::new();
     for r in style_refs {
+        // Resolved with prompts refused: always an image.
+        let SceneContent::Image(img) = r.content else {
+            continue;
+        };
         let asset = assets::store(
             &txn,
             object_store,
             NewAsset {
                 project_id: project.id,
                 kind: "reference",
-                key: &format!("references/{}.png", assets::sha256_hex(&r.png)),
+                key: &format!("references/{}.png", assets::sha256_hex(&img.png)),
                 mime: "image/png",
-                width: r.width,
-                height: r.height,
-                bytes: r.png,
+                width: img.width,
+                height: img.height,
+                bytes: img.png,
                 run_id: None,
                 job_id: None,
                 candidate_id: None,
@@ -132,24 +136,30 @@ pub async fn create_run(
         .await?;
     let mut jobs = Vec::new();
     for (i, scene) in scenes.into_iter().enumerate() {
-        let input = assets::store(
-            &txn,
-            object_store,
-            NewAsset {
-                project_id: project.id,
-                kind: "input",
-                key: &format!("inputs/{}.png", assets::sha256_hex(&scene.png)),
-                mime: "image/png",
-                width: scene.width,
-                height: scene.height,
-                bytes: scene.png,
-                run_id: Some(run_id),
-                job_id: None,
-                candidate_id: None,
-                metadata: json!({ "scene_ref": scene.reference }),
-            },
-        )
-        .await?;
+        let (input, description) = match scene.content {
+            SceneContent::Image(img) => {
+                let asset = assets::store(
+                    &txn,
+                    object_store,
+                    NewAsset {
+                        project_id: project.id,
+                        kind: "input",
+                        key: &format!("inputs/{}.png", assets::sha256_hex(&img.png)),
+                        mime: "image/png",
+                        width: img.width,
+                        height: img.height,
+                        bytes: img.png,
+                        run_id: Some(run_id),
+                        job_id: None,
+                        candidate_id: None,
+                        metadata: json!({ "scene_ref": scene.reference }),
+                    },
+                )
+                .await?;
+                (Some(asset.id), None)
+            }
+            SceneContent::Prompt(description) => (None, Some(description)),
+        };
         let mut parent: Option<Uuid> = None;
         for (stage_index, stage) in plan.stages.iter().enumerate() {
             let job = run_jobs::Model {
@@ -170,8 +180,12 @@ pub async fn create_run(
                     status::BLOCKED
                 }
                 .into(),
-                prompt_text: Some(stage.prompt.clone()),
-                input_asset_id: (stage_index == 0).then_some(input.id),
+                // Every stage of a prompt scene knows what the scene is.
+                prompt_text: Some(match &description {
+                    Some(d) => format!("Scene: {d}. {}", stage.prompt),
+                    None => stage.prompt.clone(),
+                }),
+                input_asset_id: if stage_index == 0 { input } else { None },
                 selected_candidate_index: None,
                 final_asset_id: None,
                 attempt: 0,
@@ -186,6 +200,8 @@ pub async fn create_run(
                     "candidates": plan.candidates,
                     // Post-process passes run on the chain's last stage only.
                     "last_stage": stage_index + 1 == plan.stages.len(),
+                    // Generated from the prompt alone (no input image).
+                    "prompt_only": stage_index == 0 && input.is_none(),
                 }),
                 started_at: None,
                 finished_at: None,

@@ -41,6 +41,7 @@ pub async fn trigger(
         &store_,
         &valid.scene_refs,
         deps.config.limits,
+        scenes::Prompts::Allowed,
     )
     .await?;
     let references = resolved.iter().map(|s| s.reference.clone()).collect();
@@ -139,7 +140,15 @@ pub async fn trigger(
             format!("At most {MAX_STYLE_REFS} style references per run"),
         ));
     }
-    let style = scenes::resolve(db, project.id, &store_, style_refs, deps.config.limits).await?;
+    let style = scenes::resolve(
+        db,
+        project.id,
+        &store_,
+        style_refs,
+        deps.config.limits,
+        scenes::Prompts::Refused,
+    )
+    .await?;
     let created = store::create_run(
         db,
         &deps.hub,

@@ -22,7 +22,8 @@ pub struct TriggerBody {
     mode: Option<String>,
     /// Required for runs whose estimate is above zero (paid providers).
     confirm_spend: Option<bool>,
-    /// Scenes: `sample:<n>`, an asset id of this project, or a path under the project root.
+    /// Scenes: `sample:<n>`, an asset id of this project, a path under the
+    /// project root, or `prompt:<description>` (generated from the text).
     scene_refs: Option<Vec<String>>,
     /// A folder under the project root; every image in it is a scene.
     input: Option<String>,
