@@ -113,13 +113,18 @@ fn error_body(status: u16, code: &str) -> HttpResponse {
         .json(json!({ "error": { "message": message, "type": "invalid_request_error", "param": null, "code": code } }))
 }
 
-/// A grey image whose shade depends on the request, as a real provider's
-/// outputs differ from call to call.
+/// A grey image marked with the request's idempotency key, as a real
+/// provider's outputs differ from call to call.
 fn image_b64(key: &str) -> String {
-    let shade = key
-        .bytes()
-        .fold(7u8, |h, b| h.wrapping_mul(31).wrapping_add(b));
-    let img = image::RgbaImage::from_pixel(64, 48, image::Rgba([shade, shade, shade, 255]));
+    // FNV-1a of the key, one byte per pixel of the first row: distinct keys,
+    // distinct images (a one-byte shade would collide).
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut img = image::RgbaImage::from_pixel(64, 48, image::Rgba([120, 120, 120, 255]));
+    for (x, byte) in hash.to_le_bytes().into_iter().enumerate() {
+        img.put_pixel(x as u32, 0, image::Rgba([byte, byte, byte, 255]));
+    }
     let png = imaging::encode_png(&img).unwrap();
     base64::engine::general_purpose::STANDARD.encode(png)
 }
