@@ -53,19 +53,21 @@ pub async fn store<C: ConnectionTrait>(
 }
 
 /// Deduplication by content within a project: the same bytes in the same
-/// role (`kind`) are one asset, its file written once. Best effort under
-/// concurrency: two identical files written at the same instant may both be
-/// stored (nothing is lost, a little space is).
+/// role (`kind`) on the same storage backend are one asset, its file written
+/// once. Best effort under concurrency: two identical files written at the
+/// same instant may both be stored (nothing is lost, a little space is).
 async fn existing<C: ConnectionTrait>(
     db: &C,
     project_id: Uuid,
     kind: &str,
     sha256: &str,
+    backend: &str,
 ) -> Result<Option<assets::Model>, ServiceError> {
     Ok(assets::Entity::find()
         .filter(assets::Column::ProjectId.eq(project_id))
         .filter(assets::Column::Sha256.eq(sha256))
         .filter(assets::Column::Kind.eq(kind))
+        .filter(assets::Column::StorageBackend.eq(backend))
         .one(db)
         .await?)
 }
@@ -81,7 +83,15 @@ pub async fn put<C: ConnectionTrait>(
     sha256: Option<String>,
 ) -> Result<Stored, ServiceError> {
     let sha = sha256.unwrap_or_else(|| sha256_hex(&asset.bytes));
-    if let Some(row) = existing(db, asset.project_id, asset.kind, &sha).await? {
+    if let Some(row) = existing(
+        db,
+        asset.project_id,
+        asset.kind,
+        &sha,
+        object_store.backend(),
+    )
+    .await?
+    {
         return Ok(Stored { row, fresh: false });
     }
     let key = ObjectKey::parse(asset.key).map_err(|e| ServiceError::Internal(e.to_string()))?;
