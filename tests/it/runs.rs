@@ -782,11 +782,21 @@ async fn the_cost_actor_stops_spend_at_the_project_budget_before_the_call() {
     // Both runs pass the trigger check (nothing spent yet, each estimate fits),
     // but together they would exceed the project budget: the CostActor must
     // refuse the second run's calls before they are made.
+    // The queue is paused while both are accepted, so the first cannot have
+    // spent anything before the second is checked.
     let body = json!({"mode": "run", "confirm_spend": true, "scene_refs": ["sample:1"], "candidates": 2,
         "manifest": {"policy": {"project_budget_usd": 0.10}}});
+    let (s, p) = app
+        .post("/api/projects/book/queue/pause", &token, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
     let (s1, a) = trigger(&app, &token, body.clone()).await;
     let (s2, b) = trigger(&app, &token, body).await;
     assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK), "{a} {b}");
+    let (s, p) = app
+        .post("/api/projects/book/queue/resume", &token, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
     let ra = wait_status(
         &app,
         &token,
@@ -1078,18 +1088,27 @@ async fn post_process_passes_register_every_file_with_its_lineage() {
     crate::helpers::assert_error(s, &e, 400, "config_validation_failed");
 }
 
-#[actix_web::test]
-async fn background_removal_falls_back_to_a_paid_service_with_spend_safety() {
-    // The key comes from a variable the test runner always sets, so no test
-    // has to change the process environment.
-    let key = env!("CARGO_MANIFEST_DIR");
-    let stub = crate::bg_stub::BgStub::start_with_key(key).await;
-    let app = TestApp::spawn_with(|s| {
+/// A PhotoRoom stub and a service using it. The key comes from a variable
+/// the test runner always sets, so no test has to change the process
+/// environment.
+async fn with_photoroom(
+    tweak: impl FnOnce(&mut atelier::settings::Settings),
+) -> (crate::bg_stub::BgStub, TestApp) {
+    let stub = crate::bg_stub::BgStub::start_with_key(env!("CARGO_MANIFEST_DIR")).await;
+    let url = stub.photoroom_url.clone();
+    let app = TestApp::spawn_with(move |s| {
         s.providers.photoroom.enabled = true;
-        s.providers.photoroom.base_url = Some(stub.photoroom_url.clone());
+        s.providers.photoroom.base_url = Some(url);
         s.providers.photoroom.api_key_env = Some("CARGO_MANIFEST_DIR".into());
+        tweak(s);
     })
     .await;
+    (stub, app)
+}
+
+#[actix_web::test]
+async fn background_removal_falls_back_to_a_paid_service_with_spend_safety() {
+    let (stub, app) = with_photoroom(|_| {}).await;
     let token = project(&app).await;
     // Local removal finds nothing at these settings, so PhotoRoom is asked.
     let pp = json!({
@@ -1188,15 +1207,7 @@ async fn style_references_are_checked_stored_and_kept_with_the_run() {
 
 #[actix_web::test]
 async fn a_failed_remote_removal_is_retried_and_only_success_is_paid() {
-    let key = env!("CARGO_MANIFEST_DIR");
-    let stub = crate::bg_stub::BgStub::start_with_key(key).await;
-    let app = TestApp::spawn_with(|s| {
-        s.providers.photoroom.enabled = true;
-        s.providers.photoroom.base_url = Some(stub.photoroom_url.clone());
-        s.providers.photoroom.api_key_env = Some("CARGO_MANIFEST_DIR".into());
-        s.engine.retry_base_ms = 10;
-    })
-    .await;
+    let (stub, app) = with_photoroom(|s| s.engine.retry_base_ms = 10).await;
     let token = project(&app).await;
     // The first call meets a server error, the retry succeeds.
     stub.script([crate::bg_stub::Reply::Error {
