@@ -286,8 +286,9 @@ async fn webhook_bodies_are_validated_and_nothing_is_stored_on_error() {
             400,
             "invalid_events",
         ),
+        (json!({"url": 5}), 422, "invalid_field_type"),
         (
-            json!({"url": "https://example.com", "secret": "mine"}),
+            json!({"url": "https://example.com", "events": "run.failed"}),
             422,
             "invalid_field_type",
         ),
@@ -300,6 +301,16 @@ async fn webhook_bodies_are_validated_and_nothing_is_stored_on_error() {
     }
     let (_, listed) = app.get("/api/projects/book/webhooks", &token).await;
     assert_eq!(listed["count"], 0);
+    // Unknown fields are ignored: a caller cannot choose the secret.
+    let (s, b) = app
+        .post(
+            "/api/projects/book/webhooks",
+            &token,
+            json!({"url": "https://example.com", "signing_secret": "mine"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_ne!(b["signing_secret"], "mine");
     let (s, e) = app
         .post(
             "/api/projects/nope/webhooks",

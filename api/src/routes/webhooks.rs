@@ -11,8 +11,9 @@ use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Auth, JsonBody};
 
+/// Unknown fields are ignored (as everywhere in the contract); typed fields are enforced.
 #[derive(Deserialize, ToSchema, Default)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct WebhookBody {
     /// `http` or `https` URL that receives a POST per event.
     url: Option<String>,
