@@ -30,6 +30,34 @@ pub struct Settings {
     pub engine: EngineSettings,
     pub providers: ProvidersSettings,
     pub webhooks: WebhookSettings,
+    pub secrets: SecretsSettings,
+}
+
+/// Where the master key for project secrets comes from. Only names and a
+/// path live here: key material is read when needed and never printed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// Environment variable holding the key (base64url of 32 bytes).
+    pub master_key_env: String,
+    /// Key file used when the variable is unset; generated (mode 0600) on the
+    /// first secret written. Default `{data_dir}/backend/master.key`.
+    pub master_key_file: Option<PathBuf>,
+    /// Label stored with each encrypted value (`key_ref`).
+    pub key_ref: String,
+    /// Environment variable with older keys, comma-separated, tried when decrypting.
+    pub previous_keys_env: String,
+}
+
+impl Default for SecretsSettings {
+    fn default() -> Self {
+        Self {
+            master_key_env: "ATELIER_MASTER_KEY".into(),
+            master_key_file: None,
+            key_ref: "local-master".into(),
+            previous_keys_env: "ATELIER_MASTER_KEY_PREVIOUS".into(),
+        }
+    }
 }
 
 /// Webhook delivery: retries with exponential backoff, per-attempt timeout.
@@ -164,6 +192,7 @@ impl Default for Settings {
             engine: EngineSettings::default(),
             providers: ProvidersSettings::default(),
             webhooks: WebhookSettings::default(),
+            secrets: SecretsSettings::default(),
         }
     }
 }

@@ -107,6 +107,20 @@ pub struct Application {
     engine: actors::engine::Engine,
 }
 
+/// Where project secrets' master key comes from.
+pub fn secret_keys(settings: &Settings) -> actors::secrets::cipher::KeySource {
+    let s = &settings.secrets;
+    actors::secrets::cipher::KeySource {
+        key_env: s.master_key_env.clone(),
+        key_file: s
+            .master_key_file
+            .clone()
+            .unwrap_or_else(|| settings.data_dir.join("backend").join("master.key")),
+        key_ref: s.key_ref.clone(),
+        previous_env: s.previous_keys_env.clone(),
+    }
+}
+
 pub fn engine_config(settings: &Settings) -> actors::engine::EngineConfig {
     let e = &settings.engine;
     actors::engine::EngineConfig {
@@ -182,6 +196,7 @@ impl Application {
                     .ws_idle_timeout_ms
                     .max(settings.http.ws_heartbeat_ms),
             ),
+            secret_keys: secret_keys(&settings),
         };
         let tokens = Arc::new(TokenVerifier::new(Duration::from_secs(
             settings.auth.token_cache_seconds,

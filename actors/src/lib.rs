@@ -19,6 +19,7 @@ pub mod metrics;
 mod principal;
 pub mod projects;
 pub mod runs;
+pub mod secrets;
 pub mod time;
 pub mod webhooks;
 

@@ -47,6 +47,8 @@ pub struct ApiConfig {
     /// The WebSocket feed's ping interval and idle timeout.
     pub ws_heartbeat: std::time::Duration,
     pub ws_idle_timeout: std::time::Duration,
+    /// Where project secrets' master key comes from (no key material).
+    pub secret_keys: actors::secrets::cipher::KeySource,
 }
 
 /// Shared by every worker thread.

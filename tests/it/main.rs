@@ -21,5 +21,6 @@ mod projects;
 mod providers;
 mod recovery;
 mod runs;
+mod secrets;
 mod storage;
 mod webhooks;

@@ -11,6 +11,7 @@ mod health;
 mod metrics;
 mod projects;
 mod runs;
+mod secrets;
 mod storage;
 mod webhooks;
 
@@ -41,6 +42,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(assets::list_assets)
         .service(assets::get_asset)
         .service(assets::asset_content)
+        .service(secrets::list_secrets)
+        .service(secrets::rotation_status)
+        .service(secrets::upsert_secret)
+        .service(secrets::rotate_secrets)
+        .service(secrets::delete_secret)
         .service(webhooks::create_webhook)
         .service(webhooks::list_webhooks)
         .service(webhooks::delete_webhook)
