@@ -78,6 +78,7 @@ pub async fn embedded_engine(
     }
     let limits = config.limits;
     let mut deps = actors::engine::EngineDeps::new(db.clone(), roots.clone(), providers, config);
+    deps.secret_keys = Some(secret_keys(settings));
     use providers::bg_remote::{RemoteRemover, Service};
     for (service, s) in [
         (Service::RemoveBg, &settings.providers.removebg),

@@ -144,9 +144,17 @@ impl RemoteRemover {
         self.api_key().map(|_| ())
     }
 
-    /// Sends `image` and returns the cut-out.
-    pub async fn remove(&self, image: RgbaImage) -> Result<Removed, ProviderError> {
-        let key = self.api_key()?;
+    /// Sends `image` and returns the cut-out; `api_key`: the project's own
+    /// key, else the adapter's credentials.
+    pub async fn remove(
+        &self,
+        image: RgbaImage,
+        api_key: Option<Secret>,
+    ) -> Result<Removed, ProviderError> {
+        let key = match api_key {
+            Some(key) => key,
+            None => self.api_key()?,
+        };
         let png = imaging::cpu::run(move || imaging::encode_png(&image))
             .await
             .map_err(|e| ProviderError::Malformed(e.to_string()))?

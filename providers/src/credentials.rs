@@ -1,5 +1,6 @@
-//! Where adapters get their API keys. One interface: the project's encrypted
-//! secrets plug in here later; until then keys come from the environment.
+//! Where adapters get the service's API keys (the environment). A project's
+//! own key, from its encrypted secrets, is passed with each call instead
+//! and takes precedence.
 //! A [`Secret`] never prints its value (not in logs, errors or `Debug`).
 
 use std::fmt;

@@ -97,6 +97,9 @@ pub struct GenerateRequest {
     pub candidate_index: u32,
     /// 1 for the first call with this idempotency key, then 2, 3, …
     pub attempt: u32,
+    /// The project's own key for this provider; `None`: the adapter's
+    /// credentials (environment).
+    pub api_key: Option<credentials::Secret>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -289,7 +289,10 @@ impl ImageProvider for OpenAiProvider {
     }
 
     async fn generate(&self, request: GenerateRequest) -> Result<GeneratedImage, ProviderError> {
-        let key = self.api_key()?;
+        let key = match request.api_key {
+            Some(key) => key,
+            None => self.api_key()?,
+        };
         let (input, references) = (request.input, request.references);
         // The input first, then the style references: one `image[]` part each.
         let pngs = imaging::cpu::run(move || {

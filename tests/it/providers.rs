@@ -44,6 +44,7 @@ fn request(key: &str) -> GenerateRequest {
         references: Arc::new(vec![imaging::scene::sample_scene(9, 32, 24)]),
         candidate_index: 0,
         attempt: 1,
+        api_key: None,
     }
 }
 
@@ -291,7 +292,7 @@ mod background_removal {
         let input = imaging::scene::sample_scene(2, 64, 48);
         for (service, price) in [(Service::RemoveBg, 0.20), (Service::PhotoRoom, 0.02)] {
             let r = remover(&stub, service, Some(bg_stub::KEY));
-            let out = r.remove(input.clone()).await.unwrap();
+            let out = r.remove(input.clone(), None).await.unwrap();
             assert_eq!(out.image.dimensions(), (64, 48));
             assert_eq!(out.image.get_pixel(0, 0).0[3], 0, "cut-out is transparent");
             assert_eq!(out.cost_usd, price);
@@ -318,21 +319,21 @@ mod background_removal {
             ];
             for (reply, code, retryable) in cases {
                 stub.script([reply.clone()]);
-                let e = r.remove(input.clone()).await.unwrap_err();
+                let e = r.remove(input.clone(), None).await.unwrap_err();
                 assert_eq!(e.code(), code, "{service:?} {reply:?}: {e}");
                 assert_eq!(e.is_retryable(), retryable);
                 assert!(!format!("{e:?}").contains(bg_stub::KEY));
             }
             let wrong = remover(&stub, service, Some("wrong-key"));
             assert_eq!(
-                wrong.remove(input.clone()).await.unwrap_err().code(),
+                wrong.remove(input.clone(), None).await.unwrap_err().code(),
                 "provider_auth"
             );
             let before = stub.calls();
             let none = remover(&stub, service, None);
             assert!(none.preflight().is_err());
             assert_eq!(
-                none.remove(input.clone()).await.unwrap_err().code(),
+                none.remove(input.clone(), None).await.unwrap_err().code(),
                 "provider_not_configured"
             );
             assert_eq!(stub.calls(), before, "nothing sent without a key");

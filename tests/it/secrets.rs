@@ -245,3 +245,61 @@ async fn reading_never_creates_a_key() {
     assert_eq!(e["error"], "Internal server error");
     assert!(!app.data_path().join("backend/master.key").exists());
 }
+
+#[actix_web::test]
+async fn a_projects_own_provider_key_is_used_for_its_runs_only() {
+    let project_key = "sk-project-own-key-42";
+    let stub = crate::openai_stub::OpenAiStub::start_with_key(project_key).await;
+    let app = TestApp::spawn_with(|s| {
+        s.secrets.master_key_env = "ATELIER_TEST_UNSET_MASTER_KEY".into();
+        s.providers.openai.enabled = true;
+        s.providers.openai.base_url = stub.base_url.clone();
+        s.providers.openai.api_key_env = "ATELIER_TEST_UNSET_OPENAI_KEY".into();
+    })
+    .await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    app.create_project(&token, "Other", "other").await;
+    let body = json!({"mode": "run", "provider": "openai", "confirm_spend": true, "scene_refs": ["sample:1@64x48"], "candidates": 1, "wait": true});
+    // No key anywhere: refused before anything is stored.
+    let (s, e) = app
+        .post("/api/projects/book/runs/trigger", &token, body.clone())
+        .await;
+    assert_error(s, &e, 400, "provider_not_configured");
+
+    let (s, _) = app
+        .post("/api/projects/book/secrets", &token, json!({"provider_code": "openai", "secret_name": "api_key", "secret_value": project_key}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, b) = app
+        .post("/api/projects/book/runs/trigger", &token, body.clone())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
+    assert_eq!(
+        stub.calls().values().sum::<u32>(),
+        1,
+        "the stub accepts only the project's key"
+    );
+    // Another project does not get this project's key.
+    let (s, e) = app
+        .post("/api/projects/other/runs/trigger", &token, body)
+        .await;
+    assert_error(s, &e, 400, "provider_not_configured");
+    // The key appears nowhere in what the run recorded.
+    let calls = serde_json::to_string(
+        &entities::provider_calls::Entity::find()
+            .all(&app.db)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let events = serde_json::to_string(
+        &entities::run_events::Entity::find()
+            .all(&app.db)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(!calls.contains(project_key) && !events.contains(project_key));
+}

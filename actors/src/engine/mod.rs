@@ -107,6 +107,9 @@ pub struct EngineDeps {
     /// A connection of the row writer's own (SQLite), so it never queues
     /// behind readers for one; `None`: it uses `db`.
     pub writer_db: Option<DatabaseConnection>,
+    /// Where project secrets' master key comes from (projects' own provider
+    /// keys); `None`: adapters use their environment credentials only.
+    pub secret_keys: Option<crate::secrets::cipher::KeySource>,
 }
 
 impl EngineDeps {
@@ -143,6 +146,7 @@ impl EngineDeps {
             writer_db: None,
             removers: HashMap::new(),
             paused_all: std::sync::atomic::AtomicBool::new(false),
+            secret_keys: None,
         }
     }
 

@@ -66,6 +66,8 @@ pub struct JobEnv {
     pub writer: Option<RowWriter>,
     /// Remote background-removal services by code.
     pub removers: HashMap<String, Arc<providers::bg_remote::RemoteRemover>>,
+    /// For projects' own provider keys (see `secrets::provider_key`).
+    pub secret_keys: Option<crate::secrets::cipher::KeySource>,
 }
 
 impl JobEnv {
@@ -103,6 +105,8 @@ struct JobCtx<'a> {
     references: Arc<Vec<image::RgbaImage>>,
     /// For the URLs in events.
     project_slug: String,
+    /// The project's own key for the provider, if it has one.
+    api_key: Option<providers::credentials::Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -326,6 +330,13 @@ pub async fn run_job(
             .then_some(&manifest.postprocess),
         references,
         project_slug,
+        api_key: crate::secrets::provider_key(
+            &env.db,
+            env.secret_keys.as_ref(),
+            run.project_id,
+            env.provider.code(),
+        )
+        .await?,
     };
     let work = priors
         .into_iter()
@@ -598,6 +609,7 @@ async fn call_with_retries(
                     references: ctx.references.clone(),
                     candidate_index: index as u32,
                     attempt,
+                    api_key: ctx.api_key.clone(),
                 })
                 .await;
             let outcome = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
@@ -697,6 +709,9 @@ pub(super) async fn remote_bg_remove(
             c
         }
     };
+    let api_key =
+        crate::secrets::provider_key(&env.db, env.secret_keys.as_ref(), run.project_id, code)
+            .await?;
     let mut attempt = call.attempt.max(0) as u32;
     let removed = loop {
         attempt += 1;
@@ -709,7 +724,7 @@ pub(super) async fn remote_bg_remove(
             return Ok(None);
         }
         let began = std::time::Instant::now();
-        let removed = remover.remove(image.clone()).await;
+        let removed = remover.remove(image.clone(), api_key.clone()).await;
         let outcome = removed.as_ref().map_or_else(|e| e.code(), |_| "ok");
         crate::metrics::observe_call(code, outcome, began.elapsed());
         match removed {

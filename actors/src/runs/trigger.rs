@@ -58,16 +58,25 @@ pub async fn trigger(
     )?;
 
     if plan.mode == Mode::Run {
-        // Credentials and settings, before anything is persisted or paid.
-        provider.preflight().map_err(|e| {
-            ServiceError::validation(
-                "provider_not_configured",
-                format!("Provider '{}' cannot be called: {e}", valid.provider),
-            )
-        })?;
+        // Credentials (the project's own key, else the adapter's) and
+        // settings, before anything is persisted or paid.
+        let keys = deps.secret_keys.as_ref();
+        let own_key = |code: String| async move {
+            crate::secrets::provider_key(db, keys, project.id, &code).await
+        };
+        if own_key(valid.provider.clone()).await?.is_none() {
+            provider.preflight().map_err(|e| {
+                ServiceError::validation(
+                    "provider_not_configured",
+                    format!("Provider '{}' cannot be called: {e}", valid.provider),
+                )
+            })?;
+        }
         let pp = &plan.manifest.postprocess;
         for backend in pp.bg_remove_backends.iter().filter(|_| pp.bg_remove) {
-            if let Some(remover) = deps.removers.get(backend.as_str()) {
+            if let Some(remover) = deps.removers.get(backend.as_str())
+                && own_key(backend.clone()).await?.is_none()
+            {
                 remover.preflight().map_err(|e| {
                     ServiceError::validation(
                         "provider_not_configured",

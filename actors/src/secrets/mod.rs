@@ -271,6 +271,25 @@ pub async fn rotate(
     Ok((rotation, audit_id))
 }
 
+/// The secret name under which a project keeps a provider's API key.
+pub const API_KEY: &str = "api_key";
+
+/// The project's own API key for a provider (`{provider_code}/api_key`), if
+/// it has one; adapters fall back to their environment credentials.
+pub async fn provider_key<C: ConnectionTrait>(
+    db: &C,
+    keys: Option<&KeySource>,
+    project_id: Uuid,
+    provider_code: &str,
+) -> Result<Option<providers::credentials::Secret>, ServiceError> {
+    let Some(keys) = keys else {
+        return Ok(None);
+    };
+    Ok(reveal(db, keys, project_id, provider_code, API_KEY)
+        .await?
+        .map(providers::credentials::Secret::new))
+}
+
 /// A secret's plaintext, for the code that calls providers; `None` when it
 /// is missing or empty.
 pub async fn reveal<C: ConnectionTrait>(
