@@ -18,6 +18,7 @@ mod error;
 pub mod metrics;
 mod principal;
 pub mod projects;
+pub mod provider_accounts;
 pub mod runs;
 pub mod secrets;
 pub mod time;

@@ -40,6 +40,20 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/projects/{slug}/assets"),
     ("GET", "/api/projects/{slug}/assets/{assetId}"),
     ("GET", "/api/projects/{slug}/assets/{assetId}/content"),
+    ("GET", "/api/projects/{slug}/provider-accounts"),
+    ("POST", "/api/projects/{slug}/provider-accounts"),
+    (
+        "GET",
+        "/api/projects/{slug}/provider-accounts/{providerCode}",
+    ),
+    (
+        "PUT",
+        "/api/projects/{slug}/provider-accounts/{providerCode}",
+    ),
+    (
+        "DELETE",
+        "/api/projects/{slug}/provider-accounts/{providerCode}",
+    ),
     ("GET", "/api/projects/{slug}/secrets"),
     ("GET", "/api/projects/{slug}/secrets/rotation-status"),
     ("POST", "/api/projects/{slug}/secrets"),

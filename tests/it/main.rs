@@ -18,6 +18,7 @@ mod contract;
 mod feed;
 mod migrations;
 mod projects;
+mod provider_accounts;
 mod providers;
 mod recovery;
 mod runs;

@@ -10,6 +10,7 @@ mod feed;
 mod health;
 mod metrics;
 mod projects;
+mod provider_accounts;
 mod runs;
 mod secrets;
 mod storage;
@@ -42,6 +43,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(assets::list_assets)
         .service(assets::get_asset)
         .service(assets::asset_content)
+        .service(provider_accounts::list_accounts)
+        .service(provider_accounts::upsert_account)
+        .service(provider_accounts::get_account)
+        .service(provider_accounts::update_account)
+        .service(provider_accounts::delete_account)
         .service(secrets::list_secrets)
         .service(secrets::rotation_status)
         .service(secrets::upsert_secret)

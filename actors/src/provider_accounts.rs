@@ -1,0 +1,250 @@
+//! Provider accounts: per project, which providers it uses and how (display
+//! name, account reference, base URL, enabled, free-form config). Keyed by
+//! the slug-normalised provider code. Keys live in `secrets`, never here.
+
+use entities::provider_accounts;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::audit::{self, AuditEntry};
+use crate::error::{optional_text, required_text};
+use crate::{Principal, ServiceError, projects, time};
+
+const CODE_MAX: usize = 64;
+const NAME_MAX: usize = 200;
+const REF_MAX: usize = 200;
+const URL_MAX: usize = 2048;
+
+/// The provider code as the contract normalises it (slug rules).
+pub fn normalize_code(raw: Option<&str>) -> Result<String, ServiceError> {
+    let raw = required_text("provider_code", raw, CODE_MAX)?;
+    projects::normalize_slug(&raw).ok_or_else(|| {
+        ServiceError::validation(
+            "invalid_provider_code",
+            "Field 'provider_code' must contain letters or digits",
+        )
+    })
+}
+
+/// A base URL is an http(s) URL: it is where provider calls would go.
+fn base_url(raw: Option<&str>) -> Result<Option<String>, ServiceError> {
+    let Some(url) = optional_text("base_url", raw, URL_MAX)? else {
+        return Ok(None);
+    };
+    match reqwest::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(Some(url)),
+        _ => Err(ServiceError::validation(
+            "invalid_url",
+            "Field 'base_url' must be an http or https URL",
+        )),
+    }
+}
+
+/// The fields a create or update may carry. `None`: not supplied.
+#[derive(Default)]
+pub struct AccountFields<'a> {
+    pub display_name: Option<&'a str>,
+    pub account_ref: Option<&'a str>,
+    pub base_url: Option<&'a str>,
+    pub enabled: Option<bool>,
+    pub config_json: Option<Value>,
+}
+
+/// Checked fields; `Some(None)` clears an optional text.
+pub struct ValidFields {
+    display_name: Option<String>,
+    account_ref: Option<Option<String>>,
+    base_url: Option<Option<String>>,
+    enabled: Option<bool>,
+    config_json: Option<Value>,
+}
+
+impl ValidFields {
+    fn any(&self) -> bool {
+        self.display_name.is_some()
+            || self.account_ref.is_some()
+            || self.base_url.is_some()
+            || self.enabled.is_some()
+            || self.config_json.is_some()
+    }
+}
+
+pub fn validate(f: AccountFields<'_>) -> Result<ValidFields, ServiceError> {
+    let display_name = match f.display_name {
+        Some(raw) => Some(required_text("display_name", Some(raw), NAME_MAX)?),
+        None => None,
+    };
+    Ok(ValidFields {
+        display_name,
+        account_ref: f
+            .account_ref
+            .map(|r| optional_text("account_ref", Some(r), REF_MAX))
+            .transpose()?,
+        base_url: f.base_url.map(|u| base_url(Some(u))).transpose()?,
+        enabled: f.enabled,
+        config_json: f.config_json,
+    })
+}
+
+/// For a partial update: at least one field (checked before any lookup).
+pub fn validate_update(f: AccountFields<'_>) -> Result<ValidFields, ServiceError> {
+    let valid = validate(f)?;
+    if !valid.any() {
+        return Err(ServiceError::validation(
+            "field_required",
+            "Provide at least one of: display_name, account_ref, base_url, enabled, config_json",
+        ));
+    }
+    Ok(valid)
+}
+
+pub async fn list<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+) -> Result<Vec<provider_accounts::Model>, ServiceError> {
+    Ok(provider_accounts::Entity::find()
+        .filter(provider_accounts::Column::ProjectId.eq(project_id))
+        .order_by_asc(provider_accounts::Column::ProviderCode)
+        .all(db)
+        .await?)
+}
+
+pub async fn get<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    code: &str,
+) -> Result<provider_accounts::Model, ServiceError> {
+    provider_accounts::Entity::find()
+        .filter(provider_accounts::Column::ProjectId.eq(project_id))
+        .filter(provider_accounts::Column::ProviderCode.eq(code))
+        .one(db)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("Provider account not found"))
+}
+
+fn apply(row: &mut provider_accounts::Model, f: ValidFields) {
+    if let Some(v) = f.display_name {
+        row.display_name = v;
+    }
+    if let Some(v) = f.account_ref {
+        row.account_ref = v;
+    }
+    if let Some(v) = f.base_url {
+        row.base_url = v;
+    }
+    if let Some(v) = f.enabled {
+        row.enabled = v;
+    }
+    if let Some(v) = f.config_json {
+        row.config_json = v;
+    }
+}
+
+async fn save(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    row: provider_accounts::Model,
+    exists: bool,
+    event_code: &'static str,
+) -> Result<(provider_accounts::Model, Uuid), ServiceError> {
+    let txn = crate::db::begin_write(db).await?;
+    let active = provider_accounts::ActiveModel::from(row.clone());
+    if exists {
+        active.reset_all().update(&txn).await?;
+    } else if let Err(e) = active.insert(&txn).await {
+        // Two creates of one code at once: the second is told, not failed.
+        return Err(match e.sql_err() {
+            Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) => ServiceError::Conflict {
+                code: "concurrent_update",
+                message: "The provider account was created concurrently; retry".into(),
+            },
+            _ => e.into(),
+        });
+    }
+    let audit_id = audit::record(
+        &txn,
+        AuditEntry {
+            principal,
+            project_id: Some(row.project_id),
+            event_code,
+            payload: json!({ "provider_code": row.provider_code, "enabled": row.enabled }),
+        },
+    )
+    .await?;
+    crate::db::commit(txn).await?;
+    Ok((row, audit_id))
+}
+
+/// Creates the account or updates the one with this code (supplied fields only).
+pub async fn upsert(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    project_id: Uuid,
+    code: String,
+    fields: ValidFields,
+) -> Result<(provider_accounts::Model, Uuid), ServiceError> {
+    let now = time::now();
+    let existing = match get(db, project_id, &code).await {
+        Ok(row) => Some(row),
+        Err(ServiceError::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let exists = existing.is_some();
+    let mut row = existing.unwrap_or_else(|| provider_accounts::Model {
+        id: Uuid::now_v7(),
+        project_id,
+        provider_code: code.clone(),
+        display_name: code.clone(),
+        account_ref: None,
+        base_url: None,
+        enabled: true,
+        config_json: json!({}),
+        created_at: now,
+        updated_at: now,
+    });
+    apply(&mut row, fields);
+    row.updated_at = now;
+    save(db, principal, row, exists, "provider_account.upserted").await
+}
+
+pub async fn update(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    project_id: Uuid,
+    code: &str,
+    fields: ValidFields,
+) -> Result<(provider_accounts::Model, Uuid), ServiceError> {
+    let mut row = get(db, project_id, code).await?;
+    apply(&mut row, fields);
+    row.updated_at = time::now();
+    save(db, principal, row, true, "provider_account.updated").await
+}
+
+pub async fn delete(
+    db: &DatabaseConnection,
+    principal: &Principal,
+    project_id: Uuid,
+    code: &str,
+) -> Result<Uuid, ServiceError> {
+    let row = get(db, project_id, code).await?;
+    let txn = crate::db::begin_write(db).await?;
+    provider_accounts::Entity::delete_by_id(row.id)
+        .exec(&txn)
+        .await?;
+    let audit_id = audit::record(
+        &txn,
+        AuditEntry {
+            principal,
+            project_id: Some(project_id),
+            event_code: "provider_account.deleted",
+            payload: json!({ "provider_code": row.provider_code }),
+        },
+    )
+    .await?;
+    crate::db::commit(txn).await?;
+    Ok(audit_id)
+}
