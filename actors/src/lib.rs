@@ -15,6 +15,7 @@ pub mod auth;
 pub mod db;
 pub mod engine;
 mod error;
+pub mod ledger;
 pub mod metrics;
 mod principal;
 pub mod projects;

@@ -16,6 +16,7 @@ mod cli;
 mod console;
 mod contract;
 mod feed;
+mod ledger;
 mod migrations;
 mod projects;
 mod provider_accounts;

@@ -8,6 +8,7 @@ mod auth;
 pub mod console;
 mod feed;
 mod health;
+mod ledger;
 mod metrics;
 mod projects;
 mod provider_accounts;
@@ -43,6 +44,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(assets::list_assets)
         .service(assets::get_asset)
         .service(assets::asset_content)
+        .service(ledger::list_quality_reports)
+        .service(ledger::list_cost_events)
+        .service(ledger::cost_summary)
+        .service(ledger::list_exports)
+        .service(ledger::get_export)
         .service(provider_accounts::list_accounts)
         .service(provider_accounts::upsert_account)
         .service(provider_accounts::get_account)

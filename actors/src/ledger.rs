@@ -1,0 +1,119 @@
+//! A project's records of what happened: quality reports, cost events and
+//! exports (read here; written by the pipeline and, later, the exporter),
+//! and cost totals.
+
+use std::collections::BTreeMap;
+
+use entities::{cost_events, project_exports, quality_reports};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use uuid::Uuid;
+
+use crate::ServiceError;
+
+/// Newest first (`created_at` desc, `id` desc), at most `limit`, optionally one run's.
+macro_rules! newest {
+    ($entity:ident, $db:expr, $project_id:expr, $run_id:expr, $limit:expr) => {{
+        let mut q = $entity::Entity::find().filter($entity::Column::ProjectId.eq($project_id));
+        if let Some(run_id) = $run_id {
+            q = q.filter($entity::Column::RunId.eq(run_id));
+        }
+        Ok(q.order_by_desc($entity::Column::CreatedAt)
+            .order_by_desc($entity::Column::Id)
+            .limit($limit)
+            .all($db)
+            .await?)
+    }};
+}
+
+pub async fn quality_reports<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    run_id: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<quality_reports::Model>, ServiceError> {
+    newest!(quality_reports, db, project_id, run_id, limit)
+}
+
+pub async fn cost_events<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    run_id: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<cost_events::Model>, ServiceError> {
+    newest!(cost_events, db, project_id, run_id, limit)
+}
+
+pub async fn exports<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    limit: u64,
+) -> Result<Vec<project_exports::Model>, ServiceError> {
+    newest!(project_exports, db, project_id, None::<Uuid>, limit)
+}
+
+pub async fn export<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    raw_id: &str,
+) -> Result<project_exports::Model, ServiceError> {
+    let not_found = || ServiceError::not_found("Project export not found");
+    let id = Uuid::parse_str(raw_id.trim()).map_err(|_| not_found())?;
+    project_exports::Entity::find_by_id(id)
+        .filter(project_exports::Column::ProjectId.eq(project_id))
+        .one(db)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// Spend totals of a project: overall and by provider, model, run and UTC day.
+#[derive(Debug, Default, PartialEq, serde::Serialize)]
+pub struct CostSummary {
+    pub total_usd: f64,
+    pub events: u64,
+    pub by_provider: BTreeMap<String, f64>,
+    pub by_model: BTreeMap<String, f64>,
+    pub by_run: BTreeMap<String, f64>,
+    pub by_day: BTreeMap<String, f64>,
+}
+
+/// Totals over every cost event of the project (one pass over the ledger's
+/// four grouping columns; the ledger is one row per paid call).
+pub async fn cost_summary<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+) -> Result<CostSummary, ServiceError> {
+    type Row = (
+        String,
+        Option<String>,
+        Option<Uuid>,
+        chrono::DateTime<chrono::Utc>,
+        f64,
+    );
+    let rows: Vec<Row> = cost_events::Entity::find()
+        .select_only()
+        .column(cost_events::Column::ProviderCode)
+        .column(cost_events::Column::ModelName)
+        .column(cost_events::Column::RunId)
+        .column(cost_events::Column::CreatedAt)
+        .column(cost_events::Column::TotalCostUsd)
+        .filter(cost_events::Column::ProjectId.eq(project_id))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut s = CostSummary::default();
+    for (provider, model, run, at, usd) in rows {
+        s.total_usd += usd;
+        s.events += 1;
+        *s.by_provider.entry(provider).or_default() += usd;
+        *s.by_model
+            .entry(model.unwrap_or_else(|| "unknown".into()))
+            .or_default() += usd;
+        if let Some(run) = run {
+            *s.by_run.entry(run.to_string()).or_default() += usd;
+        }
+        *s.by_day
+            .entry(at.format("%Y-%m-%d").to_string())
+            .or_default() += usd;
+    }
+    Ok(s)
+}

@@ -1,0 +1,309 @@
+//! Reads of a project's records: quality reports, the cost ledger and its
+//! totals, exports.
+
+use std::collections::BTreeMap;
+
+use actix_web::{get, web};
+use actors::{ledger, projects};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::error::{ApiResult, ErrorBody};
+use crate::extract::Auth;
+
+fn ts(t: &chrono::DateTime<chrono::Utc>) -> String {
+    actors::time::format(t)
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct LedgerQuery {
+    /// Default 500, clamped to 1..2000.
+    limit: Option<i64>,
+    /// **New**: only this run's records.
+    run_id: Option<Uuid>,
+}
+
+impl LedgerQuery {
+    fn limit(&self) -> u64 {
+        self.limit.unwrap_or(500).clamp(1, 2000) as u64
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QualityReport {
+    id: Uuid,
+    project_id: Uuid,
+    run_id: Option<Uuid>,
+    job_id: Option<Uuid>,
+    candidate_id: Option<Uuid>,
+    asset_id: Option<Uuid>,
+    report_type: String,
+    /// `pass`, `warn` or `fail`.
+    grade: String,
+    hard_failures: i32,
+    soft_warnings: i32,
+    avg_chroma_exceed: f64,
+    #[schema(value_type = Object)]
+    summary_json: serde_json::Value,
+    created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct QualityReportList {
+    ok: bool,
+    count: usize,
+    quality_reports: Vec<QualityReport>,
+}
+
+/// Output-guard reports, newest first.
+#[utoipa::path(tag = "ledger", params(("slug" = String, Path), LedgerQuery),
+    responses((status = 200, body = QualityReportList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/quality-reports")]
+pub async fn list_quality_reports(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+    query: web::Query<LedgerQuery>,
+) -> ApiResult<web::Json<QualityReportList>> {
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let list: Vec<QualityReport> =
+        ledger::quality_reports(&state.db, project.id, query.run_id, query.limit())
+            .await?
+            .into_iter()
+            .map(|q| QualityReport {
+                id: q.id,
+                project_id: q.project_id,
+                run_id: q.run_id,
+                job_id: q.job_id,
+                candidate_id: q.candidate_id,
+                asset_id: q.asset_id,
+                report_type: q.report_type,
+                grade: q.grade.unwrap_or_default(),
+                hard_failures: q.hard_failures,
+                soft_warnings: q.soft_warnings,
+                avg_chroma_exceed: q.avg_chroma_exceed,
+                summary_json: q.summary_json,
+                created_at: ts(&q.created_at),
+            })
+            .collect();
+    Ok(web::Json(QualityReportList {
+        ok: true,
+        count: list.len(),
+        quality_reports: list,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CostEvent {
+    id: Uuid,
+    project_id: Uuid,
+    run_id: Option<Uuid>,
+    job_id: Option<Uuid>,
+    provider_call_id: Option<Uuid>,
+    provider_code: String,
+    model_name: String,
+    event_type: String,
+    units: f64,
+    unit_cost_usd: f64,
+    total_cost_usd: f64,
+    currency: String,
+    #[schema(value_type = Object)]
+    meta_json: serde_json::Value,
+    created_at: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CostEventList {
+    ok: bool,
+    count: usize,
+    cost_events: Vec<CostEvent>,
+}
+
+/// The cost ledger (one event per paid call), newest first.
+#[utoipa::path(tag = "ledger", params(("slug" = String, Path), LedgerQuery),
+    responses((status = 200, body = CostEventList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/cost-events")]
+pub async fn list_cost_events(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+    query: web::Query<LedgerQuery>,
+) -> ApiResult<web::Json<CostEventList>> {
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let list: Vec<CostEvent> =
+        ledger::cost_events(&state.db, project.id, query.run_id, query.limit())
+            .await?
+            .into_iter()
+            .map(|c| CostEvent {
+                id: c.id,
+                project_id: c.project_id,
+                run_id: c.run_id,
+                job_id: c.job_id,
+                provider_call_id: c.provider_call_id,
+                provider_code: c.provider_code,
+                model_name: c.model_name.unwrap_or_default(),
+                event_type: c.event_type,
+                units: c.units,
+                unit_cost_usd: c.unit_cost_usd,
+                total_cost_usd: c.total_cost_usd,
+                currency: c.currency,
+                meta_json: c.meta_json,
+                created_at: ts(&c.created_at),
+            })
+            .collect();
+    Ok(web::Json(CostEventList {
+        ok: true,
+        count: list.len(),
+        cost_events: list,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CostTotals {
+    total_usd: f64,
+    events: u64,
+    by_provider: BTreeMap<String, f64>,
+    by_model: BTreeMap<String, f64>,
+    by_run: BTreeMap<String, f64>,
+    /// By UTC day, `YYYY-MM-DD`.
+    by_day: BTreeMap<String, f64>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CostSummaryResponse {
+    ok: bool,
+    summary: CostTotals,
+}
+
+/// **New**: spend totals, overall and by provider, model, run and day.
+#[utoipa::path(tag = "ledger", params(("slug" = String, Path)),
+    responses((status = 200, body = CostSummaryResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/cost-summary")]
+pub async fn cost_summary(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+) -> ApiResult<web::Json<CostSummaryResponse>> {
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let s = ledger::cost_summary(&state.db, project.id).await?;
+    Ok(web::Json(CostSummaryResponse {
+        ok: true,
+        summary: CostTotals {
+            total_usd: s.total_usd,
+            events: s.events,
+            by_provider: s.by_provider,
+            by_model: s.by_model,
+            by_run: s.by_run,
+            by_day: s.by_day,
+        },
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Export {
+    id: Uuid,
+    project_id: Uuid,
+    run_id: Option<Uuid>,
+    status: String,
+    export_format: String,
+    storage_uri: String,
+    rel_path: String,
+    file_size_bytes: i64,
+    checksum_sha256: String,
+    export_asset_id: Option<Uuid>,
+    #[schema(value_type = Object)]
+    manifest_json: serde_json::Value,
+    created_at: String,
+    /// `""` until completed.
+    completed_at: String,
+}
+
+impl From<entities::project_exports::Model> for Export {
+    fn from(e: entities::project_exports::Model) -> Self {
+        Self {
+            id: e.id,
+            project_id: e.project_id,
+            run_id: e.run_id,
+            status: e.status,
+            export_format: e.export_format,
+            storage_uri: e.storage_uri.unwrap_or_default(),
+            rel_path: e.rel_path.unwrap_or_default(),
+            file_size_bytes: e.file_size_bytes.unwrap_or_default(),
+            checksum_sha256: e.checksum_sha256.unwrap_or_default(),
+            export_asset_id: e.export_asset_id,
+            manifest_json: e.manifest_json,
+            created_at: ts(&e.created_at),
+            completed_at: e.completed_at.as_ref().map(ts).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ExportList {
+    ok: bool,
+    count: usize,
+    exports: Vec<Export>,
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct ExportQuery {
+    /// Default 500, clamped to 1..2000.
+    limit: Option<i64>,
+}
+
+/// Exports, newest first.
+#[utoipa::path(tag = "ledger", params(("slug" = String, Path), ExportQuery),
+    responses((status = 200, body = ExportList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/exports")]
+pub async fn list_exports(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+    query: web::Query<ExportQuery>,
+) -> ApiResult<web::Json<ExportList>> {
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let limit = query.limit.unwrap_or(500).clamp(1, 2000) as u64;
+    let list: Vec<Export> = ledger::exports(&state.db, project.id, limit)
+        .await?
+        .into_iter()
+        .map(Export::from)
+        .collect();
+    Ok(web::Json(ExportList {
+        ok: true,
+        count: list.len(),
+        exports: list,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ExportDetail {
+    ok: bool,
+    export: Export,
+}
+
+/// One export ("Project export not found" for any missing id or project).
+#[utoipa::path(tag = "ledger", params(("slug" = String, Path), ("exportId" = String, Path)),
+    responses((status = 200, body = ExportDetail), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/exports/{exportId}")]
+pub async fn get_export(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<ExportDetail>> {
+    let (slug, export_id) = path.into_inner();
+    let project = projects::authorize(&state.db, &principal, &slug)
+        .await
+        .map_err(|e| match e {
+            actors::ServiceError::NotFound(_) => {
+                actors::ServiceError::not_found("Project export not found")
+            }
+            e => e,
+        })?;
+    let export = ledger::export(&state.db, project.id, &export_id).await?;
+    Ok(web::Json(ExportDetail {
+        ok: true,
+        export: Export::from(export),
+    }))
+}
