@@ -9,6 +9,7 @@
 //! - [`projects`]: project lifecycle, slugs, storage policy.
 //! - [`audit`]: the append-only audit log.
 
+pub mod asset_links;
 pub mod assets;
 pub mod audit;
 pub mod auth;

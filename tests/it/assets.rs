@@ -267,3 +267,146 @@ async fn events_carry_progress_and_cost_so_far() {
         last.1
     );
 }
+
+#[actix_web::test]
+async fn asset_links_are_edited_within_one_project() {
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    app.create_project(&token, "Other", "other").await;
+    // Assets to link: a run's input and candidates; another project's output.
+    let b = run(&app, &token, json!({"mode": "run", "scene_refs": ["sample:1@64x48"], "stage": "style", "candidates": 2, "wait": true})).await;
+    let c = &b["jobs"][0]["candidates"];
+    let (a1, a2) = (
+        c[0]["output_asset_id"].as_str().unwrap(),
+        c[1]["output_asset_id"].as_str().unwrap(),
+    );
+    let (_, o) = app
+        .post("/api/projects/other/runs/trigger", &token, json!({"mode": "run", "scene_refs": ["sample:9@64x48"], "stage": "style", "candidates": 1, "wait": true}))
+        .await;
+    let foreign = o["jobs"][0]["candidates"][0]["output_asset_id"]
+        .as_str()
+        .unwrap();
+    let base = "/api/projects/book/asset-links";
+
+    let cases = [
+        (
+            json!({"child_asset_id": a2}),
+            "field_required",
+            "Field 'parent_asset_id' is required",
+        ),
+        (
+            json!({"parent_asset_id": a1, "child_asset_id": a1}),
+            "invalid_link",
+            "parent_asset_id and child_asset_id must differ",
+        ),
+        (
+            json!({"parent_asset_id": a1, "child_asset_id": a2, "link_type": "cousin_of"}),
+            "invalid_link_type",
+            "Field 'link_type' must be one of: derived_from, variant_of, mask_for, reference_of",
+        ),
+        (
+            json!({"parent_asset_id": a1, "child_asset_id": foreign}),
+            "asset_not_found",
+            "",
+        ),
+    ];
+    for (body, code, message) in cases {
+        let (s, e) = app.post(base, &token, body).await;
+        assert_error(s, &e, 400, code);
+        if !message.is_empty() {
+            assert_eq!(e["error"], message);
+        }
+    }
+    // 400 before 404: a bad body on a missing project is a 400.
+    let (s, e) = app
+        .post("/api/projects/nope/asset-links", &token, json!({}))
+        .await;
+    assert_error(s, &e, 400, "field_required");
+
+    let (s, l) = app
+        .post(
+            base,
+            &token,
+            json!({"parent_asset_id": a1, "child_asset_id": a2, "link_type": "VARIANT_OF"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{l}");
+    assert_eq!(l["asset_link"]["link_type"], "variant_of");
+    let id = l["asset_link"]["id"].as_str().unwrap().to_string();
+    let (s, e) = app
+        .post(
+            base,
+            &token,
+            json!({"parent_asset_id": a1, "child_asset_id": a2, "link_type": "variant_of"}),
+        )
+        .await;
+    assert_error(s, &e, 400, "duplicate_link");
+    assert_eq!(e["error"], "Asset link already exists");
+
+    // Listing by either end and by type.
+    let (_, by_child) = app
+        .get(
+            &format!("{base}?asset_id={a2}&link_type=variant_of"),
+            &token,
+        )
+        .await;
+    assert_eq!(by_child["count"], 1);
+    let (s, e) = app.get(&format!("{base}?link_type=nope"), &token).await;
+    assert_error(s, &e, 400, "invalid_link_type");
+
+    // Partial update: at least one field; the create rules still hold.
+    let (s, e) = app.put(&format!("{base}/{id}"), &token, json!({})).await;
+    assert_error(s, &e, 400, "field_required");
+    assert_eq!(
+        e["error"],
+        "Provide at least one of: parent_asset_id, child_asset_id, link_type"
+    );
+    let (s, e) = app
+        .put(
+            &format!("{base}/{id}"),
+            &token,
+            json!({"child_asset_id": foreign}),
+        )
+        .await;
+    assert_error(s, &e, 400, "asset_not_found");
+    let (s, u) = app
+        .put(
+            &format!("{base}/{id}"),
+            &token,
+            json!({"link_type": "mask_for"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{u}");
+    assert_eq!(u["asset_link"]["link_type"], "mask_for");
+    assert_eq!(u["asset_link"]["parent_asset_id"], json!(a1), "untouched");
+
+    // Another project cannot read or delete it.
+    let (s, e) = app
+        .get(&format!("/api/projects/other/asset-links/{id}"), &token)
+        .await;
+    assert_error(s, &e, 404, "not_found");
+    assert_eq!(e["error"], "Asset link not found");
+    let (s, d) = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("{base}/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(
+        (d["deleted"].as_bool(), d["id"].as_str()),
+        (Some(true), Some(id.as_str()))
+    );
+    let (s, _) = app
+        .call(
+            reqwest::Method::DELETE,
+            &format!("{base}/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

@@ -3,6 +3,7 @@
 //! are the same list.
 
 mod admin;
+mod asset_links;
 mod assets;
 mod auth;
 pub mod console;
@@ -44,6 +45,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(assets::list_assets)
         .service(assets::get_asset)
         .service(assets::asset_content)
+        .service(asset_links::list_links)
+        .service(asset_links::create_link)
+        .service(asset_links::get_link)
+        .service(asset_links::update_link)
+        .service(asset_links::delete_link)
         .service(ledger::list_quality_reports)
         .service(ledger::list_cost_events)
         .service(ledger::cost_summary)
