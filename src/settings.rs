@@ -161,6 +161,8 @@ pub struct AuthSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     pub json_limit_bytes: usize,
+    /// Largest image accepted by `POST /api/projects/{slug}/assets`.
+    pub upload_limit_bytes: usize,
     pub workers: usize,
     pub shutdown_timeout_seconds: u64,
     /// How long a rendered list may be reused without checking the database
@@ -221,6 +223,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             json_limit_bytes: 2 * 1024 * 1024,
+            upload_limit_bytes: 32 * 1024 * 1024,
             workers: 2,
             shutdown_timeout_seconds: 10,
             read_cache_ms: 100,

@@ -198,6 +198,8 @@ impl Application {
                     .max(settings.http.ws_heartbeat_ms),
             ),
             secret_keys: secret_keys(&settings),
+            upload_limit_bytes: settings.http.upload_limit_bytes.max(1),
+            image_limits: engine_config(&settings).limits,
         };
         let tokens = Arc::new(TokenVerifier::new(Duration::from_secs(
             settings.auth.token_cache_seconds,

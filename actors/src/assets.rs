@@ -192,3 +192,93 @@ pub async fn read(
         e => ServiceError::Internal(format!("storage: {e}")),
     })
 }
+
+/// Roles an uploaded file can take.
+pub const UPLOAD_KINDS: &[&str] = &["input", "reference"];
+
+/// An uploaded image, stored with its original bytes (never re-encoded).
+pub struct Uploaded {
+    pub asset: assets::Model,
+    /// `false`: the project already held these bytes in this role.
+    pub created: bool,
+}
+
+/// Checks an upload (format sniffed from the bytes, size, header dimensions
+/// before decoding, a full decode) and stores it, deduplicated by content.
+pub async fn upload(
+    db: &sea_orm::DatabaseConnection,
+    object_store: &ObjectStore,
+    project_id: Uuid,
+    kind: &str,
+    file_name: Option<&str>,
+    bytes: Vec<u8>,
+    limits: imaging::DecodeLimits,
+) -> Result<Uploaded, ServiceError> {
+    let kind: &'static str = UPLOAD_KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .ok_or_else(|| {
+            ServiceError::validation(
+                "invalid_kind",
+                format!("Query 'kind' must be one of: {}", UPLOAD_KINDS.join(", ")),
+            )
+        })?;
+    let file_name = crate::error::optional_text("name", file_name, 255)?;
+    let (bytes, checked) = imaging::cpu::run(move || {
+        let checked = image::guess_format(&bytes)
+            .map_err(|e| imaging::ImagingError::Unsupported(e.to_string()))
+            .and_then(|format| {
+                imaging::decode(&bytes, limits).map(|img| (format, img.dimensions()))
+            })
+            .map(|(format, dims)| (format, dims, sha256_hex(&bytes)));
+        (bytes, checked)
+    })
+    .await
+    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let (format, (width, height), sha) = checked.map_err(|e| match e {
+        imaging::ImagingError::Unsupported(_) => ServiceError::validation(
+            "unsupported_image_format",
+            "The file is not a PNG, JPEG or WebP image",
+        ),
+        imaging::ImagingError::TooLarge { .. } | imaging::ImagingError::TooManyBytes { .. } => {
+            ServiceError::validation("image_too_large", e.to_string())
+        }
+        e => ServiceError::validation("invalid_image", e.to_string()),
+    })?;
+    let (mime, ext) = match format {
+        image::ImageFormat::Png => ("image/png", "png"),
+        image::ImageFormat::Jpeg => ("image/jpeg", "jpg"),
+        _ => ("image/webp", "webp"),
+    };
+    let txn = crate::db::begin_write(db).await?;
+    let stored = put(
+        &txn,
+        object_store,
+        NewAsset {
+            project_id,
+            kind,
+            key: &format!("uploads/{sha}.{ext}"),
+            bytes,
+            mime,
+            width,
+            height,
+            run_id: None,
+            job_id: None,
+            candidate_id: None,
+            metadata: serde_json::json!({ "uploaded_name": file_name }),
+        },
+        Some(sha),
+    )
+    .await?;
+    if stored.fresh {
+        assets::Entity::insert(assets::ActiveModel::from(stored.row.clone()))
+            .exec_without_returning(&txn)
+            .await?;
+    }
+    crate::db::commit(txn).await?;
+    Ok(Uploaded {
+        asset: stored.row,
+        created: stored.fresh,
+    })
+}

@@ -49,6 +49,9 @@ pub struct ApiConfig {
     pub ws_idle_timeout: std::time::Duration,
     /// Where project secrets' master key comes from (no key material).
     pub secret_keys: actors::secrets::cipher::KeySource,
+    /// Largest accepted upload, and the image limits checked before decoding.
+    pub upload_limit_bytes: usize,
+    pub image_limits: imaging::DecodeLimits,
 }
 
 /// Shared by every worker thread.

@@ -3,8 +3,9 @@
 //! with its hash, type and dimensions, and the file itself.
 
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, get, web};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use actors::projects;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -12,7 +13,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::dto::Asset;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, principal_from_header_or};
+use crate::extract::{Auth, principal_from_header_or, too_large};
 
 #[derive(Deserialize, IntoParams)]
 pub struct AssetListQuery {
@@ -147,4 +148,70 @@ pub async fn asset_content(
         response.insert_header(header::ETag(tag));
     }
     Ok(response.body(bytes))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct UploadQuery {
+    /// `input` (default: a scene to run) or `reference` (a style reference).
+    kind: Option<String>,
+    /// The original file name, kept in the asset's metadata.
+    name: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Uploaded {
+    ok: bool,
+    asset: Asset,
+    /// `false` when the project already held these bytes in this role (the
+    /// existing asset is returned; nothing was stored twice).
+    created: bool,
+}
+
+/// **New**: upload an image (PNG, JPEG or WebP, sniffed from the bytes; the
+/// body is the file). Stored unchanged, deduplicated by content; usable as a
+/// scene (`scene_refs: ["<asset id>"]`) or style reference.
+#[utoipa::path(tag = "assets", params(("slug" = String, Path), UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the image file"),
+    responses((status = 200, body = Uploaded),
+        (status = 400, body = ErrorBody, description = "invalid_kind, unsupported_image_format, invalid_image, image_too_large (pixels), field_too_long"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody, description = "payload_too_large (http.upload_limit_bytes)")))]
+#[post("/api/projects/{slug}/assets")]
+pub async fn upload_asset(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    slug: web::Path<String>,
+    query: web::Query<UploadQuery>,
+    mut body: web::Payload,
+) -> ApiResult<web::Json<Uploaded>> {
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    // Read up to the limit, never more: an oversized upload costs at most
+    // the limit in memory.
+    let limit = state.config.upload_limit_bytes;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| {
+            crate::error::ApiError::validation("invalid_body", "Could not read the request body")
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let store = projects::object_store(&state.db, &state.roots, &project).await?;
+    let uploaded = actors::assets::upload(
+        &state.db,
+        &store,
+        project.id,
+        query.kind.as_deref().map(str::trim).unwrap_or("input"),
+        query.name.as_deref(),
+        bytes,
+        state.config.image_limits,
+    )
+    .await?;
+    Ok(web::Json(Uploaded {
+        ok: true,
+        asset: Asset::from(&uploaded.asset),
+        created: uploaded.created,
+    }))
 }

@@ -43,6 +43,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(runs::cancel_job)
         .service(runs::list_candidates)
         .service(assets::list_assets)
+        .service(assets::upload_asset)
         .service(assets::get_asset)
         .service(assets::asset_content)
         .service(asset_links::list_links)
