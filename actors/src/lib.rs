@@ -13,6 +13,7 @@ pub mod asset_links;
 pub mod assets;
 pub mod audit;
 pub mod auth;
+pub mod catalog;
 pub mod db;
 pub mod engine;
 mod error;

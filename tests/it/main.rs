@@ -12,6 +12,7 @@ mod openai_stub;
 mod admin;
 mod assets;
 mod auth;
+mod catalog;
 mod cli;
 mod console;
 mod contract;

@@ -6,6 +6,7 @@ mod admin;
 mod asset_links;
 mod assets;
 mod auth;
+mod catalog;
 pub mod console;
 mod feed;
 mod health;
@@ -46,6 +47,27 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(assets::upload_asset)
         .service(assets::get_asset)
         .service(assets::asset_content)
+        .service(catalog::list_style_guides)
+        .service(catalog::create_style_guide)
+        .service(catalog::get_style_guide)
+        .service(catalog::update_style_guide)
+        .service(catalog::delete_style_guide)
+        .service(catalog::list_characters)
+        .service(catalog::create_character)
+        .service(catalog::get_character)
+        .service(catalog::update_character)
+        .service(catalog::delete_character)
+        .service(catalog::list_reference_sets)
+        .service(catalog::create_reference_set)
+        .service(catalog::get_reference_set)
+        .service(catalog::update_reference_set)
+        .service(catalog::delete_reference_set)
+        .service(catalog::list_prompt_templates)
+        .service(catalog::create_prompt_template)
+        .service(catalog::get_prompt_template)
+        .service(catalog::update_prompt_template)
+        .service(catalog::delete_prompt_template)
+        .service(catalog::list_template_versions)
         .service(asset_links::list_links)
         .service(asset_links::create_link)
         .service(asset_links::get_link)
