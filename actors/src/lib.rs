@@ -22,6 +22,7 @@ pub mod metrics;
 mod principal;
 pub mod projects;
 pub mod provider_accounts;
+pub mod reference_items;
 pub mod runs;
 pub mod secrets;
 pub mod time;

@@ -257,3 +257,118 @@ async fn required_fields_optional_clears_and_template_versions() {
         .await;
     assert_error(s, &e, 422, "invalid_field_type");
 }
+
+#[actix_web::test]
+async fn reference_set_items_hold_content_order_and_project_assets() {
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    app.create_project(&token, "Other", "other").await;
+    let (_, set) = app
+        .post(
+            "/api/projects/book/reference-sets",
+            &token,
+            json!({"name": "Harbour"}),
+        )
+        .await;
+    let set_id = set["reference_set"]["id"].as_str().unwrap().to_string();
+    let base = format!("/api/projects/book/reference-sets/{set_id}/items");
+    // An asset of this project, and one of another project.
+    let (_, own) = app
+        .post("/api/projects/book/runs/trigger", &token, json!({"mode": "run", "scene_refs": ["sample:1@64x48"], "stage": "style", "candidates": 1, "wait": true}))
+        .await;
+    let own_asset = own["jobs"][0]["final_asset_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, other) = app
+        .post("/api/projects/other/runs/trigger", &token, json!({"mode": "run", "scene_refs": ["sample:2@64x48"], "stage": "style", "candidates": 1, "wait": true}))
+        .await;
+    let foreign = other["jobs"][0]["final_asset_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (s, e) = app.post(&base, &token, json!({"content_text": "x"})).await;
+    assert_error(s, &e, 400, "field_required");
+    assert_eq!(e["error"], "Field 'label' is required");
+    let (s, e) = app.post(&base, &token, json!({"label": "Pier"})).await;
+    assert_error(s, &e, 400, "field_required");
+    assert_eq!(
+        e["error"],
+        "Provide at least one of: content_uri, content_text"
+    );
+    let (s, e) = app
+        .post(&base, &token, json!({"label": "Pier", "asset_id": foreign}))
+        .await;
+    assert_error(s, &e, 400, "asset_not_found");
+    let (s, e) = app
+        .post(
+            "/api/projects/book/reference-sets/nope/items",
+            &token,
+            json!({"label": "Pier", "content_text": "x"}),
+        )
+        .await;
+    assert_error(s, &e, 404, "not_found");
+    assert_eq!(e["error"], "Reference set not found");
+
+    let (s, a) = app
+        .post(&base, &token, json!({"label": "Pier", "asset_id": own_asset, "sort_order": 2, "weight": 0.8, "notes": "dawn", "metadata_json": {"angle": "low"}}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{a}");
+    assert_eq!(a["item"]["asset_id"], json!(own_asset));
+    assert_eq!(a["item"]["content_uri"], "");
+    let pier = a["item"]["id"].as_str().unwrap().to_string();
+    let (_, b) = app
+        .post(&base, &token, json!({"label": "Crane", "content_uri": "https://example.com/crane.png", "sort_order": 1}))
+        .await;
+    let crane = b["item"]["id"].as_str().unwrap().to_string();
+    let (_, list) = app.get(&base, &token).await;
+    assert_eq!(list["reference_set_id"], json!(set_id));
+    let labels: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["Crane", "Pier"], "by sort_order");
+
+    let (s, e) = app.put(&format!("{base}/{pier}"), &token, json!({})).await;
+    assert_error(s, &e, 400, "field_required");
+    assert_eq!(
+        e["error"],
+        "Provide at least one of: label, content_uri, content_text, sort_order, metadata_json"
+    );
+    let (s, e) = app
+        .put(
+            &format!("{base}/{crane}"),
+            &token,
+            json!({"content_uri": ""}),
+        )
+        .await;
+    assert_error(s, &e, 400, "field_required");
+    let (s, u) = app
+        .put(&format!("{base}/{pier}"), &token, json!({"sort_order": 0}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{u}");
+    assert_eq!(u["item"]["weight"], 0.8, "untouched");
+    let (s, e) = app
+        .get(
+            &format!("/api/projects/other/reference-sets/{set_id}/items/{pier}"),
+            &token,
+        )
+        .await;
+    assert_error(s, &e, 404, "not_found");
+    assert_eq!(e["error"], "Reference set item not found");
+    let (s, d) = app
+        .call(
+            Method::DELETE,
+            &format!("{base}/{crane}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    let (_, list) = app.get(&base, &token).await;
+    assert_eq!(list["count"], 1);
+}

@@ -77,6 +77,26 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
         "GET",
         "/api/projects/{slug}/prompt-templates/{templateId}/versions",
     ),
+    (
+        "GET",
+        "/api/projects/{slug}/reference-sets/{referenceSetId}/items",
+    ),
+    (
+        "POST",
+        "/api/projects/{slug}/reference-sets/{referenceSetId}/items",
+    ),
+    (
+        "GET",
+        "/api/projects/{slug}/reference-sets/{referenceSetId}/items/{itemId}",
+    ),
+    (
+        "PUT",
+        "/api/projects/{slug}/reference-sets/{referenceSetId}/items/{itemId}",
+    ),
+    (
+        "DELETE",
+        "/api/projects/{slug}/reference-sets/{referenceSetId}/items/{itemId}",
+    ),
     ("GET", "/api/projects/{slug}/asset-links"),
     ("POST", "/api/projects/{slug}/asset-links"),
     ("GET", "/api/projects/{slug}/asset-links/{linkId}"),

@@ -14,6 +14,7 @@ mod ledger;
 mod metrics;
 mod projects;
 mod provider_accounts;
+mod reference_items;
 mod runs;
 mod secrets;
 mod storage;
@@ -68,6 +69,11 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(catalog::update_prompt_template)
         .service(catalog::delete_prompt_template)
         .service(catalog::list_template_versions)
+        .service(reference_items::list_items)
+        .service(reference_items::create_item)
+        .service(reference_items::get_item)
+        .service(reference_items::update_item)
+        .service(reference_items::delete_item)
         .service(asset_links::list_links)
         .service(asset_links::create_link)
         .service(asset_links::get_link)
