@@ -14,6 +14,7 @@ pub mod assets;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod copilot;
 pub mod db;
 pub mod engine;
 mod error;

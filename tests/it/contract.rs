@@ -97,6 +97,35 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
         "DELETE",
         "/api/projects/{slug}/reference-sets/{referenceSetId}/items/{itemId}",
     ),
+    ("GET", "/api/projects/{slug}/chat/sessions"),
+    ("POST", "/api/projects/{slug}/chat/sessions"),
+    ("GET", "/api/projects/{slug}/chat/sessions/{sessionId}"),
+    (
+        "GET",
+        "/api/projects/{slug}/chat/sessions/{sessionId}/messages",
+    ),
+    (
+        "POST",
+        "/api/projects/{slug}/chat/sessions/{sessionId}/messages",
+    ),
+    ("GET", "/api/projects/{slug}/agent/instructions"),
+    ("POST", "/api/projects/{slug}/agent/instructions"),
+    (
+        "GET",
+        "/api/projects/{slug}/agent/instructions/{instructionId}",
+    ),
+    (
+        "GET",
+        "/api/projects/{slug}/agent/instructions/{instructionId}/events",
+    ),
+    (
+        "POST",
+        "/api/projects/{slug}/agent/instructions/{instructionId}/confirm",
+    ),
+    (
+        "POST",
+        "/api/projects/{slug}/agent/instructions/{instructionId}/cancel",
+    ),
     ("GET", "/api/projects/{slug}/asset-links"),
     ("POST", "/api/projects/{slug}/asset-links"),
     ("GET", "/api/projects/{slug}/asset-links/{linkId}"),

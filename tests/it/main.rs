@@ -16,6 +16,7 @@ mod catalog;
 mod cli;
 mod console;
 mod contract;
+mod copilot;
 mod feed;
 mod ledger;
 mod migrations;

@@ -8,6 +8,7 @@ mod assets;
 mod auth;
 mod catalog;
 pub mod console;
+mod copilot;
 mod feed;
 mod health;
 mod ledger;
@@ -74,6 +75,17 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(reference_items::get_item)
         .service(reference_items::update_item)
         .service(reference_items::delete_item)
+        .service(copilot::list_sessions)
+        .service(copilot::create_session)
+        .service(copilot::get_session)
+        .service(copilot::list_messages)
+        .service(copilot::append_message)
+        .service(copilot::list_instructions)
+        .service(copilot::create_instruction)
+        .service(copilot::get_instruction)
+        .service(copilot::list_instruction_events)
+        .service(copilot::confirm_instruction)
+        .service(copilot::cancel_instruction)
         .service(asset_links::list_links)
         .service(asset_links::create_link)
         .service(asset_links::get_link)
