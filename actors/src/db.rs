@@ -79,6 +79,11 @@ pub async fn commit(txn: WriteTxn) -> Result<(), DbErr> {
     Ok(())
 }
 
+/// Abandons a write transaction: nothing it did is kept (dry runs).
+pub async fn rollback(txn: WriteTxn) -> Result<(), DbErr> {
+    txn.txn.rollback().await
+}
+
 /// Increases whenever this process commits a write.
 pub fn write_generation() -> u64 {
     WRITE_GENERATION.load(std::sync::atomic::Ordering::Acquire)

@@ -13,6 +13,7 @@ pub mod asset_links;
 pub mod assets;
 pub mod audit;
 pub mod auth;
+pub mod bootstrap;
 pub mod catalog;
 pub mod copilot;
 pub mod db;

@@ -126,7 +126,8 @@ pub async fn get<C: ConnectionTrait>(
         .ok_or_else(|| ServiceError::not_found("Provider account not found"))
 }
 
-fn apply(row: &mut provider_accounts::Model, f: ValidFields) {
+/// Applies checked fields to a row (supplied ones only).
+pub fn apply(row: &mut provider_accounts::Model, f: ValidFields) {
     if let Some(v) = f.display_name {
         row.display_name = v;
     }
@@ -179,6 +180,34 @@ async fn save(
     Ok((row, audit_id))
 }
 
+/// A new account with the defaults (name = code, enabled, `{}` config).
+pub fn new_row(project_id: Uuid, code: &str) -> provider_accounts::Model {
+    let now = time::now();
+    provider_accounts::Model {
+        id: Uuid::now_v7(),
+        project_id,
+        provider_code: code.to_string(),
+        display_name: code.to_string(),
+        account_ref: None,
+        base_url: None,
+        enabled: true,
+        config_json: json!({}),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// The contract's JSON shape (unset text as `""`).
+pub fn view(a: &provider_accounts::Model) -> Value {
+    json!({
+        "project_id": a.project_id, "provider_code": a.provider_code, "display_name": a.display_name,
+        "account_ref": a.account_ref.clone().unwrap_or_default(),
+        "base_url": a.base_url.clone().unwrap_or_default(), "enabled": a.enabled,
+        "config_json": a.config_json,
+        "created_at": time::format(&a.created_at), "updated_at": time::format(&a.updated_at),
+    })
+}
+
 /// Creates the account or updates the one with this code (supplied fields only).
 pub async fn upsert(
     db: &DatabaseConnection,
@@ -194,18 +223,7 @@ pub async fn upsert(
         Err(e) => return Err(e),
     };
     let exists = existing.is_some();
-    let mut row = existing.unwrap_or_else(|| provider_accounts::Model {
-        id: Uuid::now_v7(),
-        project_id,
-        provider_code: code.clone(),
-        display_name: code.clone(),
-        account_ref: None,
-        base_url: None,
-        enabled: true,
-        config_json: json!({}),
-        created_at: now,
-        updated_at: now,
-    });
+    let mut row = existing.unwrap_or_else(|| new_row(project_id, &code));
     apply(&mut row, fields);
     row.updated_at = now;
     save(db, principal, row, exists, "provider_account.upserted").await

@@ -126,6 +126,8 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
         "POST",
         "/api/projects/{slug}/agent/instructions/{instructionId}/cancel",
     ),
+    ("GET", "/api/projects/{slug}/bootstrap-prompt"),
+    ("POST", "/api/projects/{slug}/bootstrap-import"),
     ("GET", "/api/projects/{slug}/asset-links"),
     ("POST", "/api/projects/{slug}/asset-links"),
     ("GET", "/api/projects/{slug}/asset-links/{linkId}"),

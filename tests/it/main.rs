@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bg_stub;
+mod bootstrap;
 mod browser;
 mod helpers;
 mod openai_stub;

@@ -6,6 +6,7 @@ mod admin;
 mod asset_links;
 mod assets;
 mod auth;
+mod bootstrap;
 mod catalog;
 pub mod console;
 mod copilot;
@@ -86,6 +87,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(copilot::list_instruction_events)
         .service(copilot::confirm_instruction)
         .service(copilot::cancel_instruction)
+        .service(bootstrap::export_bootstrap)
+        .service(bootstrap::import_bootstrap)
         .service(asset_links::list_links)
         .service(asset_links::create_link)
         .service(asset_links::get_link)
