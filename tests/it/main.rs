@@ -19,6 +19,7 @@ mod console;
 mod contract;
 mod copilot;
 mod feed;
+mod journey;
 mod ledger;
 mod migrations;
 mod projects;
