@@ -266,3 +266,54 @@ pub async fn delete(
     crate::db::commit(txn).await?;
     Ok(audit_id)
 }
+
+/// The outcome of asking a provider whether the credentials work.
+#[derive(Debug, serde::Serialize)]
+pub struct CredentialCheck {
+    pub provider_code: String,
+    /// `ok` or `failed`.
+    pub status: &'static str,
+    /// The taxonomy code of the failure (`provider_auth`, `provider_not_configured`, …).
+    pub error_code: Option<&'static str>,
+    pub message: Option<String>,
+    /// Whose key was tried: `project` (its secret `{code}/api_key`) or `service`.
+    pub key_source: &'static str,
+    pub latency_ms: u64,
+}
+
+/// Validates the credentials against the provider itself, with a call that
+/// costs nothing. Refuses codes the service has no adapter for.
+pub async fn check_credentials(
+    engine: &crate::engine::Engine,
+    project_id: Uuid,
+    code: &str,
+) -> Result<CredentialCheck, ServiceError> {
+    let deps = &engine.deps;
+    let own =
+        crate::secrets::provider_key(&deps.db, deps.secret_keys.as_ref(), project_id, code).await?;
+    let key_source = if own.is_some() { "project" } else { "service" };
+    let began = std::time::Instant::now();
+    let outcome = if let Some(p) = deps.provider(code) {
+        p.check_credentials(own).await
+    } else if let Some(r) = deps.removers.get(code) {
+        r.check_credentials(own).await
+    } else {
+        return Err(ServiceError::validation(
+            "unknown_provider",
+            format!("Provider '{code}' is not configured on this service"),
+        ));
+    };
+    crate::metrics::observe_call(
+        code,
+        outcome.as_ref().map_or_else(|e| e.code(), |_| "ok"),
+        began.elapsed(),
+    );
+    Ok(CredentialCheck {
+        provider_code: code.to_string(),
+        status: if outcome.is_ok() { "ok" } else { "failed" },
+        error_code: outcome.as_ref().err().map(|e| e.code()),
+        message: outcome.err().map(|e| e.to_string()),
+        key_source,
+        latency_ms: began.elapsed().as_millis() as u64,
+    })
+}

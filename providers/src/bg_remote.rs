@@ -144,6 +144,32 @@ impl RemoteRemover {
         self.api_key().map(|_| ())
     }
 
+    /// `GET {base_url}/account` (the account's credits): free, and refused
+    /// without valid credentials.
+    pub async fn check_credentials(&self, api_key: Option<Secret>) -> Result<(), ProviderError> {
+        let key = match api_key {
+            Some(key) => key,
+            None => self.api_key()?,
+        };
+        let resp = self
+            .http
+            .get(format!(
+                "{}/account",
+                self.settings.base_url.trim_end_matches('/')
+            ))
+            .header(self.service.key_header(), key.expose())
+            .send()
+            .await
+            .map_err(|e| transport(&e))?;
+        let status = resp.status().as_u16();
+        let body = read_limited(resp, 1024 * 1024).await?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(classify(self.service, status, &body, None, &key))
+        }
+    }
+
     /// Sends `image` and returns the cut-out; `api_key`: the project's own
     /// key, else the adapter's credentials.
     pub async fn remove(

@@ -128,6 +128,16 @@ pub trait ImageProvider: Send + Sync {
     fn preflight(&self) -> Result<(), ProviderError> {
         Ok(())
     }
+    /// Asks the provider whether these credentials work, with a call that
+    /// costs nothing (e.g. listing models). `api_key`: the project's own key,
+    /// else the adapter's. Providers without credentials have nothing to check.
+    async fn check_credentials(
+        &self,
+        api_key: Option<credentials::Secret>,
+    ) -> Result<(), ProviderError> {
+        let _ = api_key;
+        Ok(())
+    }
     async fn generate(&self, request: GenerateRequest) -> Result<GeneratedImage, ProviderError>;
 }
 

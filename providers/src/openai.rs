@@ -288,6 +288,32 @@ impl ImageProvider for OpenAiProvider {
         self.api_key().map(|_| ())
     }
 
+    /// `GET {base_url}/models`: free, and refused without valid credentials.
+    async fn check_credentials(&self, api_key: Option<Secret>) -> Result<(), ProviderError> {
+        let key = match api_key {
+            Some(key) => key,
+            None => self.api_key()?,
+        };
+        let resp = self
+            .http
+            .get(format!(
+                "{}/models",
+                self.settings.base_url.trim_end_matches('/')
+            ))
+            .bearer_auth(key.expose())
+            .send()
+            .await
+            .map_err(|e| transport(&e))?;
+        let status = resp.status().as_u16();
+        let retry = retry_after(resp.headers());
+        let body = read_limited(resp, 1024 * 1024).await?;
+        if (200..300).contains(&status) {
+            Ok(())
+        } else {
+            Err(classify(status, &body, retry, &key))
+        }
+    }
+
     async fn generate(&self, request: GenerateRequest) -> Result<GeneratedImage, ProviderError> {
         let key = match request.api_key {
             Some(key) => key,

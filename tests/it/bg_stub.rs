@@ -51,6 +51,8 @@ impl BgStub {
                 .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
                 .route("/v1.0/removebg", web::post().to(removebg))
                 .route("/v1/segment", web::post().to(segment))
+                .route("/v1.0/account", web::get().to(account))
+                .route("/v1/account", web::get().to(account))
         })
         .workers(1)
         .bind(("127.0.0.1", 0))
@@ -128,6 +130,17 @@ async fn removebg(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -
         return error(status, "auth_failed");
     }
     answer(&state, error).await
+}
+
+/// The account's credits: what a credentials check asks for.
+async fn account(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    let key_ok =
+        req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) == Some(state.key.as_str());
+    if !key_ok {
+        return HttpResponse::Forbidden()
+            .json(json!({ "errors": [{ "title": "Invalid API key", "code": "auth_failed" }] }));
+    }
+    HttpResponse::Ok().json(json!({ "data": { "attributes": { "credits": { "total": 50 } } } }))
 }
 
 async fn segment(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {

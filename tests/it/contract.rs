@@ -152,6 +152,10 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
         "DELETE",
         "/api/projects/{slug}/provider-accounts/{providerCode}",
     ),
+    (
+        "POST",
+        "/api/projects/{slug}/provider-accounts/{providerCode}/check",
+    ),
     ("GET", "/api/projects/{slug}/secrets"),
     ("GET", "/api/projects/{slug}/secrets/rotation-status"),
     ("POST", "/api/projects/{slug}/secrets"),
@@ -197,6 +201,7 @@ const ADDITIONS: &[&str] = &[
     "/admin/resume",
     "/api/projects/{slug}/assets/{assetId}/content",
     "/api/projects/{slug}/cost-summary",
+    "/api/projects/{slug}/provider-accounts/{providerCode}/check",
     "/api/projects/{slug}/prompt-templates/{templateId}/versions",
     "/api/projects/{slug}/webhooks",
     "/api/projects/{slug}/webhooks/{webhookId}",

@@ -66,6 +66,7 @@ impl OpenAiStub {
                 .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
                 .route("/v1/images/edits", web::post().to(edits))
                 .route("/v1/images/generations", web::post().to(generations))
+                .route("/v1/models", web::get().to(models))
         })
         .workers(2)
         .bind(("127.0.0.1", 0))
@@ -157,6 +158,15 @@ fn idempotency_key(req: &HttpRequest) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()
+}
+
+/// The model list: what a credentials check asks for (free).
+async fn models(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
+    if !authorized(&req, &state) {
+        return error_body(401, "invalid_api_key");
+    }
+    HttpResponse::Ok()
+        .json(json!({ "object": "list", "data": [{ "id": "gpt-image-1", "object": "model" }] }))
 }
 
 /// Text to image: a JSON body with model, prompt and size, no image.

@@ -160,3 +160,70 @@ async fn provider_accounts_are_upserted_by_code_updated_and_deleted() {
         assert!(audits.iter().any(|a| a == code), "{audits:?}");
     }
 }
+
+#[actix_web::test]
+async fn credentials_are_checked_against_the_provider_itself() {
+    let openai = crate::openai_stub::OpenAiStub::start().await;
+    let bg = crate::bg_stub::BgStub::start_with_key(env!("CARGO_MANIFEST_DIR")).await;
+    let app = TestApp::spawn_with(|s| {
+        s.secrets.master_key_env = "ATELIER_TEST_UNSET_MASTER_KEY".into();
+        s.providers.openai.enabled = true;
+        s.providers.openai.base_url = openai.base_url.clone();
+        s.providers.openai.api_key_env = "ATELIER_TEST_UNSET_OPENAI_KEY".into();
+        s.providers.photoroom.enabled = true;
+        s.providers.photoroom.base_url = Some(bg.photoroom_url.clone());
+        s.providers.photoroom.api_key_env = Some("CARGO_MANIFEST_DIR".into());
+    })
+    .await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    let check = |code: &'static str| {
+        let path = format!("/api/projects/book/provider-accounts/{code}/check");
+        let (app, token) = (&app, token.clone());
+        async move { app.post(&path, &token, json!({})).await }
+    };
+    // No key anywhere: nothing is sent.
+    let (s, c) = check("openai").await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(
+        (
+            c["check"]["status"].as_str(),
+            c["check"]["error_code"].as_str()
+        ),
+        (Some("failed"), Some("provider_not_configured"))
+    );
+    // A wrong project key is refused by the provider; the right one works.
+    app.post(
+        "/api/projects/book/secrets",
+        &token,
+        json!({"provider_code": "openai", "secret_name": "api_key", "secret_value": "sk-wrong"}),
+    )
+    .await;
+    let (_, c) = check("OpenAI").await;
+    assert_eq!(
+        (
+            c["check"]["status"].as_str(),
+            c["check"]["error_code"].as_str()
+        ),
+        (Some("failed"), Some("provider_auth"))
+    );
+    assert_eq!(c["check"]["key_source"], "project");
+    assert!(!c.to_string().contains("sk-wrong"), "{c}");
+    app.post("/api/projects/book/secrets", &token, json!({"provider_code": "openai", "secret_name": "api_key", "secret_value": crate::openai_stub::KEY})).await;
+    let (_, c) = check("openai").await;
+    assert_eq!(c["check"]["status"], "ok", "{c}");
+    // The service's own key (environment) for PhotoRoom; local has nothing to check.
+    let (_, c) = check("photoroom").await;
+    assert_eq!(
+        (
+            c["check"]["status"].as_str(),
+            c["check"]["key_source"].as_str()
+        ),
+        (Some("ok"), Some("service"))
+    );
+    let (_, c) = check("local").await;
+    assert_eq!(c["check"]["status"], "ok");
+    let (s, e) = check("midjourney").await;
+    assert_error(s, &e, 400, "unknown_provider");
+    assert_eq!(bg.calls(), 0, "a check never pays for a removal");
+}

@@ -104,6 +104,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(provider_accounts::get_account)
         .service(provider_accounts::update_account)
         .service(provider_accounts::delete_account)
+        .service(provider_accounts::check_account)
         .service(secrets::list_secrets)
         .service(secrets::rotation_status)
         .service(secrets::upsert_secret)

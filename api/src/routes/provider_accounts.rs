@@ -215,3 +215,23 @@ pub async fn delete_account(
         audit_id,
     }))
 }
+
+/// **New**: ask the provider whether the credentials work (the project's
+/// key `{code}/api_key` if it has one, else the service's), with a call that
+/// costs nothing. A failed check is still a 200: `check.status` says it.
+#[utoipa::path(tag = "provider-accounts", params(("slug" = String, Path), ("providerCode" = String, Path)),
+    responses((status = 200, description = "`ok, check{provider_code, status (ok|failed), error_code, message, key_source (project|service), latency_ms}`"),
+        (status = 400, body = ErrorBody, description = "invalid_provider_code, unknown_provider"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[post("/api/projects/{slug}/provider-accounts/{providerCode}/check")]
+pub async fn check_account(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<serde_json::Value>> {
+    let (slug, code) = path.into_inner();
+    let code = accounts::normalize_code(Some(&code))?;
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let check = accounts::check_credentials(&state.engine, project.id, &code).await?;
+    Ok(web::Json(serde_json::json!({ "ok": true, "check": check })))
+}
