@@ -425,3 +425,72 @@ async fn every_error_and_success_carries_the_contract_header() {
         );
     }
 }
+
+/// Structural validation of the served OpenAPI document: every `$ref`
+/// resolves, every path template parameter is declared as a path parameter
+/// (and no undeclared one is), operation ids are unique, every operation has
+/// responses, and the document deserialises as OpenAPI.
+#[actix_web::test]
+async fn openapi_document_is_internally_valid() {
+    let app = TestApp::spawn().await;
+    let (_, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
+    let parsed: Result<utoipa::openapi::OpenApi, _> = serde_json::from_value(doc.clone());
+    assert!(
+        parsed.is_ok(),
+        "not an OpenAPI document: {:?}",
+        parsed.err()
+    );
+
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|x| refs(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in &all {
+        let pointer = r
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("external ref {r}"));
+        assert!(doc.pointer(pointer).is_some(), "dangling $ref {r}");
+    }
+
+    let mut operation_ids = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let templated: BTreeSet<String> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(str::to_string)
+            .collect();
+        for (method, op) in item.as_object().unwrap() {
+            let declared: BTreeSet<String> = op["parameters"]
+                .as_array()
+                .map(|ps| {
+                    ps.iter()
+                        .filter(|p| p["in"] == "path")
+                        .map(|p| p["name"].as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(declared, templated, "{method} {path}: path parameters");
+            assert!(
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
+                "{method} {path}: no responses"
+            );
+            if let Some(id) = op["operationId"].as_str() {
+                assert!(
+                    operation_ids.insert(id.to_string()),
+                    "duplicate operationId {id}"
+                );
+            }
+        }
+    }
+}
