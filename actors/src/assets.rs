@@ -146,8 +146,12 @@ pub async fn list<C: ConnectionTrait>(
     limit: u64,
     kind: Option<&str>,
     run_id: Option<Uuid>,
+    after: Option<crate::cursor::Cursor>,
 ) -> Result<Vec<assets::Model>, ServiceError> {
     let mut query = assets::Entity::find().filter(assets::Column::ProjectId.eq(project_id));
+    if let Some(c) = after {
+        query = query.filter(c.condition(assets::Column::CreatedAt, assets::Column::Id));
+    }
     if let Some(kind) = kind {
         query = query.filter(assets::Column::Kind.eq(kind));
     }

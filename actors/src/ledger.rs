@@ -9,13 +9,17 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder
 use uuid::Uuid;
 
 use crate::ServiceError;
+use crate::cursor::Cursor;
 
 /// Newest first (`created_at` desc, `id` desc), at most `limit`, optionally one run's.
 macro_rules! newest {
-    ($entity:ident, $db:expr, $project_id:expr, $run_id:expr, $limit:expr) => {{
+    ($entity:ident, $db:expr, $project_id:expr, $run_id:expr, $limit:expr, $after:expr) => {{
         let mut q = $entity::Entity::find().filter($entity::Column::ProjectId.eq($project_id));
         if let Some(run_id) = $run_id {
             q = q.filter($entity::Column::RunId.eq(run_id));
+        }
+        if let Some(c) = $after {
+            q = q.filter(c.condition($entity::Column::CreatedAt, $entity::Column::Id));
         }
         Ok(q.order_by_desc($entity::Column::CreatedAt)
             .order_by_desc($entity::Column::Id)
@@ -30,8 +34,9 @@ pub async fn quality_reports<C: ConnectionTrait>(
     project_id: Uuid,
     run_id: Option<Uuid>,
     limit: u64,
+    after: Option<Cursor>,
 ) -> Result<Vec<quality_reports::Model>, ServiceError> {
-    newest!(quality_reports, db, project_id, run_id, limit)
+    newest!(quality_reports, db, project_id, run_id, limit, after)
 }
 
 pub async fn cost_events<C: ConnectionTrait>(
@@ -39,16 +44,18 @@ pub async fn cost_events<C: ConnectionTrait>(
     project_id: Uuid,
     run_id: Option<Uuid>,
     limit: u64,
+    after: Option<Cursor>,
 ) -> Result<Vec<cost_events::Model>, ServiceError> {
-    newest!(cost_events, db, project_id, run_id, limit)
+    newest!(cost_events, db, project_id, run_id, limit, after)
 }
 
 pub async fn exports<C: ConnectionTrait>(
     db: &C,
     project_id: Uuid,
     limit: u64,
+    after: Option<Cursor>,
 ) -> Result<Vec<project_exports::Model>, ServiceError> {
-    newest!(project_exports, db, project_id, None::<Uuid>, limit)
+    newest!(project_exports, db, project_id, None::<Uuid>, limit, after)
 }
 
 pub async fn export<C: ConnectionTrait>(

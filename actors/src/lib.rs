@@ -16,6 +16,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod catalog;
 pub mod copilot;
+pub mod cursor;
 pub mod db;
 pub mod engine;
 mod error;

@@ -53,6 +53,52 @@ async fn reports_costs_and_exports_are_read_per_project() {
         .collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
     assert_eq!(c["cost_events"][0]["provider_code"], "local");
+    // Keyset pages: no row twice, none missed, a clear end.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/api/projects/book/cost-events?limit=3&cursor={c}"),
+            None => "/api/projects/book/cost-events?limit=3".to_string(),
+        };
+        let (s, page) = app.get(&path, &token).await;
+        assert_eq!(s, StatusCode::OK, "{page}");
+        seen.extend(
+            page["cost_events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["id"].as_str().unwrap().to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let all: Vec<String> = c["cost_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(seen, all, "pages in order, complete, without repeats");
+    let (s, e) = app
+        .get("/api/projects/book/cost-events?cursor=bogus", &token)
+        .await;
+    assert_error(s, &e, 400, "invalid_cursor");
+    let (_, runs) = app.get("/api/projects/book/runs?limit=1", &token).await;
+    let next = runs["next_cursor"].as_str().unwrap();
+    let (_, rest) = app
+        .get(
+            &format!("/api/projects/book/runs?limit=1&cursor={next}"),
+            &token,
+        )
+        .await;
+    assert_eq!(
+        (rest["count"].as_u64(), rest["next_cursor"].is_null()),
+        (Some(0), true)
+    );
+
     let (_, sum) = app.get("/api/projects/book/cost-summary", &token).await;
     let total = sum["summary"]["total_usd"].as_f64().unwrap();
     assert!((total - 0.04).abs() < 1e-9, "{sum}");

@@ -256,10 +256,13 @@ pub async fn list_runs<C: ConnectionTrait>(
     db: &C,
     project_id: Uuid,
     limit: u64,
+    after: Option<crate::cursor::Cursor>,
 ) -> Result<Vec<runs::Model>, ServiceError> {
-    Ok(runs::Entity::find()
-        .filter(runs::Column::ProjectId.eq(project_id))
-        .order_by_desc(runs::Column::CreatedAt)
+    let mut q = runs::Entity::find().filter(runs::Column::ProjectId.eq(project_id));
+    if let Some(c) = after {
+        q = q.filter(c.condition(runs::Column::CreatedAt, runs::Column::Id));
+    }
+    Ok(q.order_by_desc(runs::Column::CreatedAt)
         .order_by_desc(runs::Column::Id)
         .limit(limit)
         .all(db)

@@ -4,6 +4,7 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use actors::cursor::{self, Cursor};
 use actors::projects;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,8 @@ pub struct AssetListQuery {
     kind: Option<String>,
     /// Only the files of this run.
     run_id: Option<Uuid>,
+    /// **New**: continue after a previous page (its `next_cursor`).
+    cursor: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -31,6 +34,8 @@ pub struct AssetList {
     ok: bool,
     count: usize,
     assets: Vec<Asset>,
+    /// **New**: set when the page is full; pass it as `cursor` for the next one.
+    next_cursor: Option<String>,
 }
 
 /// Assets of a project, newest first.
@@ -50,15 +55,16 @@ pub async fn list_assets(
         .as_deref()
         .map(str::trim)
         .filter(|k| !k.is_empty());
-    let assets: Vec<Asset> = actors::assets::list(&state.db, project.id, limit, kind, query.run_id)
-        .await?
-        .iter()
-        .map(Asset::from)
-        .collect();
+    let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let rows =
+        actors::assets::list(&state.db, project.id, limit, kind, query.run_id, after).await?;
+    let next_cursor = cursor::next(&rows, limit, |a| (a.created_at, a.id));
+    let assets: Vec<Asset> = rows.iter().map(Asset::from).collect();
     Ok(web::Json(AssetList {
         ok: true,
         count: assets.len(),
         assets,
+        next_cursor,
     }))
 }
 

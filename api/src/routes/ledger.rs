@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::{get, web};
+use actors::cursor::{self, Cursor};
 use actors::{ledger, projects};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -23,11 +24,17 @@ pub struct LedgerQuery {
     limit: Option<i64>,
     /// **New**: only this run's records.
     run_id: Option<Uuid>,
+    /// **New**: continue after a previous page (its `next_cursor`).
+    cursor: Option<String>,
 }
 
 impl LedgerQuery {
     fn limit(&self) -> u64 {
         self.limit.unwrap_or(500).clamp(1, 2000) as u64
+    }
+
+    fn after(&self) -> Result<Option<Cursor>, actors::ServiceError> {
+        self.cursor.as_deref().map(Cursor::decode).transpose()
     }
 }
 
@@ -55,6 +62,8 @@ pub struct QualityReportList {
     ok: bool,
     count: usize,
     quality_reports: Vec<QualityReport>,
+    /// **New**: set when the page is full; pass it as `cursor` for the next one.
+    next_cursor: Option<String>,
 }
 
 /// Output-guard reports, newest first.
@@ -68,30 +77,32 @@ pub async fn list_quality_reports(
     query: web::Query<LedgerQuery>,
 ) -> ApiResult<web::Json<QualityReportList>> {
     let project = projects::authorize(&state.db, &principal, &slug).await?;
-    let list: Vec<QualityReport> =
-        ledger::quality_reports(&state.db, project.id, query.run_id, query.limit())
-            .await?
-            .into_iter()
-            .map(|q| QualityReport {
-                id: q.id,
-                project_id: q.project_id,
-                run_id: q.run_id,
-                job_id: q.job_id,
-                candidate_id: q.candidate_id,
-                asset_id: q.asset_id,
-                report_type: q.report_type,
-                grade: q.grade.unwrap_or_default(),
-                hard_failures: q.hard_failures,
-                soft_warnings: q.soft_warnings,
-                avg_chroma_exceed: q.avg_chroma_exceed,
-                summary_json: q.summary_json,
-                created_at: ts(&q.created_at),
-            })
-            .collect();
+    let (limit, after) = (query.limit(), query.after()?);
+    let rows = ledger::quality_reports(&state.db, project.id, query.run_id, limit, after).await?;
+    let next_cursor = cursor::next(&rows, limit, |q| (q.created_at, q.id));
+    let list: Vec<QualityReport> = rows
+        .into_iter()
+        .map(|q| QualityReport {
+            id: q.id,
+            project_id: q.project_id,
+            run_id: q.run_id,
+            job_id: q.job_id,
+            candidate_id: q.candidate_id,
+            asset_id: q.asset_id,
+            report_type: q.report_type,
+            grade: q.grade.unwrap_or_default(),
+            hard_failures: q.hard_failures,
+            soft_warnings: q.soft_warnings,
+            avg_chroma_exceed: q.avg_chroma_exceed,
+            summary_json: q.summary_json,
+            created_at: ts(&q.created_at),
+        })
+        .collect();
     Ok(web::Json(QualityReportList {
         ok: true,
         count: list.len(),
         quality_reports: list,
+        next_cursor,
     }))
 }
 
@@ -119,6 +130,8 @@ pub struct CostEventList {
     ok: bool,
     count: usize,
     cost_events: Vec<CostEvent>,
+    /// **New**: set when the page is full; pass it as `cursor` for the next one.
+    next_cursor: Option<String>,
 }
 
 /// The cost ledger (one event per paid call), newest first.
@@ -132,31 +145,33 @@ pub async fn list_cost_events(
     query: web::Query<LedgerQuery>,
 ) -> ApiResult<web::Json<CostEventList>> {
     let project = projects::authorize(&state.db, &principal, &slug).await?;
-    let list: Vec<CostEvent> =
-        ledger::cost_events(&state.db, project.id, query.run_id, query.limit())
-            .await?
-            .into_iter()
-            .map(|c| CostEvent {
-                id: c.id,
-                project_id: c.project_id,
-                run_id: c.run_id,
-                job_id: c.job_id,
-                provider_call_id: c.provider_call_id,
-                provider_code: c.provider_code,
-                model_name: c.model_name.unwrap_or_default(),
-                event_type: c.event_type,
-                units: c.units,
-                unit_cost_usd: c.unit_cost_usd,
-                total_cost_usd: c.total_cost_usd,
-                currency: c.currency,
-                meta_json: c.meta_json,
-                created_at: ts(&c.created_at),
-            })
-            .collect();
+    let (limit, after) = (query.limit(), query.after()?);
+    let rows = ledger::cost_events(&state.db, project.id, query.run_id, limit, after).await?;
+    let next_cursor = cursor::next(&rows, limit, |c| (c.created_at, c.id));
+    let list: Vec<CostEvent> = rows
+        .into_iter()
+        .map(|c| CostEvent {
+            id: c.id,
+            project_id: c.project_id,
+            run_id: c.run_id,
+            job_id: c.job_id,
+            provider_call_id: c.provider_call_id,
+            provider_code: c.provider_code,
+            model_name: c.model_name.unwrap_or_default(),
+            event_type: c.event_type,
+            units: c.units,
+            unit_cost_usd: c.unit_cost_usd,
+            total_cost_usd: c.total_cost_usd,
+            currency: c.currency,
+            meta_json: c.meta_json,
+            created_at: ts(&c.created_at),
+        })
+        .collect();
     Ok(web::Json(CostEventList {
         ok: true,
         count: list.len(),
         cost_events: list,
+        next_cursor,
     }))
 }
 
@@ -245,12 +260,16 @@ pub struct ExportList {
     ok: bool,
     count: usize,
     exports: Vec<Export>,
+    /// **New**: set when the page is full; pass it as `cursor` for the next one.
+    next_cursor: Option<String>,
 }
 
 #[derive(Deserialize, IntoParams)]
 pub struct ExportQuery {
     /// Default 500, clamped to 1..2000.
     limit: Option<i64>,
+    /// **New**: continue after a previous page (its `next_cursor`).
+    cursor: Option<String>,
 }
 
 /// Exports, newest first.
@@ -265,15 +284,15 @@ pub async fn list_exports(
 ) -> ApiResult<web::Json<ExportList>> {
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     let limit = query.limit.unwrap_or(500).clamp(1, 2000) as u64;
-    let list: Vec<Export> = ledger::exports(&state.db, project.id, limit)
-        .await?
-        .into_iter()
-        .map(Export::from)
-        .collect();
+    let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+    let rows = ledger::exports(&state.db, project.id, limit, after).await?;
+    let next_cursor = cursor::next(&rows, limit, |e| (e.created_at, e.id));
+    let list: Vec<Export> = rows.into_iter().map(Export::from).collect();
     Ok(web::Json(ExportList {
         ok: true,
         count: list.len(),
         exports: list,
+        next_cursor,
     }))
 }
 

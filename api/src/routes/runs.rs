@@ -160,6 +160,8 @@ async fn jobs_with_candidates(
 pub struct RunListQuery {
     /// Default 200, clamped to 1..1000.
     limit: Option<i64>,
+    /// **New**: continue after a previous page (its `next_cursor`).
+    cursor: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -167,6 +169,8 @@ pub struct RunList {
     ok: bool,
     count: usize,
     runs: Vec<Run>,
+    /// **New**: set when the page is full; pass it as `cursor` for the next one.
+    next_cursor: Option<String>,
 }
 
 /// Runs of a project, newest first.
@@ -181,15 +185,19 @@ pub async fn list_runs(
 ) -> ApiResult<web::Json<RunList>> {
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     let limit = query.limit.unwrap_or(200).clamp(1, 1000) as u64;
-    let runs: Vec<Run> = store::list_runs(&state.db, project.id, limit)
-        .await?
-        .iter()
-        .map(Run::from)
-        .collect();
+    let after = query
+        .cursor
+        .as_deref()
+        .map(actors::cursor::Cursor::decode)
+        .transpose()?;
+    let rows = store::list_runs(&state.db, project.id, limit, after).await?;
+    let next_cursor = actors::cursor::next(&rows, limit, |r| (r.created_at, r.id));
+    let runs: Vec<Run> = rows.iter().map(Run::from).collect();
     Ok(web::Json(RunList {
         ok: true,
         count: runs.len(),
         runs,
+        next_cursor,
     }))
 }
 
