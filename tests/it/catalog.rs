@@ -372,3 +372,46 @@ async fn reference_set_items_hold_content_order_and_project_assets() {
     let (_, list) = app.get(&base, &token).await;
     assert_eq!(list["count"], 1);
 }
+
+#[actix_web::test]
+async fn racing_creates_of_one_name_make_one_row() {
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    let body = json!({"name": "Ink", "instructions": "flat"});
+    let attempts =
+        (0..6).map(|_| app.post("/api/projects/book/style-guides", &token, body.clone()));
+    let results = futures_util::future::join_all(attempts).await;
+    let created = results.iter().filter(|(s, _)| *s == StatusCode::OK).count();
+    assert_eq!(created, 1, "{results:?}");
+    for (s, e) in results.iter().filter(|(s, _)| *s != StatusCode::OK) {
+        assert_error(*s, e, 400, "duplicate_name");
+    }
+    let (_, list) = app.get("/api/projects/book/style-guides", &token).await;
+    assert_eq!(list["count"], 1);
+    // Concurrent partial updates: last writer wins, each update whole.
+    let id = list["style_guides"][0]["id"].as_str().unwrap().to_string();
+    let path = format!("/api/projects/book/style-guides/{id}");
+    let updates = (0..4).map(|i| {
+        app.put(
+            &path,
+            &token,
+            json!({"instructions": format!("v{i}"), "notes": format!("n{i}")}),
+        )
+    });
+    for (s, b) in futures_util::future::join_all(updates).await {
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let (_, g) = app
+        .get(&format!("/api/projects/book/style-guides/{id}"), &token)
+        .await;
+    let (ins, notes) = (
+        g["style_guide"]["instructions"].as_str().unwrap(),
+        g["style_guide"]["notes"].as_str().unwrap(),
+    );
+    assert_eq!(
+        ins[1..],
+        notes[1..],
+        "fields of one update, never mixed: {g}"
+    );
+}
