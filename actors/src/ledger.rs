@@ -124,3 +124,49 @@ pub async fn cost_summary<C: ConnectionTrait>(
     }
     Ok(s)
 }
+
+/// Output-guard results of one run, summed up.
+#[derive(Debug, Default, PartialEq, serde::Serialize)]
+pub struct QualitySummary {
+    pub reports: u64,
+    /// Reports per grade (`pass`, `warn`, `fail`).
+    pub by_grade: BTreeMap<String, u64>,
+    pub hard_failures: u64,
+    pub soft_warnings: u64,
+    /// Mean chroma excess over the reports (0 when none).
+    pub mean_chroma_exceed: f64,
+    /// Share of reports that passed without warnings.
+    pub pass_rate: f64,
+}
+
+pub async fn quality_summary<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    run_id: Uuid,
+) -> Result<QualitySummary, ServiceError> {
+    let rows: Vec<(Option<String>, i32, i32, f64)> = quality_reports::Entity::find()
+        .select_only()
+        .column(quality_reports::Column::Grade)
+        .column(quality_reports::Column::HardFailures)
+        .column(quality_reports::Column::SoftWarnings)
+        .column(quality_reports::Column::AvgChromaExceed)
+        .filter(quality_reports::Column::ProjectId.eq(project_id))
+        .filter(quality_reports::Column::RunId.eq(run_id))
+        .into_tuple()
+        .all(db)
+        .await?;
+    let mut s = QualitySummary::default();
+    let mut exceed = 0.0;
+    for (grade, hard, soft, ex) in rows {
+        s.reports += 1;
+        *s.by_grade.entry(grade.unwrap_or_default()).or_default() += 1;
+        s.hard_failures += hard.max(0) as u64;
+        s.soft_warnings += soft.max(0) as u64;
+        exceed += ex;
+    }
+    if s.reports > 0 {
+        s.mean_chroma_exceed = exceed / s.reports as f64;
+        s.pass_rate = s.by_grade.get("pass").copied().unwrap_or(0) as f64 / s.reports as f64;
+    }
+    Ok(s)
+}

@@ -120,6 +120,17 @@ async fn instructions_follow_a_guarded_state_machine() {
     assert_error(s, &e, 400, "field_required");
     assert_eq!(e["error"], "Field 'instruction_text' is required");
 
+    // The v1 OpenAPI's field names are accepted too.
+    let (s, v1) = app
+        .post(base, &token, json!({"instruction_type": "agent_instruction", "payload_json": {"instruction_text": "from v1 clients"}}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v1}");
+    assert_eq!(v1["instruction"]["instruction_text"], "from v1 clients");
+    let v1_id = v1["instruction"]["id"].as_str().unwrap().to_string();
+    let (s, _) = app
+        .post(&format!("{base}/{v1_id}/cancel"), &token, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
     let create = |text: &'static str| app.post(base, &token, json!({"instruction_text": text}));
     let (s, a) = create("Re-run chapter 2 at night").await;
     assert_eq!(s, StatusCode::OK, "{a}");
@@ -210,7 +221,7 @@ async fn instructions_follow_a_guarded_state_machine() {
     let (_, d) = app.get(&format!("{base}/{b_id}"), &token).await;
     assert_eq!(d["instruction"]["status"], "canceled");
     let (_, list) = app.get(base, &token).await;
-    assert_eq!(list["count"], 2);
+    assert_eq!(list["count"], 3);
     let (s, e) = app
         .get(&format!("{base}/{}", uuid::Uuid::now_v7()), &token)
         .await;

@@ -99,6 +99,31 @@ async fn reports_costs_and_exports_are_read_per_project() {
         (Some(0), true)
     );
 
+    let (s, qs) = app
+        .get(
+            &format!("/api/projects/book/runs/{run_id}/quality-summary"),
+            &token,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{qs}");
+    assert_eq!(qs["summary"]["reports"], 4);
+    let graded: u64 = qs["summary"]["by_grade"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(graded, 4);
+    let rate = qs["summary"]["pass_rate"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&rate));
+    let (s, e) = app
+        .get(
+            &format!("/api/projects/other/runs/{run_id}/quality-summary"),
+            &token,
+        )
+        .await;
+    assert_error(s, &e, 404, "not_found");
+
     let (_, sum) = app.get("/api/projects/book/cost-summary", &token).await;
     let total = sum["summary"]["total_usd"].as_f64().unwrap();
     assert!((total - 0.04).abs() < 1e-9, "{sum}");

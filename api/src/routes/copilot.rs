@@ -152,6 +152,23 @@ pub async fn list_instructions(
 #[serde(default)]
 pub struct InstructionBody {
     instruction_text: Option<String>,
+    /// The v1 OpenAPI's shape (its code read `instruction_text`): accepted
+    /// when `instruction_text` is absent, the text taken from
+    /// `payload_json.instruction_text` (or `payload_json.text`, or
+    /// `payload_json` itself when it is a string). `instruction_type` is ignored.
+    #[schema(value_type = Option<Object>)]
+    payload_json: Option<Value>,
+}
+
+impl InstructionBody {
+    fn text(&self) -> Option<&str> {
+        self.instruction_text.as_deref().or_else(|| {
+            let p = self.payload_json.as_ref()?;
+            p.as_str()
+                .or_else(|| p.get("instruction_text").and_then(Value::as_str))
+                .or_else(|| p.get("text").and_then(Value::as_str))
+        })
+    }
 }
 
 /// Create an instruction (`pending`, with a `created` event). Checked before the project.
@@ -166,7 +183,7 @@ pub async fn create_instruction(
     slug: web::Path<String>,
     JsonBody(body): JsonBody<InstructionBody>,
 ) -> ApiResult<web::Json<Value>> {
-    let text = copilot::validate_instruction(body.instruction_text.as_deref())?;
+    let text = copilot::validate_instruction(body.text())?;
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     let (row, audit_id) =
         copilot::create_instruction(&state.db, &principal, project.id, text).await?;

@@ -326,3 +326,22 @@ pub async fn get_export(
         export: Export::from(export),
     }))
 }
+
+/// **New**: a run's output-guard results summed up.
+#[utoipa::path(tag = "ledger", params(("slug" = String, Path), ("runId" = String, Path)),
+    responses((status = 200, description = "`ok, run_id, summary{reports, by_grade, hard_failures, soft_warnings, mean_chroma_exceed, pass_rate}`"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[get("/api/projects/{slug}/runs/{runId}/quality-summary")]
+pub async fn quality_summary(
+    state: web::Data<AppState>,
+    Auth(principal): Auth,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<serde_json::Value>> {
+    let (slug, run_id) = path.into_inner();
+    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let run = actors::runs::store::get_run(&state.db, project.id, &run_id).await?;
+    let summary = ledger::quality_summary(&state.db, project.id, run.id).await?;
+    Ok(web::Json(
+        serde_json::json!({ "ok": true, "run_id": run.id, "summary": summary }),
+    ))
+}

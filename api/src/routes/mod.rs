@@ -97,6 +97,7 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(ledger::list_quality_reports)
         .service(ledger::list_cost_events)
         .service(ledger::cost_summary)
+        .service(ledger::quality_summary)
         .service(ledger::list_exports)
         .service(ledger::get_export)
         .service(provider_accounts::list_accounts)
