@@ -123,13 +123,14 @@ pub async fn get<C: ConnectionTrait>(
     project_id: Uuid,
     raw_id: &str,
 ) -> Result<asset_links::Model, ServiceError> {
-    let not_found = || ServiceError::not_found("Asset link not found");
-    let id = Uuid::parse_str(raw_id.trim()).map_err(|_| not_found())?;
-    asset_links::Entity::find_by_id(id)
-        .filter(asset_links::Column::ProjectId.eq(project_id))
-        .one(db)
-        .await?
-        .ok_or_else(not_found)
+    crate::lookup::owned::<asset_links::Entity, _>(
+        db,
+        (asset_links::Column::Id, asset_links::Column::ProjectId),
+        project_id,
+        raw_id,
+        "Asset link not found",
+    )
+    .await
 }
 
 /// Both ends are this project's assets, and the edge is new.

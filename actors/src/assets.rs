@@ -173,13 +173,14 @@ pub async fn get<C: ConnectionTrait>(
     project_id: Uuid,
     raw_id: &str,
 ) -> Result<assets::Model, ServiceError> {
-    let not_found = || ServiceError::not_found("Asset not found");
-    let id = Uuid::parse_str(raw_id.trim()).map_err(|_| not_found())?;
-    assets::Entity::find_by_id(id)
-        .filter(assets::Column::ProjectId.eq(project_id))
-        .one(db)
-        .await?
-        .ok_or_else(not_found)
+    crate::lookup::owned::<assets::Entity, _>(
+        db,
+        (assets::Column::Id, assets::Column::ProjectId),
+        project_id,
+        raw_id,
+        "Asset not found",
+    )
+    .await
 }
 
 /// The bytes of an asset's file.

@@ -123,10 +123,6 @@ pub fn validate_update<K: CatalogKind>(
     Ok((name, values))
 }
 
-fn not_found<K: CatalogKind>() -> ServiceError {
-    ServiceError::not_found(format!("{} not found", K::LABEL))
-}
-
 fn duplicate<K: CatalogKind>() -> ServiceError {
     ServiceError::validation(
         "duplicate_name",
@@ -152,13 +148,15 @@ pub async fn get<K: CatalogKind, C: ConnectionTrait>(
     project_id: Uuid,
     raw_id: &str,
 ) -> Result<K::Model, ServiceError> {
-    let id = Uuid::parse_str(raw_id.trim()).map_err(|_| not_found::<K>())?;
-    K::Entity::find()
-        .filter(K::id_col().eq(id))
-        .filter(K::project_col().eq(project_id))
-        .one(db)
-        .await?
-        .ok_or_else(not_found::<K>)
+    let message = format!("{} not found", K::LABEL);
+    crate::lookup::owned::<K::Entity, _>(
+        db,
+        (K::id_col(), K::project_col()),
+        project_id,
+        raw_id,
+        &message,
+    )
+    .await
 }
 
 /// Whether another row of the project has this name.
@@ -264,6 +262,27 @@ fn ts(t: &chrono::DateTime<chrono::Utc>) -> String {
     time::format(t)
 }
 
+/// The column accessors every catalogue entity has the same way.
+macro_rules! catalog_columns {
+    ($m:ident) => {
+        fn project_col() -> $m::Column {
+            $m::Column::ProjectId
+        }
+        fn name_col() -> $m::Column {
+            $m::Column::Name
+        }
+        fn id_col() -> $m::Column {
+            $m::Column::Id
+        }
+        fn updated_col() -> $m::Column {
+            $m::Column::UpdatedAt
+        }
+        fn id(m: &Self::Model) -> Uuid {
+            m.id
+        }
+    };
+}
+
 pub struct StyleGuide;
 
 impl CatalogKind for StyleGuide {
@@ -281,21 +300,7 @@ impl CatalogKind for StyleGuide {
             required: false,
         },
     ];
-    fn project_col() -> style_guides::Column {
-        style_guides::Column::ProjectId
-    }
-    fn name_col() -> style_guides::Column {
-        style_guides::Column::Name
-    }
-    fn id_col() -> style_guides::Column {
-        style_guides::Column::Id
-    }
-    fn updated_col() -> style_guides::Column {
-        style_guides::Column::UpdatedAt
-    }
-    fn id(m: &Self::Model) -> Uuid {
-        m.id
-    }
+    catalog_columns!(style_guides);
     fn build(id: Uuid, project_id: Uuid, name: String, values: &Values) -> Self::Model {
         let now = time::now();
         style_guides::Model {
@@ -342,21 +347,7 @@ impl CatalogKind for Character {
             required: false,
         },
     ];
-    fn project_col() -> characters::Column {
-        characters::Column::ProjectId
-    }
-    fn name_col() -> characters::Column {
-        characters::Column::Name
-    }
-    fn id_col() -> characters::Column {
-        characters::Column::Id
-    }
-    fn updated_col() -> characters::Column {
-        characters::Column::UpdatedAt
-    }
-    fn id(m: &Self::Model) -> Uuid {
-        m.id
-    }
+    catalog_columns!(characters);
     fn build(id: Uuid, project_id: Uuid, name: String, values: &Values) -> Self::Model {
         let now = time::now();
         characters::Model {
@@ -398,21 +389,7 @@ impl CatalogKind for ReferenceSet {
         name: "description",
         required: false,
     }];
-    fn project_col() -> reference_sets::Column {
-        reference_sets::Column::ProjectId
-    }
-    fn name_col() -> reference_sets::Column {
-        reference_sets::Column::Name
-    }
-    fn id_col() -> reference_sets::Column {
-        reference_sets::Column::Id
-    }
-    fn updated_col() -> reference_sets::Column {
-        reference_sets::Column::UpdatedAt
-    }
-    fn id(m: &Self::Model) -> Uuid {
-        m.id
-    }
+    catalog_columns!(reference_sets);
     fn build(id: Uuid, project_id: Uuid, name: String, values: &Values) -> Self::Model {
         let now = time::now();
         reference_sets::Model {
@@ -451,21 +428,7 @@ impl CatalogKind for PromptTemplate {
         name: "template_text",
         required: true,
     }];
-    fn project_col() -> prompt_templates::Column {
-        prompt_templates::Column::ProjectId
-    }
-    fn name_col() -> prompt_templates::Column {
-        prompt_templates::Column::Name
-    }
-    fn id_col() -> prompt_templates::Column {
-        prompt_templates::Column::Id
-    }
-    fn updated_col() -> prompt_templates::Column {
-        prompt_templates::Column::UpdatedAt
-    }
-    fn id(m: &Self::Model) -> Uuid {
-        m.id
-    }
+    catalog_columns!(prompt_templates);
     fn build(id: Uuid, project_id: Uuid, name: String, values: &Values) -> Self::Model {
         let now = time::now();
         prompt_templates::Model {

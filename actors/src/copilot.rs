@@ -52,13 +52,14 @@ pub async fn session<C: ConnectionTrait>(
     project_id: Uuid,
     raw_id: &str,
 ) -> Result<chat_sessions::Model, ServiceError> {
-    let not_found = || ServiceError::not_found("Chat session not found");
-    let id = Uuid::parse_str(raw_id.trim()).map_err(|_| not_found())?;
-    chat_sessions::Entity::find_by_id(id)
-        .filter(chat_sessions::Column::ProjectId.eq(project_id))
-        .one(db)
-        .await?
-        .ok_or_else(not_found)
+    crate::lookup::owned::<chat_sessions::Entity, _>(
+        db,
+        (chat_sessions::Column::Id, chat_sessions::Column::ProjectId),
+        project_id,
+        raw_id,
+        "Chat session not found",
+    )
+    .await
 }
 
 pub async fn create_session(
@@ -191,13 +192,17 @@ pub async fn instruction<C: ConnectionTrait>(
     project_id: Uuid,
     raw_id: &str,
 ) -> Result<agent_instructions::Model, ServiceError> {
-    let not_found = || ServiceError::not_found("Agent instruction not found");
-    let id = Uuid::parse_str(raw_id.trim()).map_err(|_| not_found())?;
-    agent_instructions::Entity::find_by_id(id)
-        .filter(agent_instructions::Column::ProjectId.eq(project_id))
-        .one(db)
-        .await?
-        .ok_or_else(not_found)
+    crate::lookup::owned::<agent_instructions::Entity, _>(
+        db,
+        (
+            agent_instructions::Column::Id,
+            agent_instructions::Column::ProjectId,
+        ),
+        project_id,
+        raw_id,
+        "Agent instruction not found",
+    )
+    .await
 }
 
 pub async fn events<C: ConnectionTrait>(

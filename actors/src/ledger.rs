@@ -63,13 +63,17 @@ pub async fn export<C: ConnectionTrait>(
     project_id: Uuid,
     raw_id: &str,
 ) -> Result<project_exports::Model, ServiceError> {
-    let not_found = || ServiceError::not_found("Project export not found");
-    let id = Uuid::parse_str(raw_id.trim()).map_err(|_| not_found())?;
-    project_exports::Entity::find_by_id(id)
-        .filter(project_exports::Column::ProjectId.eq(project_id))
-        .one(db)
-        .await?
-        .ok_or_else(not_found)
+    crate::lookup::owned::<project_exports::Entity, _>(
+        db,
+        (
+            project_exports::Column::Id,
+            project_exports::Column::ProjectId,
+        ),
+        project_id,
+        raw_id,
+        "Project export not found",
+    )
+    .await
 }
 
 /// Spend totals of a project: overall and by provider, model, run and UTC day.

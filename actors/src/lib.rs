@@ -21,6 +21,7 @@ pub mod db;
 pub mod engine;
 mod error;
 pub mod ledger;
+pub mod lookup;
 pub mod metrics;
 mod principal;
 pub mod projects;

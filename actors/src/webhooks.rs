@@ -171,13 +171,14 @@ pub async fn get<C: ConnectionTrait>(
     project_id: Uuid,
     raw_id: &str,
 ) -> Result<webhooks::Model, ServiceError> {
-    let not_found = || ServiceError::not_found("Webhook not found");
-    let id = Uuid::parse_str(raw_id.trim()).map_err(|_| not_found())?;
-    webhooks::Entity::find_by_id(id)
-        .filter(webhooks::Column::ProjectId.eq(project_id))
-        .one(db)
-        .await?
-        .ok_or_else(not_found)
+    crate::lookup::owned::<webhooks::Entity, _>(
+        db,
+        (webhooks::Column::Id, webhooks::Column::ProjectId),
+        project_id,
+        raw_id,
+        "Webhook not found",
+    )
+    .await
 }
 
 /// Deletes the webhook and its delivery records; returns the audit id.
