@@ -227,4 +227,20 @@ async fn bootstrap_exports_and_imports_settings() {
     );
     assert_eq!(settings["secrets"].as_array().unwrap().len(), 2);
     assert!(!rep.to_string().contains(secret));
+
+    // Another project's token can neither read nor import.
+    app.create_project(&token, "Other", "other").await;
+    let scoped = app.scoped_token(&token, "other").await;
+    let (s, _) = app
+        .get("/api/projects/book/bootstrap-prompt", &scoped)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = app
+        .post(
+            "/api/projects/book/bootstrap-import",
+            &scoped,
+            json!({"settings": {"characters": []}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
 }

@@ -227,6 +227,20 @@ async fn instructions_follow_a_guarded_state_machine() {
         .await;
     assert_error(s, &e, 404, "not_found");
     assert_eq!(e["error"], "Agent instruction not found");
+    // Another project sees none of it.
+    app.create_project(&token, "Other", "other").await;
+    let (s, e) = app
+        .get(
+            &format!("/api/projects/other/agent/instructions/{a_id}"),
+            &token,
+        )
+        .await;
+    assert_error(s, &e, 404, "not_found");
+    let scoped = app.scoped_token(&token, "other").await;
+    let (s, _) = app
+        .post(&format!("{base}/{a_id}/confirm"), &scoped, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
     let audits = app.audit_codes().await;
     for code in [
         "instruction.created",
