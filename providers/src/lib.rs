@@ -107,6 +107,8 @@ pub enum Stage {
     Style,
     Time(imaging::effects::TimeOfDay),
     Weather(imaging::effects::Weather),
+    /// Refine a background-removal cut-out (a post-process step).
+    Refine,
 }
 
 #[derive(Debug)]

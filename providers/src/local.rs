@@ -80,6 +80,7 @@ impl ImageProvider for LocalProvider {
                 Stage::Style => effects::ink(&input, variant),
                 Stage::Time(t) => effects::grade_time(&input, t),
                 Stage::Weather(w) => effects::weather(&input, w, seed),
+                Stage::Refine => imaging::passes::bg_remove::refine_matte(&input),
             }
         })
         .await

@@ -1346,3 +1346,97 @@ async fn prompt_scenes_use_the_openai_generations_endpoint() {
     // The first stage from the prompt alone, the second an edit of its winner.
     assert_eq!(stub.images_per_call(), vec![0, 1]);
 }
+
+#[actix_web::test]
+async fn cut_outs_are_refined_by_a_provider_with_spend_safety() {
+    let stub = crate::openai_stub::OpenAiStub::start_with_key(env!("CARGO_MANIFEST_DIR")).await;
+    let app = TestApp::spawn_with(|s| {
+        s.providers.openai.enabled = true;
+        s.providers.openai.base_url = stub.base_url.clone();
+        s.providers.openai.api_key_env = "CARGO_MANIFEST_DIR".into();
+    })
+    .await;
+    let token = project(&app).await;
+    let pp = json!({"bg_remove": true, "bg_remove_refine": "openai"});
+    let body = json!({"mode": "run", "scene_refs": ["sample:5@64x48"], "stage": "style", "candidates": 2, "postprocess": pp, "wait": true});
+    // The refine step is paid (the run itself is on the free local provider).
+    let (s, e) = trigger(&app, &token, body.clone()).await;
+    crate::helpers::assert_error(s, &e, 400, "spend_confirmation_required");
+    let (s, e) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:5"], "postprocess": {"bg_remove": true, "bg_remove_refine": "midjourney"}})).await;
+    crate::helpers::assert_error(s, &e, 400, "bg_remove_refine_not_configured");
+    let mut confirmed = body;
+    confirmed["confirm_spend"] = json!(true);
+    let (s, b) = trigger(&app, &token, confirmed).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
+    assert_eq!(b["plan"]["pass_calls"], 2);
+    assert_eq!(
+        stub.images_per_call(),
+        vec![1, 1],
+        "each cut-out sent alone, as an edit"
+    );
+    let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
+    let calls = entities::provider_calls::Entity::find()
+        .filter(entities::provider_calls::Column::RunId.eq(run_id))
+        .filter(entities::provider_calls::Column::Operation.eq("bg_refine"))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(calls.len(), 2);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.status == "succeeded" && c.provider_code == "openai")
+    );
+    let costs = entities::cost_events::Entity::find()
+        .filter(entities::cost_events::Column::RunId.eq(run_id))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(costs.len(), 2);
+    for c in b["jobs"][0]["candidates"].as_array().unwrap() {
+        let fin: uuid::Uuid = c["final_asset_id"].as_str().unwrap().parse().unwrap();
+        let refined = entities::assets::Entity::find_by_id(fin)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(refined.kind, "bg_refined");
+        // Refined from the local cut-out, which came from the output.
+        let parent = entities::asset_links::Entity::find()
+            .filter(entities::asset_links::Column::ChildAssetId.eq(fin))
+            .filter(entities::asset_links::Column::LinkType.eq("derived_from"))
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        let cutout = entities::assets::Entity::find_by_id(parent.parent_asset_id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cutout.kind, "bg_removed");
+    }
+
+    // The built-in provider refines for free (a matte clean-up): no cost, same lineage.
+    let (_, free) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:6@64x48"], "stage": "style", "candidates": 1, "postprocess": {"bg_remove": true, "bg_remove_refine": "local"}, "wait": true})).await;
+    assert_eq!(free["run"]["status"], "done", "{free}");
+    let fin: uuid::Uuid = free["jobs"][0]["candidates"][0]["final_asset_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let refined = entities::assets::Entity::find_by_id(fin)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(refined.kind, "bg_refined");
+    let run_id: uuid::Uuid = free["run_id"].as_str().unwrap().parse().unwrap();
+    let costs = entities::cost_events::Entity::find()
+        .filter(entities::cost_events::Column::RunId.eq(run_id))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert!(costs.is_empty());
+}

@@ -97,6 +97,7 @@ impl Actor for WorkerActor {
                 audit: self.deps.audit.clone(),
                 writer: self.deps.writer.clone(),
                 removers: self.deps.removers.clone(),
+                refiners: self.deps.providers.clone(),
                 secret_keys: self.deps.secret_keys.clone(),
                 project_budget_usd: serde_json::from_value::<crate::runs::manifest::Manifest>(
                     self.run.settings_snapshot_json.clone(),

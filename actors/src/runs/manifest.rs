@@ -35,6 +35,10 @@ pub struct Postprocess {
     /// free), `photoroom`, `removebg` (paid, need their provider settings).
     pub bg_remove_backends: Vec<String>,
     pub bg_remove_settings: imaging::passes::bg_remove::BgRemoveSettings,
+    /// After a background is removed, the cut-out goes to this image
+    /// provider (e.g. `openai`) to be refined; paid per candidate at that
+    /// provider's price. `None`: no refine step.
+    pub bg_remove_refine: Option<String>,
     pub upscale: bool,
     /// 2 or 4.
     pub upscale_factor: u32,
@@ -51,6 +55,7 @@ impl Default for Postprocess {
             bg_remove: false,
             bg_remove_backends: vec!["local".into()],
             bg_remove_settings: Default::default(),
+            bg_remove_refine: None,
             upscale: false,
             upscale_factor: 2,
             color: false,
@@ -232,6 +237,13 @@ impl Manifest {
             return bad(
                 "postprocess.bg_remove_backends: one or more of local, photoroom, removebg, each once",
             );
+        }
+        if pp
+            .bg_remove_refine
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return bad("postprocess.bg_remove_refine: a provider code (e.g. openai)");
         }
         let bg = &pp.bg_remove_settings;
         if !(0.0..=442.0).contains(&bg.tolerance)

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::manifest::Postprocess;
-use super::pipeline::{JobEnv, remote_bg_remove};
+use super::pipeline::{JobEnv, PaidPass, paid_pass};
 use crate::assets::{NewAsset, Stored};
 use crate::{ServiceError, time};
 
@@ -85,7 +85,7 @@ pub async fn apply(
                     break;
                 }
             } else if let Some((img, asset)) =
-                remote_bg_remove(env, run, job, index, &current, backend).await?
+                paid_pass(env, run, job, index, &current, PaidPass::Remove(backend)).await?
             {
                 applied
                     .notes
@@ -105,6 +105,27 @@ pub async fn apply(
             applied.notes.push(
                 json!({ "pass": "bg_removed", "skipped": "no_backend_removed_a_background" }),
             );
+        } else if let Some(code) = pp.bg_remove_refine.as_deref() {
+            // The cut-out, refined by an image provider; without a result
+            // the unrefined cut-out goes on.
+            match paid_pass(env, run, job, index, &current, PaidPass::Refine(code)).await? {
+                Some((img, asset)) => {
+                    applied
+                        .notes
+                        .push(json!({ "pass": "bg_refined", "provider": code }));
+                    applied.links.push(link(
+                        run,
+                        applied.final_asset_id,
+                        asset.id,
+                        LinkType::DerivedFrom,
+                    ));
+                    applied.final_asset_id = asset.id;
+                    current = img;
+                }
+                None => applied.notes.push(
+                    json!({ "pass": "bg_refined", "skipped": "refine_failed", "provider": code }),
+                ),
+            }
         }
     }
     let passes = [(pp.upscale, Pass::Upscale), (pp.color, Pass::Color)];

@@ -66,6 +66,8 @@ pub struct JobEnv {
     pub writer: Option<RowWriter>,
     /// Remote background-removal services by code.
     pub removers: HashMap<String, Arc<providers::bg_remote::RemoteRemover>>,
+    /// Image providers by code, for the refine step after background removal.
+    pub refiners: HashMap<String, Arc<dyn ImageProvider>>,
     /// For projects' own provider keys (see `secrets::provider_key`).
     pub secret_keys: Option<crate::secrets::cipher::KeySource>,
 }
@@ -653,24 +655,59 @@ fn retry_wait(
     )
 }
 
-/// One paid background removal by a remote service, with the same safety as
-/// generation calls: a call record before the call, a reservation through
-/// the CostActor, the result (file, asset, call, cost event) committed as
-/// soon as it arrives, and a stored result reused instead of paid again.
-/// Retryable errors are retried like generation calls. `None`: refused,
-/// failed or canceled (the next backend is tried).
-pub(super) async fn remote_bg_remove(
+/// A paid post-process step: what it is and who does it.
+#[derive(Clone, Copy)]
+pub(super) enum PaidPass<'a> {
+    /// Background removal by a remote service (`removebg`, `photoroom`).
+    Remove(&'a str),
+    /// Refinement of a cut-out by an image provider (`openai`, `local`).
+    Refine(&'a str),
+}
+
+impl PaidPass<'_> {
+    fn code(&self) -> &str {
+        match self {
+            PaidPass::Remove(c) | PaidPass::Refine(c) => c,
+        }
+    }
+
+    /// The operation recorded on the call and the asset kind of its output.
+    fn names(&self) -> (&'static str, &'static str) {
+        match self {
+            PaidPass::Remove(_) => ("bg_remove", "bg_removed"),
+            PaidPass::Refine(_) => ("bg_refine", "bg_refined"),
+        }
+    }
+}
+
+/// What a refine step asks of the provider.
+const REFINE_PROMPT: &str = "Refine this cut-out: clean the edges of the subject, remove any \
+    leftover background, keep the subject exactly as it is, keep the background transparent.";
+
+/// One paid post-process call with the same safety as generation calls: a
+/// call record before the call, a reservation through the CostActor per
+/// attempt, retryable errors retried under the engine's policy, the result
+/// (file, asset, call, cost event) committed as soon as it arrives, and a
+/// stored result reused instead of paid again. `None`: not configured,
+/// refused, failed or canceled (the caller goes on without it).
+pub(super) async fn paid_pass(
     env: &JobEnv,
     run: &runs::Model,
     job: &run_jobs::Model,
     index: i32,
     image: &image::RgbaImage,
-    code: &str,
+    pass: PaidPass<'_>,
 ) -> Result<Option<(image::RgbaImage, entities::assets::Model)>, ServiceError> {
-    let Some(remover) = env.removers.get(code) else {
+    let code = pass.code();
+    let (operation, kind) = pass.names();
+    let price = match pass {
+        PaidPass::Remove(c) => env.removers.get(c).map(|r| r.unit_price_usd()),
+        PaidPass::Refine(c) => env.refiners.get(c).map(|p| p.unit_price_usd()),
+    };
+    let Some(price) = price else {
         return Ok(None);
     };
-    let key = format!("{}:{}:c{index}:bg_remove:{code}", run.id, job.job_key);
+    let key = format!("{}:{}:c{index}:{operation}:{code}", run.id, job.job_key);
     let existing = provider_calls::Entity::find()
         .filter(provider_calls::Column::IdempotencyKey.eq(key.as_str()))
         .one(&env.db)
@@ -689,15 +726,14 @@ pub(super) async fn remote_bg_remove(
     if canceled(&env.db, run.id, job.id).await? {
         return Ok(None);
     }
-    let price = remover.unit_price_usd();
     let call = match existing {
         Some(c) => c,
         None => {
             let c = provider_calls::Model {
                 provider_code: code.to_string(),
-                operation: "bg_remove".into(),
+                operation: operation.into(),
                 reserved_cost_usd: price,
-                request_json: json!({ "stage": job.stage, "candidate_index": index, "pass": "bg_remove" }),
+                request_json: json!({ "stage": job.stage, "candidate_index": index, "pass": operation }),
                 ..new_call(env, run, job, index, &key, false)
             };
             env.writer()?
@@ -713,7 +749,7 @@ pub(super) async fn remote_bg_remove(
         crate::secrets::provider_key(&env.db, env.secret_keys.as_ref(), run.project_id, code)
             .await?;
     let mut attempt = call.attempt.max(0) as u32;
-    let removed = loop {
+    let (img, cost, request_id) = loop {
         attempt += 1;
         if let Err(refused) = reserve(env, run, call.id, attempt, price).await {
             let code = match &refused {
@@ -724,15 +760,39 @@ pub(super) async fn remote_bg_remove(
             return Ok(None);
         }
         let began = std::time::Instant::now();
-        let removed = remover.remove(image.clone(), api_key.clone()).await;
-        let outcome = removed.as_ref().map_or_else(|e| e.code(), |_| "ok");
+        let result = match pass {
+            PaidPass::Remove(c) => match env.removers.get(c) {
+                Some(r) => r
+                    .remove(image.clone(), api_key.clone())
+                    .await
+                    .map(|r| (r.image, r.cost_usd, r.provider_request_id)),
+                None => return Ok(None),
+            },
+            PaidPass::Refine(c) => match env.refiners.get(c) {
+                Some(p) => p
+                    .generate(GenerateRequest {
+                        idempotency_key: key.clone(),
+                        stage: Stage::Refine,
+                        prompt: REFINE_PROMPT.into(),
+                        input: Some(image.clone()),
+                        references: Arc::new(Vec::new()),
+                        candidate_index: index as u32,
+                        attempt,
+                        api_key: api_key.clone(),
+                    })
+                    .await
+                    .map(|g| (g.image, g.cost_usd, g.provider_request_id)),
+                None => return Ok(None),
+            },
+        };
+        let outcome = result.as_ref().map_or_else(|e| e.code(), |_| "ok");
         crate::metrics::observe_call(code, outcome, began.elapsed());
-        match removed {
+        match result {
             Ok(r) => break r,
             Err(e) => {
                 fail_call(env, call.id, e.code(), &e.to_string()).await?;
                 // Retryable errors get the generation calls' policy; anything
-                // else hands over to the next backend at once.
+                // else gives up at once (the caller goes on without it).
                 if !e.is_retryable()
                     || attempt >= env.retry.max_attempts
                     || canceled(&env.db, run.id, job.id).await?
@@ -743,7 +803,6 @@ pub(super) async fn remote_bg_remove(
             }
         }
     };
-    let img = removed.image;
     let (img, png, sha) = cpu(move || {
         let png = imaging::encode_png(&img);
         let sha = png.as_ref().map(|b| assets::sha256_hex(b)).ok();
@@ -756,8 +815,8 @@ pub(super) async fn remote_bg_remove(
         &env.store,
         NewAsset {
             project_id: run.project_id,
-            kind: "bg_removed",
-            key: &format!("runs/{}/{}/c{index}.bg_removed.png", run.id, job.job_key),
+            kind,
+            key: &format!("runs/{}/{}/c{index}.{kind}.png", run.id, job.job_key),
             width: img.width(),
             height: img.height(),
             bytes: png,
@@ -765,19 +824,13 @@ pub(super) async fn remote_bg_remove(
             run_id: Some(run.id),
             job_id: Some(job.id),
             candidate_id: None,
-            metadata: json!({ "candidate_index": index, "stage": job.stage, "pass": "bg_removed", "backend": code }),
+            metadata: json!({ "candidate_index": index, "stage": job.stage, "pass": kind, "backend": code }),
         },
         sha,
     )
     .await?;
     let asset = stored.row.clone();
-    let (done, cost_event) = completed_call(
-        &call,
-        asset.id,
-        removed.cost_usd,
-        None,
-        removed.provider_request_id,
-    );
+    let (done, cost_event) = completed_call(&call, asset.id, cost, None, request_id);
     let rows = Rows {
         provider_calls: vec![done],
         cost_events: cost_event.into_iter().collect(),
@@ -785,7 +838,7 @@ pub(super) async fn remote_bg_remove(
         ..Rows::default()
     };
     env.writer()?.write(rows).await?;
-    audit_paid(env, &call, removed.cost_usd).await;
+    audit_paid(env, &call, cost).await;
     Ok(Some((img, asset)))
 }
 

@@ -282,15 +282,24 @@ pub struct Plan {
 /// Stage chain and prompts for `trigger` under `manifest`; `scenes` are the
 /// resolved scene references (one job chain each).
 /// Price of one call of a background-removal backend (`local` is free);
-/// `None`: the backend is not configured.
-pub type BgRemovePrice<'a> = &'a dyn Fn(&str) -> Option<f64>;
+/// A post-process step that may be paid.
+#[derive(Clone, Copy, Debug)]
+pub enum PaidPass<'a> {
+    /// A background-removal backend (`local`, `photoroom`, `removebg`).
+    Remover(&'a str),
+    /// The image provider that refines cut-outs.
+    Refiner(&'a str),
+}
+
+/// The price of one call of a pass; `None`: it is not configured.
+pub type PassPrice<'a> = &'a dyn Fn(PaidPass<'_>) -> Option<f64>;
 
 pub fn build(
     trigger: &ValidTrigger,
     project_manifest: Option<&Value>,
     scenes: Vec<String>,
     unit_price_usd: f64,
-    bg_remove_price: BgRemovePrice<'_>,
+    pass_price: PassPrice<'_>,
 ) -> Result<Plan, ServiceError> {
     let manifest = manifest::resolve(project_manifest, trigger.manifest_overlay.as_ref())?;
     let candidates = trigger.candidates.unwrap_or(manifest.generation.candidates);
@@ -345,10 +354,22 @@ pub fn build(
     let mut paid_passes = 0u32;
     if manifest.postprocess.bg_remove {
         for backend in &manifest.postprocess.bg_remove_backends {
-            let price = bg_remove_price(backend).ok_or_else(|| {
+            let price = pass_price(PaidPass::Remover(backend)).ok_or_else(|| {
                 ServiceError::validation(
                     "bg_remove_backend_not_configured",
                     format!("Background-removal backend '{backend}' is not configured"),
+                )
+            })?;
+            if price > 0.0 {
+                pass_unit_cost += price;
+                paid_passes += 1;
+            }
+        }
+        if let Some(code) = manifest.postprocess.bg_remove_refine.as_deref() {
+            let price = pass_price(PaidPass::Refiner(code)).ok_or_else(|| {
+                ServiceError::validation(
+                    "bg_remove_refine_not_configured",
+                    format!("Refine provider '{code}' is not configured"),
                 )
             })?;
             if price > 0.0 {

@@ -45,16 +45,17 @@ pub async fn trigger(
     )
     .await?;
     let references = resolved.iter().map(|s| s.reference.clone()).collect();
-    let bg_remove_price = |backend: &str| match backend {
-        "local" => Some(0.0),
-        other => deps.removers.get(other).map(|r| r.unit_price_usd()),
+    let pass_price = |pass: plan::PaidPass<'_>| match pass {
+        plan::PaidPass::Remover("local") => Some(0.0),
+        plan::PaidPass::Remover(other) => deps.removers.get(other).map(|r| r.unit_price_usd()),
+        plan::PaidPass::Refiner(code) => deps.provider(code).map(|p| p.unit_price_usd()),
     };
     let plan = plan::build(
         &valid,
         project.settings_json.get("manifest"),
         references,
         provider.unit_price_usd(),
-        &bg_remove_price,
+        &pass_price,
     )?;
 
     if plan.mode == Mode::Run {
@@ -73,6 +74,17 @@ pub async fn trigger(
             })?;
         }
         let pp = &plan.manifest.postprocess;
+        if let Some(code) = pp.bg_remove_refine.as_deref().filter(|_| pp.bg_remove)
+            && let Some(refiner) = deps.provider(code)
+            && own_key(code.to_string()).await?.is_none()
+        {
+            refiner.preflight().map_err(|e| {
+                ServiceError::validation(
+                    "provider_not_configured",
+                    format!("Refine provider '{code}' cannot be called: {e}"),
+                )
+            })?;
+        }
         for backend in pp.bg_remove_backends.iter().filter(|_| pp.bg_remove) {
             if let Some(remover) = deps.removers.get(backend.as_str())
                 && own_key(backend.clone()).await?.is_none()

@@ -161,9 +161,44 @@ fn box_blur(v: &[u16], w: usize, h: usize, r: usize) -> Vec<u16> {
     pass(&horizontal, h, w, &|x, y| y * w + x)
 }
 
+/// Cleans a cut-out's matte: alpha close to transparent or opaque is
+/// snapped (no faint halo, no speckled interior), and fully transparent
+/// pixels lose their colour (no fringe when the image is scaled or
+/// composited). What the built-in provider does for a refine step.
+pub fn refine_matte(img: &RgbaImage) -> RgbaImage {
+    const LOW: u8 = 24;
+    const HIGH: u8 = 231;
+    let mut out = img.clone();
+    for p in out.pixels_mut() {
+        let a = p.0[3];
+        if a <= LOW {
+            p.0 = [0, 0, 0, 0];
+        } else if a >= HIGH {
+            p.0[3] = 255;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refining_snaps_the_matte_and_clears_transparent_colour() {
+        let mut img = RgbaImage::from_pixel(4, 1, image::Rgba([200, 100, 50, 128]));
+        img.put_pixel(0, 0, image::Rgba([9, 9, 9, 10]));
+        img.put_pixel(1, 0, image::Rgba([9, 9, 9, 240]));
+        let r = refine_matte(&img);
+        assert_eq!(r.get_pixel(0, 0).0, [0, 0, 0, 0], "faint halo removed");
+        assert_eq!(
+            r.get_pixel(1, 0).0,
+            [9, 9, 9, 255],
+            "near-opaque made opaque"
+        );
+        assert_eq!(r.get_pixel(2, 0).0, [200, 100, 50, 128], "soft edges kept");
+        assert_eq!(r.dimensions(), img.dimensions());
+    }
 
     fn subject_on_paper() -> RgbaImage {
         // A dark figure on off-white paper, plus a white hole inside it that
