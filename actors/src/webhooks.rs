@@ -104,6 +104,7 @@ fn parse_events(raw: Option<Vec<String>>) -> Result<Vec<String>, ServiceError> {
 
 pub async fn create(
     db: &DatabaseConnection,
+    keys: &crate::secrets::cipher::KeySource,
     principal: &Principal,
     project: &projects::Model,
     input: NewWebhook<'_>,
@@ -123,7 +124,8 @@ pub async fn create(
         project_id: project.id,
         url,
         description,
-        signing_secret: signing_secret.clone(),
+        // At rest like project secrets: encrypted with the master key.
+        signing_secret: keys.load(true)?.encrypt(&signing_secret)?,
         events_json: json!(events),
         active: true,
         created_at: now,
@@ -310,6 +312,7 @@ pub async fn deliver_due(
     db: &DatabaseConnection,
     http: &reqwest::Client,
     config: &WebhookConfig,
+    keys: Option<&crate::secrets::cipher::KeySource>,
 ) -> Result<usize, ServiceError> {
     let now = Utc::now();
     let due = webhook_deliveries::Entity::find()
@@ -343,10 +346,31 @@ pub async fn deliver_due(
         }
     }
     let n = claimed.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    // Signing secrets are encrypted at rest; one key load per pass.
+    let master = match keys.map(|k| k.load(false)).transpose() {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(error = %e, "webhook signing keys unavailable");
+            None
+        }
+    };
+    let master = &master;
     let sends = claimed.into_iter().map(|d| async move {
         let hook = webhooks::Entity::find_by_id(d.webhook_id).one(db).await?;
+        let secret = |h: &webhooks::Model| match master {
+            Some(m) => m.decrypt(&h.signing_secret).ok(),
+            // Without keys only a plaintext (legacy) secret can sign.
+            None => (!h.signing_secret.starts_with(crate::secrets::cipher::PREFIX))
+                .then(|| h.signing_secret.clone()),
+        };
         let outcome = match &hook {
-            Some(h) => send(http, h, &d).await,
+            Some(h) => match secret(h) {
+                Some(secret) => send(http, h, &secret, &d).await,
+                None => Err((None, "the signing secret cannot be decrypted".to_string())),
+            },
             None => Err((None, "webhook deleted".to_string())),
         };
         record_attempt(db, config, &d, outcome).await
@@ -364,11 +388,12 @@ type Outcome = Result<u16, (Option<u16>, String)>;
 async fn send(
     http: &reqwest::Client,
     hook: &webhooks::Model,
+    secret: &str,
     d: &webhook_deliveries::Model,
 ) -> Outcome {
     let body = serde_json::to_vec(&d.payload_json).map_err(|e| (None, e.to_string()))?;
     let timestamp = Utc::now().timestamp();
-    let signature = sign(&hook.signing_secret, timestamp, &body);
+    let signature = sign(secret, timestamp, &body);
     let resp = http
         .post(&hook.url)
         .header("content-type", "application/json")

@@ -171,6 +171,13 @@ async fn a_finished_run_is_delivered_signed_and_retried_until_accepted() {
     assert_eq!(listed["count"], 1);
     assert!(!listed.to_string().contains(&secret));
     assert!(listed["webhooks"][0].get("signing_secret").is_none());
+    // At rest it is encrypted like project secrets.
+    let stored = entities::webhooks::Entity::find()
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert!(stored[0].signing_secret.starts_with("enc:v1:"));
+    assert!(!stored[0].signing_secret.contains(&secret));
     let audits = entities::audit_events::Entity::find()
         .all(&app.db)
         .await

@@ -186,7 +186,8 @@ impl Engine {
         let audit = Supervisor::start(move |_| AuditActor::new(db, registry));
         deps.audit = Some(deps.registry.counted("audit", audit.clone().recipient()));
         let (db, registry, config) = (deps.db.clone(), deps.registry.clone(), deps.config.webhooks);
-        let webhooks = Supervisor::start(move |_| WebhookActor::new(db, config, registry));
+        let keys = deps.secret_keys.clone();
+        let webhooks = Supervisor::start(move |_| WebhookActor::new(db, config, keys, registry));
         let writer_db = deps.writer_db.clone().unwrap_or_else(|| deps.db.clone());
         deps.writer = Some(RowWriter::start(writer_db, deps.hub.clone()));
         let deps = Arc::new(deps);

@@ -16,6 +16,8 @@ pub struct WebhookActor {
     db: sea_orm::DatabaseConnection,
     http: reqwest::Client,
     config: WebhookConfig,
+    /// To decrypt signing secrets.
+    keys: Option<crate::secrets::cipher::KeySource>,
     registry: Arc<SupervisionRegistry>,
     /// A pass is running: ticks meanwhile are skipped, not queued.
     busy: bool,
@@ -25,6 +27,7 @@ impl WebhookActor {
     pub fn new(
         db: sea_orm::DatabaseConnection,
         config: WebhookConfig,
+        keys: Option<crate::secrets::cipher::KeySource>,
         registry: Arc<SupervisionRegistry>,
     ) -> Self {
         let http = providers::http_client(config.timeout, config.timeout).unwrap_or_default();
@@ -32,6 +35,7 @@ impl WebhookActor {
             db,
             http,
             config,
+            keys,
             registry,
             busy: false,
         }
@@ -43,7 +47,8 @@ impl WebhookActor {
         }
         self.busy = true;
         let (db, http, config) = (self.db.clone(), self.http.clone(), self.config);
-        async move { webhooks::deliver_due(&db, &http, &config).await }
+        let keys = self.keys.clone();
+        async move { webhooks::deliver_due(&db, &http, &config, keys.as_ref()).await }
             .into_actor(self)
             .map(|result, act, _| {
                 act.busy = false;

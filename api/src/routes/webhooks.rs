@@ -75,6 +75,7 @@ pub async fn create_webhook(
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     let created = webhooks::create(
         &state.db,
+        &state.config.secret_keys,
         &principal,
         &project,
         webhooks::NewWebhook {
