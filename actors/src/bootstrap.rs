@@ -36,7 +36,6 @@ pub async fn snapshot<C: ConnectionTrait>(db: &C, project_id: Uuid) -> Result<Va
         .iter()
         .map(accounts::view)
         .collect();
-    let named = |rows: Vec<Value>| Value::Array(rows);
     let mut sets = Vec::new();
     for set in catalog::list::<ReferenceSet, _>(db, project_id).await? {
         let items: Vec<Value> = reference_set_items::Entity::find()
@@ -67,11 +66,11 @@ pub async fn snapshot<C: ConnectionTrait>(db: &C, project_id: Uuid) -> Result<Va
         .collect();
     Ok(json!({
         "provider_accounts": accounts,
-        "style_guides": named(catalog::list::<StyleGuide, _>(db, project_id).await?.iter().map(StyleGuide::view).collect()),
-        "characters": named(catalog::list::<Character, _>(db, project_id).await?.iter().map(Character::view).collect()),
+        "style_guides": catalog::list::<StyleGuide, _>(db, project_id).await?.iter().map(StyleGuide::view).collect::<Vec<_>>(),
+        "characters": catalog::list::<Character, _>(db, project_id).await?.iter().map(Character::view).collect::<Vec<_>>(),
         "reference_sets": sets,
         "secrets": secrets,
-        "prompt_templates": named(catalog::list::<PromptTemplate, _>(db, project_id).await?.iter().map(PromptTemplate::view).collect()),
+        "prompt_templates": catalog::list::<PromptTemplate, _>(db, project_id).await?.iter().map(PromptTemplate::view).collect::<Vec<_>>(),
     }))
 }
 

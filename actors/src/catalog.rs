@@ -74,6 +74,15 @@ fn value_of<'a>(input: &Input<'a>, field: &str) -> Option<&'a str> {
         .and_then(|(_, v)| *v)
 }
 
+/// A field's value: required ones non-blank, optional ones blank -> `None`.
+fn checked(f: &TextField, raw: Option<&str>) -> Result<Option<String>, ServiceError> {
+    if f.required {
+        required_text(f.name, raw, TEXT_MAX).map(Some)
+    } else {
+        optional_text(f.name, raw, TEXT_MAX)
+    }
+}
+
 /// Checked create input: name and required fields present.
 pub fn validate_create<K: CatalogKind>(
     input: &Input<'_>,
@@ -81,13 +90,7 @@ pub fn validate_create<K: CatalogKind>(
     let name = required_text("name", input.name, NAME_MAX)?;
     let mut values = Values::new();
     for f in K::FIELDS {
-        let raw = value_of(input, f.name);
-        let v = if f.required {
-            Some(required_text(f.name, raw, TEXT_MAX)?)
-        } else {
-            optional_text(f.name, raw, TEXT_MAX)?
-        };
-        values.insert(f.name, v);
+        values.insert(f.name, checked(f, value_of(input, f.name))?);
     }
     Ok((name, values))
 }
@@ -103,12 +106,7 @@ pub fn validate_update<K: CatalogKind>(
     let mut values = Values::new();
     for f in K::FIELDS {
         if let Some(raw) = value_of(input, f.name) {
-            let v = if f.required {
-                Some(required_text(f.name, Some(raw), TEXT_MAX)?)
-            } else {
-                optional_text(f.name, Some(raw), TEXT_MAX)?
-            };
-            values.insert(f.name, v);
+            values.insert(f.name, checked(f, Some(raw))?);
         }
     }
     if name.is_none() && values.is_empty() {

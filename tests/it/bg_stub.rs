@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
 pub const KEY: &str = "bg-stub-key-0123456789";
@@ -45,20 +45,13 @@ impl BgStub {
             ..State::default()
         });
         let shared = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(shared.clone())
-                .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+        let port = crate::helpers::serve_loopback(1, move |cfg| {
+            cfg.app_data(shared.clone())
                 .route("/v1.0/removebg", web::post().to(removebg))
                 .route("/v1/segment", web::post().to(segment))
                 .route("/v1.0/account", web::get().to(account))
-                .route("/v1/account", web::get().to(account))
-        })
-        .workers(1)
-        .bind(("127.0.0.1", 0))
-        .unwrap();
-        let port = server.addrs()[0].port();
-        actix_web::rt::spawn(server.run());
+                .route("/v1/account", web::get().to(account));
+        });
         Self {
             removebg_url: format!("http://127.0.0.1:{port}/v1.0"),
             photoroom_url: format!("http://127.0.0.1:{port}/v1"),

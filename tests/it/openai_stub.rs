@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use base64::Engine as _;
 use serde_json::json;
 
@@ -60,19 +60,12 @@ impl OpenAiStub {
             ..State::default()
         });
         let shared = web::Data::from(state.clone());
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(shared.clone())
-                .app_data(web::PayloadConfig::new(16 * 1024 * 1024))
+        let port = crate::helpers::serve_loopback(2, move |cfg| {
+            cfg.app_data(shared.clone())
                 .route("/v1/images/edits", web::post().to(edits))
                 .route("/v1/images/generations", web::post().to(generations))
-                .route("/v1/models", web::get().to(models))
-        })
-        .workers(2)
-        .bind(("127.0.0.1", 0))
-        .unwrap();
-        let port = server.addrs()[0].port();
-        actix_web::rt::spawn(server.run());
+                .route("/v1/models", web::get().to(models));
+        });
         Self {
             base_url: format!("http://127.0.0.1:{port}/v1"),
             state,

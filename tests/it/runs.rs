@@ -16,6 +16,29 @@ async fn project(app: &TestApp) -> String {
     token
 }
 
+/// A run's cost events.
+async fn costs_of(app: &TestApp, run_id: uuid::Uuid) -> Vec<entities::cost_events::Model> {
+    entities::cost_events::Entity::find()
+        .filter(entities::cost_events::Column::RunId.eq(run_id))
+        .all(&app.db)
+        .await
+        .unwrap()
+}
+
+/// A run's provider calls of one operation (`bg_remove`, `bg_refine`, …).
+async fn pass_calls_of(
+    app: &TestApp,
+    run_id: uuid::Uuid,
+    operation: &str,
+) -> Vec<entities::provider_calls::Model> {
+    entities::provider_calls::Entity::find()
+        .filter(entities::provider_calls::Column::RunId.eq(run_id))
+        .filter(entities::provider_calls::Column::Operation.eq(operation))
+        .all(&app.db)
+        .await
+        .unwrap()
+}
+
 async fn trigger(app: &TestApp, token: &str, body: Value) -> (StatusCode, Value) {
     app.post("/api/projects/book/runs/trigger", token, body)
         .await
@@ -1128,23 +1151,14 @@ async fn background_removal_falls_back_to_a_paid_service_with_spend_safety() {
     assert_eq!(b["plan"]["pass_calls"], 2, "{}", b["plan"]);
     assert_eq!(stub.calls(), 2, "one paid removal per candidate");
     let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
-    let calls = entities::provider_calls::Entity::find()
-        .filter(entities::provider_calls::Column::RunId.eq(run_id))
-        .filter(entities::provider_calls::Column::Operation.eq("bg_remove"))
-        .all(&app.db)
-        .await
-        .unwrap();
+    let calls = pass_calls_of(&app, run_id, "bg_remove").await;
     assert_eq!(calls.len(), 2);
     assert!(
         calls
             .iter()
             .all(|c| c.status == "succeeded" && c.provider_code == "photoroom")
     );
-    let costs = entities::cost_events::Entity::find()
-        .filter(entities::cost_events::Column::RunId.eq(run_id))
-        .all(&app.db)
-        .await
-        .unwrap();
+    let costs = costs_of(&app, run_id).await;
     assert_eq!(costs.len(), 2);
     assert!(costs.iter().all(|c| c.total_cost_usd == 0.02));
     for c in b["jobs"][0]["candidates"].as_array().unwrap() {
@@ -1219,20 +1233,10 @@ async fn a_failed_remote_removal_is_retried_and_only_success_is_paid() {
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["run"]["status"], "done", "{b}");
     let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
-    let call = entities::provider_calls::Entity::find()
-        .filter(entities::provider_calls::Column::RunId.eq(run_id))
-        .filter(entities::provider_calls::Column::Operation.eq("bg_remove"))
-        .one(&app.db)
-        .await
-        .unwrap()
-        .unwrap();
+    let call = pass_calls_of(&app, run_id, "bg_remove").await.remove(0);
     assert_eq!(stub.calls(), 2, "one failure, one retry: {call:?}");
     assert_eq!((call.status.as_str(), call.attempt), ("succeeded", 2));
-    let costs = entities::cost_events::Entity::find()
-        .filter(entities::cost_events::Column::RunId.eq(run_id))
-        .all(&app.db)
-        .await
-        .unwrap();
+    let costs = costs_of(&app, run_id).await;
     assert_eq!(costs.len(), 1, "the failed attempt cost nothing");
     let fin = &b["jobs"][0]["candidates"][0]["final_asset_id"];
     assert_eq!(
@@ -1329,16 +1333,23 @@ async fn prompt_scenes_are_generated_from_their_description() {
     }
 }
 
-#[actix_web::test]
-async fn prompt_scenes_use_the_openai_generations_endpoint() {
-    let key = env!("CARGO_MANIFEST_DIR");
-    let stub = crate::openai_stub::OpenAiStub::start_with_key(key).await;
-    let app = TestApp::spawn_with(|s| {
+/// An OpenAI stub and a service using it (key from a variable the test
+/// runner always sets).
+async fn with_openai() -> (crate::openai_stub::OpenAiStub, TestApp) {
+    let stub = crate::openai_stub::OpenAiStub::start_with_key(env!("CARGO_MANIFEST_DIR")).await;
+    let url = stub.base_url.clone();
+    let app = TestApp::spawn_with(move |s| {
         s.providers.openai.enabled = true;
-        s.providers.openai.base_url = stub.base_url.clone();
+        s.providers.openai.base_url = url;
         s.providers.openai.api_key_env = "CARGO_MANIFEST_DIR".into();
     })
     .await;
+    (stub, app)
+}
+
+#[actix_web::test]
+async fn prompt_scenes_use_the_openai_generations_endpoint() {
+    let (stub, app) = with_openai().await;
     let token = project(&app).await;
     let (s, b) = trigger(&app, &token, json!({"mode": "run", "provider": "openai", "confirm_spend": true, "scene_refs": ["prompt:a lighthouse in fog"], "stage": "time", "candidates": 1, "wait": true})).await;
     assert_eq!(s, StatusCode::OK, "{b}");
@@ -1349,13 +1360,7 @@ async fn prompt_scenes_use_the_openai_generations_endpoint() {
 
 #[actix_web::test]
 async fn cut_outs_are_refined_by_a_provider_with_spend_safety() {
-    let stub = crate::openai_stub::OpenAiStub::start_with_key(env!("CARGO_MANIFEST_DIR")).await;
-    let app = TestApp::spawn_with(|s| {
-        s.providers.openai.enabled = true;
-        s.providers.openai.base_url = stub.base_url.clone();
-        s.providers.openai.api_key_env = "CARGO_MANIFEST_DIR".into();
-    })
-    .await;
+    let (stub, app) = with_openai().await;
     let token = project(&app).await;
     let pp = json!({"bg_remove": true, "bg_remove_refine": "openai"});
     let body = json!({"mode": "run", "scene_refs": ["sample:5@64x48"], "stage": "style", "candidates": 2, "postprocess": pp, "wait": true});
@@ -1376,23 +1381,14 @@ async fn cut_outs_are_refined_by_a_provider_with_spend_safety() {
         "each cut-out sent alone, as an edit"
     );
     let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
-    let calls = entities::provider_calls::Entity::find()
-        .filter(entities::provider_calls::Column::RunId.eq(run_id))
-        .filter(entities::provider_calls::Column::Operation.eq("bg_refine"))
-        .all(&app.db)
-        .await
-        .unwrap();
+    let calls = pass_calls_of(&app, run_id, "bg_refine").await;
     assert_eq!(calls.len(), 2);
     assert!(
         calls
             .iter()
             .all(|c| c.status == "succeeded" && c.provider_code == "openai")
     );
-    let costs = entities::cost_events::Entity::find()
-        .filter(entities::cost_events::Column::RunId.eq(run_id))
-        .all(&app.db)
-        .await
-        .unwrap();
+    let costs = costs_of(&app, run_id).await;
     assert_eq!(costs.len(), 2);
     for c in b["jobs"][0]["candidates"].as_array().unwrap() {
         let fin: uuid::Uuid = c["final_asset_id"].as_str().unwrap().parse().unwrap();
@@ -1433,10 +1429,6 @@ async fn cut_outs_are_refined_by_a_provider_with_spend_safety() {
         .unwrap();
     assert_eq!(refined.kind, "bg_refined");
     let run_id: uuid::Uuid = free["run_id"].as_str().unwrap().parse().unwrap();
-    let costs = entities::cost_events::Entity::find()
-        .filter(entities::cost_events::Column::RunId.eq(run_id))
-        .all(&app.db)
-        .await
-        .unwrap();
+    let costs = costs_of(&app, run_id).await;
     assert!(costs.is_empty());
 }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use reqwest::StatusCode;
 use sea_orm::EntityTrait;
 use serde_json::{Value, json};
@@ -49,16 +49,10 @@ async fn receive(req: HttpRequest, body: web::Bytes, state: web::Data<Receiver>)
 async fn receiver() -> (String, Arc<Receiver>) {
     let state = Arc::new(Receiver::default());
     let data = web::Data::from(state.clone());
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .route("/hook", web::post().to(receive))
-    })
-    .workers(1)
-    .bind(("127.0.0.1", 0))
-    .unwrap();
-    let port = server.addrs()[0].port();
-    actix_web::rt::spawn(server.run());
+    let port = crate::helpers::serve_loopback(1, move |cfg| {
+        cfg.app_data(data.clone())
+            .route("/hook", web::post().to(receive));
+    });
     (format!("http://127.0.0.1:{port}/hook"), state)
 }
 
