@@ -1010,6 +1010,10 @@ async fn post_process_passes_register_every_file_with_its_lineage() {
             a.sha256.as_deref(),
             Some(actors::assets::sha256_hex(&bytes).as_str())
         );
+        // The run log (registered once the run is done) is JSON, not an image.
+        if a.kind == "run_log" {
+            continue;
+        }
         let img = image::load_from_memory(&bytes).unwrap();
         assert_eq!(
             (Some(img.width() as i32), Some(img.height() as i32)),
