@@ -66,12 +66,7 @@ pub async fn connect(settings: &Settings) -> Result<Db, DatabaseError> {
         }
         None => {
             let path = settings.sqlite_path();
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|source| DatabaseError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-            }
+            private_files(&path).map_err(|(path, source)| DatabaseError::Io { path, source })?;
             let conn = connect_sqlite(&path, settings).await?;
             Ok(Db {
                 conn,
@@ -79,6 +74,33 @@ pub async fn connect(settings: &Settings) -> Result<Db, DatabaseError> {
             })
         }
     }
+}
+
+/// The database holds tokens' hashes and encrypted secrets: its folder is
+/// the owner's alone (0700) and the file is created 0600 before SQLite opens
+/// it (its WAL and shared-memory files take the same mode).
+fn private_files(path: &std::path::Path) -> Result<(), (std::path::PathBuf, std::io::Error)> {
+    if let Some(dir) = path.parent() {
+        let existed = dir.exists();
+        std::fs::create_dir_all(dir).map_err(|e| (dir.to_path_buf(), e))?;
+        #[cfg(unix)]
+        if !existed {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| (dir.to_path_buf(), e))?;
+        }
+    }
+    #[cfg(unix)]
+    if !path.exists() {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| (path.to_path_buf(), e))?;
+    }
+    Ok(())
 }
 
 /// A pool of one connection for the engine's row writer (SQLite only): the

@@ -31,6 +31,16 @@ pub struct Settings {
     pub providers: ProvidersSettings,
     pub webhooks: WebhookSettings,
     pub secrets: SecretsSettings,
+    pub network: NetworkSettings,
+}
+
+/// Where the service may send requests on a user's behalf (webhooks, S3
+/// endpoints): internal addresses (loopback, private, link-local, …) only
+/// within these ranges, e.g. `["10.0.0.0/8", "127.0.0.1"]`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSettings {
+    pub outbound_allow: Vec<String>,
 }
 
 /// Where the master key for project secrets comes from. Only names and a
@@ -102,6 +112,10 @@ pub struct EngineSettings {
     pub retry_max_ms: u64,
     /// Attempts per job after unexpected failures (panics, internal errors).
     pub job_max_attempts: i32,
+    /// This node's name in job leases. Unset: kept in
+    /// `{data_dir}/backend/node-id` (made on first start), so a restarted
+    /// process recognises the leases its previous process held.
+    pub node_id: Option<String>,
 }
 
 impl Default for EngineSettings {
@@ -117,6 +131,7 @@ impl Default for EngineSettings {
             retry_base_ms: 200,
             retry_max_ms: 5_000,
             job_max_attempts: 3,
+            node_id: None,
         }
     }
 }
@@ -195,6 +210,7 @@ impl Default for Settings {
             providers: ProvidersSettings::default(),
             webhooks: WebhookSettings::default(),
             secrets: SecretsSettings::default(),
+            network: NetworkSettings::default(),
         }
     }
 }

@@ -32,6 +32,8 @@ pub enum StartupError {
     BypassOnPublicBind(SocketAddr),
     #[error("invalid provider settings: {0}")]
     Provider(#[from] providers::ProviderConfigError),
+    #[error("invalid network settings: {0}")]
+    Network(String),
     #[error("cannot create {path}: {source}")]
     Io {
         path: String,
@@ -55,6 +57,54 @@ pub fn install_runtime_defaults() {
             Err(err) => tracing::error!(%err, "cannot build the HTTP client for object storage"),
         }
     });
+}
+
+/// SIGINT and SIGTERM, listened for from the moment the server is built
+/// (before it answers its first request), so no early signal is missed.
+struct StopSignals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+            }
+        }
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    /// Resolves on the first of them, naming it.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => "SIGTERM",
+                _ = next(&mut self.int) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "SIGINT"
+        }
+    }
 }
 
 /// The engine with the built-in providers (the server, demo and bench use it).
@@ -97,8 +147,46 @@ pub async fn embedded_engine(
         }
     }
     deps.writer_db = crate::database::writer_connection(settings).await?;
+    deps.node_id = node_id(settings)?;
+    deps.outbound = outbound_policy(settings)?;
     let engine = actors::engine::Engine::start(deps);
     Ok((engine, roots))
+}
+
+/// The operator's allow-list for outbound requests to internal addresses.
+pub fn outbound_policy(
+    settings: &Settings,
+) -> Result<actors::netpolicy::OutboundPolicy, StartupError> {
+    actors::netpolicy::OutboundPolicy::new(&settings.network.outbound_allow)
+        .map_err(StartupError::Network)
+}
+
+/// This node's name in job leases: configured, or kept in
+/// `{data_dir}/backend/node-id` so a restart recognises its old leases.
+fn node_id(settings: &Settings) -> Result<String, StartupError> {
+    if let Some(id) = settings.engine.node_id.as_deref().map(str::trim)
+        && !id.is_empty()
+    {
+        return Ok(id.to_string());
+    }
+    let path = settings.data_dir.join("backend").join("node-id");
+    let io = |source| StartupError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(_) => Err(io(std::io::Error::other("the file is empty"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = format!("node-{}", uuid::Uuid::new_v4().simple());
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            std::fs::write(&path, &id).map_err(io)?;
+            Ok(id)
+        }
+        Err(e) => Err(io(e)),
+    }
 }
 
 pub struct Application {
@@ -106,6 +194,8 @@ pub struct Application {
     server: Server,
     db: DatabaseConnection,
     engine: actors::engine::Engine,
+    shutdown_window: Duration,
+    signals: StopSignals,
 }
 
 /// Where project secrets' master key comes from.
@@ -200,6 +290,7 @@ impl Application {
             secret_keys: secret_keys(&settings),
             upload_limit_bytes: settings.http.upload_limit_bytes.max(1),
             image_limits: engine_config(&settings).limits,
+            outbound: outbound_policy(&settings)?,
         };
         let tokens = Arc::new(TokenVerifier::new(Duration::from_secs(
             settings.auth.token_cache_seconds,
@@ -214,8 +305,12 @@ impl Application {
             engine.clone(),
         ));
 
+        let signals = StopSignals::install();
         let server = HttpServer::new(move || api::app(state.clone()))
             .workers(settings.http.workers)
+            // Signals are ours: the engine drains before the server stops
+            // (see `run_until_stopped`).
+            .disable_signals()
             // Without it, small writes (feed events) wait for the client's
             // delayed ACK: up to 40 ms on Linux.
             .tcp_nodelay(true)
@@ -232,6 +327,8 @@ impl Application {
             server,
             db: db.conn,
             engine,
+            shutdown_window: Duration::from_secs(settings.http.shutdown_timeout_seconds),
+            signals,
         })
     }
 
@@ -256,8 +353,33 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until SIGINT/SIGTERM (graceful: in-flight requests finish).
+    /// Serves until SIGINT/SIGTERM, then shuts down gracefully within
+    /// `http.shutdown_timeout_seconds`: the engine stops leasing and sending
+    /// at once, lets calls in flight finish and stores their results,
+    /// releases this node's leases; HTTP requests in flight finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let handle = self.server.handle();
+        let mut signals = self.signals;
+        let mut server = std::pin::pin!(self.server);
+        tokio::select! {
+            result = &mut server => return result,
+            signal = signals.recv() => tracing::info!(signal, "shutdown requested: draining"),
+        }
+        // The server keeps being polled while the engine drains (reads are
+        // still answered), then stops gracefully.
+        let engine = self.engine.clone();
+        let window = self.shutdown_window;
+        let stop = async move {
+            let report = engine.shutdown(window).await;
+            tracing::info!(
+                waited_ms = report.waited.as_millis() as u64,
+                calls_cut_off = report.calls_cut_off,
+                leases_released = report.leases_released,
+                "engine drained"
+            );
+            handle.stop(true).await;
+        };
+        let ((), result) = tokio::join!(stop, server);
+        result
     }
 }

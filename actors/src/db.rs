@@ -42,6 +42,23 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTxn, DbErr> {
     Ok(WriteTxn { txn, _turn: turn })
 }
 
+/// Serialises, across every process on the database, the transactions that
+/// call this with the same `name` until they end: a check-then-insert
+/// inside is atomic (e.g. admission against a limit). PostgreSQL takes a
+/// transaction-scoped advisory lock; SQLite's write transactions are
+/// serialised already (`BEGIN IMMEDIATE`).
+pub async fn serialize<C: ConnectionTrait>(txn: &C, name: &str) -> Result<(), DbErr> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(hashtext($1))",
+            [format!("atelier:{name}").into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 #[async_trait::async_trait]
 impl ConnectionTrait for WriteTxn {
     fn get_database_backend(&self) -> DbBackend {

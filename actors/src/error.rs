@@ -53,6 +53,24 @@ impl ServiceError {
     }
 }
 
+/// Refuses NUL and other control characters (tab and line breaks are
+/// fine) and the Unicode bidirectional overrides and isolates (they reorder
+/// what a name shows in listings, logs and file names; the plain
+/// left-to-right/right-to-left marks that RTL text uses are kept).
+pub fn reject_invisible(field: &str, value: &str) -> Result<(), ServiceError> {
+    let bad = value.chars().any(|c| {
+        (c.is_control() && !matches!(c, '\n' | '\t' | '\r'))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    });
+    if bad {
+        return Err(ServiceError::validation(
+            "invalid_characters",
+            format!("Field '{field}' contains control or bidirectional-override characters"),
+        ));
+    }
+    Ok(())
+}
+
 /// Trims `value`; blank becomes `None`; longer than `max` characters is an error.
 pub fn optional_text(
     field: &str,
@@ -61,7 +79,11 @@ pub fn optional_text(
 ) -> Result<Option<String>, ServiceError> {
     match value.map(str::trim).filter(|v| !v.is_empty()) {
         Some(v) if v.chars().count() > max => Err(ServiceError::too_long(field, max)),
-        other => Ok(other.map(str::to_string)),
+        Some(v) => {
+            reject_invisible(field, v)?;
+            Ok(Some(v.to_string()))
+        }
+        None => Ok(None),
     }
 }
 

@@ -85,6 +85,9 @@ pub struct CostSummary {
     pub by_model: BTreeMap<String, f64>,
     pub by_run: BTreeMap<String, f64>,
     pub by_day: BTreeMap<String, f64>,
+    /// Of `total_usd`: spend of calls whose answer was lost (sent, maybe
+    /// billed, no result) — counted as spent, shown apart.
+    pub possibly_billed_usd: f64,
 }
 
 /// Totals over every cost event of the project (one pass over the ledger's
@@ -99,6 +102,7 @@ pub async fn cost_summary<C: ConnectionTrait>(
         Option<Uuid>,
         chrono::DateTime<chrono::Utc>,
         f64,
+        String,
     );
     let rows: Vec<Row> = cost_events::Entity::find()
         .select_only()
@@ -107,13 +111,17 @@ pub async fn cost_summary<C: ConnectionTrait>(
         .column(cost_events::Column::RunId)
         .column(cost_events::Column::CreatedAt)
         .column(cost_events::Column::TotalCostUsd)
+        .column(cost_events::Column::Billing)
         .filter(cost_events::Column::ProjectId.eq(project_id))
         .into_tuple()
         .all(db)
         .await?;
     let mut s = CostSummary::default();
-    for (provider, model, run, at, usd) in rows {
+    for (provider, model, run, at, usd, billing) in rows {
         s.total_usd += usd;
+        if billing == "possibly_billed" {
+            s.possibly_billed_usd += usd;
+        }
         s.events += 1;
         *s.by_provider.entry(provider).or_default() += usd;
         *s.by_model

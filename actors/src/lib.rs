@@ -23,6 +23,7 @@ mod error;
 pub mod ledger;
 pub mod lookup;
 pub mod metrics;
+pub mod netpolicy;
 mod principal;
 pub mod projects;
 pub mod provider_accounts;

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the latency buckets, in seconds.
-pub const LATENCY_BUCKETS: [f64; 10] = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0];
+pub const LATENCY_BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+];
 
 #[derive(Clone, Debug, Default)]
 pub struct Histogram {
@@ -20,21 +22,43 @@ pub struct Histogram {
 
 static LATENCIES: Mutex<BTreeMap<(String, String), Histogram>> = Mutex::new(BTreeMap::new());
 static FEED_CLIENTS: AtomicI64 = AtomicI64::new(0);
+static DURABLE: Mutex<BTreeMap<String, Histogram>> = Mutex::new(BTreeMap::new());
+
+fn observe(h: &mut Histogram, took: Duration) {
+    let secs = took.as_secs_f64();
+    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        if secs <= *bound {
+            h.counts[i] += 1;
+        }
+    }
+    h.count += 1;
+    h.sum_seconds += secs;
+}
+
+/// Records how long a paid result was exposed: from its arrival to the
+/// commit that made it durable (file and rows).
+pub fn observe_durable_window(provider: &str, took: Duration) {
+    if let Ok(mut map) = DURABLE.lock() {
+        observe(map.entry(provider.to_string()).or_default(), took);
+    }
+}
+
+/// Durable-window histograms by provider.
+pub fn durable_windows() -> Vec<(String, Histogram)> {
+    DURABLE
+        .lock()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
 
 /// Records one provider call (`outcome`: `ok` or the error code).
 pub fn observe_call(provider: &str, outcome: &str, took: Duration) {
-    let secs = took.as_secs_f64();
     if let Ok(mut map) = LATENCIES.lock() {
-        let h = map
-            .entry((provider.to_string(), outcome.to_string()))
-            .or_default();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum_seconds += secs;
+        observe(
+            map.entry((provider.to_string(), outcome.to_string()))
+                .or_default(),
+            took,
+        );
     }
 }
 

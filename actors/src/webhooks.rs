@@ -105,6 +105,7 @@ fn parse_events(raw: Option<Vec<String>>) -> Result<Vec<String>, ServiceError> {
 pub async fn create(
     db: &DatabaseConnection,
     keys: &crate::secrets::cipher::KeySource,
+    outbound: &crate::netpolicy::OutboundPolicy,
     principal: &Principal,
     project: &projects::Model,
     input: NewWebhook<'_>,
@@ -113,6 +114,8 @@ pub async fn create(
     let events = parse_events(input.events)?;
     let description =
         crate::error::optional_text("description", input.description, DESCRIPTION_MAX)?;
+    // The network check last: every field is well-formed by then.
+    outbound.check_url("url", &url).await?;
     let signing_secret = format!(
         "whsec_{}{}",
         Uuid::new_v4().simple(),
@@ -311,6 +314,7 @@ pub fn backoff(base: Duration, attempts: i32) -> Duration {
 pub async fn deliver_due(
     db: &DatabaseConnection,
     http: &reqwest::Client,
+    outbound: &crate::netpolicy::OutboundPolicy,
     config: &WebhookConfig,
     keys: Option<&crate::secrets::cipher::KeySource>,
 ) -> Result<usize, ServiceError> {
@@ -367,6 +371,12 @@ pub async fn deliver_due(
                 .then(|| h.signing_secret.clone()),
         };
         let outcome = match &hook {
+            // Checked again at delivery: the name may resolve elsewhere now
+            // (the client's resolver checks every connection too).
+            Some(h) if outbound.check_url("url", &h.url).await.is_err() => Err((
+                None,
+                "the receiver's address is not one this service sends to".to_string(),
+            )),
             Some(h) => match secret(h) {
                 Some(secret) => send(http, h, &secret, &d).await,
                 None => Err((None, "the signing secret cannot be decrypted".to_string())),

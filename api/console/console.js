@@ -50,8 +50,26 @@ async function api(method, path) {
   return body;
 }
 
-function contentUrl(slug, assetId) {
-  return `/api/projects/${encodeURIComponent(slug)}/assets/${assetId}/content?token=${encodeURIComponent(state.token)}`;
+// Thumbnails are fetched with the Authorization header and shown through
+// object URLs: the token never appears in a URL the server sees.
+const thumbUrls = new Map(); // asset id -> object URL, or the promise of one
+function thumbnail(slug, id) {
+  const img = el('img', { alt: 'candidate', 'data-thumb': id });
+  let known = thumbUrls.get(id);
+  if (typeof known === 'string') {
+    img.src = known;
+    return img;
+  }
+  if (!known) {
+    known = fetch(`/api/projects/${encodeURIComponent(slug)}/assets/${id}/content`,
+      { headers: { Authorization: `Bearer ${state.token}` } })
+      .then((r) => (r.ok ? r.blob() : Promise.reject(new Error(String(r.status)))))
+      .then((b) => { const url = URL.createObjectURL(b); thumbUrls.set(id, url); return url; })
+      .catch((e) => { thumbUrls.delete(id); throw e; });
+    thumbUrls.set(id, known);
+  }
+  known.then((url) => { img.src = url; }).catch(() => {});
+  return img;
 }
 
 function addError(when, text) {
@@ -129,7 +147,10 @@ function onEvent(slug, ev) {
 function openFeed(slug) {
   if (state.sockets.has(slug)) return;
   const proto = location.protocol === 'https:' ? 'wss' : 'ws';
-  const ws = new WebSocket(`${proto}://${location.host}/api/projects/${encodeURIComponent(slug)}/events/ws?token=${encodeURIComponent(state.token)}`);
+  // The token goes in the subprotocol header (browsers cannot set others),
+  // never in the URL.
+  const ws = new WebSocket(`${proto}://${location.host}/api/projects/${encodeURIComponent(slug)}/events/ws`,
+    ['atelier.bearer', state.token]);
   state.sockets.set(slug, ws);
   // Whatever happened between the last read and the feed going live.
   ws.onopen = () => loadProject(slug).then(render).catch(() => {});
@@ -204,7 +225,7 @@ function render() {
   const rows = runs.map((v) => {
     const bar = el('progress', { max: Math.max(v.total, 1), value: v.finished });
     const thumbs = el('td', { className: 'thumbs' },
-      ...v.thumbs.map((id) => el('img', { src: contentUrl(v.slug, id), alt: 'candidate', loading: 'lazy', 'data-thumb': id })));
+      ...v.thumbs.map((id) => thumbnail(v.slug, id)));
     return el('tr', { 'data-run-id': v.id, 'data-status': v.status, 'data-finished': String(v.finished), 'data-total': String(v.total) },
       el('td', {}, v.slug), el('td', { title: v.id }, v.id.slice(0, 8)), el('td', { className: 'st' }, v.status),
       el('td', {}, bar, ` ${v.finished}/${v.total}`), el('td', {}, `$${v.cost.toFixed(2)}`), thumbs);

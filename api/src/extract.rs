@@ -66,7 +66,7 @@ async fn resolve(req: &HttpRequest, allow_bootstrap: bool) -> Result<Principal, 
     if allow_bootstrap
         && state.config.bootstrap_allowed
         && peer_loopback
-        && actors::auth::active_token_count(&state.db).await? == 0
+        && actors::auth::bootstrap_open(&state.db).await?
     {
         return Ok(Principal::Bootstrap);
     }
@@ -183,13 +183,34 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             StatusCode::UNPROCESSABLE_ENTITY,
             ErrorKind::Validation,
             "invalid_field_type",
-            format!("Request body has a field of the wrong type: {e}"),
+            format!(
+                "Request body has a field of the wrong type: {}",
+                without_values(&e)
+            ),
         ),
         _ => ApiError::validation(
             "malformed_json",
             format!("Request body is not valid JSON: {e}"),
         ),
     })
+}
+
+/// What serde says of a wrong value, without the value (it may be a
+/// secret): "invalid type: string \"sk-…\", expected u32" becomes
+/// "expected u32"; schema words (field names) are kept.
+fn without_values(e: &serde_json::Error) -> String {
+    let message = e.to_string();
+    let message = message
+        .rsplit_once(" at line ")
+        .map_or(message.as_str(), |(m, _)| m);
+    let described = match message.split_once(", expected ") {
+        Some((_, expected)) => format!("expected {expected}"),
+        None if message.starts_with("invalid") || message.starts_with("unknown") => {
+            "a value is not of the expected form".to_string()
+        }
+        None => message.to_string(),
+    };
+    format!("{described} (line {}, column {})", e.line(), e.column())
 }
 
 pub fn query_error_handler(

@@ -52,6 +52,8 @@ pub struct ApiConfig {
     /// Largest accepted upload, and the image limits checked before decoding.
     pub upload_limit_bytes: usize,
     pub image_limits: imaging::DecodeLimits,
+    /// Where URLs given by users may point (webhooks, S3 endpoints).
+    pub outbound: actors::netpolicy::OutboundPolicy,
 }
 
 /// Shared by every worker thread.
@@ -204,6 +206,7 @@ pub fn app(
         .into_app()
         .configure(routes::console::configure)
         .wrap(Compress::default())
+        .wrap(actix_web::middleware::from_fn(refuse_encoded_bodies))
         .wrap(actix_web::middleware::from_fn(response_headers))
         .wrap(TracingLogger::<RedactedSpan>::new())
 }
@@ -257,6 +260,32 @@ async fn response_headers(
         headers.insert(HeaderName::from_static("x-request-id"), id);
     }
     Ok(res)
+}
+
+/// Request bodies are taken as sent: a compressed body (`Content-Encoding:
+/// gzip`, …) could inflate far beyond the size limit before it is checked,
+/// so it is refused before anything reads it.
+async fn refuse_encoded_bodies(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+    let encoded = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.trim().eq_ignore_ascii_case("identity"));
+    if encoded {
+        let err = ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorKind::Validation,
+            "unsupported_content_encoding",
+            "Request bodies must not be compressed (send them without Content-Encoding)",
+        );
+        let (req, _) = req.into_parts();
+        let res = actix_web::ResponseError::error_response(&err);
+        return Ok(ServiceResponse::new(req, res).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 /// 405 when the path exists under another method, else 404.

@@ -21,6 +21,9 @@ pub struct Model {
     pub currency: String,
     #[sea_orm(column_type = "JsonBinary")]
     pub meta_json: Json,
+    /// `billed` (the provider said so, or charged a fixed price) or
+    /// `possibly_billed` (sent, answer lost: the reservation is kept).
+    pub billing: String,
     pub created_at: DateTimeUtc,
 }
 

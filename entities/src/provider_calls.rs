@@ -30,6 +30,16 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub error_message: Option<String>,
     pub started_at: Option<DateTimeUtc>,
+    /// When the current attempt was handed to the provider; `None` while it
+    /// has not been sent. A pending call with `sent_at` whose worker is gone
+    /// has an unknown outcome.
+    pub sent_at: Option<DateTimeUtc>,
+    /// Attempts that really reached the wire (reserved-but-unsent ones do
+    /// not count against the attempt limit).
+    pub sent_attempts: i32,
+    /// Reservations kept for attempts whose answer was lost: what they may
+    /// have cost.
+    pub possibly_billed_usd: f64,
     pub finished_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,

@@ -62,16 +62,13 @@ pub fn check_dimensions(width: u32, height: u32, max_pixels: u64) -> Result<(), 
     Ok(())
 }
 
-/// Decodes PNG, JPEG or WebP into RGBA after checking byte size, format and
-/// header dimensions.
-pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage, ImagingError> {
-    if bytes.len() > limits.max_bytes {
-        return Err(ImagingError::TooManyBytes {
-            bytes: bytes.len(),
-            max_bytes: limits.max_bytes,
-        });
-    }
-    let reader = ImageReader::new(Cursor::new(bytes))
+/// What reading an image's header may allocate: PNG inflates its colour
+/// profile (iCCP) while reading the header, and a 1 MB file can hold a
+/// profile that inflates to a gigabyte. Real profiles are well below this.
+const HEADER_ALLOC: u64 = 8 << 20;
+
+fn reader(bytes: &[u8], max_alloc: u64) -> Result<ImageReader<Cursor<&[u8]>>, ImagingError> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImagingError::Decode(e.to_string()))?;
     match reader.format() {
@@ -79,19 +76,46 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage, ImagingEr
         Some(other) => return Err(ImagingError::Unsupported(format!("{other:?}"))),
         None => return Err(ImagingError::Unsupported("unknown".into())),
     }
-    let (w, h) = reader
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_alloc);
+    reader.limits(limits);
+    Ok(reader)
+}
+
+fn decode_error(e: image::ImageError) -> ImagingError {
+    match e {
+        image::ImageError::Limits(_) => ImagingError::Decode(
+            "the image's metadata or pixels exceed the memory limit (e.g. an oversized compressed colour profile)".into(),
+        ),
+        other => ImagingError::Decode(other.to_string()),
+    }
+}
+
+/// An image's dimensions from its header, after checking byte size and
+/// format; nothing the header holds may inflate beyond a small bound.
+pub fn dimensions(bytes: &[u8], limits: DecodeLimits) -> Result<(u32, u32), ImagingError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(ImagingError::TooManyBytes {
+            bytes: bytes.len(),
+            max_bytes: limits.max_bytes,
+        });
+    }
+    reader(bytes, HEADER_ALLOC)?
         .into_dimensions()
-        .map_err(|e| ImagingError::Decode(e.to_string()))?;
+        .map_err(decode_error)
+}
+
+/// Decodes PNG, JPEG or WebP into RGBA after checking byte size, format and
+/// header dimensions; every allocation of the decoder is bounded.
+pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<RgbaImage, ImagingError> {
+    let (w, h) = dimensions(bytes, limits)?;
     check_dimensions(w, h, limits.max_pixels)?;
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| ImagingError::Decode(e.to_string()))?;
-    let mut image_limits = image::Limits::default();
-    image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(4).saturating_add(1 << 20));
-    reader.limits(image_limits);
-    Ok(reader
+    let budget = (u64::from(w) * u64::from(h))
+        .saturating_mul(8)
+        .saturating_add(HEADER_ALLOC);
+    Ok(reader(bytes, budget)?
         .decode()
-        .map_err(|e| ImagingError::Decode(e.to_string()))?
+        .map_err(decode_error)?
         .to_rgba8())
 }
 
@@ -146,5 +170,46 @@ mod tests {
             Err(ImagingError::TooManyBytes { .. })
         ));
         assert!(decode(&png[..png.len() / 2], DecodeLimits::default()).is_err());
+    }
+
+    /// A PNG whose colour profile inflates to far more than its file size.
+    fn png_with_iccp(profile_len: usize) -> Vec<u8> {
+        use std::io::Write;
+        let png = encode_png(&scene::sample_scene(1, 8, 8)).unwrap();
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        let block = vec![0u8; 1 << 20];
+        let mut left = profile_len;
+        while left > 0 {
+            let n = left.min(block.len());
+            z.write_all(&block[..n]).unwrap();
+            left -= n;
+        }
+        let mut data = b"bomb\0\0".to_vec();
+        data.extend(z.finish().unwrap());
+        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+        let mut typed = b"iCCP".to_vec();
+        typed.extend(&data);
+        chunk.extend(&typed);
+        chunk.extend(crc32fast::hash(&typed).to_be_bytes());
+        // After the signature (8) and IHDR (8 + 13 + 4).
+        let mut out = png[..33].to_vec();
+        out.extend(chunk);
+        out.extend(&png[33..]);
+        out
+    }
+
+    /// The profile inflates only up to the header bound (then the decoder
+    /// drops it); the image itself decodes. The server's memory under such
+    /// uploads is measured by the integration tests (tests/it/hostile.rs).
+    #[test]
+    fn a_colour_profile_bomb_does_not_inflate_beyond_the_bound() {
+        let bomb = png_with_iccp(256 << 20);
+        assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+        assert_eq!(dimensions(&bomb, DecodeLimits::default()).unwrap(), (8, 8));
+        assert_eq!(
+            decode(&bomb, DecodeLimits::default()).unwrap().dimensions(),
+            (8, 8)
+        );
+        assert!(decode(&png_with_iccp(4096), DecodeLimits::default()).is_ok());
     }
 }

@@ -13,6 +13,8 @@ mod m20261126_000003_assets;
 mod m20261126_000004_runs;
 mod m20261126_000005_conversation;
 mod m20261126_000006_webhooks;
+mod m20261130_000007_call_outcomes;
+mod m20261130_000008_token_lineage;
 
 pub struct Migrator;
 
@@ -26,6 +28,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000004_runs::Migration),
             Box::new(m20261126_000005_conversation::Migration),
             Box::new(m20261126_000006_webhooks::Migration),
+            Box::new(m20261130_000007_call_outcomes::Migration),
+            Box::new(m20261130_000008_token_lineage::Migration),
         ]
     }
 }

@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use imaging::effects::{self, Rng};
 
-use crate::{GenerateRequest, GeneratedImage, ImageProvider, ProviderError, Stage};
+use crate::{
+    CallShape, Cost, GenerateRequest, GeneratedImage, ImageOptions, ImageProvider, ProviderError,
+    RateSignal, Stage,
+};
 
 /// Size of an image generated from a prompt alone.
 const PROMPT_ONLY_SIZE: (u32, u32) = (512, 384);
@@ -48,7 +51,12 @@ impl ImageProvider for LocalProvider {
         "local"
     }
 
-    fn unit_price_usd(&self) -> f64 {
+    /// Deterministic per key: repeating a call yields the same image.
+    fn honours_idempotency_key(&self) -> bool {
+        true
+    }
+
+    fn max_cost_usd(&self, _: &ImageOptions, _: CallShape) -> f64 {
         self.settings.price_usd
     }
 
@@ -71,25 +79,32 @@ impl ImageProvider for LocalProvider {
         let variant = request.candidate_index;
         // Image work is CPU-bound: keep it off the async threads.
         let (stage, input, prompt) = (request.stage, request.input, request.prompt);
-        let image = imaging::cpu::run(move || {
+        let (image, bytes) = imaging::cpu::run(move || {
             // From the prompt alone: a procedural scene seeded by it.
             let input = input.unwrap_or_else(|| {
                 imaging::scene::sample_scene(hash(&prompt), PROMPT_ONLY_SIZE.0, PROMPT_ONLY_SIZE.1)
             });
-            match stage {
+            let image = match stage {
                 Stage::Style => effects::ink(&input, variant),
                 Stage::Time(t) => effects::grade_time(&input, t),
                 Stage::Weather(w) => effects::weather(&input, w, seed),
                 Stage::Refine => imaging::passes::bg_remove::refine_matte(&input),
-            }
+            };
+            // Delivered as a file, like a remote provider's answer.
+            let bytes = imaging::encode_png(&image);
+            (image, bytes)
         })
         .await
-        .map_err(|e| ProviderError::Malformed(format!("local image task failed: {e}")))?;
+        .map_err(|e| ProviderError::Input(format!("local image task failed: {e}")))?;
+        let bytes = bytes.map_err(|e| ProviderError::Input(e.to_string()))?;
         Ok(GeneratedImage {
-            image,
-            cost_usd: self.settings.price_usd,
+            bytes,
+            mime: "image/png",
+            decoded: Some(image),
+            cost: Cost::fixed(self.settings.price_usd),
             model: "local-v1".into(),
             provider_request_id: Some(format!("local-{seed:016x}")),
+            rate: RateSignal::default(),
         })
     }
 }

@@ -60,7 +60,12 @@ impl StorageRoots {
         if raw.is_empty() {
             return Err(PathError::Empty);
         }
-        if raw.chars().any(|c| c == '\0' || c.is_control()) {
+        // Control and bidirectional-override characters hide what a path is.
+        if raw.chars().any(|c| {
+            c == '\0'
+                || c.is_control()
+                || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+        }) {
             return Err(PathError::InvalidCharacter);
         }
         let candidate = Path::new(raw);
@@ -98,6 +103,27 @@ impl StorageRoots {
                 check_symlinks(&base, &root)?;
                 Ok(root)
             }
+        }
+    }
+}
+
+/// `path` with every symbolic link resolved: the deepest existing ancestor
+/// canonicalised, the rest (not created yet) appended.
+pub fn real_path(path: &Path) -> PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(&existing) {
+            let mut out = real;
+            out.extend(rest.iter().rev());
+            return out;
+        }
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.pop(),
+        ) {
+            (Some(name), true) => rest.push(name),
+            _ => return path.to_path_buf(),
         }
     }
 }

@@ -62,6 +62,25 @@ pub struct S3Config {
 pub struct ObjectStore {
     op: Operator,
     backend: &'static str,
+    /// A local store's root: no key may reach through a symbolic link.
+    root: Option<std::path::PathBuf>,
+}
+
+/// Whether any existing part of `root/key` (below `root`) is a symbolic
+/// link. A link planted inside a project tree could otherwise lead reads
+/// and writes anywhere on the server.
+async fn through_a_link(root: &std::path::Path, key: &str) -> bool {
+    let mut path = root.to_path_buf();
+    for segment in key.split('/') {
+        path.push(segment);
+        match tokio::fs::symlink_metadata(&path).await {
+            Ok(m) if m.file_type().is_symlink() => return true,
+            Ok(_) => {}
+            // The rest does not exist yet: nothing to follow.
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 impl ObjectStore {
@@ -70,6 +89,7 @@ impl ObjectStore {
         Ok(Self {
             op: Operator::new(builder)?,
             backend: "local",
+            root: Some(root.to_path_buf()),
         })
     }
 
@@ -77,6 +97,7 @@ impl ObjectStore {
         Ok(Self {
             op: Operator::new(services::Memory::default())?,
             backend: "memory",
+            root: None,
         })
     }
 
@@ -97,7 +118,19 @@ impl ObjectStore {
         Ok(Self {
             op: Operator::new(builder)?,
             backend: "s3",
+            root: None,
         })
+    }
+
+    /// Refuses a key whose path runs through a symbolic link, as if it did
+    /// not exist (so nothing is revealed about what the link points at).
+    async fn guard(&self, key: &str) -> Result<(), StorageError> {
+        match &self.root {
+            Some(root) if through_a_link(root, key).await => {
+                Err(StorageError::NotFound(key.to_string()))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn backend(&self) -> &'static str {
@@ -105,11 +138,13 @@ impl ObjectStore {
     }
 
     pub async fn put(&self, key: &ObjectKey, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.guard(key.as_str()).await?;
         self.op.write(key.as_str(), bytes).await?;
         Ok(())
     }
 
     pub async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StorageError> {
+        self.guard(key.as_str()).await?;
         match self.op.read(key.as_str()).await {
             Ok(buf) => Ok(buf.to_vec()),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
@@ -120,22 +155,59 @@ impl ObjectStore {
     }
 
     pub async fn exists(&self, key: &ObjectKey) -> Result<bool, StorageError> {
+        if self.guard(key.as_str()).await.is_err() {
+            return Ok(false);
+        }
         Ok(self.op.exists(key.as_str()).await?)
     }
 
     pub async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.guard(key.as_str()).await?;
         self.op.delete(key.as_str()).await?;
         Ok(())
     }
 
     /// Keys of the files directly under `prefix` (a directory key ending in `/`).
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let dir = prefix.trim_end_matches('/');
+        if let Some(root) = &self.root {
+            // Local: read the directory ourselves, regular files only (a
+            // symbolic link is neither listed nor followed).
+            if !dir.is_empty() {
+                self.guard(dir).await?;
+            }
+            let mut entries = match tokio::fs::read_dir(root.join(dir)).await {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => {
+                    return Err(StorageError::Backend(opendal::Error::new(
+                        opendal::ErrorKind::Unexpected,
+                        e.to_string(),
+                    )));
+                }
+            };
+            let mut keys = Vec::new();
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let is_file = entry.file_type().await.is_ok_and(|t| t.is_file());
+                if let (true, Some(name)) = (is_file, entry.file_name().to_str()) {
+                    keys.push(if dir.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{dir}/{name}")
+                    });
+                }
+            }
+            keys.sort();
+            return Ok(keys);
+        }
         let entries = self.op.list(prefix).await?;
-        Ok(entries
-            .into_iter()
-            .filter(|e| e.metadata().is_file())
-            .map(|e| e.path().to_string())
-            .collect())
+        let mut keys = Vec::new();
+        for e in entries.into_iter().filter(|e| e.metadata().is_file()) {
+            if self.guard(e.path()).await.is_ok() {
+                keys.push(e.path().to_string());
+            }
+        }
+        Ok(keys)
     }
 }
 
@@ -169,5 +241,39 @@ mod tests {
             assert!(store.get(&key).await.unwrap_err().is_not_found());
         }
         assert!(dir.path().join("runs/r1").exists());
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn symbolic_links_inside_a_root_are_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret.png"), b"outside").unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("inputs")).unwrap();
+        std::os::unix::fs::symlink(
+            outside.path().join("secret.png"),
+            root.path().join("leak.png"),
+        )
+        .unwrap();
+        let store = ObjectStore::local(root.path()).unwrap();
+        for key in ["inputs/secret.png", "leak.png"] {
+            let key = ObjectKey::parse(key).unwrap();
+            assert!(store.get(&key).await.unwrap_err().is_not_found(), "{key:?}");
+            assert!(!store.exists(&key).await.unwrap());
+        }
+        // The same answer as for a file that is not there.
+        let missing = ObjectKey::parse("inputs/nothing.png").unwrap();
+        assert!(store.get(&missing).await.unwrap_err().is_not_found());
+        let write = ObjectKey::parse("inputs/planted.png").unwrap();
+        assert!(store.put(&write, b"x".to_vec()).await.is_err());
+        assert!(
+            !outside.path().join("planted.png").exists(),
+            "nothing written outside"
+        );
+        assert!(
+            store.list("inputs/").await.is_err() || store.list("inputs/").await.unwrap().is_empty()
+        );
+        std::fs::write(root.path().join("real.png"), b"in").unwrap();
+        assert_eq!(store.list("").await.unwrap(), vec!["real.png"]);
     }
 }

@@ -96,6 +96,9 @@ pub fn base_settings(data_dir: &Path, url: Option<String>) -> Settings {
     };
     settings.http.workers = 2;
     settings.database.max_connections = Some(4);
+    // Receivers, S3 servers and providers of the tests live on loopback,
+    // which the outbound policy refuses unless allowed.
+    settings.network.outbound_allow = vec!["127.0.0.0/8".into(), "::1".into()];
     settings
 }
 
@@ -226,19 +229,4 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_cod
 
 /// Starts an HTTP server on a free loopback port (the stand-ins for paid
 /// providers and webhook receivers) and returns the port.
-pub fn serve_loopback<F>(workers: usize, configure: F) -> u16
-where
-    F: Fn(&mut actix_web::web::ServiceConfig) + Clone + Send + 'static,
-{
-    let server = actix_web::HttpServer::new(move || {
-        actix_web::App::new()
-            .app_data(actix_web::web::PayloadConfig::new(16 * 1024 * 1024))
-            .configure(configure.clone())
-    })
-    .workers(workers)
-    .bind(("127.0.0.1", 0))
-    .unwrap();
-    let port = server.addrs()[0].port();
-    actix_web::rt::spawn(server.run());
-    port
-}
+pub use stubs::serve_loopback;

@@ -4,11 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod bg_stub;
+mod binary;
 mod bootstrap;
 mod browser;
 mod helpers;
-mod openai_stub;
+
+// The paid providers' stand-ins (see the `stubs` crate).
+use stubs::openai as openai_stub;
+use stubs::removal as bg_stub;
 
 mod admin;
 mod assets;
@@ -28,5 +31,6 @@ mod providers;
 mod recovery;
 mod runs;
 mod secrets;
+mod spend;
 mod storage;
 mod webhooks;

@@ -164,7 +164,7 @@ async fn provider_accounts_are_upserted_by_code_updated_and_deleted() {
 #[actix_web::test]
 async fn credentials_are_checked_against_the_provider_itself() {
     let openai = crate::openai_stub::OpenAiStub::start().await;
-    let bg = crate::bg_stub::BgStub::start_with_key(env!("CARGO_MANIFEST_DIR")).await;
+    let bg = crate::bg_stub::RemovalStub::start_with_key(env!("CARGO_MANIFEST_DIR")).await;
     let app = TestApp::spawn_with(|s| {
         s.secrets.master_key_env = "ATELIER_TEST_UNSET_MASTER_KEY".into();
         s.providers.openai.enabled = true;
@@ -172,6 +172,7 @@ async fn credentials_are_checked_against_the_provider_itself() {
         s.providers.openai.api_key_env = "ATELIER_TEST_UNSET_OPENAI_KEY".into();
         s.providers.photoroom.enabled = true;
         s.providers.photoroom.base_url = Some(bg.photoroom_url.clone());
+        s.providers.photoroom.account_base_url = Some(bg.photoroom_account_url.clone());
         s.providers.photoroom.api_key_env = Some("CARGO_MANIFEST_DIR".into());
     })
     .await;

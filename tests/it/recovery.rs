@@ -1,15 +1,23 @@
-//! Crash safety: a panicking job body is contained and retried; `kill -9` of
-//! the server mid-run followed by a restart completes the run without
-//! repeating any provider call whose result was already stored (a loopback
-//! OpenAI-compatible provider counts every call it receives).
+//! Crash safety and graceful shutdown of the real binary, on SQLite and on
+//! PostgreSQL, with a loopback OpenAI stub that counts what it served per
+//! idempotency key (what the provider would bill):
+//! - a panicking job body is contained and retried;
+//! - `kill -9` right after a paid result arrived (heavy passes on): nothing
+//!   delivered is bought again, every delivered image is in the ledger;
+//! - `kill -9` with calls in flight: those are settled as possibly billed,
+//!   never sent again, and the run finishes;
+//! - SIGTERM drains: no new call after it, calls in flight finish and are
+//!   stored, unsent work is released and resumes at once after a restart;
+//! - cancel right after a crash settles every reservation and job.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use reqwest::StatusCode;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use reqwest::{Method, StatusCode};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde_json::json;
+use uuid::Uuid;
 
+use crate::binary::{Deployment, Server, eventually};
 use crate::helpers::TestApp;
 use crate::openai_stub::{self, OpenAiStub};
 
@@ -45,219 +53,509 @@ async fn a_panicking_worker_is_recovered() {
             .iter()
             .any(|e| e["event_type"] == "job.retry_scheduled")
     );
-    // The service is still serving.
     assert_eq!(app.get("/api/projects", &token).await.0, StatusCode::OK);
 }
 
-struct Server {
-    child: Child,
-    base: String,
+/// A deployment whose `openai` provider is `stub`.
+async fn deployment(stub: &OpenAiStub, extra: &[(&str, &str)]) -> Deployment {
+    let mut env = vec![
+        ("ATELIER_PROVIDERS__OPENAI__ENABLED", "true"),
+        (
+            "ATELIER_PROVIDERS__OPENAI__BASE_URL",
+            stub.base_url.as_str(),
+        ),
+        ("OPENAI_API_KEY", openai_stub::KEY),
+        ("ATELIER_ENGINE__HEARTBEAT_MS", "200"),
+        ("ATELIER_ENGINE__RETRY_BASE_MS", "5"),
+        ("ATELIER_ENGINE__RETRY_MAX_MS", "20"),
+    ];
+    env.extend_from_slice(extra);
+    Deployment::new(&env).await
 }
 
-fn start_server(data_dir: &std::path::Path, provider_url: &str) -> Server {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_atelier"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .env("ATELIER_PROVIDERS__OPENAI__ENABLED", "true")
-        .env("ATELIER_PROVIDERS__OPENAI__BASE_URL", provider_url)
-        .env("OPENAI_API_KEY", openai_stub::KEY)
-        .env("ATELIER_ENGINE__LEASE_SECONDS", "1")
-        .env("ATELIER_ENGINE__HEARTBEAT_MS", "200")
-        .env("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    }
+async fn trigger(
+    server: &Server,
+    client: &reqwest::Client,
+    token: &str,
+    body: serde_json::Value,
+) -> Uuid {
+    let (s, b) = server
+        .call(
+            client,
+            Method::POST,
+            "/api/projects",
+            Some(token),
+            Some(json!({"name": "Crash", "slug": "crash"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = server
+        .call(
+            client,
+            Method::POST,
+            "/api/projects/crash/runs/trigger",
+            Some(token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    b["run_id"].as_str().unwrap().parse().unwrap()
 }
 
-async fn wait_healthy(client: &reqwest::Client, base: &str) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if let Ok(r) = client.get(format!("{base}/health")).send().await
-            && r.status() == StatusCode::OK
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("server at {base} did not come up");
+async fn calls(db: &DatabaseConnection, run_id: Uuid) -> Vec<entities::provider_calls::Model> {
+    entities::provider_calls::Entity::find()
+        .filter(entities::provider_calls::Column::RunId.eq(run_id))
+        .all(db)
+        .await
+        .unwrap()
 }
 
-#[actix_web::test]
-async fn kill_dash_nine_mid_run_then_restart_completes_without_repeating_paid_calls() {
-    atelier::startup::install_runtime_defaults();
-    let dir = tempfile::tempdir().unwrap();
-    let client = reqwest::Client::new();
-    let provider = OpenAiStub::start().await;
-    provider.set_latency(Duration::from_millis(120));
-    let mut first = start_server(dir.path(), &provider.base_url);
-    wait_healthy(&client, &first.base).await;
-    let token = client
-        .post(format!("{}/auth/token", first.base))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap()
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["auth_token"]["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let created = client
-        .post(format!("{}/api/projects", first.base))
-        .bearer_auth(&token)
-        .json(&json!({"name": "Crash"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), StatusCode::OK);
-    let trig: serde_json::Value = client
-        .post(format!("{}/api/projects/crash/runs/trigger", first.base))
-        .bearer_auth(&token)
-        .json(&json!({"mode": "run", "provider": "openai", "confirm_spend": true, "scene_refs": ["sample:1", "sample:2", "sample:3"], "style_refs": ["sample:7@32x32"], "stage": "weather", "candidates": 2}))
-        .send().await.unwrap().json().await.unwrap();
-    let run_id: uuid::Uuid = trig["run_id"].as_str().unwrap().parse().unwrap();
-
-    // Watch the real SQLite file until some calls have completed, then kill -9.
-    let db = sea_orm::Database::connect(format!(
-        "sqlite://{}?mode=rw",
-        dir.path().join("backend/app.db").display()
-    ))
-    .await
-    .unwrap();
-    let succeeded = || async {
-        entities::provider_calls::Entity::find()
-            .filter(entities::provider_calls::Column::Status.eq("succeeded"))
-            .all(&db)
-            .await
-            .unwrap()
-    };
-    let start = Instant::now();
-    while succeeded().await.len() < 5 {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "run made no progress"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    first.child.kill().unwrap(); // SIGKILL
-    first.child.wait().unwrap();
-    let before = succeeded().await;
-    assert!(
-        before.len() < 18,
-        "the run finished before the kill; nothing to recover"
-    );
-
-    let mut second = start_server(dir.path(), &provider.base_url);
-    wait_healthy(&client, &second.base).await;
-    let start = Instant::now();
-    let run = loop {
+async fn finished(db: &DatabaseConnection, run_id: Uuid, limit: Duration) -> entities::runs::Model {
+    eventually("the run to finish", limit, || async {
         let run = entities::runs::Entity::find_by_id(run_id)
-            .one(&db)
+            .one(db)
             .await
             .unwrap()
             .unwrap();
-        if ["done", "failed", "partial", "canceled"].contains(&run.status.as_str()) {
-            break run;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "run did not resume: {}",
-            run.status
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    second.child.kill().ok();
-    second.child.wait().ok();
+        ["done", "failed", "partial", "canceled"]
+            .contains(&run.status.as_str())
+            .then_some(run)
+    })
+    .await
+}
 
-    assert_eq!(run.status, "done");
-    let jobs = entities::run_jobs::Entity::find()
-        .filter(entities::run_jobs::Column::RunId.eq(run_id))
-        .all(&db)
-        .await
-        .unwrap();
-    assert_eq!(jobs.len(), 9);
-    assert!(
-        jobs.iter()
-            .all(|j| j.status == "done" && j.final_asset_id.is_some())
-    );
-    let calls = entities::provider_calls::Entity::find()
-        .all(&db)
-        .await
-        .unwrap();
-    assert_eq!(calls.len(), 18, "one record per (job, candidate)");
-    assert!(calls.iter().all(|c| c.status == "succeeded"));
-    // No call whose result was stored before the crash was made again.
-    for b in &before {
-        let after = calls.iter().find(|c| c.id == b.id).unwrap();
-        assert_eq!(
-            after.attempt, b.attempt,
-            "completed call {} was repeated",
-            b.idempotency_key
-        );
-        assert_eq!(after.result_asset_id, b.result_asset_id);
-        assert_eq!(after.finished_at, b.finished_at);
-    }
-    // The provider's own count: every image stored before the kill was served
-    // exactly once, and no call ever reached it without a record of the attempt.
-    let served = provider.images_served();
-    let received = provider.calls();
-    for b in &before {
-        assert_eq!(
-            served.get(&b.idempotency_key),
-            Some(&1),
-            "paid twice for {}",
-            b.idempotency_key
-        );
-    }
-    for c in &calls {
-        let got = received.get(&c.idempotency_key).copied().unwrap_or(0);
-        assert!(
-            got >= 1 && got <= c.attempt as u32,
-            "{}: {got} calls received, {} recorded",
-            c.idempotency_key,
-            c.attempt
-        );
-    }
-    assert!(
-        provider.images_per_call().iter().all(|n| *n == 2),
-        "every call carried the input and the style reference"
-    );
+/// Every image the stub served is in the ledger (billed, or possibly billed
+/// for an answer that was lost), and none was served twice.
+async fn every_served_image_is_accounted_for(
+    db: &DatabaseConnection,
+    stub: &OpenAiStub,
+    run_id: Uuid,
+) {
+    let calls = calls(db, run_id).await;
     let costs = entities::cost_events::Entity::find()
         .filter(entities::cost_events::Column::RunId.eq(run_id))
-        .all(&db)
+        .all(db)
         .await
         .unwrap();
-    assert_eq!(costs.len(), 18, "one cost event per stored paid call");
-    assert!(costs.iter().all(|c| c.total_cost_usd == 0.25));
-    // Nothing persisted was lost or duplicated.
+    for (key, n) in stub.images_served() {
+        assert_eq!(n, 1, "{key} was bought {n} times");
+        let call = calls
+            .iter()
+            .find(|c| c.idempotency_key == key)
+            .unwrap_or_else(|| panic!("{key}: served without a record"));
+        assert!(
+            ["succeeded", "unknown"].contains(&call.status.as_str()),
+            "{key}: served, but the call is {}",
+            call.status
+        );
+        let events = costs
+            .iter()
+            .filter(|c| c.provider_call_id == Some(call.id))
+            .count();
+        assert_eq!(events, 1, "{key}: one ledger row per served image");
+    }
+    // Nothing is left in flight.
+    assert!(calls.iter().all(|c| c.status != "pending"), "{calls:#?}");
+}
+
+/// A run of one scene whose candidates are made one at a time, each output
+/// big enough that its passes take a while after it is delivered.
+async fn heavy_passes_run(stub: &OpenAiStub) -> (Deployment, Server, String, Uuid) {
+    stub.set_output_size(768, 1152);
+    let mut deploy = deployment(
+        stub,
+        &[
+            ("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "1"),
+            ("ATELIER_ENGINE__PROVIDER_CONCURRENCY", "1"),
+        ],
+    )
+    .await;
+    let client = deploy.client.clone();
+    let first = deploy.start().await;
+    let token = first.bootstrap(&client).await;
+    let run_id = trigger(&first, &client, &token, json!({
+        "mode": "run", "provider": "openai", "confirm_spend": true,
+        "scene_refs": ["sample:1"], "stage": "style", "candidates": 3,
+        "postprocess": {"bg_remove": true, "upscale": true, "upscale_factor": 2, "color": true, "color_profile": "cinematic_warm"},
+    }))
+    .await;
+    (deploy, first, token, run_id)
+}
+
+#[actix_web::test]
+async fn a_paid_result_is_durable_before_its_passes_run() {
+    let stub = OpenAiStub::start().await;
+    let (mut deploy, mut first, token, run_id) = heavy_passes_run(&stub).await;
+    let db = deploy.connect().await;
+    // The first result is on record as paid and stored ...
+    let stored = eventually("a stored paid result", Duration::from_secs(60), || async {
+        calls(&db, run_id)
+            .await
+            .into_iter()
+            .find(|c| c.status == "succeeded")
+    })
+    .await;
+    // ... while its candidate (committed after the passes) is not: the worst
+    // point to lose the process.
+    first.kill9();
     let candidates = entities::run_candidates::Entity::find()
         .filter(entities::run_candidates::Column::RunId.eq(run_id))
         .all(&db)
         .await
         .unwrap();
-    assert_eq!(candidates.len(), 18);
-    let generated = entities::assets::Entity::find()
-        .filter(entities::assets::Column::RunId.eq(run_id))
-        .filter(entities::assets::Column::Kind.eq("generated"))
+    assert!(
+        candidates.iter().all(|c| c.candidate_index != 0),
+        "the result was durable before its passes finished: {candidates:#?}"
+    );
+    let asset = entities::assets::Entity::find_by_id(stored.result_asset_id.unwrap())
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.response_json["sha256"].as_str(),
+        asset.sha256.as_deref()
+    );
+
+    let second = deploy.start().await;
+    let run = finished(&db, run_id, Duration::from_secs(120)).await;
+    assert!(
+        ["done", "partial", "failed"].contains(&run.status.as_str()),
+        "{run:?}"
+    );
+    every_served_image_is_accounted_for(&db, &stub, run_id).await;
+    let after = calls(&db, run_id).await;
+    let reused = after.iter().find(|c| c.id == stored.id).unwrap();
+    assert_eq!(reused.status, "succeeded");
+    assert_eq!(reused.result_asset_id, stored.result_asset_id);
+    assert_eq!(
+        stub.calls().get(&stored.idempotency_key),
+        Some(&1),
+        "not bought again"
+    );
+    // Its candidate was decided from the stored file after the restart.
+    let decided = entities::run_candidates::Entity::find()
+        .filter(entities::run_candidates::Column::RunId.eq(run_id))
+        .filter(
+            entities::run_candidates::Column::CandidateIndex
+                .eq(stored.request_json["candidate_index"].as_i64().unwrap() as i32),
+        )
+        .one(&db)
+        .await
+        .unwrap()
+        .expect("candidate decided after the restart");
+    assert_eq!(decided.output_asset_id, stored.result_asset_id);
+    // The window a delivered result is exposed, measured by the second
+    // server for its own deliveries.
+    let (s, metrics) = second
+        .call(&deploy.client, Method::GET, "/metrics", Some(&token), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let text = metrics["raw"].as_str().unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("atelier_delivery_durable_seconds_count{provider=\"openai\"}")),
+        "no durable-window histogram: {text}"
+    );
+}
+
+#[actix_web::test]
+async fn kill_right_after_a_paid_result_arrives_buys_nothing_again() {
+    let stub = OpenAiStub::start().await;
+    let (mut deploy, mut first, _token, run_id) = heavy_passes_run(&stub).await;
+    // The worst moment: the provider has just delivered (and billed) an
+    // image; the service has it in hand and is making it durable.
+    stub.wait_served(1).await;
+    first.kill9();
+    let db = deploy.connect().await;
+    let before: Vec<_> = calls(&db, run_id)
+        .await
+        .into_iter()
+        .filter(|c| c.status == "succeeded")
+        .collect();
+    let _second = deploy.start().await;
+    let run = finished(&db, run_id, Duration::from_secs(120)).await;
+    assert!(
+        ["done", "partial", "failed"].contains(&run.status.as_str()),
+        "{run:?}"
+    );
+    // Whether the kill came before or after the durable write: nothing was
+    // bought twice, and the image is in the ledger (billed, or possibly
+    // billed when its answer died with the process).
+    every_served_image_is_accounted_for(&db, &stub, run_id).await;
+    let after = calls(&db, run_id).await;
+    for b in &before {
+        let a = after.iter().find(|c| c.id == b.id).unwrap();
+        assert_eq!(
+            (a.status.as_str(), a.result_asset_id),
+            ("succeeded", b.result_asset_id)
+        );
+        assert_eq!(
+            a.sent_attempts, b.sent_attempts,
+            "{} was sent again",
+            b.idempotency_key
+        );
+    }
+}
+
+#[actix_web::test]
+async fn kill_with_calls_in_flight_settles_them_and_never_sends_them_again() {
+    let stub = OpenAiStub::start().await;
+    stub.set_latency(Duration::from_millis(800));
+    let mut deploy = deployment(
+        &stub,
+        &[
+            ("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "2"),
+            ("ATELIER_ENGINE__PROVIDER_CONCURRENCY", "2"),
+        ],
+    )
+    .await;
+    let client = deploy.client.clone();
+    let mut first = deploy.start().await;
+    let token = first.bootstrap(&client).await;
+    let run_id = trigger(
+        &first,
+        &client,
+        &token,
+        json!({
+            "mode": "run", "provider": "openai", "confirm_spend": true,
+            "scene_refs": ["sample:1", "sample:2", "sample:3"], "stage": "time", "candidates": 2,
+        }),
+    )
+    .await;
+    // Some results stored, and exactly the governor's two calls in flight.
+    eventually(
+        "two stored results and two calls in flight",
+        Duration::from_secs(60),
+        || async {
+            let served = stub.served_total();
+            let received: u32 = stub.calls().values().sum();
+            (served >= 2 && received == served + 2).then_some(())
+        },
+    )
+    .await;
+    let in_flight: Vec<String> = {
+        let served = stub.images_served();
+        stub.calls()
+            .into_keys()
+            .filter(|k| !served.contains_key(k))
+            .collect()
+    };
+    first.kill9();
+    assert_eq!(
+        in_flight.len(),
+        2,
+        "the provider concurrency bounds what is in flight"
+    );
+
+    let _second = deploy.start().await;
+    let db = deploy.connect().await;
+    let run = finished(&db, run_id, Duration::from_secs(120)).await;
+    assert!(
+        ["done", "partial"].contains(&run.status.as_str()),
+        "{run:?}"
+    );
+    let all = calls(&db, run_id).await;
+    let received = stub.calls();
+    for key in &in_flight {
+        let call = all.iter().find(|c| &c.idempotency_key == key).unwrap();
+        // Sent before the kill, answer never read: possibly billed, and by
+        // the default policy (OpenAI honours no idempotency key) not sent again.
+        assert_eq!(call.status, "unknown", "{key}: {call:?}");
+        assert!(call.possibly_billed_usd > 0.0);
+        assert_eq!(received.get(key), Some(&1), "{key} was sent again");
+    }
+    for (key, n) in &received {
+        assert_eq!(*n, 1, "{key} received {n} times");
+    }
+    every_served_image_is_accounted_for(&db, &stub, run_id).await;
+    // The answers the dead server never made durable (at least the two in
+    // flight when it was killed) are each in the ledger as possibly billed.
+    let possibly = entities::cost_events::Entity::find()
+        .filter(entities::cost_events::Column::RunId.eq(run_id))
+        .filter(entities::cost_events::Column::Billing.eq("possibly_billed"))
         .all(&db)
         .await
         .unwrap();
-    assert!(generated.len() >= 18);
-    for b in &before {
-        assert!(generated.iter().any(|a| Some(a.id) == b.result_asset_id));
+    let unknown = all.iter().filter(|c| c.status == "unknown").count();
+    assert_eq!(possibly.len(), unknown);
+    assert!(unknown >= in_flight.len());
+}
+
+#[actix_web::test]
+async fn sigterm_drains_finishes_calls_in_flight_and_resumes_at_once() {
+    let stub = OpenAiStub::start().await;
+    stub.set_latency(Duration::from_millis(1500));
+    let mut deploy = deployment(
+        &stub,
+        &[
+            ("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "1"),
+            ("ATELIER_ENGINE__PROVIDER_CONCURRENCY", "1"),
+            // One attempt per call: a reserved attempt that was never sent must
+            // not use it up.
+            ("ATELIER_ENGINE__PROVIDER_MAX_ATTEMPTS", "1"),
+            // Leases far longer than the test: resuming must not wait for them.
+            ("ATELIER_ENGINE__LEASE_SECONDS", "120"),
+            ("ATELIER_HTTP__SHUTDOWN_TIMEOUT_SECONDS", "10"),
+        ],
+    )
+    .await;
+    let client = deploy.client.clone();
+    let mut first = deploy.start().await;
+    let token = first.bootstrap(&client).await;
+    let run_id = trigger(
+        &first,
+        &client,
+        &token,
+        json!({
+            "mode": "run", "provider": "openai", "confirm_spend": true,
+            "scene_refs": ["sample:1"], "stage": "style", "candidates": 3,
+        }),
+    )
+    .await;
+    eventually("a call in flight", Duration::from_secs(30), || async {
+        (stub.calls().len() == 1 && stub.served_total() == 0).then_some(())
+    })
+    .await;
+    let (clean, took) = first.terminate(Duration::from_secs(15));
+    assert!(
+        clean,
+        "serve did not exit cleanly after SIGTERM: {}",
+        deploy.logs()
+    );
+    // It waited for the call in flight (1.5 s), not longer than the window.
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert_eq!(stub.calls().len(), 1, "no call was started after SIGTERM");
+    assert_eq!(stub.served_total(), 1, "the call in flight finished");
+    let db = deploy.connect().await;
+    let drained = calls(&db, run_id).await;
+    let stored: Vec<_> = drained.iter().filter(|c| c.status == "succeeded").collect();
+    assert_eq!(
+        stored.len(),
+        1,
+        "its result was stored before the exit: {drained:#?}"
+    );
+    for c in drained.iter().filter(|c| c.status != "succeeded") {
+        assert_eq!(c.sent_attempts, 0, "{c:?}");
+        assert!(c.sent_at.is_none());
     }
+    let jobs = entities::run_jobs::Entity::find()
+        .filter(entities::run_jobs::Column::RunId.eq(run_id))
+        .all(&db)
+        .await
+        .unwrap();
+    assert!(
+        jobs.iter()
+            .all(|j| j.lease_owner.is_none() && j.status == "pending"),
+        "leases released: {jobs:#?}"
+    );
+    assert!(
+        jobs.iter().all(|j| j.attempt == 0),
+        "the interrupted attempt was not used up: {jobs:#?}"
+    );
+    assert!(deploy.logs().contains("engine drained"));
+
+    let started = std::time::Instant::now();
+    let _second = deploy.start().await;
+    let run = finished(&db, run_id, Duration::from_secs(60)).await;
+    assert_eq!(run.status, "done", "{run:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "resumed without waiting for leases"
+    );
+    // The delivered result was reused; the unsent ones were sent once each.
+    assert!(stub.calls().values().all(|n| *n == 1), "{:?}", stub.calls());
+    assert_eq!(stub.served_total(), 3);
+    every_served_image_is_accounted_for(&db, &stub, run_id).await;
+}
+
+#[actix_web::test]
+async fn cancel_right_after_a_crash_settles_every_reservation_and_job() {
+    let stub = OpenAiStub::start().await;
+    stub.set_latency(Duration::from_millis(1000));
+    let mut deploy = deployment(
+        &stub,
+        &[
+            ("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "2"),
+            ("ATELIER_ENGINE__PROVIDER_CONCURRENCY", "1"),
+            ("ATELIER_ENGINE__LEASE_SECONDS", "120"),
+        ],
+    )
+    .await;
+    let client = deploy.client.clone();
+    let mut first = deploy.start().await;
+    let token = first.bootstrap(&client).await;
+    let run_id = trigger(
+        &first,
+        &client,
+        &token,
+        json!({
+            "mode": "run", "provider": "openai", "confirm_spend": true,
+            "scene_refs": ["sample:1", "sample:2"], "stage": "time", "candidates": 2,
+        }),
+    )
+    .await;
+    let db = deploy.connect().await;
+    // One call in flight, others reserved and waiting for the provider.
+    eventually(
+        "one call in flight and others reserved",
+        Duration::from_secs(30),
+        || async {
+            let pending = calls(&db, run_id)
+                .await
+                .into_iter()
+                .filter(|c| c.status == "pending" && c.attempt > 0)
+                .count();
+            (stub.calls().len() == 1 && pending >= 2).then_some(())
+        },
+    )
+    .await;
+    first.kill9();
+    let second = deploy.start().await;
+    let (s, b) = second
+        .call(
+            &client,
+            Method::POST,
+            &format!("/api/projects/crash/runs/{run_id}/cancel"),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let run = finished(&db, run_id, Duration::from_secs(30)).await;
+    assert_eq!(run.status, "canceled");
+    let settled = eventually("every call settled", Duration::from_secs(30), || async {
+        let all = calls(&db, run_id).await;
+        all.iter().all(|c| c.status != "pending").then_some(all)
+    })
+    .await;
+    let jobs = entities::run_jobs::Entity::find()
+        .filter(entities::run_jobs::Column::RunId.eq(run_id))
+        .all(&db)
+        .await
+        .unwrap();
+    assert!(
+        jobs.iter()
+            .all(|j| !["pending", "running", "blocked"].contains(&j.status.as_str())),
+        "no job left open in a canceled run: {jobs:#?}"
+    );
+    // The call in flight at the kill is possibly billed; reserved-but-unsent
+    // ones are released.
+    let in_flight: Vec<_> = settled.iter().filter(|c| c.status == "unknown").collect();
+    assert_eq!(in_flight.len(), 1, "{settled:#?}");
+    let lost = in_flight[0].possibly_billed_usd;
+    // A later run fits a budget that counts only that.
+    let bound = in_flight[0].reserved_cost_usd;
+    let cap = lost + 2.5 * bound;
+    let (s, b) = second
+        .call(&client, Method::POST, "/api/projects/crash/runs/trigger", Some(&token), Some(json!({
+            "mode": "run", "provider": "openai", "confirm_spend": true, "scene_refs": ["sample:3"],
+            "stage": "style", "candidates": 2, "manifest": {"policy": {"project_budget_usd": cap}}, "wait": true,
+        })))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
 }

@@ -1120,8 +1120,8 @@ async fn post_process_passes_register_every_file_with_its_lineage() {
 /// environment.
 async fn with_photoroom(
     tweak: impl FnOnce(&mut atelier::settings::Settings),
-) -> (crate::bg_stub::BgStub, TestApp) {
-    let stub = crate::bg_stub::BgStub::start_with_key(env!("CARGO_MANIFEST_DIR")).await;
+) -> (crate::bg_stub::RemovalStub, TestApp) {
+    let stub = crate::bg_stub::RemovalStub::start_with_key(env!("CARGO_MANIFEST_DIR")).await;
     let url = stub.photoroom_url.clone();
     let app = TestApp::spawn_with(move |s| {
         s.providers.photoroom.enabled = true;

@@ -106,6 +106,13 @@ pub async fn active_token_count<C: ConnectionTrait>(db: &C) -> Result<u64, Servi
         .await?)
 }
 
+/// The unauthenticated first-token bootstrap is open only while no token
+/// was ever minted. Once there are tokens — even if all are revoked or
+/// expired — a new first token is an operator's act: `atelier token create`.
+pub async fn bootstrap_open<C: ConnectionTrait>(db: &C) -> Result<bool, ServiceError> {
+    Ok(api_tokens::Entity::find().count(db).await? == 0)
+}
+
 /// Mints a token. A scoped principal may only mint tokens for its own project;
 /// the bootstrap principal succeeds only while no active token exists.
 pub async fn create_token(
@@ -131,12 +138,34 @@ pub async fn create_token(
         _ => None,
     };
     let txn = crate::db::begin_write(db).await?;
-    if matches!(principal, Principal::Bootstrap) && active_token_count(&txn).await? > 0 {
-        return Err(ServiceError::validation(
-            "bootstrap_already_initialized",
-            "Bootstrap token already initialized",
-        ));
+    if matches!(principal, Principal::Bootstrap) {
+        // One bootstrap across every process on the database.
+        crate::db::serialize(&txn, "bootstrap").await?;
+        if !bootstrap_open(&txn).await? {
+            return Err(ServiceError::validation(
+                "bootstrap_already_initialized",
+                "Bootstrap token already initialized",
+            ));
+        }
     }
+    // A child never outlives nor out-scopes the token that mints it.
+    let parent = match principal.token_id() {
+        Some(id) => api_tokens::Entity::find_by_id(id).one(&txn).await?,
+        None => None,
+    };
+    let expires_at = match (parent.as_ref().and_then(|p| p.expires_at), expires_at) {
+        (Some(limit), Some(asked)) if asked > limit => {
+            return Err(ServiceError::validation(
+                "invalid_expires_at",
+                format!(
+                    "Field 'expires_at' must not be later than the minting token's own expiry ({})",
+                    time::format(&limit)
+                ),
+            ));
+        }
+        (Some(limit), None) => Some(limit),
+        (_, asked) => asked,
+    };
     let project_id = match &requested_slug {
         Some(slug) => {
             let project = projects::Entity::find()
@@ -178,6 +207,7 @@ pub async fn create_token(
         revoked_at: None,
         last_used_at: None,
         created_at: time::now(),
+        created_by_token_id: principal.token_id(),
     };
     api_tokens::Entity::insert(api_tokens::ActiveModel::from(row.clone()))
         .exec_without_returning(&txn)
@@ -221,7 +251,9 @@ pub async fn list_tokens<C: ConnectionTrait>(
 }
 
 /// Revokes a token (idempotent: the first `revoked_at` is kept). Tokens outside
-/// a scoped principal's project are reported as not found.
+/// a scoped principal's project are reported as not found; within it, a
+/// scoped token may revoke itself and the tokens it minted, not its siblings
+/// (403).
 pub async fn revoke_token(
     db: &DatabaseConnection,
     verifier: &TokenVerifier,
@@ -235,31 +267,54 @@ pub async fn revoke_token(
         .one(&txn)
         .await?
         .ok_or_else(not_found)?;
-    if let Some(scope) = principal.scope()
-        && row.project_id != Some(scope)
-    {
-        return Err(not_found());
+    if let Some(scope) = principal.scope() {
+        if row.project_id != Some(scope) {
+            return Err(not_found());
+        }
+        let own = principal.token_id();
+        if Some(row.id) != own && row.created_by_token_id != own {
+            return Err(ServiceError::Forbidden(
+                "A project-scoped token may revoke only itself and the tokens it minted".into(),
+            ));
+        }
     }
-    if row.revoked_at.is_none() {
-        api_tokens::Entity::update_many()
-            .col_expr(api_tokens::Column::RevokedAt, Expr::value(time::now()))
-            .filter(api_tokens::Column::Id.eq(id))
-            .filter(api_tokens::Column::RevokedAt.is_null())
-            .exec(&txn)
-            .await?;
+    // The tokens it minted go with it (and theirs): a child never outlives
+    // its parent.
+    let mut revoked = vec![id];
+    let mut frontier = vec![id];
+    while !frontier.is_empty() {
+        let children: Vec<Uuid> = api_tokens::Entity::find()
+            .filter(api_tokens::Column::CreatedByTokenId.is_in(frontier.clone()))
+            .all(&txn)
+            .await?
+            .into_iter()
+            .map(|t| t.id)
+            .filter(|t| !revoked.contains(t))
+            .collect();
+        revoked.extend(&children);
+        frontier = children;
     }
+    api_tokens::Entity::update_many()
+        .col_expr(api_tokens::Column::RevokedAt, Expr::value(time::now()))
+        .filter(api_tokens::Column::Id.is_in(revoked.clone()))
+        .filter(api_tokens::Column::RevokedAt.is_null())
+        .exec(&txn)
+        .await?;
     let audit_id = audit::record(
         &txn,
         AuditEntry {
             principal,
             project_id: row.project_id,
             event_code: "auth.token_revoked",
-            payload: json!({ "token_id": id, "token_prefix": row.token_prefix }),
+            payload: json!({ "token_id": id, "token_prefix": row.token_prefix,
+                "minted_by_it": revoked.len() - 1 }),
         },
     )
     .await?;
     crate::db::commit(txn).await?;
-    verifier.evict(id);
+    for t in revoked {
+        verifier.evict(t);
+    }
     Ok((id, audit_id))
 }
 

@@ -70,8 +70,9 @@ impl Handler<ReserveSpend> for CostActor {
     }
 }
 
-/// Spent (actual cost of succeeded calls) plus reserved (calls in flight),
-/// other than `exclude`, matching `scope`.
+/// Spent (actual cost of succeeded calls, and what calls whose answer was
+/// lost may have cost) plus reserved (calls in flight), other than
+/// `exclude`, matching `scope`.
 async fn committed(
     db: &sea_orm::DatabaseConnection,
     scope: Condition,
@@ -82,6 +83,17 @@ async fn committed(
         .column_as(Expr::col(provider_calls::Column::ActualCostUsd).sum(), "s")
         .filter(scope.clone())
         .filter(provider_calls::Column::Status.eq("succeeded"))
+        .into_tuple()
+        .one(db)
+        .await?
+        .flatten();
+    let lost: Option<f64> = provider_calls::Entity::find()
+        .select_only()
+        .column_as(
+            Expr::col(provider_calls::Column::PossiblyBilledUsd).sum(),
+            "p",
+        )
+        .filter(scope.clone())
         .into_tuple()
         .one(db)
         .await?
@@ -99,7 +111,7 @@ async fn committed(
         .one(db)
         .await?
         .flatten();
-    Ok(spent.unwrap_or(0.0) + reserved.unwrap_or(0.0))
+    Ok(spent.unwrap_or(0.0) + lost.unwrap_or(0.0) + reserved.unwrap_or(0.0))
 }
 
 async fn reserve(db: &sea_orm::DatabaseConnection, msg: &ReserveSpend) -> Result<(), ServiceError> {
@@ -142,6 +154,10 @@ async fn reserve(db: &sea_orm::DatabaseConnection, msg: &ReserveSpend) -> Result
             Expr::value(msg.amount),
         )
         .col_expr(provider_calls::Column::StartedAt, Expr::value(Utc::now()))
+        .col_expr(
+            provider_calls::Column::SentAt,
+            Expr::value(Option::<chrono::DateTime<Utc>>::None),
+        )
         .col_expr(provider_calls::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(provider_calls::Column::Id.eq(msg.call_id))
         .exec(&txn)

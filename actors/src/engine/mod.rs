@@ -27,9 +27,9 @@ use std::time::Duration;
 use actix::{Addr, Supervisor};
 use imaging::DecodeLimits;
 use providers::ImageProvider;
+use providers::governor::Governor;
 use sea_orm::DatabaseConnection;
 use storage::paths::StorageRoots;
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 pub use audit::{AuditActor, PaidCall};
@@ -39,6 +39,7 @@ pub use registry::{ActorInfo, Counted, SupervisionRegistry};
 pub use webhook::WebhookActor;
 
 use crate::ServiceError;
+use crate::runs::drain::Drain;
 use crate::runs::events::EventHub;
 use crate::runs::pipeline::RetryPolicy;
 use crate::runs::writer::RowWriter;
@@ -88,7 +89,9 @@ pub struct EngineDeps {
     pub hub: EventHub,
     pub roots: StorageRoots,
     pub providers: HashMap<String, Arc<dyn ImageProvider>>,
-    pub provider_slots: HashMap<String, Arc<Semaphore>>,
+    /// Calls in flight per provider code (image providers and removal
+    /// services), adapted to the provider's rate-limit signals.
+    pub governors: Arc<HashMap<String, Arc<Governor>>>,
     pub config: EngineConfig,
     pub registry: Arc<SupervisionRegistry>,
     /// Distinguishes this process's leases from other nodes'.
@@ -110,6 +113,10 @@ pub struct EngineDeps {
     /// Where project secrets' master key comes from (projects' own provider
     /// keys); `None`: adapters use their environment credentials only.
     pub secret_keys: Option<crate::secrets::cipher::KeySource>,
+    /// Graceful shutdown: set, nothing new is leased or sent.
+    pub drain: Arc<Drain>,
+    /// Where webhook deliveries may go.
+    pub outbound: crate::netpolicy::OutboundPolicy,
 }
 
 impl EngineDeps {
@@ -119,15 +126,17 @@ impl EngineDeps {
         providers: Vec<Arc<dyn ImageProvider>>,
         config: EngineConfig,
     ) -> Self {
-        let provider_slots = providers
-            .iter()
-            .map(|p| {
-                (
-                    p.code().to_string(),
-                    Arc::new(Semaphore::new(config.provider_concurrency.max(1))),
-                )
-            })
-            .collect();
+        let governors = Arc::new(
+            providers
+                .iter()
+                .map(|p| {
+                    (
+                        p.code().to_string(),
+                        Governor::new(config.provider_concurrency),
+                    )
+                })
+                .collect(),
+        );
         Self {
             db,
             hub: EventHub::new(4096),
@@ -136,7 +145,7 @@ impl EngineDeps {
                 .into_iter()
                 .map(|p| (p.code().to_string(), p))
                 .collect(),
-            provider_slots,
+            governors,
             config,
             registry: Arc::new(SupervisionRegistry::default()),
             node_id: format!("node-{}", Uuid::new_v4().simple()),
@@ -147,12 +156,24 @@ impl EngineDeps {
             removers: HashMap::new(),
             paused_all: std::sync::atomic::AtomicBool::new(false),
             secret_keys: None,
+            drain: Arc::new(Drain::default()),
+            outbound: crate::netpolicy::OutboundPolicy::default(),
         }
     }
 
     pub fn provider(&self, code: &str) -> Option<Arc<dyn ImageProvider>> {
         self.providers.get(code).cloned()
     }
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone)]
+pub struct ShutdownReport {
+    pub waited: Duration,
+    /// Calls still in flight when the window closed (their outcome is
+    /// unknown; recorded as possibly billed).
+    pub calls_cut_off: usize,
+    pub leases_released: usize,
 }
 
 /// Handle to the running engine; cheap to clone.
@@ -179,6 +200,14 @@ impl Engine {
     /// runs found in the database are resumed.
     pub fn start(deps: EngineDeps) -> Self {
         let mut deps = deps;
+        // Removal services get their governors like image providers.
+        let mut governors = (*deps.governors).clone();
+        for code in deps.removers.keys() {
+            governors
+                .entry(code.clone())
+                .or_insert_with(|| Governor::new(deps.config.provider_concurrency));
+        }
+        deps.governors = Arc::new(governors);
         let (db, registry) = (deps.db.clone(), deps.registry.clone());
         let cost = Supervisor::start(move |_| CostActor::new(db, registry));
         deps.spend = Some(deps.registry.counted("cost", cost.clone().recipient()));
@@ -187,10 +216,27 @@ impl Engine {
         deps.audit = Some(deps.registry.counted("audit", audit.clone().recipient()));
         let (db, registry, config) = (deps.db.clone(), deps.registry.clone(), deps.config.webhooks);
         let keys = deps.secret_keys.clone();
-        let webhooks = Supervisor::start(move |_| WebhookActor::new(db, config, keys, registry));
+        let outbound = deps.outbound.clone();
+        let webhooks = Supervisor::start(move |_| {
+            WebhookActor::new(db, config, keys, outbound.clone(), registry.clone())
+        });
         let writer_db = deps.writer_db.clone().unwrap_or_else(|| deps.db.clone());
         deps.writer = Some(RowWriter::start(writer_db, deps.hub.clone()));
         let deps = Arc::new(deps);
+        // What this node's previous process held is ready again at once.
+        let (db, node, started) = (deps.db.clone(), deps.node_id.clone(), chrono::Utc::now());
+        actix::spawn(async move {
+            match crate::runs::lease::release_node_leases(&db, &node, Some(started)).await {
+                Ok(ids) if !ids.is_empty() => {
+                    tracing::info!(
+                        jobs = ids.len(),
+                        "took back the leases of this node's previous process"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot take back this node's old leases"),
+            }
+        });
         let for_actor = deps.clone();
         let project = Supervisor::start(move |_| ProjectActor::new(for_actor));
         Self {
@@ -290,6 +336,36 @@ impl Engine {
             _ => Err(ServiceError::not_found(format!(
                 "No restartable actor '{name}'"
             ))),
+        }
+    }
+
+    /// Graceful shutdown of the engine: from now on nothing is leased and no
+    /// provider call is sent; calls in flight finish within `window` and
+    /// their results are stored; then whatever this node still holds goes
+    /// back to the queue (its calls settled), so the next start resumes at
+    /// once.
+    pub async fn shutdown(&self, window: Duration) -> ShutdownReport {
+        let began = tokio::time::Instant::now();
+        self.deps.drain.begin();
+        let deadline = began + window;
+        while self.deps.registry.live_workers() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let calls_cut_off = self.deps.drain.calls_in_flight();
+        let released =
+            match crate::runs::lease::release_node_leases(&self.deps.db, &self.deps.node_id, None)
+                .await
+            {
+                Ok(ids) => ids.len(),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot release this node's leases");
+                    0
+                }
+            };
+        ShutdownReport {
+            waited: began.elapsed(),
+            calls_cut_off,
+            leases_released: released,
         }
     }
 

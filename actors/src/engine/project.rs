@@ -52,6 +52,7 @@ impl ProjectActor {
             .deps
             .paused_all
             .load(std::sync::atomic::Ordering::SeqCst)
+            || self.deps.drain.is_draining()
         {
             return;
         }

@@ -233,22 +233,26 @@ async fn plan_step(
         .filter(|(id, _)| !mine.contains(id))
         .partition(|(_, until)| until.is_none_or(|t| t < now));
     if !expired.is_empty() {
+        let ids: Vec<Uuid> = expired.into_iter().map(|(id, _)| id).collect();
         let txn = crate::db::begin_write(&deps.db).await?;
-        run_jobs::Entity::update_many()
+        let reclaimed = run_jobs::Entity::update_many()
             .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
             .col_expr(
                 run_jobs::Column::LeaseOwner,
                 Expr::value(Option::<String>::None),
             )
-            .filter(run_jobs::Column::Id.is_in(expired.into_iter().map(|(id, _)| id)))
+            .filter(run_jobs::Column::Id.is_in(ids.clone()))
             .filter(run_jobs::Column::Status.eq(status::RUNNING))
             .filter(
                 sea_orm::Condition::any()
                     .add(run_jobs::Column::LeaseExpiresAt.is_null())
                     .add(run_jobs::Column::LeaseExpiresAt.lt(now)),
             )
-            .exec(&txn)
+            .exec_with_returning(&txn)
             .await?;
+        // Their calls' workers are gone: settle what they left in flight.
+        let reclaimed: Vec<Uuid> = reclaimed.into_iter().map(|j| j.id).collect();
+        crate::runs::calls::settle_abandoned(&txn, &reclaimed).await?;
         crate::db::commit(txn).await?;
     }
     if run.status == status::CANCELED {
@@ -259,8 +263,9 @@ async fn plan_step(
             Step::Wait
         });
     }
-    if deps.paused_all.load(std::sync::atomic::Ordering::SeqCst) {
-        // Operator pause: nothing new is leased; running jobs finish.
+    if deps.paused_all.load(std::sync::atomic::Ordering::SeqCst) || deps.drain.is_draining() {
+        // Operator pause or shutdown: nothing new is leased; running jobs
+        // finish (or, shutting down, stop before their next call).
         return Ok(Step::Wait);
     }
     let ready = run_jobs::Entity::find()
@@ -373,6 +378,9 @@ async fn finish_run(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result
         .await?
         .rows_affected;
     let run = runs::Entity::find_by_id(run_id).one(&txn).await?;
+    if run.as_ref().is_some_and(|r| r.status == status::CANCELED) {
+        settle_canceled(&txn, run_id, now).await?;
+    }
     // Webhooks are told in the same transaction, so a crash cannot lose them.
     if changed > 0
         && let Some(run) = &run
@@ -398,6 +406,39 @@ async fn finish_run(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result
         tracing::warn!(%run_id, error = %e, "cannot write the run log");
     }
     Ok(())
+}
+
+/// A canceled run leaves nothing open: every job that had not finished is
+/// canceled and every call still on record as in flight is settled (a sent
+/// one as possibly billed, an unsent one released). Runs once no live worker
+/// holds one of its jobs.
+async fn settle_canceled<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    run_id: Uuid,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), ServiceError> {
+    let open: Vec<Uuid> = run_jobs::Entity::find()
+        .select_only()
+        .column(run_jobs::Column::Id)
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.is_in([status::PENDING, status::BLOCKED, status::RUNNING]))
+        .into_tuple()
+        .all(db)
+        .await?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    run_jobs::Entity::update_many()
+        .col_expr(run_jobs::Column::Status, Expr::value(status::CANCELED))
+        .col_expr(
+            run_jobs::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+        .filter(run_jobs::Column::Id.is_in(open.clone()))
+        .exec(db)
+        .await?;
+    crate::runs::calls::settle_abandoned(db, &open).await
 }
 
 /// `runs/{run_id}/run-log.json` in the project store: the run, its jobs and
@@ -533,6 +574,25 @@ async fn settle_job(
     };
     match outcome {
         Ok(JobOutcome::Done { .. }) => {}
+        Ok(JobOutcome::Interrupted) => {
+            // Back to the queue without using up an attempt: it stopped
+            // because the service is shutting down, not because it failed.
+            run_jobs::Entity::update_many()
+                .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
+                .col_expr(
+                    run_jobs::Column::LeaseOwner,
+                    Expr::value(Option::<String>::None),
+                )
+                .col_expr(
+                    run_jobs::Column::Attempt,
+                    Expr::col(run_jobs::Column::Attempt).sub(1),
+                )
+                .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+                .filter(run_jobs::Column::Id.eq(job_id))
+                .filter(run_jobs::Column::Status.eq(status::RUNNING))
+                .exec(&txn)
+                .await?;
+        }
         Ok(JobOutcome::Failed { .. }) => skip_descendants(&txn, job_id, now).await?,
         Ok(JobOutcome::Canceled) => {
             skip_descendants(&txn, job_id, now).await?;

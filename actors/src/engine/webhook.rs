@@ -15,6 +15,7 @@ const NAME: &str = "webhooks";
 pub struct WebhookActor {
     db: sea_orm::DatabaseConnection,
     http: reqwest::Client,
+    outbound: crate::netpolicy::OutboundPolicy,
     config: WebhookConfig,
     /// To decrypt signing secrets.
     keys: Option<crate::secrets::cipher::KeySource>,
@@ -28,12 +29,17 @@ impl WebhookActor {
         db: sea_orm::DatabaseConnection,
         config: WebhookConfig,
         keys: Option<crate::secrets::cipher::KeySource>,
+        outbound: crate::netpolicy::OutboundPolicy,
         registry: Arc<SupervisionRegistry>,
     ) -> Self {
-        let http = providers::http_client(config.timeout, config.timeout).unwrap_or_default();
+        // Connects only where the outbound policy permits, at every
+        // connection (a receiver's name that later resolves inward is
+        // refused), and follows no redirect.
+        let http = outbound.client(config.timeout);
         Self {
             db,
             http,
+            outbound,
             config,
             keys,
             registry,
@@ -47,8 +53,8 @@ impl WebhookActor {
         }
         self.busy = true;
         let (db, http, config) = (self.db.clone(), self.http.clone(), self.config);
-        let keys = self.keys.clone();
-        async move { webhooks::deliver_due(&db, &http, &config, keys.as_ref()).await }
+        let (keys, outbound) = (self.keys.clone(), self.outbound.clone());
+        async move { webhooks::deliver_due(&db, &http, &outbound, &config, keys.as_ref()).await }
             .into_actor(self)
             .map(|result, act, _| {
                 act.busy = false;

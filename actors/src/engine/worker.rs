@@ -81,15 +81,12 @@ impl Actor for WorkerActor {
             .provider_code
             .clone()
             .unwrap_or_else(|| "local".into());
-        let env = match (
-            self.deps.provider(&provider_code),
-            self.deps.provider_slots.get(&provider_code),
-        ) {
-            (Some(provider), Some(slots)) => Some(JobEnv {
+        let env = match self.deps.provider(&provider_code) {
+            Some(provider) => Some(JobEnv {
                 db: self.deps.db.clone(),
                 hub: self.deps.hub.clone(),
                 provider,
-                provider_slots: slots.clone(),
+                governors: self.deps.governors.clone(),
                 store: self.store.clone(),
                 retry: self.deps.config.retry,
                 limits: self.deps.config.limits,
@@ -99,13 +96,14 @@ impl Actor for WorkerActor {
                 removers: self.deps.removers.clone(),
                 refiners: self.deps.providers.clone(),
                 secret_keys: self.deps.secret_keys.clone(),
+                drain: self.deps.drain.clone(),
                 project_budget_usd: serde_json::from_value::<crate::runs::manifest::Manifest>(
                     self.run.settings_snapshot_json.clone(),
                 )
                 .ok()
                 .and_then(|m| m.policy.project_budget_usd),
             }),
-            _ => None,
+            None => None,
         };
         let (run, job) = (self.run.clone(), self.job.clone());
         // The job body runs in its own task, off the actor thread (on the

@@ -53,6 +53,20 @@ pub fn normalize_slug(raw: &str) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
+/// The slug of a project created by name alone: the name normalised, or,
+/// for a name with no ASCII letter or digit (e.g. "Книга"), `project-` and a
+/// short hash of the name, so distinct names get distinct slugs.
+fn derived_slug(name: &str) -> String {
+    match normalize_slug(name) {
+        Some(s) => s.chars().take(SLUG_MAX).collect(),
+        None => {
+            use sha2::Digest;
+            let hash = hex::encode(sha2::Sha256::digest(name.trim().as_bytes()));
+            format!("project-{}", &hash[..10])
+        }
+    }
+}
+
 /// A slug from a request: normalised, non-empty, bounded.
 pub fn parse_slug(raw: &str) -> Result<String, ServiceError> {
     let slug = normalize_slug(raw).ok_or_else(|| {
@@ -115,16 +129,14 @@ pub async fn upsert(
 ) -> Result<UpsertedProject, ServiceError> {
     // Body validation comes before any lookup (contract: 400 before 404).
     let name = required_text("name", input.name.as_deref(), NAME_MAX)?;
-    let slug = match input
+    let explicit_slug = input
         .slug
         .as_deref()
         .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
+        .filter(|s| !s.is_empty());
+    let slug = match explicit_slug {
         Some(raw) => parse_slug(raw)?,
-        None => normalize_slug(&name)
-            .map(|s| s.chars().take(SLUG_MAX).collect())
-            .unwrap_or_else(|| "project".to_string()),
+        None => derived_slug(&name),
     };
     let description = optional_text("description", input.description.as_deref(), DESCRIPTION_MAX)?;
     let username = match input
@@ -168,6 +180,16 @@ pub async fn upsert(
     let owner_id = users::ensure_user(&txn, &username, &display_name).await?;
     let now = time::now();
     let (project, created) = match existing {
+        // A slug derived from the name names this project only if the name
+        // matches: distinct names must never rename one another's project.
+        Some(current) if explicit_slug.is_none() && current.name != name => {
+            return Err(ServiceError::Conflict {
+                code: "slug_conflict",
+                message: format!(
+                    "Another project already uses the slug '{slug}' derived from this name; send 'slug' explicitly (the same slug to update that project)"
+                ),
+            });
+        }
         Some(current) => {
             if current.owner_user_id != owner_id {
                 return Err(ServiceError::validation(
@@ -205,6 +227,16 @@ pub async fn upsert(
     // Refuse (and roll back) when the project's root would escape the allowed
     // roots, e.g. through a symlink planted under the base directory.
     let storage_view = storage_view(roots, &project, &storage)?;
+    if created {
+        // Its default root must not lie inside (or around) another project's.
+        storage_policy::ensure_disjoint(
+            &txn,
+            roots,
+            Some(project.id),
+            std::path::Path::new(&storage_view.project_root),
+        )
+        .await?;
+    }
     let audit_id = audit::record(
         &txn,
         AuditEntry {

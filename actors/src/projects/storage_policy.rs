@@ -141,6 +141,66 @@ impl LocalStorageUpdate {
     }
 }
 
+/// Where a project's files live is the operator's decision: a token scoped
+/// to a project may read its storage policy but not move it (a scoped token
+/// could otherwise point its project at files it must not see, or an S3
+/// endpoint at the service's own network).
+fn may_change_storage(principal: &Principal) -> Result<(), ServiceError> {
+    if principal.is_scoped() {
+        return Err(ServiceError::Forbidden(
+            "A project-scoped token cannot change where the project's files live; use an unscoped token".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether two roots overlap: the same, or one inside the other.
+fn overlaps(a: &std::path::Path, b: &std::path::Path) -> bool {
+    a.starts_with(b) || b.starts_with(a)
+}
+
+/// A project's root must not overlap any other project's root (equal,
+/// inside or containing): otherwise one project could read and write the
+/// other's files. Compared as real paths, so a link cannot alias them.
+pub(crate) async fn ensure_disjoint<C: ConnectionTrait>(
+    db: &C,
+    roots: &StorageRoots,
+    project_id: Option<Uuid>,
+    candidate: &std::path::Path,
+) -> Result<(), ServiceError> {
+    let candidate = storage::paths::real_path(candidate);
+    let storage: std::collections::HashMap<Uuid, project_storage::Model> =
+        project_storage::Entity::find()
+            .all(db)
+            .await?
+            .into_iter()
+            .map(|s| (s.project_id, s))
+            .collect();
+    for other in projects::Entity::find().all(db).await? {
+        if Some(other.id) == project_id {
+            continue;
+        }
+        let root = match storage.get(&other.id) {
+            Some(s) => roots.project_root(
+                &s.local_base_dir,
+                s.local_project_root.as_deref(),
+                &other.slug,
+            ),
+            None => roots.project_root(DEFAULT_BASE_DIR, None, &other.slug),
+        };
+        // A root that no longer resolves holds nothing this one could reach.
+        if let Ok(root) = root
+            && overlaps(&candidate, &storage::paths::real_path(&root))
+        {
+            return Err(ServiceError::Conflict {
+                code: "storage_root_overlap",
+                message: "This storage root overlaps another project's files (the same folder, inside it, or containing it)".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
 pub async fn update_local_storage(
     db: &DatabaseConnection,
     roots: &StorageRoots,
@@ -149,6 +209,7 @@ pub async fn update_local_storage(
     update: LocalStorageUpdate,
 ) -> Result<(project_storage::Model, Uuid), ServiceError> {
     update.validate_shape()?;
+    may_change_storage(principal)?;
     let base_dir = match update.base_dir.as_deref() {
         Some(raw) => {
             roots.resolve_dir(raw)?;
@@ -170,7 +231,8 @@ pub async fn update_local_storage(
     let effective_root = project_root
         .clone()
         .unwrap_or_else(|| current.local_project_root.clone());
-    roots.project_root(&effective_base, effective_root.as_deref(), &project.slug)?;
+    let root = roots.project_root(&effective_base, effective_root.as_deref(), &project.slug)?;
+    ensure_disjoint(&txn, roots, Some(project.id), &root).await?;
 
     let mut active: project_storage::ActiveModel = current.into();
     let mut changed = Vec::new();
@@ -232,10 +294,12 @@ fn valid_endpoint(u: &str) -> bool {
 
 pub async fn update_s3_storage(
     db: &DatabaseConnection,
+    outbound: &crate::netpolicy::OutboundPolicy,
     principal: &Principal,
     project: &projects::Model,
     update: S3StorageUpdate,
 ) -> Result<(project_storage::Model, Uuid), ServiceError> {
+    may_change_storage(principal)?;
     let bucket = optional_text("bucket", update.bucket.as_deref(), 63)?;
     if let Some(b) = &bucket
         && !valid_bucket(b)
@@ -265,6 +329,9 @@ pub async fn update_s3_storage(
             "invalid_endpoint_url",
             "Field 'endpoint_url' must be an http(s) URL without credentials",
         ));
+    }
+    if let Some(e) = &endpoint {
+        outbound.check_url("endpoint_url", e).await?;
     }
 
     let txn = crate::db::begin_write(db).await?;

@@ -70,6 +70,10 @@ impl Default for Postprocess {
 pub struct Generation {
     pub candidates: u32,
     pub max_candidates: u32,
+    /// Image parameters for the run's provider (model, size, quality,
+    /// background, output format, input fidelity), each over the provider's
+    /// configured value; checked against the model catalogue at trigger.
+    pub image: providers::ImageOptions,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -123,6 +127,7 @@ impl Default for Generation {
         Self {
             candidates: 2,
             max_candidates: 6,
+            image: providers::ImageOptions::default(),
         }
     }
 }

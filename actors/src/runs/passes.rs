@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::manifest::Postprocess;
-use super::pipeline::{JobEnv, PaidPass, paid_pass};
+use super::paid_pass::{PaidPass, PassEnd, paid_pass};
+use super::pipeline::JobEnv;
 use crate::assets::{NewAsset, Stored};
 use crate::{ServiceError, time};
 
@@ -45,6 +46,9 @@ impl Pass {
     }
 }
 
+/// Runs the enabled passes on one candidate. `None`: the service is shutting
+/// down (a paid step's result is stored and reused when the candidate is
+/// decided again).
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
     env: &JobEnv,
@@ -54,7 +58,7 @@ pub async fn apply(
     index: i32,
     image: RgbaImage,
     output: Uuid,
-) -> Result<Applied, ServiceError> {
+) -> Result<Option<Applied>, ServiceError> {
     let mut applied = Applied {
         final_asset_id: output,
         assets: Vec::new(),
@@ -84,21 +88,27 @@ pub async fn apply(
                     done = true;
                     break;
                 }
-            } else if let Some((img, asset)) =
-                paid_pass(env, run, job, index, &current, PaidPass::Remove(backend)).await?
-            {
-                applied
-                    .notes
-                    .push(json!({ "pass": "bg_removed", "backend": backend }));
-                // Already stored and committed with its paid call.
-                let id = asset.id;
-                applied
-                    .links
-                    .push(link(run, applied.final_asset_id, id, LinkType::DerivedFrom));
-                applied.final_asset_id = id;
-                current = img;
-                done = true;
-                break;
+            } else {
+                match paid_pass(env, run, job, index, &current, PaidPass::Remove(backend)).await? {
+                    PassEnd::Done { image, asset, cost } => {
+                        applied.notes.push(
+                            json!({ "pass": "bg_removed", "backend": backend, "cost": cost }),
+                        );
+                        // Already stored and committed with its paid call.
+                        applied.links.push(link(
+                            run,
+                            applied.final_asset_id,
+                            asset.id,
+                            LinkType::DerivedFrom,
+                        ));
+                        applied.final_asset_id = asset.id;
+                        current = image;
+                        done = true;
+                        break;
+                    }
+                    PassEnd::Interrupted => return Ok(None),
+                    PassEnd::Skipped => {}
+                }
             }
         }
         if !done {
@@ -109,10 +119,10 @@ pub async fn apply(
             // The cut-out, refined by an image provider; without a result
             // the unrefined cut-out goes on.
             match paid_pass(env, run, job, index, &current, PaidPass::Refine(code)).await? {
-                Some((img, asset)) => {
+                PassEnd::Done { image, asset, cost } => {
                     applied
                         .notes
-                        .push(json!({ "pass": "bg_refined", "provider": code }));
+                        .push(json!({ "pass": "bg_refined", "provider": code, "cost": cost }));
                     applied.links.push(link(
                         run,
                         applied.final_asset_id,
@@ -120,9 +130,10 @@ pub async fn apply(
                         LinkType::DerivedFrom,
                     ));
                     applied.final_asset_id = asset.id;
-                    current = img;
+                    current = image;
                 }
-                None => applied.notes.push(
+                PassEnd::Interrupted => return Ok(None),
+                PassEnd::Skipped => applied.notes.push(
                     json!({ "pass": "bg_refined", "skipped": "refine_failed", "provider": code }),
                 ),
             }
@@ -155,7 +166,7 @@ pub async fn apply(
         current = img;
     }
     applied.final_image = current;
-    Ok(applied)
+    Ok(Some(applied))
 }
 
 /// The lineage relations the pipeline records.

@@ -273,6 +273,7 @@ pub struct Plan {
     pub provider_calls: u32,
     /// Paid post-process calls at most (remote background removal).
     pub pass_calls: u32,
+    /// The most one generation call can cost (the catalogue's bound).
     pub unit_price_usd: f64,
     pub estimated_cost_usd: f64,
     pub budget_usd: Option<f64>,
@@ -294,11 +295,16 @@ pub enum PaidPass<'a> {
 /// The price of one call of a pass; `None`: it is not configured.
 pub type PassPrice<'a> = &'a dyn Fn(PaidPass<'_>) -> Option<f64>;
 
+/// The most one call of the run's provider can cost with these image
+/// options and this shape, or why the provider cannot serve it.
+pub type CallBound<'a> =
+    &'a dyn Fn(&providers::ImageOptions, providers::CallShape) -> Result<f64, ServiceError>;
+
 pub fn build(
     trigger: &ValidTrigger,
     project_manifest: Option<&Value>,
     scenes: Vec<String>,
-    unit_price_usd: f64,
+    call_bound: CallBound<'_>,
     pass_price: PassPrice<'_>,
 ) -> Result<Plan, ServiceError> {
     let manifest = manifest::resolve(project_manifest, trigger.manifest_overlay.as_ref())?;
@@ -348,6 +354,28 @@ pub fn build(
     }
     let jobs = (scenes.len() * stages.len()) as u32;
     let provider_calls = jobs * candidates;
+    // Every call's shape (images sent, prompt length) is checked against the
+    // provider and bounds what it can cost.
+    let style_count = if trigger.style_refs.is_empty() {
+        manifest.style_refs.len()
+    } else {
+        trigger.style_refs.len()
+    } as u32;
+    let mut generation_bound = 0.0;
+    let mut unit_price_usd = 0.0f64;
+    for scene in &scenes {
+        let description = scene.strip_prefix("prompt:");
+        for (i, stage) in stages.iter().enumerate() {
+            let shape = providers::CallShape {
+                input_images: style_count + u32::from(!(i == 0 && description.is_some())),
+                prompt_chars: stage.prompt.chars().count()
+                    + description.map_or(0, |d| d.chars().count() + 9),
+            };
+            let bound = call_bound(&manifest.generation.image, shape)?;
+            unit_price_usd = unit_price_usd.max(bound);
+            generation_bound += bound * f64::from(candidates);
+        }
+    }
     // Remote background removal is paid per candidate of the last stage;
     // the worst case (every earlier backend finds nothing) counts them all.
     let mut pass_unit_cost = 0.0;
@@ -389,8 +417,8 @@ pub fn build(
             ),
         ));
     }
-    let estimated_cost_usd = f64::from(provider_calls) * unit_price_usd
-        + f64::from(scenes.len() as u32 * candidates) * pass_unit_cost;
+    let estimated_cost_usd =
+        generation_bound + f64::from(scenes.len() as u32 * candidates) * pass_unit_cost;
     let budget_usd = match (trigger.budget_usd, manifest.policy.run_budget_usd) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -496,7 +524,14 @@ mod tests {
     fn chain_prompts_accumulate_and_limits_apply() {
         use serde_json::json;
         let t = validate(&input(json!({"scene_refs": ["a", "b"], "stage": "weather", "weather": "rain", "candidates": 3}))).unwrap();
-        let plan = build(&t, None, vec!["a".into(), "b".into()], 0.04, &|_| Some(0.0)).unwrap();
+        let plan = build(
+            &t,
+            None,
+            vec!["a".into(), "b".into()],
+            &|_, _| Ok(0.04),
+            &|_| Some(0.0),
+        )
+        .unwrap();
         assert_eq!(plan.stages.len(), 3);
         assert_eq!(plan.jobs, 6);
         assert_eq!(plan.provider_calls, 18);
@@ -505,7 +540,9 @@ mod tests {
         assert!(plan.stages[2].prompt.contains("Daylight"));
         let over = validate(&input(json!({"scene_refs": ["a"], "candidates": 7}))).unwrap();
         assert!(matches!(
-            build(&over, None, vec!["a".into()], 0.0, &|_| Some(0.0)),
+            build(&over, None, vec!["a".into()], &|_, _| Ok(0.0), &|_| Some(
+                0.0
+            )),
             Err(ServiceError::Validation {
                 code: "candidates_over_limit",
                 ..
@@ -513,9 +550,13 @@ mod tests {
         ));
         let limit = json!({"safe_batch_limit": 4});
         assert!(matches!(
-            build(&t, Some(&limit), vec!["a".into(), "b".into()], 0.0, &|_| {
-                Some(0.0)
-            }),
+            build(
+                &t,
+                Some(&limit),
+                vec!["a".into(), "b".into()],
+                &|_, _| Ok(0.0),
+                &|_| { Some(0.0) }
+            ),
             Err(ServiceError::Validation {
                 code: "batch_over_limit",
                 ..

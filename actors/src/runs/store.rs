@@ -4,8 +4,8 @@
 
 use entities::{projects, run_candidates, run_jobs, runs};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect,
 };
 use serde_json::json;
 use storage::ObjectStore;
@@ -59,6 +59,7 @@ pub async fn create_run(
     scenes: Vec<ResolvedScene>,
     style_refs: Vec<ResolvedScene>,
     max_attempts: i32,
+    max_open_runs: Option<usize>,
 ) -> Result<CreatedRun, ServiceError> {
     let now = time::now();
     let run_id = Uuid::now_v7();
@@ -75,6 +76,21 @@ pub async fn create_run(
             .flatten()
     });
     let txn = crate::db::begin_write(db).await?;
+    // Admission against the queue's capacity, atomic with the insert: two
+    // triggers at once cannot both take the last place.
+    if let Some(max) = max_open_runs.filter(|_| !dry) {
+        crate::db::serialize(&txn, "run_admission").await?;
+        let open = runs::Entity::find()
+            .filter(runs::Column::Status.is_in([status::QUEUED, status::RUNNING]))
+            .count(&txn)
+            .await?;
+        if open as usize >= max {
+            return Err(ServiceError::Busy {
+                code: "queue_full",
+                message: format!("The run queue is full ({open} runs); try again later"),
+            });
+        }
+    }
     // Style references: project assets (content-addressed, shared by runs),
     // handed to providers with every job's input.
     let mut reference_ids = Vec::new();

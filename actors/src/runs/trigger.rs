@@ -47,14 +47,35 @@ pub async fn trigger(
     let references = resolved.iter().map(|s| s.reference.clone()).collect();
     let pass_price = |pass: plan::PaidPass<'_>| match pass {
         plan::PaidPass::Remover("local") => Some(0.0),
-        plan::PaidPass::Remover(other) => deps.removers.get(other).map(|r| r.unit_price_usd()),
-        plan::PaidPass::Refiner(code) => deps.provider(code).map(|p| p.unit_price_usd()),
+        plan::PaidPass::Remover(other) => deps.removers.get(other).map(|r| r.max_cost_usd()),
+        plan::PaidPass::Refiner(code) => deps.provider(code).map(|p| {
+            let shape = providers::CallShape {
+                input_images: 1,
+                prompt_chars: 256,
+            };
+            p.max_cost_usd(&providers::ImageOptions::default(), shape)
+        }),
+    };
+    // Every call the plan makes must be one the provider's model can serve:
+    // refused here, before anything is stored or paid.
+    let call_bound = |options: &providers::ImageOptions, shape: providers::CallShape| {
+        provider.check(options, shape).map_err(|e| match e {
+            providers::ProviderError::Unsupported(u) => ServiceError::validation(
+                "unsupported_parameter",
+                format!("Provider '{}' cannot serve this run: {u}", valid.provider),
+            ),
+            other => ServiceError::validation(
+                "provider_not_configured",
+                format!("Provider '{}' cannot be called: {other}", valid.provider),
+            ),
+        })?;
+        Ok(provider.max_cost_usd(options, shape))
     };
     let plan = plan::build(
         &valid,
         project.settings_json.get("manifest"),
         references,
-        provider.unit_price_usd(),
+        &call_bound,
         &pass_price,
     )?;
 
@@ -138,6 +159,8 @@ pub async fn trigger(
                 });
             }
         }
+        // A cheap early refusal; the authoritative check is atomic with the
+        // insert (`store::create_run`).
         let open = runs::Entity::find()
             .filter(runs::Column::Status.is_in([status::QUEUED, status::RUNNING]))
             .count(db)
@@ -180,6 +203,7 @@ pub async fn trigger(
         resolved,
         style,
         deps.config.job_max_attempts,
+        Some(deps.config.max_queued_runs),
     )
     .await?;
     if plan.mode == Mode::Run {

@@ -176,13 +176,19 @@ async fn write_rows(
         )
         .on_conflict(
             OnConflict::column(provider_calls::Column::Id)
+                // A completion: what the call delivered; an earlier attempt's
+                // error no longer describes it.
                 .update_columns([
                     provider_calls::Column::Status,
                     provider_calls::Column::ModelName,
+                    provider_calls::Column::Attempt,
                     provider_calls::Column::ActualCostUsd,
                     provider_calls::Column::ResultAssetId,
                     provider_calls::Column::ProviderRequestId,
                     provider_calls::Column::ResponseJson,
+                    provider_calls::Column::ErrorCode,
+                    provider_calls::Column::ErrorMessage,
+                    provider_calls::Column::SentAt,
                     provider_calls::Column::FinishedAt,
                     provider_calls::Column::UpdatedAt,
                 ])

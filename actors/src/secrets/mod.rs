@@ -28,7 +28,19 @@ impl From<CipherError> for ServiceError {
     // The message names no key material; it may name the key file's path
     // and the environment variable, which an operator needs.
     fn from(e: CipherError) -> Self {
-        ServiceError::Internal(format!("secrets: {e}"))
+        match e {
+            // An operator's setting is missing or a stored value is beyond
+            // every configured key: typed refusals, not server failures.
+            CipherError::NoKey { .. } => ServiceError::Policy {
+                code: "master_key_missing",
+                message: format!("secrets: {e}"),
+            },
+            CipherError::Undecryptable => ServiceError::Conflict {
+                code: "secret_undecryptable",
+                message: format!("secrets: {e}"),
+            },
+            other => ServiceError::Internal(format!("secrets: {other}")),
+        }
     }
 }
 
@@ -216,9 +228,28 @@ pub async fn rotate(
     from_key_ref: Option<&str>,
     force: bool,
 ) -> Result<(Rotation, Uuid), ServiceError> {
-    // Rotation never creates a key.
-    let master = keys.load(false)?;
     let from_key_ref = from_key_ref.map(str::trim).filter(|r| !r.is_empty());
+    // Rotation never creates a key; without one there is nothing it could
+    // have encrypted, so with no stored value it succeeds having done nothing.
+    let master = match keys.load(false) {
+        Ok(m) => m,
+        Err(CipherError::NoKey { .. }) if !list(db, project_id).await?.iter().any(has_value) => {
+            let txn = crate::db::begin_write(db).await?;
+            let audit_id = audit::record(
+                &txn,
+                AuditEntry {
+                    principal,
+                    project_id: Some(project_id),
+                    event_code: "secret.rotated",
+                    payload: json!({ "from_key_ref": from_key_ref, "force": force, "scanned": 0, "rotated": 0 }),
+                },
+            )
+            .await?;
+            crate::db::commit(txn).await?;
+            return Ok((Rotation::default(), audit_id));
+        }
+        Err(e) => return Err(e.into()),
+    };
     let txn = crate::db::begin_write(db).await?;
     let mut rotation = Rotation::default();
     for s in list(&txn, project_id).await? {

@@ -63,7 +63,12 @@ pub async fn events_ws(
     slug: web::Path<String>,
     query: web::Query<FeedQuery>,
 ) -> ApiResult<HttpResponse> {
-    let principal = principal_from_header_or(&req, query.token.as_deref()).await?;
+    // Browsers cannot set headers on a WebSocket: they may offer the token
+    // as a subprotocol (`atelier.bearer, <token>`), which keeps it out of
+    // URLs; `?token=` is still read for older clients.
+    let offered = subprotocol_token(&req);
+    let principal =
+        principal_from_header_or(&req, offered.as_deref().or(query.token.as_deref())).await?;
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     if let Some(run_id) = query.run_id {
         actors::runs::store::get_run(&state.db, project.id, &run_id.to_string()).await?;
@@ -75,9 +80,17 @@ pub async fn events_ws(
     }
     // Subscribed before the replay is read, so nothing falls in between.
     let live = state.engine.hub().subscribe();
-    let (response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
+    let (mut response, session, stream) = actix_ws::handle(&req, body).map_err(|e| {
         ApiError::validation("invalid_request", format!("WebSocket handshake: {e}"))
     })?;
+    if offered.is_some() {
+        // The client offered subprotocols: one must be chosen, or the
+        // browser drops the connection.
+        response.headers_mut().insert(
+            actix_web::http::header::SEC_WEBSOCKET_PROTOCOL,
+            actix_web::http::header::HeaderValue::from_static(BEARER_PROTOCOL),
+        );
+    }
     let feed = Feed {
         db: state.db.clone(),
         project_id: project.id,
@@ -88,6 +101,25 @@ pub async fn events_ws(
     };
     actix_web::rt::spawn(feed.run(session, stream, live, query.since.unwrap_or(0).max(0)));
     Ok(response)
+}
+
+const BEARER_PROTOCOL: &str = "atelier.bearer";
+
+/// The token offered as `Sec-WebSocket-Protocol: atelier.bearer, <token>`.
+fn subprotocol_token(req: &HttpRequest) -> Option<String> {
+    let offered: Vec<String> = req
+        .headers()
+        .get_all(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .collect();
+    if !offered.iter().any(|p| p == BEARER_PROTOCOL) {
+        return None;
+    }
+    offered
+        .into_iter()
+        .find(|p| p != BEARER_PROTOCOL && !p.is_empty())
 }
 
 struct Feed {

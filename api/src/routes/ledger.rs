@@ -123,6 +123,9 @@ pub struct CostEvent {
     #[schema(value_type = Object)]
     meta_json: serde_json::Value,
     created_at: String,
+    /// **New**: `billed`, or `possibly_billed` for a call whose answer was
+    /// lost (its reservation is counted as spent; `meta_json.cost` says why).
+    billing: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -165,6 +168,7 @@ pub async fn list_cost_events(
             currency: c.currency,
             meta_json: c.meta_json,
             created_at: ts(&c.created_at),
+            billing: c.billing,
         })
         .collect();
     Ok(web::Json(CostEventList {
@@ -184,6 +188,8 @@ pub struct CostTotals {
     by_run: BTreeMap<String, f64>,
     /// By UTC day, `YYYY-MM-DD`.
     by_day: BTreeMap<String, f64>,
+    /// Of `total_usd`, what calls whose answer was lost may have cost.
+    possibly_billed_usd: f64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -212,6 +218,7 @@ pub async fn cost_summary(
             by_model: s.by_model,
             by_run: s.by_run,
             by_day: s.by_day,
+            possibly_billed_usd: s.possibly_billed_usd,
         },
     }))
 }

@@ -19,6 +19,15 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+fn histogram(out: &mut String, name: &str, labels: &str, h: &actors::metrics::Histogram) {
+    for (bound, n) in actors::metrics::LATENCY_BUCKETS.iter().zip(h.counts) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", h.count);
+}
+
 /// Service metrics in Prometheus text format (any valid token).
 #[utoipa::path(
     tag = "system",
@@ -125,27 +134,12 @@ pub async fn metrics(state: web::Data<AppState>, _auth: Auth) -> ApiResult<HttpR
             escape(&provider),
             escape(&outcome)
         );
-        for (bound, n) in actors::metrics::LATENCY_BUCKETS.iter().zip(h.counts) {
-            let _ = writeln!(
-                out,
-                "atelier_provider_call_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "atelier_provider_call_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-            h.count
-        );
-        let _ = writeln!(
-            out,
-            "atelier_provider_call_seconds_sum{{{labels}}} {}",
-            h.sum_seconds
-        );
-        let _ = writeln!(
-            out,
-            "atelier_provider_call_seconds_count{{{labels}}} {}",
-            h.count
-        );
+        histogram(&mut out, "atelier_provider_call_seconds", &labels, &h);
+    }
+    out.push_str("# HELP atelier_delivery_durable_seconds From a paid result's arrival to the commit that made it durable.\n# TYPE atelier_delivery_durable_seconds histogram\n");
+    for (provider, h) in actors::metrics::durable_windows() {
+        let labels = format!("provider=\"{}\"", escape(&provider));
+        histogram(&mut out, "atelier_delivery_durable_seconds", &labels, &h);
     }
     let registry = state.engine.registry();
     out.push_str("# HELP atelier_actor_restarts Supervisor restarts per actor in this process.\n# TYPE atelier_actor_restarts counter\n");

@@ -135,8 +135,14 @@ pub async fn update_s3(
         profile: body.profile,
         endpoint_url: body.endpoint_url,
     };
-    let (row, audit_id) =
-        projects::update_s3_storage(&state.db, &principal, &project, update).await?;
+    let (row, audit_id) = projects::update_s3_storage(
+        &state.db,
+        &state.config.outbound,
+        &principal,
+        &project,
+        update,
+    )
+    .await?;
     let storage = projects::storage_view(&state.roots, &project, &row)?;
     Ok(web::Json(StorageUpdated {
         ok: true,

@@ -63,7 +63,7 @@ pub struct WebhookCreated {
 #[utoipa::path(tag = "webhooks", params(("slug" = String, Path)),
     request_body(content = WebhookBody, content_type = "application/json"),
     responses((status = 200, body = WebhookCreated),
-        (status = 400, body = ErrorBody, description = "field_required, invalid_url, invalid_events"),
+        (status = 400, body = ErrorBody, description = "field_required, invalid_url, url_not_allowed, url_unresolvable, invalid_events"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[post("/api/projects/{slug}/webhooks")]
 pub async fn create_webhook(
@@ -76,6 +76,7 @@ pub async fn create_webhook(
     let created = webhooks::create(
         &state.db,
         &state.config.secret_keys,
+        &state.config.outbound,
         &principal,
         &project,
         webhooks::NewWebhook {

@@ -1,0 +1,212 @@
+//! The real `atelier serve` binary in a child process, on the test's
+//! database (a SQLite file in its data directory, or the test's own
+//! PostgreSQL database), with its log captured at debug level so a test can
+//! search it (for secrets that must never appear, for instance).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use sea_orm::DatabaseConnection;
+use serde_json::{Value, json};
+
+use crate::helpers::TestDb;
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+/// One data directory and database, and the servers started on them.
+pub struct Deployment {
+    pub dir: tempfile::TempDir,
+    pub db: TestDb,
+    pub env: Vec<(String, String)>,
+    pub client: reqwest::Client,
+    starts: usize,
+}
+
+impl Deployment {
+    /// `env`: settings for every server of this deployment.
+    pub async fn new(env: &[(&str, &str)]) -> Self {
+        atelier::startup::install_runtime_defaults();
+        let mut all: Vec<(String, String)> = vec![
+            // Receivers and providers of the tests live on loopback.
+            (
+                "ATELIER_NETWORK__OUTBOUND_ALLOW".into(),
+                "[\"127.0.0.0/8\"]".into(),
+            ),
+        ];
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            db: TestDb::create().await,
+            env: all,
+            client: reqwest::Client::new(),
+            starts: 0,
+        }
+    }
+
+    /// Starts `atelier serve` and waits until it answers `/health`.
+    pub async fn start(&mut self) -> Server {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        self.starts += 1;
+        let log = self.dir.path().join(format!("serve-{}.log", self.starts));
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atelier"));
+        cmd.arg("--data-dir")
+            .arg(self.dir.path())
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        match &self.db.url {
+            Some(url) => cmd.env("DATABASE_URL", url),
+            None => cmd.env_remove("DATABASE_URL"),
+        };
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let server = Server {
+            child: cmd.spawn().unwrap(),
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/health", server.base))
+                .send()
+                .await
+                && r.status() == StatusCode::OK
+            {
+                return server;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "server did not come up: {}",
+                std::fs::read_to_string(&server.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A connection to the deployment's database, for inspecting it.
+    pub async fn connect(&self) -> DatabaseConnection {
+        let url = match &self.db.url {
+            Some(url) => url.clone(),
+            None => format!(
+                "sqlite://{}?mode=rw",
+                self.dir.path().join("backend/app.db").display()
+            ),
+        };
+        sea_orm::Database::connect(url).await.unwrap()
+    }
+
+    /// Every server log of this deployment, concatenated.
+    pub fn logs(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("serve-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+impl Server {
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited cleanly
+    /// and how long it took.
+    pub fn terminate(&mut self, within: Duration) -> (bool, Duration) {
+        let began = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                return (exit.success(), began.elapsed());
+            }
+            if began.elapsed() > within {
+                self.kill9();
+                return (false, began.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub async fn call(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let text = res.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text })),
+        )
+    }
+
+    /// The first token, through the bootstrap.
+    pub async fn bootstrap(&self, client: &reqwest::Client) -> String {
+        let (s, b) = self
+            .call(
+                client,
+                reqwest::Method::POST,
+                "/auth/token",
+                None,
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b["auth_token"]["token"].as_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or fails after `limit`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
