@@ -78,6 +78,23 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum BenchWhat {
+    /// How close to a provider's rate limit a batch runs, with the adaptive
+    /// governor and with a fixed concurrency (a loopback stub enforces the limit).
+    Governor {
+        /// Requests the stub accepts per window.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+        #[arg(long, default_value_t = 2000)]
+        window_ms: u64,
+        #[arg(long, default_value_t = 100)]
+        calls: u32,
+        /// Calls in flight at most.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// The stub's answer time per call.
+        #[arg(long, default_value_t = 100)]
+        latency_ms: u64,
+    },
     /// Orchestration throughput (zero-latency provider) and latency-bound efficiency.
     Engine {
         #[arg(long, default_value_t = 200)]
@@ -229,6 +246,29 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Bench {
             what: BenchWhat::Passes { side },
         } => crate::bench::passes::run(side),
+        Command::Bench {
+            what:
+                BenchWhat::Governor {
+                    limit,
+                    window_ms,
+                    calls,
+                    concurrency,
+                    latency_ms,
+                },
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::bench::governor::run(
+                settings,
+                crate::bench::governor::GovernorOptions {
+                    limit,
+                    window_ms,
+                    calls,
+                    concurrency,
+                    latency_ms,
+                },
+            )
+            .await
+        }
         Command::Bench {
             what:
                 BenchWhat::Feed {

@@ -112,6 +112,10 @@ pub struct EngineSettings {
     pub retry_max_ms: u64,
     /// Attempts per job after unexpected failures (panics, internal errors).
     pub job_max_attempts: i32,
+    /// Calls in flight per provider follow the provider's rate-limit signals
+    /// (halved on 429, paused for Retry-After, grown back on success);
+    /// `false`: always `provider_concurrency`.
+    pub adaptive_rate_limits: bool,
     /// This node's name in job leases. Unset: kept in
     /// `{data_dir}/backend/node-id` (made on first start), so a restarted
     /// process recognises the leases its previous process held.
@@ -131,6 +135,7 @@ impl Default for EngineSettings {
             retry_base_ms: 200,
             retry_max_ms: 5_000,
             job_max_attempts: 3,
+            adaptive_rate_limits: true,
             node_id: None,
         }
     }

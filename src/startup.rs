@@ -113,6 +113,22 @@ pub async fn embedded_engine(
     db: &DatabaseConnection,
     config: actors::engine::EngineConfig,
 ) -> Result<(actors::engine::Engine, StorageRoots), StartupError> {
+    embedded_engine_with(
+        settings,
+        db,
+        config,
+        Arc::new(providers::credentials::EnvCredentials),
+    )
+    .await
+}
+
+/// [`embedded_engine`] with the service's provider keys from `credentials`.
+pub async fn embedded_engine_with(
+    settings: &Settings,
+    db: &DatabaseConnection,
+    config: actors::engine::EngineConfig,
+    credentials: Arc<dyn providers::credentials::Credentials>,
+) -> Result<(actors::engine::Engine, StorageRoots), StartupError> {
     let roots = StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
     let mut providers: Vec<Arc<dyn providers::ImageProvider>> = vec![Arc::new(
         providers::local::LocalProvider::new(settings.providers.local.clone()),
@@ -122,7 +138,7 @@ pub async fn embedded_engine(
         // project secrets arrive); a missing key refuses runs, not startup.
         providers.push(Arc::new(providers::openai::OpenAiProvider::new(
             settings.providers.openai.clone(),
-            Arc::new(providers::credentials::EnvCredentials),
+            credentials.clone(),
             config.limits,
         )?));
     }
@@ -140,7 +156,7 @@ pub async fn embedded_engine(
                 Arc::new(RemoteRemover::new(
                     service,
                     s.clone(),
-                    Arc::new(providers::credentials::EnvCredentials),
+                    credentials.clone(),
                     limits,
                 )?),
             );
@@ -234,6 +250,7 @@ pub fn engine_config(settings: &Settings) -> actors::engine::EngineConfig {
             timeout: Duration::from_millis(settings.webhooks.timeout_ms.max(100)),
             poll: Duration::from_millis(settings.webhooks.poll_ms.max(10)),
         },
+        adaptive_governors: e.adaptive_rate_limits,
     }
 }
 

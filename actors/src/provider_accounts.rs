@@ -279,6 +279,9 @@ pub struct CredentialCheck {
     /// Whose key was tried: `project` (its secret `{code}/api_key`) or `service`.
     pub key_source: &'static str,
     pub latency_ms: u64,
+    /// What a passing check does not prove (e.g. OpenAI's organization
+    /// verification, known only from a paid call).
+    pub caveat: Option<&'static str>,
 }
 
 /// Validates the credentials against the provider itself, with a call that
@@ -293,7 +296,9 @@ pub async fn check_credentials(
         crate::secrets::provider_key(&deps.db, deps.secret_keys.as_ref(), project_id, code).await?;
     let key_source = if own.is_some() { "project" } else { "service" };
     let began = std::time::Instant::now();
+    let mut caveat = None;
     let outcome = if let Some(p) = deps.provider(code) {
+        caveat = p.credential_check_caveat();
         p.check_credentials(own).await
     } else if let Some(r) = deps.removers.get(code) {
         r.check_credentials(own).await
@@ -308,6 +313,7 @@ pub async fn check_credentials(
         outcome.as_ref().map_or_else(|e| e.code(), |_| "ok"),
         began.elapsed(),
     );
+    let outcome_ok = outcome.is_ok();
     Ok(CredentialCheck {
         provider_code: code.to_string(),
         status: if outcome.is_ok() { "ok" } else { "failed" },
@@ -315,5 +321,6 @@ pub async fn check_credentials(
         message: outcome.err().map(|e| e.to_string()),
         key_source,
         latency_ms: began.elapsed().as_millis() as u64,
+        caveat: caveat.filter(|_| outcome_ok),
     })
 }

@@ -21,6 +21,9 @@ const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 
 pub struct Governor {
     max: usize,
+    /// `false`: a fixed bound that ignores the provider's signals (for
+    /// comparison in benchmarks, or when an operator switches it off).
+    adaptive: bool,
     state: Mutex<State>,
     notify: Notify,
 }
@@ -64,9 +67,19 @@ impl Drop for Permit {
 
 impl Governor {
     pub fn new(max: usize) -> Arc<Self> {
+        Self::with(max, true)
+    }
+
+    /// At most `max` calls in flight, whatever the provider says.
+    pub fn fixed(max: usize) -> Arc<Self> {
+        Self::with(max, false)
+    }
+
+    fn with(max: usize, adaptive: bool) -> Arc<Self> {
         let max = max.max(1);
         Arc::new(Self {
             max,
+            adaptive,
             state: Mutex::new(State {
                 limit: max,
                 in_flight: 0,
@@ -140,6 +153,9 @@ impl Governor {
     /// provider's window is nearly used up (then hold, or pause until it
     /// resets when nothing is left).
     pub fn observe_success(&self, signal: &RateSignal) {
+        if !self.adaptive {
+            return;
+        }
         let grew = {
             let mut s = self.lock();
             if signal.remaining == Some(0) {
@@ -174,6 +190,9 @@ impl Governor {
     pub fn observe_throttled(&self, retry_after: Option<Duration>) {
         let mut s = self.lock();
         s.throttled += 1;
+        if !self.adaptive {
+            return;
+        }
         s.successes = 0;
         s.limit = (s.limit / 2).max(1);
         pause_for(&mut s, retry_after.unwrap_or(DEFAULT_PAUSE));
@@ -183,6 +202,9 @@ impl Governor {
     pub fn observe_overloaded(&self) {
         let mut s = self.lock();
         s.throttled += 1;
+        if !self.adaptive {
+            return;
+        }
         s.successes = 0;
         s.limit = (s.limit * 3 / 4).max(1);
     }

@@ -303,6 +303,10 @@ pub trait ImageProvider: Send + Sync {
         let _ = api_key;
         Ok(())
     }
+    /// What a passing credentials check does not prove, if anything.
+    fn credential_check_caveat(&self) -> Option<&'static str> {
+        None
+    }
     async fn generate(&self, request: GenerateRequest) -> Result<GeneratedImage, ProviderError>;
 }
 

@@ -363,6 +363,13 @@ impl ImageProvider for OpenAiProvider {
             })
     }
 
+    fn credential_check_caveat(&self) -> Option<&'static str> {
+        Some(
+            "the key works and the model is listed for it; whether the organization is verified \
+             for image models OpenAI reports only on a (paid) image call, as 403 provider_forbidden",
+        )
+    }
+
     async fn generate(&self, request: GenerateRequest) -> Result<GeneratedImage, ProviderError> {
         let shape = request.shape();
         let (spec, params) = self

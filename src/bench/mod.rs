@@ -10,6 +10,7 @@
 //!    ideal wall time ceil(N / C) x L divided by the measured wall time.
 
 pub mod feed;
+pub mod governor;
 pub mod passes;
 
 use std::time::{Duration, Instant};
@@ -105,18 +106,7 @@ async fn timed_run(
         .await
         .map_err(service)?;
     let took = start.elapsed();
-    // Let the RunActor finish its last write (the run log) before moving on.
-    for _ in 0..100 {
-        use sea_orm::EntityTrait;
-        let r = entities::runs::Entity::find_by_id(run.id)
-            .one(&db.conn)
-            .await
-            .map_err(|e| CliError::Service(e.to_string()))?;
-        if r.is_some_and(|r| r.run_log_key.is_some()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    run_log_written(&db.conn, run.id).await?;
     let executing = match (run.started_at, run.finished_at) {
         (Some(a), Some(b)) => (b - a).to_std().unwrap_or(took),
         _ => took,
@@ -126,6 +116,26 @@ async fn timed_run(
         executing,
         status: run.status,
     })
+}
+
+/// Waits (up to 5 s) for the RunActor's last write, the run log, so nothing
+/// is left writing when the benchmark moves on or exits.
+pub(crate) async fn run_log_written(
+    db: &sea_orm::DatabaseConnection,
+    run_id: uuid::Uuid,
+) -> Result<(), CliError> {
+    use sea_orm::EntityTrait;
+    for _ in 0..100 {
+        let r = entities::runs::Entity::find_by_id(run_id)
+            .one(db)
+            .await
+            .map_err(|e| CliError::Service(e.to_string()))?;
+        if r.is_some_and(|r| r.run_log_key.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// End to end (trigger: planning, scenes, persistence; then execution) and

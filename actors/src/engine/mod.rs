@@ -61,6 +61,9 @@ pub struct EngineConfig {
     pub job_max_attempts: i32,
     pub limits: DecodeLimits,
     pub webhooks: crate::webhooks::WebhookConfig,
+    /// Per-provider concurrency follows the provider's rate-limit signals
+    /// (`false`: a fixed `provider_concurrency`).
+    pub adaptive_governors: bool,
 }
 
 impl Default for EngineConfig {
@@ -80,6 +83,7 @@ impl Default for EngineConfig {
             job_max_attempts: 3,
             limits: DecodeLimits::default(),
             webhooks: crate::webhooks::WebhookConfig::default(),
+            adaptive_governors: true,
         }
     }
 }
@@ -129,12 +133,7 @@ impl EngineDeps {
         let governors = Arc::new(
             providers
                 .iter()
-                .map(|p| {
-                    (
-                        p.code().to_string(),
-                        Governor::new(config.provider_concurrency),
-                    )
-                })
+                .map(|p| (p.code().to_string(), governor(&config)))
                 .collect(),
         );
         Self {
@@ -176,6 +175,14 @@ pub struct ShutdownReport {
     pub leases_released: usize,
 }
 
+fn governor(config: &EngineConfig) -> Arc<Governor> {
+    if config.adaptive_governors {
+        Governor::new(config.provider_concurrency)
+    } else {
+        Governor::fixed(config.provider_concurrency)
+    }
+}
+
 /// Handle to the running engine; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -205,7 +212,7 @@ impl Engine {
         for code in deps.removers.keys() {
             governors
                 .entry(code.clone())
-                .or_insert_with(|| Governor::new(deps.config.provider_concurrency));
+                .or_insert_with(|| governor(&deps.config));
         }
         deps.governors = Arc::new(governors);
         let (db, registry) = (deps.db.clone(), deps.registry.clone());

@@ -220,7 +220,7 @@ pub async fn delete_account(
 /// key `{code}/api_key` if it has one, else the service's), with a call that
 /// costs nothing. A failed check is still a 200: `check.status` says it.
 #[utoipa::path(tag = "provider-accounts", params(("slug" = String, Path), ("providerCode" = String, Path)),
-    responses((status = 200, description = "`ok, check{provider_code, status (ok|failed), error_code, message, key_source (project|service), latency_ms}`"),
+    responses((status = 200, description = "`ok, check{provider_code, status (ok|failed), error_code, message, key_source (project|service), latency_ms, caveat}`"),
         (status = 400, body = ErrorBody, description = "invalid_provider_code, unknown_provider"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 #[post("/api/projects/{slug}/provider-accounts/{providerCode}/check")]
