@@ -95,6 +95,17 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 100)]
         latency_ms: u64,
     },
+    /// The window in which a delivered paid result could be lost (arrival to
+    /// durable commit), with post-process passes on.
+    Durability {
+        #[arg(long, default_value_t = 40)]
+        calls: u32,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Size of the delivered images, `<w>x<h>`.
+        #[arg(long, default_value = "1024x1536")]
+        output: String,
+    },
     /// Orchestration throughput (zero-latency provider) and latency-bound efficiency.
     Engine {
         #[arg(long, default_value_t = 200)]
@@ -248,6 +259,29 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         } => crate::bench::passes::run(side),
         Command::Bench {
             what:
+                BenchWhat::Durability {
+                    calls,
+                    concurrency,
+                    output,
+                },
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            let output = output
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+                .ok_or_else(|| CliError::Service(format!("--output '{output}' is not <w>x<h>")))?;
+            crate::bench::paid::durability(
+                settings,
+                crate::bench::paid::DurabilityOptions {
+                    calls,
+                    concurrency,
+                    output,
+                },
+            )
+            .await
+        }
+        Command::Bench {
+            what:
                 BenchWhat::Governor {
                     limit,
                     window_ms,
@@ -257,9 +291,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 },
         } => {
             let settings = Settings::load(&overrides).map_err(StartupError::from)?;
-            crate::bench::governor::run(
+            crate::bench::paid::run(
                 settings,
-                crate::bench::governor::GovernorOptions {
+                crate::bench::paid::GovernorOptions {
                     limit,
                     window_ms,
                     calls,

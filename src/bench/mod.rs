@@ -10,7 +10,7 @@
 //!    ideal wall time ceil(N / C) x L divided by the measured wall time.
 
 pub mod feed;
-pub mod governor;
+pub mod paid;
 pub mod passes;
 
 use std::time::{Duration, Instant};
