@@ -274,4 +274,35 @@ mod tests {
                 .is_ok()
         );
     }
+
+    /// The client checks again at connection time: a name accepted earlier
+    /// that now resolves to a forbidden address (DNS rebinding) is refused.
+    #[tokio::test]
+    async fn the_client_refuses_forbidden_addresses_when_it_connects() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            }
+        });
+        let url = format!("http://localhost:{port}/");
+        let deny = OutboundPolicy::default().client(Duration::from_secs(2));
+        assert!(
+            deny.get(&url).send().await.is_err(),
+            "connected to loopback"
+        );
+        let allow = OutboundPolicy::new(&["127.0.0.0/8".into(), "::1/128".into()])
+            .unwrap()
+            .client(Duration::from_secs(2));
+        assert_eq!(allow.get(&url).send().await.unwrap().status(), 200);
+    }
 }

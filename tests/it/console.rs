@@ -102,6 +102,21 @@ async fn console_follows_a_run_to_done_and_shows_a_restart() {
             PAGE_STATE,
         )
         .await;
+    // The token never travels in a URL the server sees: thumbnails are
+    // object URLs fetched with the header, the feed authenticates by
+    // subprotocol.
+    assert_eq!(
+        browser
+            .eval(&format!("[...{row}.querySelectorAll('img[data-thumb]')].every(i => i.src.startsWith('blob:'))"))
+            .await,
+        json!(true)
+    );
+    assert_eq!(
+        browser
+            .eval("performance.getEntriesByType('resource').filter(e => e.name.includes('token=')).length")
+            .await,
+        json!(0)
+    );
     // Project names are text, never markup.
     assert_eq!(
         browser

@@ -22,6 +22,7 @@ mod console;
 mod contract;
 mod copilot;
 mod feed;
+mod hostile;
 mod journey;
 mod ledger;
 mod migrations;

@@ -346,3 +346,28 @@ async fn possibly_billed_spend_counts_against_the_budget() {
     .await;
     assert_error(s, &e, 400, "project_budget_exceeded");
 }
+
+#[actix_web::test]
+async fn a_call_that_succeeds_after_a_failed_attempt_carries_no_old_error() {
+    let (stub, app, token) = with_openai(|_| {}).await;
+    stub.script([Reply::Error {
+        status: 500,
+        code: "server_error",
+        retry_after: None,
+    }]);
+    let (s, b) = trigger(
+        &app,
+        &token,
+        run_body(json!({"scene_refs": ["sample:1"], "candidates": 1})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
+    let calls = calls_of(&app, b["run_id"].as_str().unwrap()).await;
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call.status, "succeeded");
+    assert_eq!((call.attempt, call.sent_attempts), (2, 2));
+    assert_eq!(call.error_code, None, "{call:?}");
+    assert_eq!(call.error_message, None);
+}
