@@ -86,7 +86,9 @@ pub fn parse_expiry(raw: &str) -> Result<DateTime<Utc>, ServiceError> {
             "Field 'expires_at' must be in the future",
         ));
     }
-    Ok(parsed)
+    // PostgreSQL keeps microseconds; trimming here makes the answer the same
+    // on both stores and equal to what a later read returns.
+    Ok(chrono::SubsecRound::trunc_subsecs(parsed, 6))
 }
 
 fn active_condition(now: DateTime<Utc>) -> Condition {
