@@ -6,7 +6,7 @@ use entities::assets;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use storage::{ObjectKey, ObjectStore};
+use storage::{ObjectKey, ProjectFiles};
 use uuid::Uuid;
 
 use crate::{ServiceError, time};
@@ -40,10 +40,10 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// the same content in the same role (then that asset is returned).
 pub async fn store<C: ConnectionTrait>(
     db: &C,
-    object_store: &ObjectStore,
+    files: &ProjectFiles,
     asset: NewAsset<'_>,
 ) -> Result<assets::Model, ServiceError> {
-    let stored = put(db, object_store, asset, None).await?;
+    let stored = put(db, files, asset, None).await?;
     if stored.fresh {
         assets::Entity::insert(assets::ActiveModel::from(stored.row.clone()))
             .exec_without_returning(db)
@@ -78,33 +78,22 @@ async fn existing<C: ConnectionTrait>(
 /// computed it off the async threads.
 pub async fn put<C: ConnectionTrait>(
     db: &C,
-    object_store: &ObjectStore,
+    files: &ProjectFiles,
     asset: NewAsset<'_>,
     sha256: Option<String>,
 ) -> Result<Stored, ServiceError> {
     let sha = sha256.unwrap_or_else(|| sha256_hex(&asset.bytes));
-    if let Some(row) = existing(
-        db,
-        asset.project_id,
-        asset.kind,
-        &sha,
-        object_store.backend(),
-    )
-    .await?
-    {
+    if let Some(row) = existing(db, asset.project_id, asset.kind, &sha, files.backend()).await? {
         return Ok(Stored { row, fresh: false });
     }
     let key = ObjectKey::parse(asset.key).map_err(|e| ServiceError::Internal(e.to_string()))?;
     let size = asset.bytes.len() as i64;
-    object_store
-        .put(&key, asset.bytes)
-        .await
-        .map_err(|e| ServiceError::Internal(format!("storage: {e}")))?;
+    let backend = files.put(&key, asset.bytes).await?;
     let row = assets::Model {
         id: Uuid::now_v7(),
         project_id: asset.project_id,
         kind: asset.kind.to_string(),
-        storage_backend: object_store.backend().to_string(),
+        storage_backend: backend.to_string(),
         storage_key: key.as_str().to_string(),
         storage_uri: key.as_str().to_string(),
         mime_type: Some(asset.mime.to_string()),
@@ -123,7 +112,7 @@ pub async fn put<C: ConnectionTrait>(
 
 pub async fn load_bytes<C: ConnectionTrait>(
     db: &C,
-    object_store: &ObjectStore,
+    files: &ProjectFiles,
     asset_id: Uuid,
 ) -> Result<(assets::Model, Vec<u8>), ServiceError> {
     let asset = assets::Entity::find_by_id(asset_id)
@@ -132,10 +121,15 @@ pub async fn load_bytes<C: ConnectionTrait>(
         .ok_or_else(|| ServiceError::Internal(format!("asset {asset_id} missing")))?;
     let key =
         ObjectKey::parse(&asset.storage_key).map_err(|e| ServiceError::Internal(e.to_string()))?;
-    let bytes = object_store
-        .get(&key)
+    let bytes = files
+        .get_in(&asset.storage_backend, &key)
         .await
-        .map_err(|e| ServiceError::Internal(format!("storage: {e}")))?;
+        .map_err(|e| match e {
+            storage::StorageError::NotFound(_) => {
+                ServiceError::Internal(format!("asset {asset_id}'s file is missing"))
+            }
+            e => e.into(),
+        })?;
     Ok((asset, bytes))
 }
 
@@ -184,18 +178,18 @@ pub async fn get<C: ConnectionTrait>(
 }
 
 /// The bytes of an asset's file.
-pub async fn read(
-    object_store: &ObjectStore,
-    asset: &assets::Model,
-) -> Result<Vec<u8>, ServiceError> {
+pub async fn read(files: &ProjectFiles, asset: &assets::Model) -> Result<Vec<u8>, ServiceError> {
     let key =
         ObjectKey::parse(&asset.storage_key).map_err(|e| ServiceError::Internal(e.to_string()))?;
-    object_store.get(&key).await.map_err(|e| match e {
-        storage::StorageError::NotFound(_) => {
-            ServiceError::not_found("The asset's file is missing from storage")
-        }
-        e => ServiceError::Internal(format!("storage: {e}")),
-    })
+    files
+        .get_in(&asset.storage_backend, &key)
+        .await
+        .map_err(|e| match e {
+            storage::StorageError::NotFound(_) => {
+                ServiceError::not_found("The asset's file is missing from storage")
+            }
+            e => e.into(),
+        })
 }
 
 /// Roles an uploaded file can take.
@@ -212,7 +206,7 @@ pub struct Uploaded {
 /// before decoding, a full decode) and stores it, deduplicated by content.
 pub async fn upload(
     db: &sea_orm::DatabaseConnection,
-    object_store: &ObjectStore,
+    files: &ProjectFiles,
     project_id: Uuid,
     kind: &str,
     file_name: Option<&str>,
@@ -259,7 +253,7 @@ pub async fn upload(
     let txn = crate::db::begin_write(db).await?;
     let stored = put(
         &txn,
-        object_store,
+        files,
         NewAsset {
             project_id,
             kind,

@@ -23,6 +23,10 @@ pub enum ServiceError {
     /// The service is at capacity; try again later.
     #[error("{message}")]
     Busy { code: &'static str, message: String },
+    /// Something the service depends on (a project's object storage) did
+    /// not answer; nothing was changed.
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
     #[error("database error: {0}")]
     Db(#[from] DbErr),
     #[error("internal error: {0}")]

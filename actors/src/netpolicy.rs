@@ -98,6 +98,8 @@ pub fn is_internal(ip: IpAddr) -> bool {
 #[derive(Clone, Debug, Default)]
 pub struct OutboundPolicy {
     allow: Arc<Vec<Range>>,
+    /// One client (and connection pool) for every project's object storage.
+    storage: Arc<std::sync::OnceLock<reqwest::Client>>,
 }
 
 impl OutboundPolicy {
@@ -114,6 +116,7 @@ impl OutboundPolicy {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             allow: Arc::new(ranges),
+            storage: Arc::default(),
         })
     }
 
@@ -169,6 +172,14 @@ impl OutboundPolicy {
 
     /// An HTTP client that connects only where the policy permits (checked
     /// at each connection) and follows no redirect.
+    /// The client S3-compatible storage is reached through: the same
+    /// address checks, a timeout long enough for large files.
+    pub fn storage_client(&self) -> reqwest::Client {
+        self.storage
+            .get_or_init(|| self.client(Duration::from_secs(120)))
+            .clone()
+    }
+
     pub fn client(&self, timeout: Duration) -> reqwest::Client {
         reqwest::Client::builder()
             .user_agent(concat!("atelier/", env!("CARGO_PKG_VERSION")))

@@ -122,6 +122,12 @@ impl From<ServiceError> for ApiError {
                 code,
                 message,
             ),
+            ServiceError::Unavailable { code, message } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Infra,
+                code,
+                message,
+            ),
             ServiceError::Db(e) => {
                 tracing::error!(error = %e, "database error");
                 ApiError::internal()

@@ -71,6 +71,15 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// What opening a project's files needs.
+    pub fn file_access(&self) -> actors::projects::FileAccess<'_> {
+        actors::projects::FileAccess {
+            roots: &self.roots,
+            keys: Some(&self.config.secret_keys),
+            outbound: &self.config.outbound,
+        }
+    }
+
     pub fn new(
         db: DatabaseConnection,
         tokens: Arc<TokenVerifier>,

@@ -6,7 +6,12 @@
 //! - [`ObjectStore`]: an opendal operator behind project-scoped, validated keys;
 //!   local filesystem by default, S3-compatible optionally, memory in tests.
 
+//! - [`ProjectFiles`]: one project's files across its local root and its
+//!   optional S3 prefix (written to the primary, read from where each lives).
+
 pub mod paths;
+mod project;
 mod store;
 
+pub use project::{ProjectFiles, S3Location};
 pub use store::{ObjectKey, ObjectStore, S3Config, StorageError};

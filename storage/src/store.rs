@@ -1,6 +1,6 @@
 //! opendal-backed object storage with project-scoped keys.
 
-use opendal::{Operator, services};
+use opendal::{HttpTransporter, OperationContext, Operator, services};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -8,6 +8,10 @@ pub enum StorageError {
     InvalidKey(String),
     #[error("object '{0}' not found")]
     NotFound(String),
+    /// The file lives on a backend this project cannot reach now (S3 with no
+    /// credentials, or no bucket any more).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("storage backend error: {0}")]
     Backend(#[from] opendal::Error),
 }
@@ -15,6 +19,11 @@ pub enum StorageError {
 impl StorageError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound(_))
+    }
+
+    /// Worth trying again later (a network hiccup, a throttled bucket).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, StorageError::Backend(e) if e.is_temporary())
     }
 }
 
@@ -47,7 +56,7 @@ impl ObjectKey {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct S3Config {
     pub endpoint: Option<String>,
     pub bucket: String,
@@ -55,6 +64,18 @@ pub struct S3Config {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub root: String,
+}
+
+/// Redacted: the secret key never reaches a log line through `{:?}`.
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("bucket", &self.bucket)
+            .field("region", &self.region)
+            .field("root", &self.root)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One storage location (a project root, or a prefix in a bucket).
@@ -102,8 +123,10 @@ impl ObjectStore {
     }
 
     /// S3-compatible storage. Credentials come only from `cfg`: ambient config
-    /// files and instance metadata are never consulted.
-    pub fn s3(cfg: &S3Config) -> Result<Self, StorageError> {
+    /// files and instance metadata are never consulted. `http`: the client
+    /// its requests go through (e.g. one that refuses internal addresses);
+    /// `None`: the process-wide default transport.
+    pub fn s3(cfg: &S3Config, http: Option<reqwest::Client>) -> Result<Self, StorageError> {
         let mut builder = services::S3::default()
             .bucket(&cfg.bucket)
             .region(&cfg.region)
@@ -115,8 +138,16 @@ impl ObjectStore {
         if let Some(endpoint) = &cfg.endpoint {
             builder = builder.endpoint(endpoint);
         }
+        let mut op = Operator::new(builder)?;
+        if let Some(client) = http {
+            op = op.with_context(OperationContext::new().with_http_transport(
+                HttpTransporter::new(opendal_http_transport_reqwest::ReqwestTransport::new(
+                    client,
+                )),
+            ));
+        }
         Ok(Self {
-            op: Operator::new(builder)?,
+            op,
             backend: "s3",
             root: None,
         })

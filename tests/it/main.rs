@@ -22,6 +22,7 @@ mod console;
 mod contract;
 mod copilot;
 mod feed;
+mod guarantees;
 mod hostile;
 mod journey;
 mod ledger;

@@ -106,6 +106,9 @@ async fn committed(
         )
         .filter(scope)
         .filter(provider_calls::Column::Status.eq("pending"))
+        // A call planned but not yet given its reservation (attempt 0)
+        // holds nothing: counting it refused spend that fitted the budget.
+        .filter(provider_calls::Column::Attempt.gt(0))
         .filter(provider_calls::Column::Id.ne(exclude))
         .into_tuple()
         .one(db)

@@ -124,6 +124,15 @@ pub struct EngineDeps {
 }
 
 impl EngineDeps {
+    /// What opening a project's files needs.
+    pub fn file_access(&self) -> crate::projects::FileAccess<'_> {
+        crate::projects::FileAccess {
+            roots: &self.roots,
+            keys: self.secret_keys.as_ref(),
+            outbound: &self.outbound,
+        }
+    }
+
     pub fn new(
         db: DatabaseConnection,
         roots: StorageRoots,

@@ -29,7 +29,7 @@ pub struct RunActor {
     owner: Addr<ProjectActor>,
     running: HashSet<Uuid>,
     /// The project's object store, resolved on the first lease.
-    store: Option<storage::ObjectStore>,
+    store: Option<storage::ProjectFiles>,
     scheduling: bool,
     /// A pass was requested while one was in flight: run another after it.
     rescan: bool,
@@ -83,14 +83,14 @@ impl RunActor {
                 act.scheduling = false;
                 match result {
                     Ok(Step::Start { run, store, jobs }) => {
-                        act.store = Some(store.clone());
+                        act.store = Some((*store).clone());
                         for job in jobs {
                             act.running.insert(job.id);
                             WorkerActor::new(
                                 act.deps.clone(),
                                 (*run).clone(),
                                 job,
-                                store.clone(),
+                                (*store).clone(),
                                 ctx.address(),
                             )
                             .start();
@@ -196,7 +196,7 @@ impl Actor for RunActor {
 enum Step {
     Start {
         run: Box<runs::Model>,
-        store: storage::ObjectStore,
+        store: Box<storage::ProjectFiles>,
         jobs: Vec<run_jobs::Model>,
     },
     Finish,
@@ -208,7 +208,7 @@ async fn plan_step(
     run_id: Uuid,
     mine: &[Uuid],
     room: usize,
-    cached_store: Option<storage::ObjectStore>,
+    cached_store: Option<storage::ProjectFiles>,
 ) -> Result<Step, ServiceError> {
     let Some(run) = runs::Entity::find_by_id(run_id).one(&deps.db).await? else {
         return Ok(Step::Finish);
@@ -345,12 +345,12 @@ async fn plan_step(
                 .one(&deps.db)
                 .await?
                 .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
-            crate::projects::object_store(&deps.db, &deps.roots, &project).await?
+            crate::projects::project_files(&deps.db, deps.file_access(), &project).await?
         }
     };
     Ok(Step::Start {
         run: Box::new(run),
-        store,
+        store: Box::new(store),
         jobs: leased,
     })
 }
@@ -451,7 +451,7 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
         .one(&deps.db)
         .await?
         .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
-    let store = crate::projects::object_store(&deps.db, &deps.roots, &project).await?;
+    let store = crate::projects::project_files(&deps.db, deps.file_access(), &project).await?;
     let jobs = store::jobs_of(&deps.db, run_id).await?;
     let candidates = store::candidates_of_run(&deps.db, run_id).await?;
     let events = events::list_since(&deps.db, run_id, 0, 1_000_000).await?;
@@ -462,10 +462,7 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
     let object_key =
         storage::ObjectKey::parse(&key).map_err(|e| ServiceError::Internal(e.to_string()))?;
     let size = bytes.len() as i64;
-    store
-        .put(&object_key, bytes.clone())
-        .await
-        .map_err(|e| ServiceError::Internal(format!("storage: {e}")))?;
+    let backend = store.put(&object_key, bytes.clone()).await?;
     let txn = crate::db::begin_write(&deps.db).await?;
     runs::Entity::update_many()
         .col_expr(runs::Column::RunLogKey, Expr::value(key.clone()))
@@ -485,6 +482,7 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
             assets::Entity::update_many()
                 .col_expr(assets::Column::Sha256, Expr::value(sha))
                 .col_expr(assets::Column::ByteSize, Expr::value(size))
+                .col_expr(assets::Column::StorageBackend, Expr::value(backend))
                 .filter(assets::Column::Id.eq(row.id))
                 .exec(&txn)
                 .await?;
@@ -494,7 +492,7 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
                 id: Uuid::now_v7(),
                 project_id: run.project_id,
                 kind: "run_log".into(),
-                storage_backend: store.backend().to_string(),
+                storage_backend: backend.to_string(),
                 storage_key: key.clone(),
                 storage_uri: key,
                 mime_type: Some("application/json".into()),

@@ -10,7 +10,7 @@ use chrono::Utc;
 use entities::{run_jobs, runs};
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-use storage::ObjectStore;
+use storage::ProjectFiles;
 
 use super::EngineDeps;
 use super::run::{JobFinished, RunActor};
@@ -20,7 +20,7 @@ pub struct WorkerActor {
     deps: Arc<EngineDeps>,
     run: runs::Model,
     job: run_jobs::Model,
-    store: ObjectStore,
+    store: ProjectFiles,
     owner: Addr<RunActor>,
 }
 
@@ -29,7 +29,7 @@ impl WorkerActor {
         deps: Arc<EngineDeps>,
         run: runs::Model,
         job: run_jobs::Model,
-        store: ObjectStore,
+        store: ProjectFiles,
         owner: Addr<RunActor>,
     ) -> Self {
         Self {

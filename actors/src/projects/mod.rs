@@ -4,6 +4,7 @@
 //! names exactly one project. Unscoped principals act on every project; a
 //! project-scoped token sees and changes only its own.
 
+mod files;
 mod storage_policy;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use serde_json::json;
 use storage::paths::StorageRoots;
 use uuid::Uuid;
 
+pub use files::{FileAccess, project_files};
 pub use storage_policy::{
     LocalStorageUpdate, S3StorageUpdate, StorageView, load_storage_row, storage_row, storage_view,
     update_local_storage, update_s3_storage,
@@ -343,20 +345,6 @@ pub async fn list_fingerprint<C: ConnectionTrait>(
         "{n}:{}",
         newest.map(|t| t.timestamp_micros()).unwrap_or(0)
     ))
-}
-
-/// The object store rooted at the project's storage root (local filesystem).
-pub async fn object_store<C: ConnectionTrait>(
-    db: &C,
-    roots: &StorageRoots,
-    project: &projects::Model,
-) -> Result<storage::ObjectStore, ServiceError> {
-    let row = storage_row(db, project.id).await?;
-    let view = storage_view(roots, project, &row)?;
-    std::fs::create_dir_all(&view.project_root)
-        .map_err(|e| ServiceError::Internal(format!("cannot create project root: {e}")))?;
-    storage::ObjectStore::local(std::path::Path::new(&view.project_root))
-        .map_err(|e| ServiceError::Internal(format!("storage: {e}")))
 }
 
 pub struct ProjectCounts {

@@ -206,13 +206,14 @@ pub(super) async fn archive(
     // leaves the row pointing at a file that exists.
     let object =
         storage::ObjectKey::parse(&key).map_err(|e| ServiceError::Internal(e.to_string()))?;
-    env.store
-        .put(&object, bytes.to_vec())
-        .await
-        .map_err(|e| ServiceError::Internal(format!("storage: {e}")))?;
+    let backend = env.store.put(&object, bytes.to_vec()).await?;
     let txn = crate::db::begin_write(&env.db).await?;
     entities::assets::Entity::update_many()
         .col_expr(entities::assets::Column::Kind, Expr::value("archived"))
+        .col_expr(
+            entities::assets::Column::StorageBackend,
+            Expr::value(backend),
+        )
         .col_expr(
             entities::assets::Column::StorageKey,
             Expr::value(key.clone()),
@@ -225,9 +226,9 @@ pub(super) async fn archive(
         .exec(&txn)
         .await?;
     crate::db::commit(txn).await?;
-    if asset.storage_key != key
+    if (asset.storage_key != key || asset.storage_backend != backend)
         && let Ok(old) = storage::ObjectKey::parse(&asset.storage_key)
-        && let Err(e) = env.store.delete(&old).await
+        && let Err(e) = env.store.delete_in(&asset.storage_backend, &old).await
     {
         tracing::warn!(asset_id = %asset.id, error = %e, "cannot remove the unarchived copy");
     }

@@ -19,7 +19,7 @@ use providers::governor::Governor;
 use providers::{CallShape, GenerateRequest, ImageOptions, ImageProvider, Stage};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde_json::json;
-use storage::ObjectStore;
+use storage::ProjectFiles;
 use uuid::Uuid;
 
 use super::calls::{self, Attempted, CallPlan};
@@ -62,7 +62,7 @@ pub struct JobEnv {
     /// Per provider code: how many calls may be in flight, following the
     /// provider's rate-limit signals (shared by all runs).
     pub governors: Arc<HashMap<String, Arc<Governor>>>,
-    pub store: ObjectStore,
+    pub store: ProjectFiles,
     pub retry: RetryPolicy,
     pub limits: DecodeLimits,
     /// The CostActor: asked before every paid attempt.

@@ -11,7 +11,7 @@
 use entities::assets;
 use imaging::DecodeLimits;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
-use storage::{ObjectKey, ObjectStore};
+use storage::{ObjectKey, ProjectFiles};
 use uuid::Uuid;
 
 use crate::ServiceError;
@@ -110,7 +110,7 @@ const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp"];
 pub async fn resolve<C: ConnectionTrait>(
     db: &C,
     project_id: Uuid,
-    store: &ObjectStore,
+    store: &ProjectFiles,
     refs: &[String],
     limits: DecodeLimits,
     prompts: Prompts,
@@ -179,7 +179,10 @@ pub async fn resolve<C: ConnectionTrait>(
                 .await?
                 .ok_or_else(|| not_found(r))?;
             let key = ObjectKey::parse(&asset.storage_key).map_err(|_| not_found(r))?;
-            let bytes = store.get(&key).await.map_err(|_| not_found(r))?;
+            let bytes = store
+                .get_in(&asset.storage_backend, &key)
+                .await
+                .map_err(|_| not_found(r))?;
             out.push(checked(r.clone(), &bytes, limits)?);
         } else {
             let key = ObjectKey::parse(r.trim_start_matches("./")).map_err(|_| {

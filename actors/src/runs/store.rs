@@ -8,7 +8,7 @@ use sea_orm::{
     QueryOrder, QuerySelect,
 };
 use serde_json::json;
-use storage::ObjectStore;
+use storage::ProjectFiles;
 use uuid::Uuid;
 
 use super::events::{self, EventHub};
@@ -52,7 +52,7 @@ pub struct CreatedRun {
 pub async fn create_run(
     db: &DatabaseConnection,
     hub: &EventHub,
-    object_store: &ObjectStore,
+    object_store: &ProjectFiles,
     principal: &Principal,
     project: &projects::Model,
     plan: &Plan,

@@ -34,7 +34,11 @@ pub async fn trigger(
             format!("Provider '{}' is not configured", valid.provider),
         )
     })?;
-    let store_ = crate::projects::object_store(db, &deps.roots, project).await?;
+    let store_ = crate::projects::project_files(db, deps.file_access(), project).await?;
+    if valid.mode == Mode::Run {
+        // Paid results need somewhere to go: refuse before anything is spent.
+        store_.check_writable()?;
+    }
     let resolved = scenes::resolve(
         db,
         project.id,

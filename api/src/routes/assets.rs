@@ -103,7 +103,9 @@ pub struct ContentQuery {
 #[utoipa::path(tag = "assets", params(("slug" = String, Path), ("assetId" = String, Path), ContentQuery),
     responses((status = 200, description = "the file", content_type = "application/octet-stream"),
         (status = 304, description = "If-None-Match matched"),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "storage_unavailable: the file is in S3 storage the project cannot use now"),
+        (status = 503, body = ErrorBody, description = "storage_unreachable: the project's S3 storage did not answer")))]
 #[get("/api/projects/{slug}/assets/{assetId}/content")]
 pub async fn asset_content(
     req: HttpRequest,
@@ -135,7 +137,7 @@ pub async fn asset_content(
     {
         return Ok(HttpResponse::NotModified().finish());
     }
-    let store = projects::object_store(&state.db, &state.roots, &project).await?;
+    let store = projects::project_files(&state.db, state.file_access(), &project).await?;
     let bytes = actors::assets::read(&store, &asset).await?;
     let mut response = HttpResponse::Ok();
     response
@@ -181,6 +183,7 @@ pub struct Uploaded {
     responses((status = 200, body = Uploaded),
         (status = 400, body = ErrorBody, description = "invalid_kind, unsupported_image_format, invalid_image, image_too_large (pixels), field_too_long"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "storage_unavailable: the project's files go to S3 and it has no credentials"),
         (status = 413, body = ErrorBody, description = "payload_too_large (http.upload_limit_bytes)")))]
 #[post("/api/projects/{slug}/assets")]
 pub async fn upload_asset(
@@ -204,7 +207,7 @@ pub async fn upload_asset(
         }
         bytes.extend_from_slice(&chunk);
     }
-    let store = projects::object_store(&state.db, &state.roots, &project).await?;
+    let store = projects::project_files(&state.db, state.file_access(), &project).await?;
     let uploaded = actors::assets::upload(
         &state.db,
         &store,

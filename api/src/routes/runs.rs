@@ -87,6 +87,7 @@ pub struct TriggerResponse {
         (status = 200, body = TriggerResponse),
         (status = 400, body = ErrorBody, description = "invalid_mode, invalid_request, scene_not_found, invalid_scene, candidates_over_limit, batch_over_limit, unknown_provider, config_validation_failed; policy: spend_confirmation_required, budget_exceeded, project_budget_exceeded"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "storage_unavailable: a paid run on a project whose S3 storage cannot be used"),
         (status = 429, body = ErrorBody, description = "queue_full"),
     )
 )]
