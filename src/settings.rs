@@ -120,6 +120,10 @@ pub struct EngineSettings {
     /// `{data_dir}/backend/node-id` (made on first start), so a restarted
     /// process recognises the leases its previous process held.
     pub node_id: Option<String>,
+    /// Live events buffered for WebSocket feed readers (at least 16); a
+    /// reader further behind catches up from the database (run feeds) or is
+    /// closed with 4001 (project feeds).
+    pub event_buffer: usize,
 }
 
 impl Default for EngineSettings {
@@ -137,6 +141,7 @@ impl Default for EngineSettings {
             job_max_attempts: 3,
             adaptive_rate_limits: true,
             node_id: None,
+            event_buffer: 4096,
         }
     }
 }

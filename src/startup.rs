@@ -251,6 +251,7 @@ pub fn engine_config(settings: &Settings) -> actors::engine::EngineConfig {
             poll: Duration::from_millis(settings.webhooks.poll_ms.max(10)),
         },
         adaptive_governors: e.adaptive_rate_limits,
+        event_buffer: e.event_buffer.max(16),
     }
 }
 

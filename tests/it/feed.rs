@@ -62,8 +62,22 @@ async fn replay_then_live_without_gaps_or_duplicates() {
     let token = app.bootstrap_token().await;
     app.create_project(&token, "Book", "book").await;
     let run_id = started_run(&app, &token).await;
-    // Join mid-run, asking for everything after seq 2.
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Join once a few events are persisted, asking for everything after
+    // seq 2. (Whether the run is still going then is up to the machine;
+    // the forced hand-off below does not depend on it.)
+    let id: uuid::Uuid = run_id.parse().unwrap();
+    crate::binary::eventually(
+        "three events persisted",
+        Duration::from_secs(20),
+        || async {
+            let n = actors::runs::events::list_since(&app.db, id, 0, 3)
+                .await
+                .unwrap()
+                .len();
+            (n >= 3).then_some(())
+        },
+    )
+    .await;
     let mut ws = connect(
         &app,
         &format!("/api/projects/book/events/ws?run_id={run_id}&since=2"),
@@ -143,6 +157,11 @@ async fn a_project_feed_streams_live_events_of_its_runs_in_order() {
     assert!(got.len() > 5);
     assert!(got.iter().all(|e| e["run_id"] == run_id.as_str()));
     let seqs: Vec<i64> = got.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs.first(),
+        Some(&1),
+        "subscribed before the run began: {seqs:?}"
+    );
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
 }
 
@@ -239,20 +258,199 @@ async fn heartbeat_pings_and_a_silent_client_is_closed() {
         }
     }
     assert!(pings >= 3, "{pings} pings");
-    // A client that stops reading (so never pongs) is closed as idle.
-    let mut silent = connect(&app, "/api/projects/book/events/ws", Some(&token))
+    // A client that never reads (so never pongs) is closed as idle. A raw
+    // socket, so nothing answers pings on the test's behalf.
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut raw = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    raw.write_all(
+        format!(
+            "GET /api/projects/book/events/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // Everything the server sends until it closes the connection.
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut bytes)).await;
+    let head_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a handshake answer")
+        + 4;
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 101"),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    // Server frames are unmasked; control frames carry < 126 bytes.
+    let mut frames = Vec::new();
+    let mut at = head_end;
+    while at + 2 <= bytes.len() {
+        let (opcode, len) = (bytes[at] & 0x0f, usize::from(bytes[at + 1] & 0x7f));
+        frames.push((
+            opcode,
+            bytes[at + 2..(at + 2 + len).min(bytes.len())].to_vec(),
+        ));
+        at += 2 + len;
+    }
+    assert!(
+        frames.iter().filter(|(op, _)| *op == 0x9).count() >= 2,
+        "pinged first: {frames:?}"
+    );
+    let close = frames
+        .iter()
+        .find(|(op, _)| *op == 0x8)
+        .expect("a close frame");
+    assert_eq!(
+        u16::from_be_bytes([close.1[0], close.1[1]]),
+        1001,
+        "going away (idle)"
+    );
+}
+
+/// The guarantees of a run feed, forced rather than left to timing: live
+/// events after the replay, a hole in the live stream filled from the
+/// database, and a reader that falls behind the hub's buffer made whole
+/// again; a project feed that falls behind is told and closed (4001).
+#[actix_web::test]
+async fn hand_off_holes_and_lag_are_made_whole() {
+    use actors::runs::events;
+    let app = TestApp::spawn_with(|s| s.engine.event_buffer = 16).await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    let (s, b) = app
+        .post(
+            "/api/projects/book/runs/trigger",
+            &token,
+            json!({"mode": "run", "scene_refs": ["sample:1@64x48"], "stage": "style", "candidates": 1, "wait": true}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{b}");
+    let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
+    let project_id: uuid::Uuid = b["run"]["project_id"].as_str().unwrap().parse().unwrap();
+    let persisted = events::list_since(&app.db, run_id, 0, 10_000)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    let last = persisted.last().unwrap().seq;
+    // Appends `n` events to the run (committed, as the engine does) and
+    // returns them; publishing is the test's choice.
+    let append = |n: usize| {
+        let db = app.db.clone();
+        async move {
+            let txn = actors::db::begin_write(&db).await.unwrap();
+            let out = events::append_many(
+                &txn,
+                run_id,
+                project_id,
+                (0..n)
+                    .map(|i| ("test.tick", None, json!({ "i": i })))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+            actors::db::commit(txn).await.unwrap();
+            out
+        }
+    };
+    let mut run_feed = connect(
+        &app,
+        &format!("/api/projects/book/events/ws?run_id={run_id}&since=0"),
+        Some(&token),
+    )
+    .await
+    .unwrap();
+    let mut project_feed = connect(&app, "/api/projects/book/events/ws", Some(&token))
+        .await
+        .unwrap();
+    let replayed = read_events(&mut run_feed, persisted.len()).await;
+    assert_eq!(seqs(&replayed), (1..=last).collect::<Vec<_>>());
+
+    // Hand-off: an event committed and published after the replay.
+    let one = append(1).await;
+    app.hub.publish(one[0].clone());
+    assert_eq!(seqs(&read_events(&mut run_feed, 1).await), vec![last + 1]);
+    assert_eq!(
+        seqs(&read_events(&mut project_feed, 1).await),
+        vec![last + 1]
+    );
+
+    // A hole: two committed, only the second published.
+    let two = append(2).await;
+    app.hub.publish(two[1].clone());
+    assert_eq!(
+        seqs(&read_events(&mut run_feed, 2).await),
+        vec![last + 2, last + 3],
+        "the missing event came from the database, in order"
+    );
+
+    // Lag: 400 events published in a tight loop into a buffer of 16 (a
+    // reader writes each to its socket, far slower than a publish).
+    let many = append(400).await;
+    for e in &many {
+        app.hub.publish(e.clone());
+    }
+    let caught_up = read_events(&mut run_feed, 400).await;
+    assert_eq!(
+        seqs(&caught_up),
+        (last + 4..=last + 403).collect::<Vec<_>>()
+    );
+    // Nothing more: no duplicate from what was still in the buffer.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), next_text(&mut run_feed))
+            .await
+            .is_err(),
+        "a duplicate followed"
+    );
+    // The project feed cannot replay (numbers are per run): told and closed.
+    let mut lagged = false;
     let mut close = None;
-    while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(2), silent.next()).await
+    while let Ok(Some(Ok(msg))) =
+        tokio::time::timeout(Duration::from_secs(10), project_feed.next()).await
     {
-        if let Message::Close(frame) = msg {
-            close = frame;
-            break;
+        match msg {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                lagged |= v["type"] == "lagged";
+            }
+            Message::Close(frame) => {
+                close = frame;
+                break;
+            }
+            _ => {}
         }
     }
-    let frame = close.expect("the server closed the idle connection");
-    assert_eq!(frame.code, CloseCode::Away);
-    let _ = silent.send(Message::Close(None)).await;
+    assert!(lagged, "the project feed was not told it fell behind");
+    assert_eq!(close.expect("closed").code, CloseCode::Library(4001));
+}
+
+fn seqs(events: &[Value]) -> Vec<i64> {
+    events.iter().map(|e| e["seq"].as_i64().unwrap()).collect()
+}
+
+/// The next text message (pings and pongs skipped).
+async fn next_text(ws: &mut Ws) -> Value {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("feed ended: {other:?}"),
+        }
+    }
+}
+
+/// Exactly `n` event messages (within 10 s).
+async fn read_events(ws: &mut Ws, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = tokio::time::timeout(Duration::from_secs(10), next_text(ws))
+            .await
+            .unwrap_or_else(|_| panic!("{} of {n} events arrived: {out:?}", out.len()));
+        assert_eq!(v["type"], "event", "{v}");
+        out.push(v);
+    }
+    out
 }

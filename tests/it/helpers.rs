@@ -84,6 +84,9 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub data_dir: tempfile::TempDir,
     pub db: DatabaseConnection,
+    /// The engine's event hub, to inject live events the way the engine
+    /// publishes them.
+    pub hub: actors::runs::events::EventHub,
     _db_guard: TestDb,
 }
 
@@ -116,12 +119,14 @@ impl TestApp {
         let app = Application::build(settings).await.expect("build app");
         let base = format!("http://{}", app.addr());
         let db = app.db().clone();
+        let hub = app.engine().hub().clone();
         actix_web::rt::spawn(app.run_until_stopped());
         Self {
             base,
             client: reqwest::Client::new(),
             data_dir,
             db,
+            hub,
             _db_guard: db_guard,
         }
     }

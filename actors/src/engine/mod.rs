@@ -64,6 +64,9 @@ pub struct EngineConfig {
     /// Per-provider concurrency follows the provider's rate-limit signals
     /// (`false`: a fixed `provider_concurrency`).
     pub adaptive_governors: bool,
+    /// Live events buffered for feed readers; one that falls further behind
+    /// catches up from the database (run feeds) or is closed (project feeds).
+    pub event_buffer: usize,
 }
 
 impl Default for EngineConfig {
@@ -84,6 +87,7 @@ impl Default for EngineConfig {
             limits: DecodeLimits::default(),
             webhooks: crate::webhooks::WebhookConfig::default(),
             adaptive_governors: true,
+            event_buffer: 4096,
         }
     }
 }
@@ -147,7 +151,7 @@ impl EngineDeps {
         );
         Self {
             db,
-            hub: EventHub::new(4096),
+            hub: EventHub::new(config.event_buffer),
             roots,
             providers: providers
                 .into_iter()
