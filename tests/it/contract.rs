@@ -496,3 +496,167 @@ async fn openapi_document_is_internally_valid() {
         }
     }
 }
+
+/// Pages served next to the API, not part of it (not in the OpenAPI document).
+const PAGES: &[(&str, &str)] = &[
+    ("GET", "/console"),
+    ("GET", "/console/console.js"),
+    ("GET", "/console/console.css"),
+];
+
+/// The other direction of `openapi_matches_mounted_routes`: every route the
+/// `api` crate's source mounts — `#[get("…")]`-style attributes (also inside
+/// `macro_rules!`, resolved through each invocation) and `.route("…")` calls
+/// — is in the OpenAPI document (or is one of the console's pages). Read
+/// from the source, so it is independent of the document.
+#[actix_web::test]
+async fn every_mounted_route_is_documented() {
+    let app = TestApp::spawn().await;
+    let (_, doc) = app.call(Method::GET, "/openapi.json", None, None).await;
+    let documented = documented_pairs(&doc);
+    let mounted =
+        mounted_in_source(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("api/src"));
+    assert!(mounted.len() > 80, "the scan found too little: {mounted:?}");
+    let pages: BTreeSet<(String, String)> = PAGES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let undocumented: Vec<_> = mounted
+        .difference(&documented)
+        .filter(|p| !pages.contains(p))
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "mounted but not documented: {undocumented:?}"
+    );
+    let unmounted: Vec<_> = documented.difference(&mounted).collect();
+    assert!(
+        unmounted.is_empty(),
+        "documented but not in the source: {unmounted:?}"
+    );
+    for (method, path) in PAGES {
+        assert!(
+            mounted.contains(&(method.to_string(), path.to_string())),
+            "{path}"
+        );
+    }
+    // `/health` counts exactly the documented routes.
+    let (_, health) = app.call(Method::GET, "/health", None, None).await;
+    assert_eq!(health["route_count"], json!(documented.len()));
+}
+
+fn string_literal(s: &str) -> Option<String> {
+    let s = s.trim_start();
+    let rest = s.strip_prefix('"')?;
+    rest.split_once('"').map(|(lit, _)| lit.to_string())
+}
+
+/// Top-level comma-separated arguments of the parenthesised list `s` starts in.
+fn macro_args(s: &str) -> Vec<String> {
+    let mut depth = 0i32;
+    let mut args = vec![String::new()];
+    for c in s.chars() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth == 1 {
+                    continue;
+                }
+            }
+            ')' | ']' | '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    break;
+                }
+            }
+            ',' if depth == 1 => {
+                args.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        if depth >= 1 {
+            args.last_mut().unwrap().push(c);
+        }
+    }
+    args.into_iter().map(|a| a.trim().to_string()).collect()
+}
+
+fn mounted_in_source(dir: &std::path::Path) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    let mut files = vec![dir.to_path_buf()];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let src = std::fs::read_to_string(&path).unwrap();
+        // Macros: placeholder name -> argument position, and the
+        // (method, placeholder) attributes in their bodies.
+        let mut macros: Vec<(String, Vec<String>, Vec<(String, String)>)> = Vec::new();
+        for (at, _) in src.match_indices("macro_rules!") {
+            let rest = &src[at + "macro_rules!".len()..];
+            let name = rest
+                .trim_start()
+                .split(|c: char| !c.is_alphanumeric() && c != '_')
+                .next()
+                .unwrap()
+                .to_string();
+            let params: Vec<String> = macro_args(&rest[rest.find('(').unwrap()..])
+                .iter()
+                .map(|p| {
+                    p.trim_start_matches('$')
+                        .split(':')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            let mut attrs = Vec::new();
+            for method in ["get", "post", "put", "delete", "patch"] {
+                for (a, _) in rest.match_indices(&format!("#[{method}($")) {
+                    let ph = &rest[a + method.len() + 4..];
+                    let ph = ph.split(')').next().unwrap().to_string();
+                    attrs.push((method.to_uppercase(), ph));
+                }
+            }
+            macros.push((name, params, attrs));
+        }
+        for (name, params, attrs) in &macros {
+            for (at, _) in src.match_indices(&format!("{name}!(")) {
+                let args = macro_args(&src[at + name.len() + 1..]);
+                for (method, ph) in attrs {
+                    let idx = params.iter().position(|p| p == ph).unwrap();
+                    let path = string_literal(&args[idx]).unwrap();
+                    out.insert((method.clone(), path));
+                }
+            }
+        }
+        for method in ["get", "post", "put", "delete", "patch"] {
+            for (at, _) in src.match_indices(&format!("#[{method}(")) {
+                if let Some(path) = string_literal(&src[at + method.len() + 3..]) {
+                    out.insert((method.to_uppercase(), path));
+                }
+            }
+        }
+        // `.route("/path", web::get()…)`
+        for (at, _) in src.match_indices(".route(") {
+            let args = macro_args(&src[at + ".route".len()..]);
+            if let (Some(path), Some(how)) =
+                (args.first().and_then(|a| string_literal(a)), args.get(1))
+            {
+                let method = how
+                    .trim_start_matches("web::")
+                    .split('(')
+                    .next()
+                    .unwrap()
+                    .to_uppercase();
+                out.insert((method, path));
+            }
+        }
+    }
+    out
+}

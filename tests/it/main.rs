@@ -24,6 +24,7 @@ mod copilot;
 mod feed;
 mod guarantees;
 mod hostile;
+mod isolation;
 mod journey;
 mod ledger;
 mod migrations;
