@@ -323,23 +323,17 @@ impl Settings {
                 }
             }
         }
+        // Every field of `Settings` can come from `ATELIER_<SECTION>__<KEY>`;
+        // other ATELIER_ variables (ATELIER_LOG_FORMAT, ATELIER_CONFIG, …) are
+        // not settings and are left out, since unknown keys are refused.
+        let sections = settings_keys();
         figment = figment
             .merge(
                 Env::prefixed("ATELIER_")
-                    .filter(|key| {
+                    .filter(move |key| {
                         let key = key.as_str().to_ascii_lowercase();
-                        let key = key.as_str();
-                        ["data_dir", "bind", "database_url"].contains(&key)
-                            || [
-                                "database__",
-                                "auth__",
-                                "http__",
-                                "storage__",
-                                "engine__",
-                                "providers__",
-                            ]
-                            .iter()
-                            .any(|p| key.starts_with(p))
+                        let top = key.split("__").next().unwrap_or_default();
+                        sections.iter().any(|s| s == top)
                     })
                     .split("__"),
             )
@@ -445,6 +439,14 @@ pub fn redact_url(url: &str) -> String {
 /// Absolute form of `path`, relative paths taken against the current directory.
 pub fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// The top-level keys of `Settings` (`data_dir`, `engine`, `network`, …).
+fn settings_keys() -> Vec<String> {
+    match serde_json::to_value(Settings::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
 }
 
 #[cfg(test)]

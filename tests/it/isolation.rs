@@ -40,7 +40,10 @@ async fn populate(app: &TestApp, admin: &str, slug: &str) -> BTreeMap<&'static s
             json!({"parent_asset_id": a0, "child_asset_id": a1, "link_type": "reference_of"}),
         )
         .await);
-    ids.insert("linkId", link["asset_link"]["id"].as_str().unwrap().to_string());
+    ids.insert(
+        "linkId",
+        link["asset_link"]["id"].as_str().unwrap().to_string(),
+    );
     ids.insert("assetId", a0);
     ids.insert("otherAssetId", a1);
     for (route, key, name) in [

@@ -296,6 +296,7 @@ pub async fn bucket_keys(endpoint: &str, bucket: &str, prefix: &str) -> Vec<Stri
 
 /// A fresh bucket on the test S3 server; returns its endpoint and name.
 pub async fn fresh_bucket() -> (String, String) {
+    atelier::startup::install_runtime_defaults();
     let endpoint = std::env::var("ATELIER_TEST_S3_ENDPOINT")
         .expect("ATELIER_TEST_S3_ENDPOINT must point at an S3-compatible server (scripts/test.sh starts one)");
     let bucket = format!("atelier-{}", uuid::Uuid::new_v4().simple());
