@@ -582,6 +582,10 @@ fn macro_args(s: &str) -> Vec<String> {
     args.into_iter().map(|a| a.trim().to_string()).collect()
 }
 
+/// A `macro_rules!` that mounts routes: its name, its parameter names in
+/// order, and the (method, path placeholder) attributes in its body.
+type MacroRoutes = (String, Vec<String>, Vec<(String, String)>);
+
 fn mounted_in_source(dir: &std::path::Path) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     let mut files = vec![dir.to_path_buf()];
@@ -596,7 +600,7 @@ fn mounted_in_source(dir: &std::path::Path) -> BTreeSet<(String, String)> {
         let src = std::fs::read_to_string(&path).unwrap();
         // Macros: placeholder name -> argument position, and the
         // (method, placeholder) attributes in their bodies.
-        let mut macros: Vec<(String, Vec<String>, Vec<(String, String)>)> = Vec::new();
+        let mut macros: Vec<MacroRoutes> = Vec::new();
         for (at, _) in src.match_indices("macro_rules!") {
             let rest = &src[at + "macro_rules!".len()..];
             let name = rest
