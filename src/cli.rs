@@ -160,7 +160,8 @@ pub enum BenchWhat {
 pub enum MigrateAction {
     /// Apply every pending migration (SQLite files are backed up first).
     Up,
-    /// Roll back migrations (all of them unless --steps is given).
+    /// Roll back migrations (all of them unless --steps is given); an SQLite
+    /// file is backed up first.
     Down {
         #[arg(long)]
         steps: Option<u32>,
@@ -342,7 +343,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .map_err(StartupError::from)?;
             let status = match action {
                 MigrateAction::Up => database::migrate_up(&db, &settings).await,
-                MigrateAction::Down { steps } => database::migrate_down(&db, steps).await,
+                MigrateAction::Down { steps } => {
+                    database::migrate_down(&db, &settings, steps).await
+                }
                 MigrateAction::Status => database::schema_status(&db.conn)
                     .await
                     .map_err(database::DatabaseError::Migrate),

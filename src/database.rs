@@ -268,9 +268,23 @@ async fn known_schema(db: &Db) -> Result<SchemaStatus, DatabaseError> {
     Ok(status)
 }
 
-/// Rolls back `steps` migrations (all of them when `None`).
-pub async fn migrate_down(db: &Db, steps: Option<u32>) -> Result<SchemaStatus, DatabaseError> {
-    known_schema(db).await?;
+/// Rolls back `steps` migrations (all of them when `None`). Rolling back
+/// drops tables and columns, so an SQLite file is copied aside first (as
+/// before migrating up); PostgreSQL is the operator's to back up.
+pub async fn migrate_down(
+    db: &Db,
+    settings: &Settings,
+    steps: Option<u32>,
+) -> Result<SchemaStatus, DatabaseError> {
+    let status = known_schema(db).await?;
+    if settings.database_url.is_none()
+        && settings.database.backup_before_migrate
+        && !status.applied.is_empty()
+        && steps != Some(0)
+    {
+        let backup = backup_sqlite(&db.conn, settings).await?;
+        tracing::info!(backup = %backup.display(), "backed up the database before rolling back");
+    }
     Migrator::down(&db.conn, steps)
         .await
         .map_err(DatabaseError::Migrate)?;

@@ -97,6 +97,30 @@ impl Deployment {
         }
     }
 
+    /// Runs an `atelier` command (e.g. `migrate status`) on this
+    /// deployment's data directory and database; returns (success, stdout,
+    /// stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atelier"));
+        cmd.arg("--data-dir")
+            .arg(self.dir.path())
+            .args(args)
+            .env("RUST_LOG", "warn");
+        match &self.db.url {
+            Some(url) => cmd.env("DATABASE_URL", url),
+            None => cmd.env_remove("DATABASE_URL"),
+        };
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// A connection to the deployment's database, for inspecting it.
     pub async fn connect(&self) -> DatabaseConnection {
         let url = match &self.db.url {

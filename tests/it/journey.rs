@@ -2,25 +2,10 @@
 //! on the test run's database (SQLite, or a fresh PostgreSQL database): what
 //! a frontend written for the v1 contract does, start to finish.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::TestDb;
-
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use crate::binary::{Deployment, Server};
 
 struct Client {
     http: reqwest::Client,
@@ -56,48 +41,20 @@ impl Client {
 
 #[actix_web::test]
 async fn the_whole_journey_against_the_real_binary() {
-    atelier::startup::install_runtime_defaults();
-    let db = TestDb::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_atelier"));
-    cmd.arg("--data-dir")
-        .arg(dir.path())
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env_remove("DATABASE_URL")
-        .env("RUST_LOG", "warn")
-        .env(
-            "ATELIER_SECRETS__MASTER_KEY_ENV",
-            "ATELIER_TEST_UNSET_MASTER_KEY",
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(url) = &db.url {
-        cmd.env("DATABASE_URL", url);
-    }
-    let server = Server {
-        child: cmd.spawn().unwrap(),
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let http = reqwest::Client::new();
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = http.get(format!("{}/health", server.base)).send().await
-            && r.status() == StatusCode::OK
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "server did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let backend = if db.url.is_some() {
+    let mut deploy = Deployment::new(&[(
+        "ATELIER_SECRETS__MASTER_KEY_ENV",
+        "ATELIER_TEST_UNSET_MASTER_KEY",
+    )])
+    .await;
+    let server = deploy.start().await;
+    walk(&server, &deploy.client).await;
+}
+
+/// J00–J08 on a running server; returns the token it used. Leaves the
+/// project `harbour_tales` with a run, its files and records, a catalogue,
+/// a chat session and a confirmed instruction.
+pub async fn walk(server: &Server, http: &reqwest::Client) -> String {
+    let backend = if crate::helpers::on_postgres() {
         "postgres"
     } else {
         "sqlite"
@@ -286,5 +243,5 @@ async fn the_whole_journey_against_the_real_binary() {
         .call(M::GET, "/api/projects/nope/style-guides", None)
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    drop(server);
+    c.token
 }

@@ -25,7 +25,7 @@ mod feed;
 mod guarantees;
 mod hostile;
 mod isolation;
-mod journey;
+pub mod journey;
 mod ledger;
 mod migrations;
 mod projects;

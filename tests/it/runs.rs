@@ -471,7 +471,20 @@ async fn cancel_stops_further_calls_and_wins_over_completion() {
     let (s, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:1", "sample:2", "sample:3"], "stage": "time", "candidates": 2})).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let run_id = b["run_id"].as_str().unwrap().to_string();
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // Mid-run: a first call has completed.
+    crate::binary::eventually(
+        "a first call done",
+        std::time::Duration::from_secs(20),
+        || async {
+            let done = entities::provider_calls::Entity::find()
+                .filter(entities::provider_calls::Column::Status.eq("succeeded"))
+                .all(&app.db)
+                .await
+                .unwrap();
+            (!done.is_empty()).then_some(())
+        },
+    )
+    .await;
     let (s, c) = app
         .post(
             &format!("/api/projects/book/runs/{run_id}/cancel"),
@@ -492,7 +505,23 @@ async fn cancel_stops_further_calls_and_wins_over_completion() {
             .count()
     };
     let calls_at_cancel = started().await;
-    tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    // Once every job has stopped, nothing more can be called.
+    let run_uuid: uuid::Uuid = run_id.parse().unwrap();
+    crate::binary::eventually(
+        "every job stopped",
+        std::time::Duration::from_secs(20),
+        || async {
+            let jobs = entities::run_jobs::Entity::find()
+                .filter(entities::run_jobs::Column::RunId.eq(run_uuid))
+                .all(&app.db)
+                .await
+                .unwrap();
+            jobs.iter()
+                .all(|j| !["pending", "running"].contains(&j.status.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
     let calls_later = started().await;
     assert!(
         calls_later <= calls_at_cancel + 1,
@@ -777,21 +806,29 @@ async fn retry_gives_failed_jobs_a_linked_new_attempt_without_repaying() {
         assert_eq!(now.attempt, b.attempt);
         assert_eq!(now.finished_at, b.finished_at);
     }
-    // A run with nothing to retry says so.
-    let (_, ok_run) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:9"], "candidates": 1, "wait": true, "manifest": {}})).await;
-    if ok_run["run"]["status"] == "done" {
-        let (s, e) = app
-            .post(
-                &format!(
-                    "/api/projects/book/runs/{}/retry",
-                    ok_run["run_id"].as_str().unwrap()
-                ),
-                &token,
-                json!({}),
-            )
-            .await;
-        assert_error(s, &e, 409, "run_not_retryable");
+    // A run with nothing to retry says so. (Each run draws its failures
+    // anew: a one-job run succeeds half the time; 30 tries all failing has
+    // odds of 1 in 10^9.)
+    let mut ok_run = None;
+    for _ in 0..30 {
+        let (_, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:9"], "candidates": 1, "wait": true, "manifest": {}})).await;
+        if b["run"]["status"] == "done" {
+            ok_run = Some(b);
+            break;
+        }
     }
+    let ok_run = ok_run.expect("no successful run in 30 tries at a 50% failure rate");
+    let (s, e) = app
+        .post(
+            &format!(
+                "/api/projects/book/runs/{}/retry",
+                ok_run["run_id"].as_str().unwrap()
+            ),
+            &token,
+            json!({}),
+        )
+        .await;
+    assert_error(s, &e, 409, "run_not_retryable");
 }
 
 #[actix_web::test]
@@ -915,9 +952,11 @@ async fn validate_config_checks_layers_and_refuses_paths() {
 #[actix_web::test]
 async fn workers_heartbeat_their_lease_while_a_slow_call_runs() {
     let app = TestApp::spawn_with(|s| {
-        s.providers.local.latency_ms = 1_300;
-        s.engine.lease_seconds = 1;
-        s.engine.heartbeat_ms = 200;
+        // A call longer than the lease, beats 20 times as often as the lease
+        // runs out (room for a loaded machine).
+        s.providers.local.latency_ms = 2_300;
+        s.engine.lease_seconds = 2;
+        s.engine.heartbeat_ms = 100;
     })
     .await;
     let token = project(&app).await;
@@ -940,7 +979,7 @@ async fn workers_heartbeat_their_lease_while_a_slow_call_runs() {
     );
     let beat = job.heartbeat_at.unwrap() - job.started_at.unwrap();
     assert!(
-        beat >= chrono::Duration::milliseconds(1_000),
+        beat >= chrono::Duration::milliseconds(2_000),
         "no heartbeat during the call: {beat}"
     );
 }
