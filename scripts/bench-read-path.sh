@@ -28,10 +28,16 @@ for i in $(seq 1 $PROJECTS); do
     -H 'content-type: application/json' -d "{\"name\":\"Book $i\",\"description\":\"Volume $i of the saga\"}"
 done
 
-rate() { # path [auth]
-  local args=(-t2 -c"$CONNS" -d"${DURATION}s" --latency)
+rate() { # path [auth]; fails the benchmark on any non-2xx answer or socket error
+  local args=(-t2 -c"$CONNS" -d"${DURATION}s" --latency) out
   [ "${2:-}" = auth ] && args+=(-H "Authorization: Bearer $TOKEN")
-  wrk "${args[@]}" "$BASE$1" | awk '/Requests\/sec/ {print $2}'
+  out=$(wrk "${args[@]}" "$BASE$1")
+  if grep -qE 'Non-2xx or 3xx responses|Socket errors' <<<"$out"; then
+    echo "bench-read-path: $1 had failed requests; the measurement is void:" >&2
+    echo "$out" >&2
+    exit 1
+  fi
+  awk '/Requests\/sec/ {print $2}' <<<"$out"
 }
 # Warm up, then measure the endpoints in interleaved rounds so that drift of
 # the machine hits the baseline and the list endpoints alike; report medians.
@@ -47,12 +53,15 @@ done
 
 python3 - "${H[*]}" "${P[*]}" "${D[*]}" "${T[*]}" "$DURATION" "$CONNS" "$PROJECTS" "$ROUNDS" <<'PY'
 import statistics, sys
-h, p, d, t = (statistics.median(map(float, a.split())) for a in sys.argv[1:5])
+h, p, d, t = ([float(x) for x in a.split()] for a in sys.argv[1:5])
 dur, conns, n, rounds = sys.argv[5:9]
-print(f"wrk -t2 -c{conns} -d{dur}s on 127.0.0.1, release build, SQLite, {n} projects; median of {rounds} interleaved rounds\n")
-print("| endpoint | requests/s | ratio to /health |")
+print(f"wrk -t2 -c{conns} -d{dur}s on 127.0.0.1, release build, SQLite, {n} projects; {rounds} interleaved rounds, every request 2xx\n")
+print("| endpoint | requests/s (median) | ratio to /health, same round (min / median / max) |")
 print("|---|---:|---:|")
+def spread(xs):
+    xs = sorted(xs)
+    return f"{xs[0]:.2f} / {statistics.median(xs):.2f} / {xs[-1]:.2f}"
 for name, r in [("GET /health (baseline)", h), (f"GET /api/projects ({n} projects, authenticated)", p),
                 ("GET /api/projects/{slug} (detail + counts, authenticated)", d), ("GET /auth/tokens (authenticated)", t)]:
-    print(f"| {name} | {r:,.0f} | {r/h:.2f} |")
+    print(f"| {name} | {statistics.median(r):,.0f} | {spread([a / b for a, b in zip(r, h)])} |")
 PY

@@ -124,6 +124,9 @@ pub enum BenchWhat {
         /// Provider calls in flight for the throughput measurement (twice as many jobs).
         #[arg(long, default_value_t = 32)]
         throughput_concurrency: usize,
+        /// Rounds (each on fresh files); the report gives min / median / max.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
     },
     /// Post-process passes in megapixels/s against baselines, and upscale quality.
     Passes {
@@ -147,6 +150,9 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 15)]
         stall_seconds: u64,
     },
+    /// The server side of `bench feed` (run by it in a child process).
+    #[command(hide = true)]
+    FeedServer,
     /// Peak memory of a streamed upscale of a large image.
     UpscaleMemory {
         #[arg(long, default_value_t = 4096)]
@@ -238,6 +244,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     latency_calls,
                     scene_size,
                     throughput_concurrency,
+                    rounds,
                 },
         } => {
             let settings = Settings::load(&overrides).map_err(StartupError::from)?;
@@ -251,6 +258,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     latency_calls,
                     scene_size,
                     throughput_concurrency,
+                    rounds,
                 },
             )
             .await
@@ -324,6 +332,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 },
             )
             .await
+        }
+        Command::Bench {
+            what: BenchWhat::FeedServer,
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::bench::feed::serve(settings).await
         }
         Command::Bench {
             what: BenchWhat::UpscaleMemory { side, factor },

@@ -1,22 +1,30 @@
 //! `atelier bench feed`: latency of the live progress feed, from an event
 //! persisted (committed) to a WebSocket client receiving it, for N clients at
-//! a fixed event rate; and server memory while one client stalls.
+//! a fixed event rate; and the server's memory while one client stalls.
 //!
-//! Everything runs in this process: the real service on a loopback port,
-//! real WebSocket clients (tokio-tungstenite), events appended and committed
-//! through the same code the engine uses, then published on the hub. The
-//! baseline is the same publisher with N in-process hub subscribers (no
-//! WebSocket, no JSON), measured in the same run.
+//! Two processes, so the load generator is not measured with the server:
+//! the service runs in a child (`atelier bench feed-server`, driven over its
+//! stdin/stdout), which appends, commits and publishes events through the
+//! engine's code and reports each commit instant; the WebSocket clients run
+//! here and note each arrival. Both clocks are the machine's wall clock.
+//! Server memory is the child's own RSS. The baseline — the same publisher
+//! with N in-process hub subscribers, no WebSocket or JSON — runs in the
+//! child, in the same run.
 
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actors::Principal;
 use actors::projects::{self, UpsertProject};
 use actors::runs::{events, plan, trigger};
 use futures_util::StreamExt;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
@@ -35,49 +43,28 @@ fn err(e: impl std::fmt::Display) -> CliError {
     CliError::Service(e.to_string())
 }
 
-/// Commit instants (ns since `epoch`) by sequence number, from `base`.
-struct Clock {
-    epoch: Instant,
-    base: i64,
-    sent: Vec<AtomicU64>,
+/// Wall-clock microseconds: comparable across the two processes.
+fn wall_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
-impl Clock {
-    fn new(base: i64, capacity: usize) -> Self {
-        Self {
-            epoch: Instant::now(),
-            base,
-            sent: (0..capacity).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    fn slot(&self, seq: i64) -> Option<&AtomicU64> {
-        self.sent.get(usize::try_from(seq - self.base).ok()?)
-    }
-
-    fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    fn latency_us(&self, seq: i64) -> Option<u32> {
-        let sent = self.slot(seq)?.load(Ordering::Acquire);
-        (sent > 0).then(|| (self.now().saturating_sub(sent) / 1_000) as u32)
-    }
-}
+// ---------------------------------------------------------------- the server
 
 struct Target {
-    app_base: String,
     db: sea_orm::DatabaseConnection,
     hub: actors::runs::events::EventHub,
     run_id: Uuid,
     project_id: Uuid,
 }
 
-/// Appends, commits and publishes `count` events at `rate`/s, recording each
-/// commit instant; returns the achieved rate.
-async fn publish(t: &Target, clock: &Clock, count: usize, rate: u32) -> Result<f64, CliError> {
+/// Appends, commits and publishes `count` events at `rate`/s; returns the
+/// achieved rate and each event's commit instant by sequence number.
+async fn publish(t: &Target, count: usize, rate: u32) -> Result<(f64, Vec<(i64, u64)>), CliError> {
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let start = tokio::time::Instant::now();
+    let mut committed = Vec::with_capacity(count);
     for i in 0..count {
         tokio::time::sleep_until(start + period * i as u32).await;
         let payload = json!({
@@ -99,264 +86,47 @@ async fn publish(t: &Target, clock: &Clock, count: usize, rate: u32) -> Result<f
         .await
         .map_err(err)?;
         actors::db::commit(txn).await.map_err(err)?;
-        if let Some(slot) = clock.slot(event.seq) {
-            slot.store(clock.now(), Ordering::Release);
-        }
+        committed.push((event.seq, wall_us()));
         t.hub.publish(event);
     }
-    Ok(count as f64 / start.elapsed().as_secs_f64())
-}
-
-/// The `seq` of a feed message without parsing all of it (the clients share
-/// the machine with the server; they should cost as little as possible).
-fn seq_of(text: &str) -> Option<i64> {
-    let rest = &text[text.find("\"seq\":")? + 6..];
-    let end = rest
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(rest.len());
-    rest[..end].parse().ok()
-}
-
-struct Stats {
-    received: usize,
-    p50: f64,
-    p99: f64,
-    max: f64,
-}
-
-fn stats(mut us: Vec<u32>) -> Stats {
-    us.sort_unstable();
-    let at = |q: f64| {
-        us.get(((us.len() as f64 - 1.0) * q).round() as usize)
-            .map_or(f64::NAN, |v| f64::from(*v) / 1000.0)
-    };
-    Stats {
-        received: us.len(),
-        p50: at(0.5),
-        p99: at(0.99),
-        max: at(1.0),
-    }
-}
-
-/// N WebSocket clients on the project feed; latencies of events from `first`.
-async fn over_websocket(
-    t: &Target,
-    clients: usize,
-    rate: u32,
-    seconds: u64,
-) -> Result<(Stats, f64), CliError> {
-    let warmup = rate as usize; // one second
-    let count = warmup + rate as usize * seconds as usize;
-    let url = format!(
-        "{}/api/projects/bench/events/ws",
-        t.app_base.replacen("http", "ws", 1)
-    );
-    let mut sockets = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
-            .await
-            .map_err(err)?;
-        sockets.push(ws);
-    }
-    let base = current_seq(t).await?;
-    let clock = Arc::new(Clock::new(base, count + 1));
-    let first = base + warmup as i64 + 1;
-    let last = first + (count - warmup) as i64 - 1;
-    let tasks: Vec<_> = sockets
-        .into_iter()
-        .map(|mut ws| {
-            let clock = clock.clone();
-            tokio::spawn(async move {
-                let mut us = Vec::new();
-                loop {
-                    let msg = match ws.next().await {
-                        Some(Ok(msg)) => msg,
-                        Some(Err(e)) => {
-                            eprintln!("feed client: {e}");
-                            break;
-                        }
-                        None => break,
-                    };
-                    if let Message::Close(frame) = &msg {
-                        eprintln!("feed client closed: {frame:?}");
-                        break;
-                    }
-                    if let Message::Text(text) = msg
-                        && let Some(seq) = seq_of(&text)
-                    {
-                        if seq >= first
-                            && let Some(l) = clock.latency_us(seq)
-                        {
-                            us.push(l);
-                        }
-                        if seq >= last {
-                            break;
-                        }
-                    }
-                }
-                us
-            })
-        })
-        .collect();
-    let achieved = publish(t, &clock, count, rate).await?;
-    let mut all = Vec::new();
-    for task in tasks {
-        match tokio::time::timeout(Duration::from_secs(30), task).await {
-            Ok(Ok(us)) => all.extend(us),
-            _ => return Err(CliError::Service("a feed client did not finish".into())),
-        }
-    }
-    let expected = (count - warmup) * clients;
-    if all.len() != expected {
-        return Err(CliError::Service(format!(
-            "clients received {} of {expected} events",
-            all.len()
-        )));
-    }
-    Ok((stats(all), achieved))
+    Ok((count as f64 / start.elapsed().as_secs_f64(), committed))
 }
 
 /// The baseline: N in-process hub subscribers, same publisher.
-async fn over_hub(t: &Target, clients: usize, rate: u32, seconds: u64) -> Result<Stats, CliError> {
-    let warmup = rate as usize;
-    let count = warmup + rate as usize * seconds as usize;
-    let base = current_seq(t).await?;
-    let clock = Arc::new(Clock::new(base, count + 1));
-    let first = base + warmup as i64 + 1;
-    let last = first + (count - warmup) as i64 - 1;
+async fn over_hub(
+    t: &Target,
+    clients: usize,
+    count: usize,
+    warmup: usize,
+    rate: u32,
+) -> Result<Stats, CliError> {
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let mut rx = t.hub.subscribe();
-            let clock = clock.clone();
             tokio::spawn(async move {
-                let mut us = Vec::new();
+                let mut arrived = Vec::with_capacity(count);
                 while let Ok(e) = rx.recv().await {
-                    if e.seq >= first
-                        && let Some(l) = clock.latency_us(e.seq)
-                    {
-                        us.push(l);
-                    }
-                    if e.seq >= last {
+                    arrived.push((e.seq, wall_us()));
+                    if arrived.len() == count {
                         break;
                     }
                 }
-                us
+                arrived
             })
         })
         .collect();
-    publish(t, &clock, count, rate).await?;
+    let (_, committed) = publish(t, count, rate).await?;
     let mut all = Vec::new();
     for task in tasks {
-        all.extend(task.await.map_err(err)?);
+        all.push(task.await.map_err(err)?);
     }
-    Ok(stats(all))
+    latencies(&committed, warmup, &all)
 }
 
-async fn current_seq(t: &Target) -> Result<i64, CliError> {
-    use sea_orm::EntityTrait;
-    Ok(entities::runs::Entity::find_by_id(t.run_id)
-        .one(&t.db)
-        .await
-        .map_err(err)?
-        .map_or(0, |r| r.last_event_seq))
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-/// One client that never reads and one that does, at `rate` for `seconds`:
-/// server memory over time, and how the stalled client was cut off.
-async fn stalled(t: &Target, rate: u32, seconds: u64) -> Result<(), CliError> {
-    let url = format!(
-        "{}/api/projects/bench/events/ws",
-        t.app_base.replacen("http", "ws", 1)
-    );
-    let (mut stalled, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .map_err(err)?;
-    let (mut reader, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .map_err(err)?;
-    let done = Arc::new(AtomicBool::new(false));
-    let read = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let mut n = 0usize;
-            while !done.load(Ordering::Relaxed) {
-                match tokio::time::timeout(Duration::from_millis(200), reader.next()).await {
-                    Ok(Some(Ok(Message::Text(_)))) => n += 1,
-                    Ok(Some(Ok(_))) | Err(_) => {}
-                    _ => break,
-                }
-            }
-            n
-        })
-    };
-    let count = rate as usize * seconds as usize;
-    let clock = Clock::new(current_seq(t).await?, count + 1);
-    let sampler = {
-        let done = done.clone();
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            while !done.load(Ordering::Relaxed) {
-                samples.push(rss_kib());
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            samples
-        })
-    };
-    let before = rss_kib();
-    publish(t, &clock, count, rate).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    done.store(true, Ordering::Relaxed);
-    let samples = sampler.await.map_err(err)?;
-    let read_by_reader = read.await.map_err(err)?;
-    // Now drain the stalled client: what it was sent, then how it was closed.
-    let mut got = 0usize;
-    let mut close = String::from("still open");
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), stalled.next()).await {
-        match msg {
-            Ok(Message::Text(_)) => got += 1,
-            Ok(Message::Close(frame)) => {
-                close = frame.map_or("close without code".into(), |f| {
-                    format!("{} {}", u16::from(f.code), f.reason)
-                });
-                break;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                close = format!("connection ended: {e}");
-                break;
-            }
-        }
-    }
-    let max = samples.iter().copied().max().unwrap_or(before);
-    println!(
-        "stalled client: {count} events in {seconds} s; reading client got {read_by_reader}; \
-         stalled client got {got} then: {close}"
-    );
-    println!(
-        "server RSS: {:.1} MiB before, {:.1} MiB max during, {:.1} MiB at the end (samples/s: {:?})",
-        before as f64 / 1024.0,
-        max as f64 / 1024.0,
-        rss_kib() as f64 / 1024.0,
-        samples.iter().map(|k| k / 1024).collect::<Vec<_>>()
-    );
-    Ok(())
-}
-
-pub async fn run(mut settings: Settings, o: FeedOptions) -> Result<(), CliError> {
-    let dir = settings.data_dir.join("bench-feed");
-    let _ = std::fs::remove_dir_all(&dir);
-    settings.data_dir = dir;
+/// `atelier bench feed-server`: the service plus a publisher, driven by
+/// lines on stdin (`publish COUNT RATE`, `hub CLIENTS COUNT WARMUP RATE`,
+/// `quit`); answers on stdout.
+pub async fn serve(mut settings: Settings) -> Result<(), CliError> {
     settings.bind = "127.0.0.1:0".into();
     settings.auth.dev_bypass = true;
     let app = Application::build(settings.clone())
@@ -366,7 +136,6 @@ pub async fn run(mut settings: Settings, o: FeedOptions) -> Result<(), CliError>
     let db = app.db().clone();
     let engine = app.engine().clone();
     actix_web::rt::spawn(app.run_until_stopped());
-
     let principal = Principal::DevBypass;
     let roots = engine.deps.roots.clone();
     let project = projects::upsert(
@@ -393,15 +162,358 @@ pub async fn run(mut settings: Settings, o: FeedOptions) -> Result<(), CliError>
         .created
         .run;
     let target = Target {
-        app_base: base,
         db,
         hub: engine.hub().clone(),
         run_id: run.id,
         project_id: project.project.id,
     };
+    println!("READY {base}");
+    let (tx, mut commands) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = commands.recv().await {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let num = |i: usize| {
+            words
+                .get(i)
+                .and_then(|w| w.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        match words.first().copied() {
+            Some("publish") => {
+                let (achieved, committed) = publish(&target, num(1), num(2) as u32).await?;
+                let times: Vec<String> =
+                    committed.iter().map(|(s, t)| format!("{s}:{t}")).collect();
+                println!("DONE {achieved:.1} {}", times.join(","));
+            }
+            Some("hub") => {
+                let s = over_hub(&target, num(1), num(2), num(3), num(4) as u32).await?;
+                println!("HUB {} {} {} {}", s.received, s.p50, s.p99, s.max);
+            }
+            _ => break,
+        }
+    }
+    Ok(())
+}
 
+// ------------------------------------------------------------ the load side
+
+/// The child process and its command channel.
+struct Server {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+    base: String,
+}
+
+impl Server {
+    async fn start(data_dir: &std::path::Path, settings: &Settings) -> Result<Self, CliError> {
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .args(["bench", "feed-server"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if let Some(url) = &settings.database_url {
+            cmd.env("DATABASE_URL", url);
+        }
+        let mut child = cmd.spawn()?;
+        let input = child.stdin.take().ok_or_else(|| err("no stdin"))?;
+        let output = BufReader::new(child.stdout.take().ok_or_else(|| err("no stdout"))?);
+        let mut server = Self {
+            child,
+            input,
+            output,
+            base: String::new(),
+        };
+        let ready = server.line().await?;
+        server.base = ready
+            .strip_prefix("READY ")
+            .ok_or_else(|| err(format!("feed server: {ready}")))?
+            .to_string();
+        Ok(server)
+    }
+
+    async fn line(&mut self) -> Result<String, CliError> {
+        let mut line = String::new();
+        self.output.read_line(&mut line).await?;
+        if line.is_empty() {
+            return Err(err("the feed server exited"));
+        }
+        Ok(line.trim_end().to_string())
+    }
+
+    async fn send(&mut self, command: &str) -> Result<(), CliError> {
+        self.input
+            .write_all(format!("{command}\n").as_bytes())
+            .await?;
+        Ok(self.input.flush().await?)
+    }
+
+    /// Publishes in the server; returns the achieved rate and commit instants.
+    async fn publish(
+        &mut self,
+        count: usize,
+        rate: u32,
+    ) -> Result<(f64, Vec<(i64, u64)>), CliError> {
+        self.send(&format!("publish {count} {rate}")).await?;
+        let line = self.line().await?;
+        let mut words = line
+            .strip_prefix("DONE ")
+            .ok_or_else(|| err(line.clone()))?
+            .split(' ');
+        let achieved = words.next().and_then(|w| w.parse().ok()).unwrap_or(0.0);
+        let committed = words
+            .next()
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|p| {
+                let (s, t) = p.split_once(':')?;
+                Some((s.parse().ok()?, t.parse().ok()?))
+            })
+            .collect();
+        Ok((achieved, committed))
+    }
+
+    fn rss_kib(&self) -> u64 {
+        self.child.id().map_or(0, rss_kib)
+    }
+}
+
+/// The `seq` of a feed message without parsing all of it.
+fn seq_of(text: &str) -> Option<i64> {
+    let rest = &text[text.find("\"seq\":")? + 6..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+struct Stats {
+    received: usize,
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn stats(mut us: Vec<u64>) -> Stats {
+    us.sort_unstable();
+    let at = |q: f64| {
+        us.get(((us.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(f64::NAN, |v| *v as f64 / 1000.0)
+    };
+    Stats {
+        received: us.len(),
+        p50: at(0.5),
+        p99: at(0.99),
+        max: at(1.0),
+    }
+}
+
+/// Latencies of every client's arrivals after the first `warmup` events;
+/// every client must have received every event once.
+fn latencies(
+    committed: &[(i64, u64)],
+    warmup: usize,
+    clients: &[Vec<(i64, u64)>],
+) -> Result<Stats, CliError> {
+    let at: HashMap<i64, u64> = committed.iter().copied().collect();
+    let measured: std::collections::HashSet<i64> =
+        committed.iter().skip(warmup).map(|(s, _)| *s).collect();
+    let mut us = Vec::new();
+    for arrivals in clients {
+        let seqs: std::collections::HashSet<i64> = arrivals.iter().map(|(s, _)| *s).collect();
+        if arrivals.len() != committed.len() || seqs.len() != committed.len() {
+            return Err(err(format!(
+                "a client received {} events ({} distinct) of {}",
+                arrivals.len(),
+                seqs.len(),
+                committed.len()
+            )));
+        }
+        for (seq, arrived) in arrivals {
+            if measured.contains(seq) {
+                let sent = at
+                    .get(seq)
+                    .ok_or_else(|| err(format!("event {seq} was not published")))?;
+                us.push(arrived.saturating_sub(*sent));
+            }
+        }
+    }
+    Ok(stats(us))
+}
+
+/// N WebSocket clients on the project feed, each reading `count` events.
+async fn over_websocket(
+    server: &mut Server,
+    clients: usize,
+    rate: u32,
+    seconds: u64,
+) -> Result<(Stats, f64), CliError> {
+    let warmup = rate as usize; // one second
+    let count = warmup + rate as usize * seconds as usize;
+    let url = format!(
+        "{}/api/projects/bench/events/ws",
+        server.base.replacen("http", "ws", 1)
+    );
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .map_err(err)?;
+        tasks.push(tokio::spawn(async move {
+            let mut arrived = Vec::with_capacity(count);
+            while arrived.len() < count {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(seq) = seq_of(&text) {
+                            arrived.push((seq, wall_us()));
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        eprintln!("feed client closed: {frame:?}");
+                        break;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        eprintln!("feed client: {e}");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            arrived
+        }));
+    }
+    let (achieved, committed) = server.publish(count, rate).await?;
+    let mut all = Vec::new();
+    for task in tasks {
+        match tokio::time::timeout(Duration::from_secs(30), task).await {
+            Ok(Ok(arrived)) => all.push(arrived),
+            _ => return Err(err("a feed client did not finish")),
+        }
+    }
+    Ok((latencies(&committed, warmup, &all)?, achieved))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One client that never reads and one that does, at `rate` for `seconds`:
+/// the server process's memory over time, and how the stalled client was
+/// cut off.
+async fn stalled(server: &mut Server, rate: u32, seconds: u64) -> Result<(), CliError> {
+    let url = format!(
+        "{}/api/projects/bench/events/ws",
+        server.base.replacen("http", "ws", 1)
+    );
+    let (mut stalled, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(err)?;
+    let (mut reader, _) = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .map_err(err)?;
+    let done = Arc::new(AtomicBool::new(false));
+    let read = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut n = 0usize;
+            while !done.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_millis(200), reader.next()).await {
+                    Ok(Some(Ok(Message::Text(_)))) => n += 1,
+                    Ok(Some(Ok(_))) | Err(_) => {}
+                    _ => break,
+                }
+            }
+            n
+        })
+    };
+    let pid = server.child.id().unwrap_or(0);
+    let sampler = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                samples.push(rss_kib(pid));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            samples
+        })
+    };
+    let before = server.rss_kib();
+    let count = rate as usize * seconds as usize;
+    server.publish(count, rate).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    done.store(true, Ordering::Relaxed);
+    let samples = sampler.await.map_err(err)?;
+    let read_by_reader = read.await.map_err(err)?;
+    let mut got = 0usize;
+    let mut close = String::from("still open");
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), stalled.next()).await {
+        match msg {
+            Ok(Message::Text(_)) => got += 1,
+            Ok(Message::Close(frame)) => {
+                close = frame.map_or("close without code".into(), |f| {
+                    format!("{} {}", u16::from(f.code), f.reason)
+                });
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                close = format!("connection ended: {e}");
+                break;
+            }
+        }
+    }
+    let max = samples.iter().copied().max().unwrap_or(before);
     println!(
-        "feed latency, event committed -> received, {} events/s for {} s after 1 s warm-up",
+        "stalled client: {count} events in {seconds} s; reading client got {read_by_reader}; \
+         stalled client got {got} then: {close}"
+    );
+    println!(
+        "server process RSS: {:.1} MiB before, {:.1} MiB max during, {:.1} MiB at the end (samples/s: {:?})",
+        before as f64 / 1024.0,
+        max as f64 / 1024.0,
+        server.rss_kib() as f64 / 1024.0,
+        samples.iter().map(|k| k / 1024).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+pub async fn run(settings: Settings, o: FeedOptions) -> Result<(), CliError> {
+    let dir = settings
+        .data_dir
+        .join(format!("bench-feed-{}", Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir)?;
+    let result = measure(&dir, &settings, &o).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn measure(
+    dir: &std::path::Path,
+    settings: &Settings,
+    o: &FeedOptions,
+) -> Result<(), CliError> {
+    let mut server = Server::start(dir, settings).await?;
+    println!(
+        "feed latency, event committed (server process) -> received (client process), {} events/s for {} s after 1 s warm-up",
         o.rate, o.seconds
     );
     println!(
@@ -409,8 +521,20 @@ pub async fn run(mut settings: Settings, o: FeedOptions) -> Result<(), CliError>
         "clients", "received", "p50 ms", "p99 ms", "max ms", "hub p99 ms", "p99 / hub"
     );
     for &n in &o.clients {
-        let (ws, achieved) = over_websocket(&target, n, o.rate, o.seconds).await?;
-        let hub = over_hub(&target, n, o.rate, o.seconds).await?;
+        let (ws, achieved) = over_websocket(&mut server, n, o.rate, o.seconds).await?;
+        let warmup = o.rate as usize;
+        let count = warmup + o.rate as usize * o.seconds as usize;
+        server
+            .send(&format!("hub {n} {count} {warmup} {}", o.rate))
+            .await?;
+        let line = server.line().await?;
+        let hub: Vec<f64> = line
+            .strip_prefix("HUB ")
+            .ok_or_else(|| err(line.clone()))?
+            .split(' ')
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        let hub_p99 = hub.get(2).copied().unwrap_or(f64::NAN);
         println!(
             "{:>8} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>14.3} {:>12.1}   ({achieved:.0} events/s achieved)",
             n,
@@ -418,11 +542,14 @@ pub async fn run(mut settings: Settings, o: FeedOptions) -> Result<(), CliError>
             ws.p50,
             ws.p99,
             ws.max,
-            hub.p99,
-            ws.p99 / hub.p99.max(0.001)
+            hub_p99,
+            ws.p99 / hub_p99.max(0.001)
         );
     }
-    stalled(&target, o.rate, o.stall_seconds).await
+    stalled(&mut server, o.rate, o.stall_seconds).await?;
+    server.send("quit").await?;
+    let _ = server.child.wait().await;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -440,7 +567,7 @@ mod tests {
 
     #[test]
     fn percentiles() {
-        let s = stats((1..=100).map(|i| i * 1000).collect());
+        let s = stats((1..=100u64).map(|i| i * 1000).collect());
         assert_eq!((s.received, s.p50, s.max), (100, 51.0, 100.0));
         assert_eq!(s.p99, 99.0);
     }

@@ -5,7 +5,8 @@
 //! 1. Orchestration throughput: a zero-latency local provider, small images,
 //!    end to end and persisted (SQLite by default), in candidates/s, against a
 //!    baseline that does only the unavoidable per-candidate work (the same
-//!    image effect, PNG encode, SHA-256, file write) with no engine at all.
+//!    image effect, PNG encode, SHA-256, file write of distinct outputs, at
+//!    the same concurrency) with no engine at all, in the same round.
 //! 2. Latency-bound efficiency: provider latency L, concurrency C, N calls:
 //!    ideal wall time ceil(N / C) x L divided by the measured wall time.
 
@@ -36,6 +37,8 @@ pub struct BenchOptions {
     pub scene_size: String,
     /// Provider calls in flight for the throughput measurement.
     pub throughput_concurrency: usize,
+    /// Repetitions; the report gives min / median / max.
+    pub rounds: u32,
 }
 
 fn service(e: actors::ServiceError) -> CliError {
@@ -146,52 +149,175 @@ struct Timed {
     status: String,
 }
 
-/// The per-candidate work without any engine: effect, encode, hash, then the
-/// file written plainly (`std::fs::write`) and, separately, through the
-/// object store the engine uses (opendal: temp file, fsync, rename).
-async fn baselines(
-    n: u32,
+/// The per-candidate work without any engine, at the engine's concurrency
+/// and with the engine's distinct outputs: each scene made, then per
+/// candidate the local provider's effect, PNG encode, SHA-256 and the file
+/// written through the object store the engine uses (temp file, fsync,
+/// rename) under its own key. Returns the time and how many distinct files
+/// were written (must be every candidate, as in the engine).
+async fn baseline(
+    scenes: u32,
+    candidates: u32,
     (w, h): (u32, u32),
+    concurrency: usize,
     dir: &std::path::Path,
-) -> Result<(Duration, Duration), CliError> {
+) -> Result<(Duration, usize), CliError> {
     let storage = |e: storage::StorageError| CliError::Service(e.to_string());
-    std::fs::create_dir_all(dir.join("plain"))?;
-    let store = storage::ObjectStore::local(&dir.join("store")).map_err(storage)?;
-    let scene = imaging::scene::sample_scene(1, w, h);
-    let encoded = |i: u32| {
-        let img = imaging::effects::ink(&scene, i);
-        let png = imaging::encode_png(&img).map_err(|e| CliError::Service(e.to_string()))?;
-        let hash = actors::assets::sha256_hex(&png);
-        Ok::<_, CliError>((png, hash))
-    };
+    let store = storage::ObjectStore::local(dir).map_err(storage)?;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let start = Instant::now();
-    for i in 0..n {
-        let (png, hash) = encoded(i)?;
-        std::fs::write(dir.join("plain").join(format!("{hash}.png")), png)?;
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in 1..=scenes {
+        let scene = std::sync::Arc::new(
+            imaging::cpu::run(move || imaging::scene::sample_scene(u64::from(s), w, h))
+                .await
+                .map_err(|e| CliError::Service(e.to_string()))?,
+        );
+        for c in 0..candidates {
+            let permit = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| CliError::Service(e.to_string()))?;
+            let (scene, store) = (scene.clone(), store.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                let (png, hash) = imaging::cpu::run(move || {
+                    let png = imaging::encode_png(&imaging::effects::ink(&scene, c))?;
+                    let hash = actors::assets::sha256_hex(&png);
+                    Ok::<_, imaging::ImagingError>((png, hash))
+                })
+                .await
+                .map_err(|e| CliError::Service(e.to_string()))?
+                .map_err(|e| CliError::Service(e.to_string()))?;
+                let key = storage::ObjectKey::parse(&format!("runs/baseline/s{s}/c{c}.png"))
+                    .map_err(storage)?;
+                store.put(&key, png).await.map_err(storage)?;
+                Ok::<_, CliError>(hash)
+            });
+        }
     }
-    let plain = start.elapsed();
-    let start = Instant::now();
-    for i in 0..n {
-        let (png, hash) = encoded(i)?;
-        let key = storage::ObjectKey::parse(&format!("b/{hash}.png")).map_err(storage)?;
-        store.put(&key, png).await.map_err(storage)?;
+    let mut hashes = std::collections::HashSet::new();
+    while let Some(done) = tasks.join_next().await {
+        hashes.insert(done.map_err(|e| CliError::Service(e.to_string()))??);
     }
-    Ok((plain, start.elapsed()))
+    Ok((start.elapsed(), hashes.len()))
+}
+
+/// A data directory of its own for one measurement (removed afterwards):
+/// a rerun never finds the previous run's files to deduplicate against.
+struct FreshDir(std::path::PathBuf);
+
+impl FreshDir {
+    fn new(parent: &std::path::Path, name: &str) -> Result<Self, CliError> {
+        let dir = parent.join(format!("{name}-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for FreshDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn require_done(what: &str, status: &str) -> Result<(), CliError> {
+    if status == "done" {
+        Ok(())
+    } else {
+        Err(CliError::Service(format!(
+            "{what}: the run ended '{status}', not 'done'; the measurement is void"
+        )))
+    }
+}
+
+/// min / median / max of a measurement's rounds.
+pub(crate) fn spread(values: &[f64]) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.as_slice() {
+        [] => "-".into(),
+        [one] => format!("{one:.2}"),
+        _ => format!(
+            "{:.2} / {:.2} / {:.2}",
+            v[0],
+            v[v.len() / 2],
+            v[v.len() - 1]
+        ),
+    }
+}
+
+struct Round {
+    baseline_rate: f64,
+    engine_rate: f64,
+    execution_rate: f64,
+    efficiency_execution: f64,
+    efficiency_end_to_end: f64,
+}
+
+async fn round(settings: &Settings, o: &BenchOptions, size: (u32, u32)) -> Result<Round, CliError> {
+    let n = o.scenes * o.candidates;
+    // Every round on fresh files (and, on SQLite, a fresh database).
+    let dir = FreshDir::new(&settings.data_dir, "bench-engine")?;
+    let mut settings = settings.clone();
+    settings.data_dir = dir.0.clone();
+    let (took, distinct) = baseline(
+        o.scenes,
+        o.candidates,
+        size,
+        o.throughput_concurrency,
+        &dir.0.join("baseline"),
+    )
+    .await?;
+    if distinct != n as usize {
+        return Err(CliError::Service(format!(
+            "baseline wrote {distinct} distinct files, not {n}"
+        )));
+    }
+    let baseline_rate = f64::from(n) / took.as_secs_f64();
+    // Unique slugs: on PostgreSQL the database outlives the round.
+    let tag = uuid::Uuid::now_v7().simple().to_string();
+    let (engine, db, roots) = engine_with(&settings, 0, o.throughput_concurrency).await?;
+    let t = timed_run(
+        &engine,
+        &db,
+        &roots,
+        &format!("bench_throughput_{}", &tag[20..]),
+        o.scenes,
+        o.candidates,
+        Some(size),
+    )
+    .await?;
+    require_done("throughput run", &t.status)?;
+    let engine_rate = f64::from(n) / t.took.as_secs_f64();
+    let execution_rate = f64::from(n) / t.executing.as_secs_f64();
+    let (engine, db, roots) = engine_with(&settings, o.latency_ms, o.concurrency).await?;
+    let l = timed_run(
+        &engine,
+        &db,
+        &roots,
+        &format!("bench_latency_{}", &tag[20..]),
+        o.latency_calls,
+        1,
+        None,
+    )
+    .await?;
+    require_done("latency-bound run", &l.status)?;
+    let ideal =
+        Duration::from_millis(o.latency_ms) * o.latency_calls.div_ceil(o.concurrency as u32);
+    Ok(Round {
+        baseline_rate,
+        engine_rate,
+        execution_rate,
+        efficiency_execution: ideal.as_secs_f64() / l.executing.as_secs_f64(),
+        efficiency_end_to_end: ideal.as_secs_f64() / l.took.as_secs_f64(),
+    })
 }
 
 pub async fn run(settings: Settings, o: BenchOptions) -> Result<(), CliError> {
     install_runtime_defaults();
     let n = o.scenes * o.candidates;
-    println!(
-        "Engine benchmark ({} cores, {} backend)",
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        if settings.database_url.is_some() {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        }
-    );
-
     let size = o
         .scene_size
         .split_once('x')
@@ -199,82 +325,58 @@ pub async fn run(settings: Settings, o: BenchOptions) -> Result<(), CliError> {
         .ok_or_else(|| {
             CliError::Service(format!("--scene-size '{}' is not <w>x<h>", o.scene_size))
         })?;
-    let (plain, stored) = baselines(n, size, &settings.data_dir.join("bench-baseline")).await?;
-    let (engine, db, roots) = engine_with(&settings, 0, o.throughput_concurrency).await?;
-    let Timed {
-        took,
-        executing,
-        status,
-    } = timed_run(
-        &engine,
-        &db,
-        &roots,
-        "bench_throughput",
+    println!(
+        "Engine benchmark ({} cores, {} backend), {} rounds; {n} candidates ({} scenes {} x {} candidates), {} in flight",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if settings.database_url.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+        o.rounds,
         o.scenes,
+        o.scene_size,
         o.candidates,
-        Some(size),
-    )
-    .await?;
-    let rate = f64::from(n) / took.as_secs_f64();
-    let plain_rate = f64::from(n) / plain.as_secs_f64();
-    let base_rate = f64::from(n) / stored.as_secs_f64();
-    println!("\n| measurement | value |\n|---|---:|");
+        o.throughput_concurrency,
+    );
+    let bar = indicatif::ProgressBar::new(u64::from(o.rounds));
+    let mut rounds = Vec::new();
+    for _ in 0..o.rounds.max(1) {
+        rounds.push(round(&settings, &o, size).await?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let col = |f: fn(&Round) -> f64| spread(&rounds.iter().map(f).collect::<Vec<_>>());
     println!(
-        "| candidates (jobs x candidates), scenes {} | {n} ({} x {}) |",
-        o.scene_size, o.scenes, o.candidates
+        "\n| measurement (min / median / max of {} rounds) | value |\n|---|---:|",
+        rounds.len()
     );
     println!(
-        "| baseline: effect + PNG + SHA-256 + plain file write, no engine | {plain_rate:.0} candidates/s |"
+        "| baseline: the same per-candidate work at the same concurrency, no engine | {} candidates/s |",
+        col(|r| r.baseline_rate)
     );
     println!(
-        "| baseline: the same, written through the object store (fsync + rename) | {base_rate:.0} candidates/s |"
+        "| engine end to end, persisted | {} candidates/s |",
+        col(|r| r.engine_rate)
     );
     println!(
-        "| engine end to end, persisted ({} calls in flight, run {status}) | {rate:.0} candidates/s |",
-        o.throughput_concurrency
+        "| engine execution only (run started -> finished) | {} candidates/s |",
+        col(|r| r.execution_rate)
     );
     println!(
-        "| engine execution only (run started -> finished) | {:.0} candidates/s |",
-        f64::from(n) / executing.as_secs_f64()
+        "| ratio engine end to end / baseline (same round) | {} |",
+        col(|r| r.engine_rate / r.baseline_rate)
     );
     println!(
-        "| ratio engine end to end / object-store baseline | {:.2} |",
-        rate / base_rate
-    );
-
-    let (engine, db, roots) = engine_with(&settings, o.latency_ms, o.concurrency).await?;
-    let Timed {
-        took,
-        executing,
-        status,
-    } = timed_run(
-        &engine,
-        &db,
-        &roots,
-        "bench_latency",
-        o.latency_calls,
-        1,
-        None,
-    )
-    .await?;
-    let ideal =
-        Duration::from_millis(o.latency_ms) * o.latency_calls.div_ceil(o.concurrency as u32);
-    println!(
-        "| latency-bound: {} calls, {} ms each, concurrency {} (run {status}) | execution {:.2} s, end to end {:.2} s (ideal {:.2} s) |",
+        "| latency-bound: {} calls, {} ms each, concurrency {}: efficiency, execution (ideal / measured) | {} |",
         o.latency_calls,
         o.latency_ms,
         o.concurrency,
-        executing.as_secs_f64(),
-        took.as_secs_f64(),
-        ideal.as_secs_f64()
+        col(|r| r.efficiency_execution)
     );
     println!(
-        "| latency-bound efficiency, execution (ideal / measured) | {:.2} |",
-        ideal.as_secs_f64() / executing.as_secs_f64()
-    );
-    println!(
-        "| latency-bound efficiency, end to end incl. planning | {:.2} |",
-        ideal.as_secs_f64() / took.as_secs_f64()
+        "| latency-bound efficiency, end to end incl. planning | {} |",
+        col(|r| r.efficiency_end_to_end)
     );
     Ok(())
 }
