@@ -295,3 +295,195 @@ async fn no_secret_reaches_the_log_even_at_debug_level() {
         assert!(leaks.is_empty(), "{what} is in the log: {leaks:#?}");
     }
 }
+
+/// On the real binary: the feed streams a run in order without gaps while
+/// its paid passes (PhotoRoom removal through the loopback stub) are paid
+/// once per candidate; then a cancel beats completion — the feed ends with
+/// the cancel, and nothing is called after every job has stopped.
+#[actix_web::test]
+async fn feed_paid_passes_and_cancel_on_the_real_binary() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let removal = crate::bg_stub::RemovalStub::start_with_key("photoroom-key-guarantees").await;
+    let mut deploy = Deployment::new(&[
+        ("ATELIER_PROVIDERS__PHOTOROOM__ENABLED", "true"),
+        (
+            "ATELIER_PROVIDERS__PHOTOROOM__BASE_URL",
+            removal.photoroom_url.as_str(),
+        ),
+        (
+            "ATELIER_PROVIDERS__PHOTOROOM__API_KEY_ENV",
+            "GUARANTEES_PHOTOROOM_KEY",
+        ),
+        ("GUARANTEES_PHOTOROOM_KEY", "photoroom-key-guarantees"),
+        ("ATELIER_PROVIDERS__LOCAL__LATENCY_MS", "60"),
+        ("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "1"),
+        ("ATELIER_ENGINE__PROVIDER_CONCURRENCY", "1"),
+    ])
+    .await;
+    let server = deploy.start().await;
+    let client = deploy.client.clone();
+    let token = server.bootstrap(&client).await;
+    call(
+        &server,
+        &client,
+        &token,
+        Method::POST,
+        "/api/projects",
+        json!({"name": "Live", "slug": "live"}),
+    )
+    .await;
+    let ws_url = format!(
+        "{}/api/projects/live/events/ws",
+        server.base.replace("http://", "ws://")
+    );
+    let connect = || async {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = ws_url.as_str().into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        tokio_tungstenite::connect_async(request).await.unwrap().0
+    };
+    // Events of one run until its run.finished.
+    async fn until_finished(
+        ws: &mut tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(30), ws.next()).await
+        {
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                let done = v["event_type"] == "run.finished";
+                out.push(v);
+                if done {
+                    break;
+                }
+            }
+        }
+        out
+    }
+    let mut ws = connect().await;
+    let pp = json!({"bg_remove": true, "bg_remove_backends": ["local", "photoroom"],
+        "bg_remove_settings": {"tolerance": 0.0, "min_removed_fraction": 0.9}});
+    let run = call(&server, &client, &token, Method::POST, "/api/projects/live/runs/trigger",
+        json!({"mode": "run", "confirm_spend": true, "scene_refs": ["sample:2@64x48"], "stage": "style",
+               "candidates": 2, "postprocess": pp})).await;
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    let events = until_finished(&mut ws).await;
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs.first(), Some(&1), "{seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "gap or duplicate: {seqs:?}"
+    );
+    assert!(events.iter().all(|e| e["run_id"] == run_id.as_str()));
+    assert_eq!(
+        events.last().unwrap()["payload"]["status"],
+        "done",
+        "{:?}",
+        events.last()
+    );
+    assert_eq!(removal.calls(), 2, "one paid removal per candidate");
+    let db = deploy.connect().await;
+    let run_uuid: Uuid = run_id.parse().unwrap();
+    let passes = entities::provider_calls::Entity::find()
+        .filter(entities::provider_calls::Column::RunId.eq(run_uuid))
+        .filter(entities::provider_calls::Column::ProviderCode.eq("photoroom"))
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(passes.len(), 2);
+    assert!(
+        passes
+            .iter()
+            .all(|c| c.status == "succeeded" && c.sent_attempts == 1),
+        "{passes:#?}"
+    );
+
+    // Cancel mid-run: the feed ends with it; no call after the jobs stop.
+    let run = call(
+        &server,
+        &client,
+        &token,
+        Method::POST,
+        "/api/projects/live/runs/trigger",
+        json!({"mode": "run", "scene_refs": ["sample:3@64x48", "sample:4@64x48", "sample:5@64x48"],
+               "stage": "time", "candidates": 2}),
+    )
+    .await;
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    let run_uuid: Uuid = run_id.parse().unwrap();
+    let calls_of = || {
+        let db = db.clone();
+        async move {
+            entities::provider_calls::Entity::find()
+                .filter(entities::provider_calls::Column::RunId.eq(run_uuid))
+                .all(&db)
+                .await
+                .unwrap()
+        }
+    };
+    eventually(
+        "a first call of the run done",
+        Duration::from_secs(20),
+        || async {
+            calls_of()
+                .await
+                .iter()
+                .any(|c| c.status == "succeeded")
+                .then_some(())
+        },
+    )
+    .await;
+    let c = call(
+        &server,
+        &client,
+        &token,
+        Method::POST,
+        &format!("/api/projects/live/runs/{run_id}/cancel"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(c["run"]["status"], "canceled");
+    let events = until_finished(&mut ws).await;
+    let last = events.last().expect("the feed reported the end");
+    assert_eq!(last["run_id"], run_id.as_str());
+    assert_eq!(last["payload"]["status"], "canceled", "{last}");
+    eventually("every job stopped", Duration::from_secs(20), || async {
+        let jobs = entities::run_jobs::Entity::find()
+            .filter(entities::run_jobs::Column::RunId.eq(run_uuid))
+            .all(&db)
+            .await
+            .unwrap();
+        jobs.iter()
+            .all(|j| !["pending", "running"].contains(&j.status.as_str()))
+            .then_some(())
+    })
+    .await;
+    let settled = calls_of().await;
+    assert!(
+        settled.iter().all(|c| c.status != "pending"),
+        "{settled:#?}"
+    );
+    let made = settled.iter().filter(|c| c.status == "succeeded").count();
+    // 3 jobs x 2 candidates were planned; with one call at a time, the
+    // cancel stops the rest.
+    assert!(made < 6, "every call was made despite the cancel");
+    let (s, r) = server
+        .call(
+            &client,
+            Method::GET,
+            &format!("/api/projects/live/runs/{run_id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        r["run"]["status"], "canceled",
+        "cancel won over completion: {r}"
+    );
+}
