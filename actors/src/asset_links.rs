@@ -34,13 +34,13 @@ pub fn link_type(raw: Option<&str>) -> Result<Option<String>, ServiceError> {
     }
 }
 
-fn asset_id(field: &str, raw: Option<&str>) -> Result<Option<Uuid>, ServiceError> {
-    match raw.map(str::trim).filter(|v| !v.is_empty()) {
-        None => Ok(None),
-        Some(v) => Uuid::parse_str(v).map(Some).map_err(|_| {
-            ServiceError::validation("invalid_field", format!("Field '{field}' must be a UUID"))
-        }),
-    }
+/// An asset reference as given: trimmed, `None` when absent or blank. Its
+/// form is not judged here — as in v1, an id that names no asset of the
+/// project (malformed or not) is "not found", after the body's own checks.
+fn asset_ref(raw: Option<&str>) -> Option<String> {
+    raw.map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
 }
 
 pub struct LinkFields<'a> {
@@ -51,18 +51,19 @@ pub struct LinkFields<'a> {
 
 /// Checked fields (before any lookup).
 pub struct ValidLink {
-    parent: Option<Uuid>,
-    child: Option<Uuid>,
+    parent: Option<String>,
+    child: Option<String>,
     link_type: Option<String>,
 }
 
-/// For a create: both ends required and different; type defaults to `derived_from`.
+/// For a create, in v1's order: parent required, child required, the two
+/// different, a known type (default `derived_from`).
 pub fn validate_create(f: LinkFields<'_>) -> Result<ValidLink, ServiceError> {
-    let parent = asset_id("parent_asset_id", f.parent_asset_id)?
-        .ok_or_else(|| ServiceError::required("parent_asset_id"))?;
-    let child = asset_id("child_asset_id", f.child_asset_id)?
-        .ok_or_else(|| ServiceError::required("child_asset_id"))?;
-    if parent == child {
+    let parent =
+        asset_ref(f.parent_asset_id).ok_or_else(|| ServiceError::required("parent_asset_id"))?;
+    let child =
+        asset_ref(f.child_asset_id).ok_or_else(|| ServiceError::required("child_asset_id"))?;
+    if parent.eq_ignore_ascii_case(&child) {
         return Err(differ());
     }
     Ok(ValidLink {
@@ -75,8 +76,8 @@ pub fn validate_create(f: LinkFields<'_>) -> Result<ValidLink, ServiceError> {
 /// For a partial update: at least one field.
 pub fn validate_update(f: LinkFields<'_>) -> Result<ValidLink, ServiceError> {
     let v = ValidLink {
-        parent: asset_id("parent_asset_id", f.parent_asset_id)?,
-        child: asset_id("child_asset_id", f.child_asset_id)?,
+        parent: asset_ref(f.parent_asset_id),
+        child: asset_ref(f.child_asset_id),
         link_type: link_type(f.link_type)?,
     };
     if v.parent.is_none() && v.child.is_none() && v.link_type.is_none() {
@@ -93,6 +94,30 @@ fn differ() -> ServiceError {
         "invalid_link",
         "parent_asset_id and child_asset_id must differ",
     )
+}
+
+/// The id of an asset of this project named by `raw`; anything else
+/// (malformed, unknown, another project's) is "not found in this project".
+async fn project_asset<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+    raw: &str,
+) -> Result<Uuid, ServiceError> {
+    let not_found = || {
+        ServiceError::validation(
+            "asset_not_found",
+            format!("Asset '{raw}' was not found in this project"),
+        )
+    };
+    let id = Uuid::parse_str(raw).map_err(|_| not_found())?;
+    let found = assets::Entity::find_by_id(id)
+        .filter(assets::Column::ProjectId.eq(project_id))
+        .count(db)
+        .await?;
+    if found == 0 {
+        return Err(not_found());
+    }
+    Ok(id)
 }
 
 pub async fn list<C: ConnectionTrait>(
@@ -133,7 +158,7 @@ pub async fn get<C: ConnectionTrait>(
     .await
 }
 
-/// Both ends are this project's assets, and the edge is new.
+/// The edge is new (both ends were checked by [`project_asset`]).
 async fn check<C: ConnectionTrait>(
     db: &C,
     row: &asset_links::Model,
@@ -141,18 +166,6 @@ async fn check<C: ConnectionTrait>(
 ) -> Result<(), ServiceError> {
     if row.parent_asset_id == row.child_asset_id {
         return Err(differ());
-    }
-    for id in [row.parent_asset_id, row.child_asset_id] {
-        let found = assets::Entity::find_by_id(id)
-            .filter(assets::Column::ProjectId.eq(row.project_id))
-            .count(db)
-            .await?;
-        if found == 0 {
-            return Err(ServiceError::validation(
-                "asset_not_found",
-                format!("Asset '{id}' was not found in this project"),
-            ));
-        }
     }
     let mut same = asset_links::Entity::find()
         .filter(asset_links::Column::ProjectId.eq(row.project_id))
@@ -177,9 +190,11 @@ pub async fn create(
     v: ValidLink,
 ) -> Result<asset_links::Model, ServiceError> {
     let now = time::now();
-    let (Some(parent), Some(child)) = (v.parent, v.child) else {
+    let (Some(parent), Some(child)) = (v.parent.as_deref(), v.child.as_deref()) else {
         return Err(ServiceError::required("parent_asset_id"));
     };
+    let parent = project_asset(db, project_id, parent).await?;
+    let child = project_asset(db, project_id, child).await?;
     let row = asset_links::Model {
         id: Uuid::now_v7(),
         project_id,
@@ -206,11 +221,11 @@ pub async fn update(
 ) -> Result<asset_links::Model, ServiceError> {
     let txn = crate::db::begin_write(db).await?;
     let mut row = get(&txn, project_id, raw_id).await?;
-    if let Some(p) = v.parent {
-        row.parent_asset_id = p;
+    if let Some(p) = v.parent.as_deref() {
+        row.parent_asset_id = project_asset(&txn, project_id, p).await?;
     }
-    if let Some(c) = v.child {
-        row.child_asset_id = c;
+    if let Some(c) = v.child.as_deref() {
+        row.child_asset_id = project_asset(&txn, project_id, c).await?;
     }
     if let Some(t) = v.link_type {
         row.link_type = t;

@@ -84,7 +84,7 @@ fn expected_response() -> Value {
         "mode": "merge",
         "settings": {
             "project": { "name": "<project name>", "description": "<one paragraph>" },
-            "provider_accounts": [{ "provider_code": "openai", "display_name": "OpenAI", "enabled": true, "config_json": {} }],
+            "provider_accounts": [{ "provider_code": "openai", "display_name": "OpenAI", "account_ref": "", "base_url": "", "enabled": true, "config_json": {} }],
             "style_guides": [{ "name": "<name>", "instructions": "<how panels look>", "notes": "" }],
             "characters": [{ "name": "<name>", "description": "<who they are>", "prompt_text": "<visual cues>" }],
             "reference_sets": [{ "name": "<name>", "description": "", "items": [

@@ -239,6 +239,10 @@ pub struct Candidate {
     pub status: String,
     pub output_asset_id: Option<Uuid>,
     pub final_asset_id: Option<Uuid>,
+    /// The output file's path in the project's storage (`""`: none), as v1.
+    pub output_path: String,
+    /// The final file's path (after passes; `""`: none), as v1.
+    pub final_output_path: String,
     pub rank_hard_failures: i32,
     pub rank_soft_warnings: i32,
     pub rank_avg_chroma_exceed: f64,
@@ -247,8 +251,16 @@ pub struct Candidate {
     pub created_at: String,
 }
 
-impl From<&entities::run_candidates::Model> for Candidate {
-    fn from(c: &entities::run_candidates::Model) -> Self {
+/// Storage paths of assets by id (v1's path keys name files, not assets).
+pub type AssetPaths = std::collections::HashMap<Uuid, String>;
+
+fn path_of(paths: &AssetPaths, id: Option<Uuid>) -> String {
+    id.and_then(|id| paths.get(&id).cloned())
+        .unwrap_or_default()
+}
+
+impl Candidate {
+    pub fn new(c: &entities::run_candidates::Model, paths: &AssetPaths) -> Self {
         Self {
             id: c.id,
             job_id: c.job_id,
@@ -256,6 +268,8 @@ impl From<&entities::run_candidates::Model> for Candidate {
             status: c.status.clone(),
             output_asset_id: c.output_asset_id,
             final_asset_id: c.final_asset_id,
+            output_path: path_of(paths, c.output_asset_id),
+            final_output_path: path_of(paths, c.final_asset_id),
             rank_hard_failures: c.rank_hard_failures,
             rank_soft_warnings: c.rank_soft_warnings,
             rank_avg_chroma_exceed: c.rank_avg_chroma_exceed,
@@ -282,6 +296,8 @@ pub struct Job {
     pub input_asset_id: Option<Uuid>,
     pub selected_candidate_index: Option<i32>,
     pub final_asset_id: Option<Uuid>,
+    /// The final file's path in the project's storage (`""`: none), as v1.
+    pub final_output: String,
     pub attempt: i32,
     pub last_error: String,
     #[schema(value_type = Object)]
@@ -291,7 +307,11 @@ pub struct Job {
 }
 
 impl Job {
-    pub fn new(j: &entities::run_jobs::Model, candidates: Vec<Candidate>) -> Self {
+    pub fn new(
+        j: &entities::run_jobs::Model,
+        candidates: Vec<Candidate>,
+        paths: &AssetPaths,
+    ) -> Self {
         Self {
             id: j.id,
             run_id: j.run_id,
@@ -306,6 +326,7 @@ impl Job {
             input_asset_id: j.input_asset_id,
             selected_candidate_index: j.selected_candidate_index,
             final_asset_id: j.final_asset_id,
+            final_output: path_of(paths, j.final_asset_id),
             attempt: j.attempt,
             last_error: j.last_error.clone().unwrap_or_default(),
             meta_json: j.meta_json.clone(),

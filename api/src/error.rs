@@ -1,4 +1,11 @@
-//! The frozen error envelope: `{ok:false, error, error_kind, error_code}`.
+//! The frozen error envelope: `{ok:false, error, error_kind, error_code}`,
+//! plus the additive `error_detail`.
+//!
+//! `error_code` is what a v1 client knows: v1 answers every validation
+//! failure of its store with the generic `validation_error`, and only a few
+//! cases with their own code ([`V1_CODES`]). Atelier distinguishes more; a
+//! more specific code than v1 had goes in `error_detail.code` (with the
+//! field it concerns, when there is one), and `error_code` stays v1's.
 //!
 //! Every failure leaves the service in this shape, including the ones actix
 //! itself detects (bad JSON, wrong content type, oversized body, bad query,
@@ -20,6 +27,36 @@ pub enum ErrorKind {
     Unknown,
 }
 
+/// The codes v1 itself sends in `error_code`; a 400 validation failure
+/// with any other code is sent as `validation_error` (the specific code in
+/// `error_detail.code`).
+pub const V1_CODES: &[&str] = &[
+    "validation_error",
+    "not_found",
+    "invalid_mode",
+    "invalid_request",
+    "invalid_project_slug",
+    "planning_preflight_failed",
+    "project_root_managed",
+    "config_validation_failed",
+    "spend_confirmation_required",
+    "pipeline_command_failed",
+    "unauthorized",
+    "forbidden",
+    "internal_error",
+];
+
+/// **New** (additive): what exactly went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Atelier's specific code (docs/api.md); equal to `error_code` when
+    /// v1 had a code of its own for the case.
+    pub code: String,
+    /// The request field concerned, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
 /// Body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -28,8 +65,41 @@ pub struct ErrorBody {
     /// Human-readable message (never contains secrets or internal details).
     pub error: String,
     pub error_kind: ErrorKind,
-    /// Stable machine-readable code; see docs/api.md.
+    /// v1's machine-readable code (see [`V1_CODES`] and docs/api.md).
     pub error_code: String,
+    pub error_detail: ErrorDetail,
+}
+
+/// The field a message names: our messages say `Field 'x' …` or
+/// `Query 'x' …` whenever one field is at fault.
+fn field_of(message: &str) -> Option<String> {
+    let rest = ["Field '", "Query '"]
+        .iter()
+        .find_map(|p| message.find(p).map(|i| &message[i + p.len()..]))?;
+    rest.split_once('\'').map(|(f, _)| f.to_string())
+}
+
+impl ErrorBody {
+    fn new(status: StatusCode, kind: ErrorKind, code: &str, message: &str) -> Self {
+        let v1_code = if status == StatusCode::BAD_REQUEST
+            && kind == ErrorKind::Validation
+            && !V1_CODES.contains(&code)
+        {
+            "validation_error"
+        } else {
+            code
+        };
+        Self {
+            ok: false,
+            error: message.to_string(),
+            error_kind: kind,
+            error_code: v1_code.to_string(),
+            error_detail: ErrorDetail {
+                code: code.to_string(),
+                field: field_of(message),
+            },
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,12 +160,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(ErrorBody {
-            ok: false,
-            error: self.message.clone(),
-            error_kind: self.kind,
-            error_code: self.code.to_string(),
-        })
+        HttpResponse::build(self.status).json(ErrorBody::new(
+            self.status,
+            self.kind,
+            self.code,
+            &self.message,
+        ))
     }
 }
 

@@ -149,8 +149,17 @@ impl RouteCatalogue {
         v
     }
 
-    fn path_known(&self, path: &str) -> bool {
-        self.entries.iter().any(|(_, _, def)| def.is_match(path))
+    /// The methods served on `path` (empty: no such path).
+    fn methods_on(&self, path: &str) -> Vec<String> {
+        let mut methods: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, _, def)| def.is_match(path))
+            .map(|(m, _, _)| m.to_string())
+            .collect();
+        methods.sort();
+        methods.dedup();
+        methods
     }
 }
 
@@ -297,22 +306,27 @@ async fn refuse_encoded_bodies(
     Ok(next.call(req).await?.map_into_left_body())
 }
 
-/// 405 when the path exists under another method, else 404.
-async fn unmatched(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// 405 (with `Allow`) when the path exists under another method, else 404.
+async fn unmatched(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let path = req.path();
-    Err(if state.routes.path_known(path) {
-        ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            ErrorKind::Validation,
-            "method_not_allowed",
-            format!("Method {} is not allowed on {path}", req.method()),
-        )
-    } else {
-        ApiError::new(
+    let methods = state.routes.methods_on(path);
+    if methods.is_empty() {
+        return actix_web::ResponseError::error_response(&ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorKind::Validation,
             "route_not_found",
             format!("No route for {} {path}", req.method()),
-        )
-    })
+        ));
+    }
+    let mut res = actix_web::ResponseError::error_response(&ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::Validation,
+        "method_not_allowed",
+        format!("Method {} is not allowed on {path}", req.method()),
+    ));
+    if let Ok(allow) = actix_web::http::header::HeaderValue::from_str(&methods.join(", ")) {
+        res.headers_mut()
+            .insert(actix_web::http::header::ALLOW, allow);
+    }
+    res
 }

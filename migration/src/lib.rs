@@ -15,6 +15,7 @@ mod m20261126_000005_conversation;
 mod m20261126_000006_webhooks;
 mod m20261130_000007_call_outcomes;
 mod m20261130_000008_token_lineage;
+mod m20261201_000009_candidates_from_one;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000006_webhooks::Migration),
             Box::new(m20261130_000007_call_outcomes::Migration),
             Box::new(m20261130_000008_token_lineage::Migration),
+            Box::new(m20261201_000009_candidates_from_one::Migration),
         ]
     }
 }

@@ -216,7 +216,10 @@ impl TestApp {
     }
 }
 
-/// Asserts the frozen error envelope and returns the error code.
+/// Asserts the frozen error envelope with Atelier's specific code
+/// `want_code` in `error_detail.code`, and v1's code in `error_code`: the
+/// same, or `validation_error` for a 400 validation failure v1 had no code
+/// of its own for.
 pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status.as_u16(), want_status, "{body}");
     assert_eq!(body["ok"], json!(false), "{body}");
@@ -229,7 +232,16 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_cod
             .contains(&body["error_kind"].as_str().unwrap_or("")),
         "{body}"
     );
-    assert_eq!(body["error_code"], json!(want_code), "{body}");
+    assert_eq!(body["error_detail"]["code"], json!(want_code), "{body}");
+    let v1 = if want_status == 400
+        && body["error_kind"] == "validation"
+        && !api::error::V1_CODES.contains(&want_code)
+    {
+        "validation_error"
+    } else {
+        want_code
+    };
+    assert_eq!(body["error_code"], json!(v1), "{body}");
 }
 
 /// Starts an HTTP server on a free loopback port (the stand-ins for paid

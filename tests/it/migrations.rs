@@ -349,6 +349,15 @@ async fn real_data_decodes_and_survives_down_steps_and_up() {
     assert_eq!(back.input_text, voice.input_text);
 
     let before = all_tables!(count_every_table, &db);
+    let first = entities::run_candidates::Entity::find()
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.iter().map(|c| c.candidate_index).min(),
+        Some(1),
+        "numbered from 1"
+    );
     let empty: Vec<_> = before.iter().filter(|(_, n)| *n == 0).collect();
     assert!(
         empty.is_empty(),
@@ -366,11 +375,20 @@ async fn real_data_decodes_and_survives_down_steps_and_up() {
         "{out}"
     );
     let db = deploy.connect().await;
-    assert!(
-        db.execute_unprepared("SELECT created_by_token_id FROM api_tokens")
+    // The last migration numbers candidates from 1; rolled back, from 0.
+    let lowest = |db: sea_orm::DatabaseConnection| async move {
+        entities::run_candidates::Entity::find()
+            .all(&db)
             .await
-            .is_err(),
-        "the last migration's column survived its rollback"
+            .unwrap()
+            .iter()
+            .map(|c| c.candidate_index)
+            .min()
+    };
+    assert_eq!(
+        lowest(db.clone()).await,
+        Some(0),
+        "the last migration was not undone"
     );
     if !crate::helpers::on_postgres() {
         let backups: Vec<_> = std::fs::read_dir(deploy.dir.path().join("backend/backups"))
@@ -383,6 +401,7 @@ async fn real_data_decodes_and_survives_down_steps_and_up() {
     assert!(ok, "{err}");
     assert!(!out.contains("pending"), "{out}");
     let db = deploy.connect().await;
+    assert_eq!(lowest(db.clone()).await, Some(1));
     let after = all_tables!(count_every_table, &db);
     assert_eq!(after, before, "rows were lost across down and up");
 }

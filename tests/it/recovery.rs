@@ -204,7 +204,8 @@ async fn a_paid_result_is_durable_before_its_passes_run() {
         .await
         .unwrap();
     assert!(
-        candidates.iter().all(|c| c.candidate_index != 0),
+        candidates.iter().all(|c| i64::from(c.candidate_index)
+            != stored.request_json["candidate_index"].as_i64().unwrap()),
         "the result was durable before its passes finished: {candidates:#?}"
     );
     let asset = entities::assets::Entity::find_by_id(stored.result_asset_id.unwrap())

@@ -77,8 +77,11 @@ async fn staged_run_completes_with_chained_lineage() {
             ),
             None => assert_eq!(job["stage"], "style"),
         }
+        // Numbered from 1, as in v1.
         let winner = job["selected_candidate_index"].as_i64().unwrap();
-        let chosen = &job["candidates"][winner as usize];
+        assert!(winner >= 1, "{job}");
+        let chosen = &job["candidates"][(winner - 1) as usize];
+        assert_eq!(chosen["candidate_index"], winner);
         assert_eq!(chosen["final_asset_id"], job["final_asset_id"]);
     }
     assert_eq!(jobs.iter().filter(|j| j["stage"] == "weather").count(), 2);
@@ -1105,7 +1108,7 @@ async fn post_process_passes_register_every_file_with_its_lineage() {
         let winner = job["selected_candidate_index"].as_i64().unwrap() as usize;
         assert_eq!(
             job["final_asset_id"],
-            job["candidates"][winner]["final_asset_id"]
+            job["candidates"][winner - 1]["final_asset_id"]
         );
     }
 

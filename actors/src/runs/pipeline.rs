@@ -270,7 +270,8 @@ pub async fn run_job(
         .into_iter()
         .map(|c| (c.candidate_index, c))
         .collect();
-    let keys: Vec<String> = (0..candidates).map(|i| call_key(run, job, i)).collect();
+    // Candidates are numbered from 1, as v1 numbers them.
+    let keys: Vec<String> = (1..=candidates).map(|i| call_key(run, job, i)).collect();
     let mut calls: HashMap<String, provider_calls::Model> = provider_calls::Entity::find()
         .filter(provider_calls::Column::IdempotencyKey.is_in(keys.clone()))
         .all(&env.db)
@@ -313,9 +314,9 @@ pub async fn run_job(
     // separate write per attempt; a paid one is reserved per attempt by the
     // CostActor.
     let mut fresh = Vec::new();
-    let priors: Vec<Prior> = (0..candidates)
+    let priors: Vec<Prior> = (1..=candidates)
         .map(|i| {
-            let key = &keys[i as usize];
+            let key = &keys[(i - 1) as usize];
             if let Some(c) = decided.remove(&i) {
                 Prior::Decided(c)
             } else if let Some(call) = calls.remove(key) {
@@ -381,7 +382,7 @@ pub async fn run_job(
     };
     let work = priors
         .into_iter()
-        .zip(0..)
+        .zip(1..)
         .map(|(prior, index)| candidate(&ctx, index, prior));
     // Every candidate runs to its end (calls in flight finish and are
     // stored) before the job's outcome is decided.

@@ -152,21 +152,36 @@ pub async fn list_instructions(
 #[serde(default)]
 pub struct InstructionBody {
     instruction_text: Option<String>,
-    /// The v1 OpenAPI's shape (its code read `instruction_text`): accepted
-    /// when `instruction_text` is absent, the text taken from
-    /// `payload_json.instruction_text` (or `payload_json.text`, or
-    /// `payload_json` itself when it is a string). `instruction_type` is ignored.
+    /// The shape v1's published OpenAPI documents (v1's code read only
+    /// `instruction_text`): accepted when `instruction_text` is absent. The
+    /// text is `payload_json.instruction_text`, `payload_json.text`,
+    /// `payload_json` itself when it is a string, else the payload as
+    /// compact JSON (prefixed by `instruction_type` when given).
+    instruction_type: Option<String>,
     #[schema(value_type = Option<Object>)]
     payload_json: Option<Value>,
 }
 
 impl InstructionBody {
-    fn text(&self) -> Option<&str> {
-        self.instruction_text.as_deref().or_else(|| {
-            let p = self.payload_json.as_ref()?;
-            p.as_str()
-                .or_else(|| p.get("instruction_text").and_then(Value::as_str))
-                .or_else(|| p.get("text").and_then(Value::as_str))
+    fn text(&self) -> Option<String> {
+        if let Some(t) = &self.instruction_text {
+            return Some(t.clone());
+        }
+        let p = self.payload_json.as_ref()?;
+        if let Some(t) = p
+            .as_str()
+            .or_else(|| p.get("instruction_text").and_then(Value::as_str))
+            .or_else(|| p.get("text").and_then(Value::as_str))
+        {
+            return Some(t.to_string());
+        }
+        let empty = p.is_null() || p.as_object().is_some_and(|o| o.is_empty());
+        if empty {
+            return self.instruction_type.clone();
+        }
+        Some(match self.instruction_type.as_deref().map(str::trim) {
+            Some(kind) if !kind.is_empty() => format!("{kind}: {p}"),
+            _ => p.to_string(),
         })
     }
 }
@@ -183,7 +198,7 @@ pub async fn create_instruction(
     slug: web::Path<String>,
     JsonBody(body): JsonBody<InstructionBody>,
 ) -> ApiResult<web::Json<Value>> {
-    let text = copilot::validate_instruction(body.text())?;
+    let text = copilot::validate_instruction(body.text().as_deref())?;
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     let (row, audit_id) =
         copilot::create_instruction(&state.db, &principal, project.id, text).await?;

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::dto::{Candidate, Event, Job, Run};
+use crate::dto::{AssetPaths, Candidate, Event, Job, Run};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Auth, JsonBody};
 
@@ -144,16 +144,45 @@ async fn jobs_with_candidates(
     run_id: Uuid,
 ) -> Result<Vec<Job>, actors::ServiceError> {
     let jobs = store::jobs_of(&state.db, run_id).await?;
+    let candidates = store::candidates_of_run(&state.db, run_id).await?;
+    let paths = asset_paths(
+        state,
+        jobs.iter().map(|j| j.final_asset_id).chain(
+            candidates
+                .iter()
+                .flat_map(|c| [c.output_asset_id, c.final_asset_id]),
+        ),
+    )
+    .await?;
     let mut by_job: HashMap<Uuid, Vec<Candidate>> = HashMap::new();
-    for c in store::candidates_of_run(&state.db, run_id).await? {
+    for c in &candidates {
         by_job
             .entry(c.job_id)
             .or_default()
-            .push(Candidate::from(&c));
+            .push(Candidate::new(c, &paths));
     }
     Ok(jobs
         .iter()
-        .map(|j| Job::new(j, by_job.remove(&j.id).unwrap_or_default()))
+        .map(|j| Job::new(j, by_job.remove(&j.id).unwrap_or_default(), &paths))
+        .collect())
+}
+
+/// The storage paths of the given assets, in one query.
+async fn asset_paths(
+    state: &AppState,
+    ids: impl Iterator<Item = Option<Uuid>>,
+) -> Result<AssetPaths, actors::ServiceError> {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let ids: Vec<Uuid> = ids.flatten().collect();
+    if ids.is_empty() {
+        return Ok(AssetPaths::new());
+    }
+    Ok(entities::assets::Entity::find()
+        .filter(entities::assets::Column::Id.is_in(ids))
+        .all(&state.db)
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a.storage_key))
         .collect())
 }
 
@@ -356,7 +385,10 @@ pub async fn retry_run(
     Ok(web::Json(RunRetried {
         ok: true,
         run: Run::from(&run),
-        jobs: created.iter().map(|j| Job::new(j, Vec::new())).collect(),
+        jobs: created
+            .iter()
+            .map(|j| Job::new(j, Vec::new(), &AssetPaths::new()))
+            .collect(),
         audit_id,
     }))
 }
@@ -382,7 +414,7 @@ pub async fn cancel_job(
     let job = control::cancel_job(&state.engine, &principal, &run, &job_id).await?;
     Ok(web::Json(JobCanceled {
         ok: true,
-        job: Job::new(&job, Vec::new()),
+        job: Job::new(&job, Vec::new(), &AssetPaths::new()),
     }))
 }
 
@@ -412,12 +444,18 @@ pub async fn list_candidates(
     if !jobs.iter().any(|j| j.id == job_id) {
         return Err(actors::ServiceError::not_found("Job not found").into());
     }
-    let candidates: Vec<Candidate> = store::candidates_of_run(&state.db, run.id)
+    let rows: Vec<_> = store::candidates_of_run(&state.db, run.id)
         .await?
-        .iter()
+        .into_iter()
         .filter(|c| c.job_id == job_id)
-        .map(Candidate::from)
         .collect();
+    let paths = asset_paths(
+        &state,
+        rows.iter()
+            .flat_map(|c| [c.output_asset_id, c.final_asset_id]),
+    )
+    .await?;
+    let candidates: Vec<Candidate> = rows.iter().map(|c| Candidate::new(c, &paths)).collect();
     Ok(web::Json(CandidateList {
         ok: true,
         job_id,
