@@ -36,4 +36,5 @@ mod runs;
 mod secrets;
 mod spend;
 mod storage;
+mod v1;
 mod webhooks;
