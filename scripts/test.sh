@@ -31,6 +31,11 @@ ensure_moto() {
     python3 -m venv "$TOOLS_DIR/s3venv"
     "$TOOLS_DIR/s3venv/bin/pip" install -q 'moto[server]'
   fi
+  # Schemathesis checks the served API description (scripts/api-conformance.sh).
+  if [ ! -x "$TOOLS_DIR/s3venv/bin/st" ]; then
+    log "installing schemathesis into $TOOLS_DIR/s3venv"
+    "$TOOLS_DIR/s3venv/bin/pip" install -q schemathesis
+  fi
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
   "$TOOLS_DIR/s3venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"${TMPDIR:-/tmp}/atelier-moto-$port.log" 2>&1 &
@@ -71,3 +76,18 @@ log "tests on SQLite"
 ATELIER_TEST_DATABASE=sqlite "${runner[@]}" "$@"
 log "tests on PostgreSQL ($PG_URL, one database per test)"
 ATELIER_TEST_DATABASE=postgres "${runner[@]}" "$@"
+
+# The served OpenAPI document against the running binary, on both stores
+# (skipped when a test filter was given).
+if [ "$#" -eq 0 ]; then
+  BIN="${CARGO_TARGET_DIR:-target}/debug/atelier"
+  cargo build --quiet --bin atelier
+  log "API conformance (schemathesis) on SQLite"
+  scripts/api-conformance.sh "$BIN" "$TOOLS_DIR/s3venv/bin/st"
+  ST_DB="atelier_st_$$"
+  psql "$PG_URL" -q -c "CREATE DATABASE $ST_DB" >/dev/null
+  log "API conformance (schemathesis) on PostgreSQL"
+  DATABASE_URL="${PG_URL%/*}/$ST_DB" scripts/api-conformance.sh "$BIN" "$TOOLS_DIR/s3venv/bin/st" || st_failed=1
+  psql "$PG_URL" -q -c "DROP DATABASE $ST_DB WITH (FORCE)" >/dev/null
+  [ -z "${st_failed:-}" ]
+fi

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod dto;
 pub mod error;
 pub mod extract;
+mod openapi_truth;
 mod routes;
 
 use std::sync::Arc;
@@ -96,7 +97,7 @@ impl AppState {
             config,
             started: SystemTime::now(),
             routes: RouteCatalogue::from_openapi(&doc),
-            openapi: serde_json::to_value(&doc).unwrap_or_default(),
+            openapi: served_openapi(&doc),
             renders: cache::RenderCache::new(std::time::Duration::from_millis(read_cache_ms)),
             engine,
         }
@@ -188,6 +189,14 @@ impl utoipa::Modify for SecurityAddon {
     }
 }
 
+/// The served document: the generated one, completed with the failures
+/// every route shares (see `openapi_truth`).
+pub fn served_openapi(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut value = serde_json::to_value(doc).unwrap_or_default();
+    openapi_truth::complete(&mut value);
+    value
+}
+
 /// The OpenAPI document of every mounted route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = App::new()
@@ -223,6 +232,21 @@ pub fn app(
         .default_service(web::to(unmatched))
         .into_app()
         .configure(routes::console::configure)
+        // The API explorer (Swagger UI, assets compiled in) on the served
+        // document, so it shows exactly what /openapi.json says.
+        .route(
+            "/docs",
+            web::get().to(|| async {
+                HttpResponse::PermanentRedirect()
+                    .insert_header((actix_web::http::header::LOCATION, "/docs/"))
+                    .finish()
+            }),
+        )
+        .service(
+            utoipa_swagger_ui::SwaggerUi::new("/docs/{_:.*}").config(
+                utoipa_swagger_ui::Config::new(["/openapi.json"]).persist_authorization(true),
+            ),
+        )
         .wrap(Compress::default())
         .wrap(actix_web::middleware::from_fn(refuse_encoded_bodies))
         .wrap(actix_web::middleware::from_fn(response_headers))

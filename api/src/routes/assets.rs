@@ -101,7 +101,8 @@ pub struct ContentQuery {
 /// The asset's file, with its stored MIME type. Content never changes for
 /// an id, so it is cacheable; the ETag is the content hash.
 #[utoipa::path(tag = "assets", params(("slug" = String, Path), ("assetId" = String, Path), ContentQuery),
-    responses((status = 200, description = "the file", content_type = "application/octet-stream"),
+    responses((status = 200, description = "the file, with the media type it was stored with",
+            content(("image/png"), ("image/jpeg"), ("image/webp"), ("application/json"), ("application/octet-stream"))),
         (status = 304, description = "If-None-Match matched"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody, description = "storage_unavailable: the file is in S3 storage the project cannot use now"),

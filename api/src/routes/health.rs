@@ -19,6 +19,10 @@ pub struct HealthResponse {
     database_backend: &'static str,
     /// Name of the newest applied migration.
     schema_version: String,
+    /// **New**: the interactive API explorer (Swagger UI, served offline)
+    /// and the document it reads.
+    api_explorer: &'static str,
+    openapi: &'static str,
 }
 
 /// Liveness and identity. Public; the only route that needs no token.
@@ -40,6 +44,8 @@ pub async fn health(state: web::Data<AppState>) -> web::Json<HealthResponse> {
         route_count: state.routes.len(),
         database_backend: state.config.database_backend,
         schema_version: state.config.schema_version.clone(),
+        api_explorer: "/docs/",
+        openapi: "/openapi.json",
     })
 }
 

@@ -92,6 +92,7 @@ pub struct ProjectUpserted {
         (status = 400, body = ErrorBody, description = "field_required, field_too_long, invalid_project_slug, invalid_username, slug_taken"),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody, description = "a project-scoped token naming another project"),
+        (status = 409, body = ErrorBody, description = "slug_conflict (a name deriving another project's slug), storage_root_overlap (its default root inside another project's)"),
     )
 )]
 #[post("/api/projects")]

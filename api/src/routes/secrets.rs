@@ -189,11 +189,13 @@ pub struct Rotated {
 }
 
 /// Re-encrypt with the current key (one transaction: a value no configured
-/// key opens aborts the rotation with 500 and changes nothing).
+/// key opens aborts the rotation with 409 and changes nothing; v1 answered
+/// 500, see docs/api.md).
 #[utoipa::path(tag = "secrets", params(("slug" = String, Path)),
     request_body(content = RotateBody, content_type = "application/json"),
     responses((status = 200, body = Rotated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 500, body = ErrorBody, description = "no master key, or a value cannot be decrypted")))]
+        (status = 400, body = ErrorBody, description = "policy: master_key_missing"),
+        (status = 409, body = ErrorBody, description = "secret_undecryptable: a stored value no configured key opens")))]
 #[post("/api/projects/{slug}/secrets/rotate")]
 pub async fn rotate_secrets(
     state: web::Data<AppState>,

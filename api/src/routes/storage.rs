@@ -68,6 +68,7 @@ pub struct StorageUpdated {
         (status = 200, body = StorageUpdated),
         (status = 400, body = ErrorBody, description = "field_required, path_traversal, path_outside_allowed_roots, path_symlink_escape, path_invalid"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "storage_root_overlap: the root is, contains or lies inside another project's"),
     )
 )]
 #[put("/api/projects/{slug}/storage/local")]
