@@ -407,3 +407,467 @@ async fn v1_openapi_request_shapes_are_accepted() {
         assert!(account.get(key).is_some(), "{key} missing: {account}");
     }
 }
+
+/// Every entity carries every key v1's shapes have (contract §1.3); extra
+/// keys are allowed.
+#[actix_web::test]
+async fn every_entity_has_v1_keys() {
+    let app = TestApp::spawn_with(|s| s.providers.local.price_usd = 0.01).await;
+    let token = app.bootstrap_token().await;
+    let ok = |(s, b): (StatusCode, Value)| {
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b
+    };
+    let p = "/api/projects/book";
+    let created = ok(app
+        .post(
+            "/api/projects",
+            &token,
+            json!({"name": "Book", "slug": "book"}),
+        )
+        .await);
+    let run = ok(app
+        .post(
+            &format!("{p}/runs/trigger"),
+            &token,
+            json!({"mode": "run", "confirm_spend": true, "scene_refs": ["sample:1@64x48"], "candidates": 2, "wait": true}),
+        )
+        .await);
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    let assets = ok(app.get(&format!("{p}/assets?kind=generated"), &token).await);
+    let (a0, a1) = (
+        assets["assets"][0]["id"].as_str().unwrap().to_string(),
+        assets["assets"][1]["id"].as_str().unwrap().to_string(),
+    );
+    let link = ok(app
+        .post(
+            &format!("{p}/asset-links"),
+            &token,
+            json!({"parent_asset_id": a0, "child_asset_id": a1, "link_type": "variant_of"}),
+        )
+        .await);
+    let template = ok(app
+        .post(
+            &format!("{p}/prompt-templates"),
+            &token,
+            json!({"name": "P", "template_text": "t"}),
+        )
+        .await);
+    let account = ok(app
+        .post(
+            &format!("{p}/provider-accounts"),
+            &token,
+            json!({"provider_code": "openai"}),
+        )
+        .await);
+    let style = ok(app
+        .post(
+            &format!("{p}/style-guides"),
+            &token,
+            json!({"name": "Ink", "instructions": "flat"}),
+        )
+        .await);
+    let character = ok(app
+        .post(&format!("{p}/characters"), &token, json!({"name": "Mara"}))
+        .await);
+    let set = ok(app
+        .post(
+            &format!("{p}/reference-sets"),
+            &token,
+            json!({"name": "Docks"}),
+        )
+        .await);
+    let set_id = set["reference_set"]["id"].as_str().unwrap().to_string();
+    let item = ok(app
+        .post(
+            &format!("{p}/reference-sets/{set_id}/items"),
+            &token,
+            json!({"label": "Crane", "content_text": "rusty"}),
+        )
+        .await);
+    let session = ok(app
+        .post(&format!("{p}/chat/sessions"), &token, json!({}))
+        .await);
+    let sid = session["session"]["id"].as_str().unwrap().to_string();
+    let message = ok(app
+        .post(
+            &format!("{p}/chat/sessions/{sid}/messages"),
+            &token,
+            json!({"role": "user", "content": "hi"}),
+        )
+        .await);
+    let instruction = ok(app
+        .post(
+            &format!("{p}/agent/instructions"),
+            &token,
+            json!({"instruction_text": "go"}),
+        )
+        .await);
+    let iid = instruction["instruction"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let events = ok(app
+        .get(&format!("{p}/agent/instructions/{iid}/events"), &token)
+        .await);
+    let secret = ok(app
+        .post(
+            &format!("{p}/secrets"),
+            &token,
+            json!({"provider_code": "openai", "secret_name": "api_key", "secret_value": "sk-v1"}),
+        )
+        .await);
+    let projects = ok(app.get("/api/projects", &token).await);
+    let detail = ok(app.get(p, &token).await);
+    let tokens = ok(app.get("/auth/tokens", &token).await);
+    let run_detail = ok(app.get(&format!("{p}/runs/{run_id}"), &token).await);
+    let reports = ok(app.get(&format!("{p}/quality-reports"), &token).await);
+    let costs = ok(app.get(&format!("{p}/cost-events"), &token).await);
+    let shapes: Vec<(&str, &Value, &[&str])> = vec![
+        (
+            "ProjectSummary",
+            &projects["projects"][0],
+            &[
+                "id",
+                "slug",
+                "name",
+                "description",
+                "status",
+                "username",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "ProjectInfo",
+            &detail["project"],
+            &[
+                "id",
+                "slug",
+                "name",
+                "description",
+                "status",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "Storage.local",
+            &created["storage"]["local"],
+            &["base_dir", "project_root"],
+        ),
+        (
+            "Storage.s3",
+            &created["storage"]["s3"],
+            &[
+                "enabled",
+                "bucket",
+                "prefix",
+                "region",
+                "profile",
+                "endpoint_url",
+            ],
+        ),
+        (
+            "TokenSummary",
+            &tokens["auth_tokens"][0],
+            &[
+                "id",
+                "user_id",
+                "project_id",
+                "token_prefix",
+                "label",
+                "expires_at",
+                "revoked_at",
+                "last_used_at",
+                "created_at",
+                "active",
+            ],
+        ),
+        (
+            "Run",
+            &run_detail["run"],
+            &[
+                "id",
+                "project_id",
+                "run_mode",
+                "status",
+                "stage",
+                "time_of_day",
+                "weather",
+                "model_name",
+                "provider_code",
+                "settings_snapshot_json",
+                "started_at",
+                "finished_at",
+                "created_at",
+                "run_log_path",
+                "image_size",
+                "image_quality",
+            ],
+        ),
+        (
+            "Job",
+            &run_detail["jobs"][0],
+            &[
+                "id",
+                "run_id",
+                "job_key",
+                "status",
+                "prompt_text",
+                "selected_candidate_index",
+                "final_asset_id",
+                "final_output",
+                "meta_json",
+                "created_at",
+                "candidates",
+            ],
+        ),
+        (
+            "Candidate",
+            &run_detail["jobs"][0]["candidates"][0],
+            &[
+                "id",
+                "job_id",
+                "candidate_index",
+                "status",
+                "output_asset_id",
+                "final_asset_id",
+                "output_path",
+                "final_output_path",
+                "rank_hard_failures",
+                "rank_soft_warnings",
+                "rank_avg_chroma_exceed",
+                "meta_json",
+                "created_at",
+            ],
+        ),
+        (
+            "Asset",
+            &assets["assets"][0],
+            &[
+                "id",
+                "project_id",
+                "kind",
+                "asset_kind",
+                "storage_uri",
+                "rel_path",
+                "storage_backend",
+                "mime_type",
+                "width",
+                "height",
+                "sha256",
+                "run_id",
+                "job_id",
+                "candidate_id",
+                "metadata_json",
+                "created_at",
+            ],
+        ),
+        (
+            "AssetLink",
+            &link["asset_link"],
+            &[
+                "id",
+                "project_id",
+                "parent_asset_id",
+                "child_asset_id",
+                "link_type",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "QualityReport",
+            &reports["quality_reports"][0],
+            &[
+                "id",
+                "project_id",
+                "run_id",
+                "asset_id",
+                "report_type",
+                "grade",
+                "hard_failures",
+                "soft_warnings",
+                "avg_chroma_exceed",
+                "summary_json",
+                "created_at",
+            ],
+        ),
+        (
+            "CostEvent",
+            &costs["cost_events"][0],
+            &[
+                "id",
+                "project_id",
+                "run_id",
+                "job_id",
+                "provider_code",
+                "model_name",
+                "event_type",
+                "units",
+                "unit_cost_usd",
+                "total_cost_usd",
+                "currency",
+                "meta_json",
+                "created_at",
+            ],
+        ),
+        (
+            "PromptTemplate",
+            &template["prompt_template"],
+            &[
+                "id",
+                "project_id",
+                "name",
+                "template_text",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "ProviderAccount",
+            &account["provider_account"],
+            &[
+                "project_id",
+                "provider_code",
+                "display_name",
+                "account_ref",
+                "base_url",
+                "enabled",
+                "config_json",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "StyleGuide",
+            &style["style_guide"],
+            &[
+                "id",
+                "project_id",
+                "name",
+                "instructions",
+                "notes",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "Character",
+            &character["character"],
+            &[
+                "id",
+                "project_id",
+                "name",
+                "description",
+                "prompt_text",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "ReferenceSet",
+            &set["reference_set"],
+            &[
+                "id",
+                "project_id",
+                "name",
+                "description",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "ReferenceItem",
+            &item["item"],
+            &[
+                "id",
+                "project_id",
+                "reference_set_id",
+                "label",
+                "content_uri",
+                "content_text",
+                "sort_order",
+                "metadata_json",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "ChatSession",
+            &session["session"],
+            &[
+                "id",
+                "project_id",
+                "title",
+                "status",
+                "created_at",
+                "updated_at",
+            ],
+        ),
+        (
+            "ChatMessage",
+            &message["message"],
+            &[
+                "id",
+                "project_id",
+                "session_id",
+                "role",
+                "content",
+                "created_at",
+            ],
+        ),
+        (
+            "Instruction",
+            &instruction["instruction"],
+            &[
+                "id",
+                "project_id",
+                "instruction_text",
+                "status",
+                "created_at",
+                "updated_at",
+                "confirmed_at",
+                "canceled_at",
+            ],
+        ),
+        (
+            "InstructionEvent",
+            &events["events"][0],
+            &[
+                "id",
+                "project_id",
+                "instruction_id",
+                "event_type",
+                "message",
+                "created_at",
+            ],
+        ),
+        (
+            "SecretSummary",
+            &secret["secret"],
+            &[
+                "project_id",
+                "provider_code",
+                "secret_name",
+                "has_value",
+                "updated_at",
+            ],
+        ),
+    ];
+    let mut missing = Vec::new();
+    for (shape, value, keys) in &shapes {
+        assert!(value.is_object(), "{shape}: {value}");
+        for key in keys.iter() {
+            if value.get(*key).is_none() {
+                missing.push(format!("{shape}.{key}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "keys v1 has and Atelier lacks: {missing:?}"
+    );
+    assert!(!secret.to_string().contains("sk-v1"));
+}
