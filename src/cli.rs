@@ -388,12 +388,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     project,
                     expires_at,
                 } => {
-                    let verifier = actors::auth::TokenVerifier::new(std::time::Duration::ZERO);
-                    let created = actors::auth::create_token(
+                    let verifier = domain::auth::TokenVerifier::new(std::time::Duration::ZERO);
+                    let created = domain::auth::create_token(
                         &db.conn,
                         &verifier,
-                        &actors::Principal::DevBypass,
-                        actors::auth::CreateToken {
+                        &domain::Principal::DevBypass,
+                        domain::auth::CreateToken {
                             label: label.or(Some("cli".into())),
                             project_slug: project,
                             expires_at,

@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use actors::Principal;
-use actors::projects::{self, UpsertProject};
-use actors::runs::{plan, store, trigger};
+use domain::Principal;
+use domain::projects::{self, UpsertProject};
+use domain::runs::{plan, store, trigger};
 use indicatif::{ProgressBar, ProgressStyle};
 use storage::paths::StorageRoots;
 
@@ -22,7 +22,7 @@ pub struct DemoOptions {
     pub weather: String,
 }
 
-fn service(e: actors::ServiceError) -> CliError {
+fn service(e: domain::ServiceError) -> CliError {
     CliError::Service(e.to_string())
 }
 
@@ -62,7 +62,7 @@ pub async fn run(settings: Settings, options: DemoOptions) -> Result<(), CliErro
     })
     .map_err(service)?;
     let mut events = engine.hub().subscribe();
-    let triggered = trigger::trigger(&engine, &principal, &project.project, valid)
+    let triggered = trigger::trigger(engine.run_engine(), &principal, &project.project, valid)
         .await
         .map_err(service)?;
     let run_id = triggered.created.run.id;
@@ -123,7 +123,7 @@ async fn print_summary(
     roots: &StorageRoots,
     project: &entities::projects::Model,
     run: &entities::runs::Model,
-) -> Result<(), actors::ServiceError> {
+) -> Result<(), domain::ServiceError> {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
     let jobs = store::jobs_of(db, run.id).await?;
     let candidates = store::candidates_of_run(db, run.id).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{HttpServer, web};
-use actors::auth::TokenVerifier;
+use domain::auth::TokenVerifier;
 use sea_orm::DatabaseConnection;
 use storage::paths::StorageRoots;
 
@@ -172,8 +172,8 @@ pub async fn embedded_engine_with(
 /// The operator's allow-list for outbound requests to internal addresses.
 pub fn outbound_policy(
     settings: &Settings,
-) -> Result<actors::netpolicy::OutboundPolicy, StartupError> {
-    actors::netpolicy::OutboundPolicy::new(&settings.network.outbound_allow)
+) -> Result<domain::netpolicy::OutboundPolicy, StartupError> {
+    domain::netpolicy::OutboundPolicy::new(&settings.network.outbound_allow)
         .map_err(StartupError::Network)
 }
 
@@ -215,9 +215,9 @@ pub struct Application {
 }
 
 /// Where project secrets' master key comes from.
-pub fn secret_keys(settings: &Settings) -> actors::secrets::cipher::KeySource {
+pub fn secret_keys(settings: &Settings) -> domain::secrets::cipher::KeySource {
     let s = &settings.secrets;
-    actors::secrets::cipher::KeySource {
+    domain::secrets::cipher::KeySource {
         key_env: s.master_key_env.clone(),
         key_file: s
             .master_key_file
@@ -237,14 +237,14 @@ pub fn engine_config(settings: &Settings) -> actors::engine::EngineConfig {
         max_queued_runs: e.max_queued_runs.max(1),
         lease: Duration::from_secs(e.lease_seconds.max(1)),
         heartbeat: Duration::from_millis(e.heartbeat_ms.max(50)),
-        retry: actors::runs::pipeline::RetryPolicy {
+        retry: domain::runs::pipeline::RetryPolicy {
             max_attempts: e.provider_max_attempts.max(1),
             base_delay: Duration::from_millis(e.retry_base_ms),
             max_delay: Duration::from_millis(e.retry_max_ms.max(e.retry_base_ms)),
         },
         job_max_attempts: e.job_max_attempts.max(1),
         limits: imaging::DecodeLimits::default(),
-        webhooks: actors::webhooks::WebhookConfig {
+        webhooks: domain::webhooks::WebhookConfig {
             retry_base: Duration::from_millis(settings.webhooks.retry_base_ms.max(10)),
             max_attempts: settings.webhooks.max_attempts.max(1),
             timeout: Duration::from_millis(settings.webhooks.timeout_ms.max(100)),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use actix_web::HttpResponse;
 use actix_web::http::header::ContentType;
 use actix_web::web::Bytes;
-use actors::ServiceError;
+use domain::ServiceError;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -59,7 +59,7 @@ impl RenderCache {
         L: FnOnce() -> LF,
         LF: Future<Output = Result<T, ServiceError>>,
     {
-        let generation = actors::db::write_generation();
+        let generation = domain::db::write_generation();
         if let Some(body) = self.fresh(&key, generation) {
             return Ok(json_response(body));
         }

@@ -1,8 +1,8 @@
 //! Response shapes of the v1 contract. Timestamps are `YYYY-MM-DDTHH:MM:SSZ`;
 //! optional text columns come out as `""`, as the contract specifies.
 
-use actors::projects::StorageView;
-use actors::time::format;
+use domain::projects::StorageView;
+use domain::time::format;
 use entities::{api_tokens, projects};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -155,7 +155,7 @@ impl From<&api_tokens::Model> for TokenSummary {
             revoked_at: t.revoked_at.as_ref().map(format),
             last_used_at: t.last_used_at.as_ref().map(format),
             created_at: format(&t.created_at),
-            active: actors::auth::is_active(t, chrono::Utc::now()),
+            active: domain::auth::is_active(t, chrono::Utc::now()),
         }
     }
 }
@@ -347,8 +347,8 @@ pub struct Event {
     pub created_at: String,
 }
 
-impl From<&actors::runs::events::RunEvent> for Event {
-    fn from(e: &actors::runs::events::RunEvent) -> Self {
+impl From<&domain::runs::events::RunEvent> for Event {
+    fn from(e: &domain::runs::events::RunEvent) -> Self {
         Self {
             run_id: e.run_id,
             seq: e.seq,

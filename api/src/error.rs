@@ -13,7 +13,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use actors::ServiceError;
+use domain::ServiceError;
 use serde::Serialize;
 use utoipa::ToSchema;
 

@@ -7,7 +7,7 @@ use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use actix_web::{FromRequest, HttpRequest, web};
-use actors::Principal;
+use domain::Principal;
 use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 
@@ -66,7 +66,7 @@ async fn resolve(req: &HttpRequest, allow_bootstrap: bool) -> Result<Principal, 
     if allow_bootstrap
         && state.config.bootstrap_allowed
         && peer_loopback
-        && actors::auth::bootstrap_open(&state.db).await?
+        && domain::auth::bootstrap_open(&state.db).await?
     {
         return Ok(Principal::Bootstrap);
     }

@@ -18,7 +18,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Compress;
 use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, web};
-use actors::auth::TokenVerifier;
+use domain::auth::TokenVerifier;
 use sea_orm::DatabaseConnection;
 use storage::paths::StorageRoots;
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder, TracingLogger};
@@ -49,12 +49,12 @@ pub struct ApiConfig {
     pub ws_heartbeat: std::time::Duration,
     pub ws_idle_timeout: std::time::Duration,
     /// Where project secrets' master key comes from (no key material).
-    pub secret_keys: actors::secrets::cipher::KeySource,
+    pub secret_keys: domain::secrets::cipher::KeySource,
     /// Largest accepted upload, and the image limits checked before decoding.
     pub upload_limit_bytes: usize,
     pub image_limits: imaging::DecodeLimits,
     /// Where URLs given by users may point (webhooks, S3 endpoints).
-    pub outbound: actors::netpolicy::OutboundPolicy,
+    pub outbound: domain::netpolicy::OutboundPolicy,
 }
 
 /// Shared by every worker thread.
@@ -73,8 +73,8 @@ pub struct AppState {
 
 impl AppState {
     /// What opening a project's files needs.
-    pub fn file_access(&self) -> actors::projects::FileAccess<'_> {
-        actors::projects::FileAccess {
+    pub fn file_access(&self) -> domain::projects::FileAccess<'_> {
+        domain::projects::FileAccess {
             roots: &self.roots,
             keys: Some(&self.config.secret_keys),
             outbound: &self.config.outbound,

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use actors::Principal;
-use actors::projects::{self, UpsertProject};
-use actors::runs::{events, plan, trigger};
+use domain::Principal;
+use domain::projects::{self, UpsertProject};
+use domain::runs::{events, plan, trigger};
 use futures_util::StreamExt;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -54,7 +54,7 @@ fn wall_us() -> u64 {
 
 struct Target {
     db: sea_orm::DatabaseConnection,
-    hub: actors::runs::events::EventHub,
+    hub: domain::runs::events::EventHub,
     run_id: Uuid,
     project_id: Uuid,
 }
@@ -74,7 +74,7 @@ async fn publish(t: &Target, count: usize, rate: u32) -> Result<(f64, Vec<(i64, 
             "guard": { "chroma_delta": 0.01, "hard_failures": 0, "soft_warnings": 0 },
             "progress": { "jobs_finished": i, "jobs_total": count }, "cost_so_far_usd": 0.0,
         });
-        let txn = actors::db::begin_write(&t.db).await.map_err(err)?;
+        let txn = domain::db::begin_write(&t.db).await.map_err(err)?;
         let event = events::append(
             &txn,
             t.run_id,
@@ -85,7 +85,7 @@ async fn publish(t: &Target, count: usize, rate: u32) -> Result<(f64, Vec<(i64, 
         )
         .await
         .map_err(err)?;
-        actors::db::commit(txn).await.map_err(err)?;
+        domain::db::commit(txn).await.map_err(err)?;
         committed.push((event.seq, wall_us()));
         t.hub.publish(event);
     }
@@ -156,7 +156,7 @@ pub async fn serve(mut settings: Settings) -> Result<(), CliError> {
         ..plan::TriggerInput::default()
     })
     .map_err(err)?;
-    let run = trigger::trigger(&engine, &principal, &project.project, valid)
+    let run = trigger::trigger(engine.run_engine(), &principal, &project.project, valid)
         .await
         .map_err(err)?
         .created

@@ -16,10 +16,10 @@ pub mod passes;
 
 use std::time::{Duration, Instant};
 
-use actors::Principal;
 use actors::engine::Engine;
-use actors::projects::{self, UpsertProject};
-use actors::runs::{plan, trigger};
+use domain::Principal;
+use domain::projects::{self, UpsertProject};
+use domain::runs::{plan, trigger};
 use storage::paths::StorageRoots;
 
 use crate::cli::CliError;
@@ -41,7 +41,7 @@ pub struct BenchOptions {
     pub rounds: u32,
 }
 
-fn service(e: actors::ServiceError) -> CliError {
+fn service(e: domain::ServiceError) -> CliError {
     CliError::Service(e.to_string())
 }
 
@@ -101,7 +101,7 @@ async fn timed_run(
     })
     .map_err(service)?;
     let start = Instant::now();
-    let t = trigger::trigger(engine, &principal, &project.project, valid)
+    let t = trigger::trigger(engine.run_engine(), &principal, &project.project, valid)
         .await
         .map_err(service)?;
     let run = engine
@@ -185,7 +185,7 @@ async fn baseline(
                 let _permit = permit;
                 let (png, hash) = imaging::cpu::run(move || {
                     let png = imaging::encode_png(&imaging::effects::ink(&scene, c))?;
-                    let hash = actors::assets::sha256_hex(&png);
+                    let hash = domain::assets::sha256_hex(&png);
                     Ok::<_, imaging::ImagingError>((png, hash))
                 })
                 .await

@@ -19,9 +19,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::Principal;
-use actors::projects::{self, UpsertProject};
-use actors::runs::{plan, trigger};
+use domain::Principal;
+use domain::projects::{self, UpsertProject};
+use domain::runs::{plan, trigger};
 use providers::credentials::{Credentials, Secret};
 
 use crate::cli::CliError;
@@ -90,7 +90,7 @@ async fn batch(settings: &Settings, b: &Batch, adaptive: bool) -> Result<Outcome
     config.retry.max_delay = b.rate_limit.map_or(Duration::from_secs(1), |(_, w)| w);
     let (engine, roots) =
         embedded_engine_with(&settings, &db.conn, config, Arc::new(StubKey)).await?;
-    let service = |e: actors::ServiceError| CliError::Service(e.to_string());
+    let service = |e: domain::ServiceError| CliError::Service(e.to_string());
     let principal = Principal::DevBypass;
     let project = projects::upsert(
         &db.conn,
@@ -116,7 +116,7 @@ async fn batch(settings: &Settings, b: &Batch, adaptive: bool) -> Result<Outcome
     })
     .map_err(service)?;
     let start = Instant::now();
-    let t = trigger::trigger(&engine, &principal, &project.project, valid)
+    let t = trigger::trigger(engine.run_engine(), &principal, &project.project, valid)
         .await
         .map_err(service)?;
     let run = engine
@@ -175,9 +175,9 @@ pub struct DurabilityOptions {
 }
 
 /// The bucket bound under which `q` of the observations fall.
-fn quantile(h: &actors::metrics::Histogram, q: f64) -> String {
+fn quantile(h: &domain::metrics::Histogram, q: f64) -> String {
     let wanted = (h.count as f64 * q).ceil() as u64;
-    actors::metrics::LATENCY_BUCKETS
+    domain::metrics::LATENCY_BUCKETS
         .iter()
         .zip(h.counts)
         .find(|(_, n)| *n >= wanted)
@@ -204,7 +204,7 @@ pub async fn durability(settings: Settings, o: DurabilityOptions) -> Result<(), 
         postprocess: serde_json::json!({"bg_remove": true, "upscale": true, "upscale_factor": 2, "color": true}),
     };
     let r = batch(&settings, &b, true).await?;
-    let windows = actors::metrics::durable_windows();
+    let windows = domain::metrics::durable_windows();
     let Some((_, h)) = windows.iter().find(|(p, _)| p == "openai") else {
         return Err(CliError::Service("no delivery was measured".into()));
     };

@@ -86,7 +86,7 @@ async fn candidates_get_thumbnails_served_with_auth_and_caching() {
         assert_eq!(&bytes[8..12], b"WEBP");
         assert_eq!(
             a["sha256"].as_str().unwrap(),
-            actors::assets::sha256_hex(&bytes)
+            domain::assets::sha256_hex(&bytes)
         );
         assert_eq!(etag, format!("\"{}\"", a["sha256"].as_str().unwrap()));
         let again = app
@@ -438,7 +438,7 @@ async fn uploads_are_checked_deduplicated_and_usable_as_scenes() {
         (a["width"].as_i64(), a["height"].as_i64()),
         (Some(120), Some(80))
     );
-    assert_eq!(a["sha256"], json!(actors::assets::sha256_hex(&png)));
+    assert_eq!(a["sha256"], json!(domain::assets::sha256_hex(&png)));
     assert_eq!(a["metadata_json"]["uploaded_name"], "street.png");
     // Stored unchanged.
     let stored = std::fs::read(

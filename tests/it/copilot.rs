@@ -177,22 +177,22 @@ async fn instructions_follow_a_guarded_state_machine() {
     let b_uuid: uuid::Uuid = b_id.parse().unwrap();
     let a_uuid: uuid::Uuid = a_id.parse().unwrap();
     assert!(
-        !actors::copilot::report(&app.db, b_uuid, "confirmed", "running", None)
+        !domain::copilot::report(&app.db, b_uuid, "confirmed", "running", None)
             .await
             .unwrap()
     );
     assert!(
-        actors::copilot::report(&app.db, a_uuid, "confirmed", "running", None)
+        domain::copilot::report(&app.db, a_uuid, "confirmed", "running", None)
             .await
             .unwrap()
     );
     assert!(
-        actors::copilot::report(&app.db, a_uuid, "running", "done", Some("3 runs".into()))
+        domain::copilot::report(&app.db, a_uuid, "running", "done", Some("3 runs".into()))
             .await
             .unwrap()
     );
     assert!(
-        !actors::copilot::report(&app.db, a_uuid, "running", "failed", None)
+        !domain::copilot::report(&app.db, a_uuid, "running", "failed", None)
             .await
             .unwrap(),
         "a second verdict is not applied"

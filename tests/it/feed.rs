@@ -70,7 +70,7 @@ async fn replay_then_live_without_gaps_or_duplicates() {
         "three events persisted",
         Duration::from_secs(20),
         || async {
-            let n = actors::runs::events::list_since(&app.db, id, 0, 3)
+            let n = domain::runs::events::list_since(&app.db, id, 0, 3)
                 .await
                 .unwrap()
                 .len();
@@ -318,7 +318,7 @@ async fn heartbeat_pings_and_a_silent_client_is_closed() {
 /// again; a project feed that falls behind is told and closed (4001).
 #[actix_web::test]
 async fn hand_off_holes_and_lag_are_made_whole() {
-    use actors::runs::events;
+    use domain::runs::events;
     let app = TestApp::spawn_with(|s| s.engine.event_buffer = 16).await;
     let token = app.bootstrap_token().await;
     app.create_project(&token, "Book", "book").await;
@@ -341,7 +341,7 @@ async fn hand_off_holes_and_lag_are_made_whole() {
     let append = |n: usize| {
         let db = app.db.clone();
         async move {
-            let txn = actors::db::begin_write(&db).await.unwrap();
+            let txn = domain::db::begin_write(&db).await.unwrap();
             let out = events::append_many(
                 &txn,
                 run_id,
@@ -352,7 +352,7 @@ async fn hand_off_holes_and_lag_are_made_whole() {
             )
             .await
             .unwrap();
-            actors::db::commit(txn).await.unwrap();
+            domain::db::commit(txn).await.unwrap();
             out
         }
     };

@@ -86,7 +86,7 @@ pub struct TestApp {
     pub db: DatabaseConnection,
     /// The engine's event hub, to inject live events the way the engine
     /// publishes them.
-    pub hub: actors::runs::events::EventHub,
+    pub hub: domain::runs::events::EventHub,
     _db_guard: TestDb,
 }
 

@@ -116,7 +116,7 @@ async fn staged_run_completes_with_chained_lineage() {
         let bytes = std::fs::read(root.join(&a.storage_key)).unwrap();
         assert_eq!(
             a.sha256.as_deref(),
-            Some(actors::assets::sha256_hex(&bytes).as_str())
+            Some(domain::assets::sha256_hex(&bytes).as_str())
         );
         assert_eq!(a.byte_size, Some(bytes.len() as i64));
         image::load_from_memory(&bytes).unwrap();
@@ -1050,7 +1050,7 @@ async fn post_process_passes_register_every_file_with_its_lineage() {
         let bytes = std::fs::read(root.join(&a.storage_key)).unwrap();
         assert_eq!(
             a.sha256.as_deref(),
-            Some(actors::assets::sha256_hex(&bytes).as_str())
+            Some(domain::assets::sha256_hex(&bytes).as_str())
         );
         // The run log (registered once the run is done) is JSON, not an image.
         if a.kind == "run_log" {

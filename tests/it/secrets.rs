@@ -14,7 +14,7 @@ async fn app() -> TestApp {
     TestApp::spawn_with(|s| s.secrets.master_key_env = "ATELIER_TEST_UNSET_MASTER_KEY".into()).await
 }
 
-fn keys(app: &TestApp) -> actors::secrets::cipher::KeySource {
+fn keys(app: &TestApp) -> domain::secrets::cipher::KeySource {
     let mut settings = atelier::settings::Settings {
         data_dir: app.data_path(),
         ..Default::default()
@@ -90,7 +90,7 @@ async fn secrets_are_encrypted_listed_as_metadata_rotated_and_deleted() {
         let keys = keys(&app);
         let db = app.db.clone();
         async move {
-            actors::secrets::reveal(&db, &keys, project_id, code, name)
+            domain::secrets::reveal(&db, &keys, project_id, code, name)
                 .await
                 .unwrap()
         }

@@ -422,7 +422,7 @@ async fn a_project_on_s3_keeps_every_file_in_its_bucket_and_reads_them_back() {
         assert_eq!(s, StatusCode::OK);
         assert_eq!(
             asset.sha256.as_deref(),
-            Some(actors::assets::sha256_hex(&bytes).as_str()),
+            Some(domain::assets::sha256_hex(&bytes).as_str()),
             "{}",
             asset.storage_key
         );

@@ -7,12 +7,10 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use serde_json::json;
-use uuid::Uuid;
+use domain::audit;
+use domain::ports::{PaidCallLog, PaidCallRecord};
 
-use super::SupervisionRegistry;
-use crate::Principal;
-use crate::audit::{self, AuditEntry};
+use super::{Counted, SupervisionRegistry};
 
 const NAME: &str = "audit";
 
@@ -45,15 +43,7 @@ impl Supervised for AuditActor {
 /// A provider call that cost money, for the audit log.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
-pub struct PaidCall {
-    pub project_id: Uuid,
-    pub run_id: Uuid,
-    pub job_id: Uuid,
-    pub provider_call_id: Uuid,
-    pub provider_code: String,
-    pub idempotency_key: String,
-    pub cost_usd: f64,
-}
+pub struct PaidCall(pub PaidCallRecord);
 
 impl Handler<PaidCall> for AuditActor {
     type Result = ResponseFuture<()>;
@@ -62,31 +52,21 @@ impl Handler<PaidCall> for AuditActor {
         let db = self.db.clone();
         let registry = self.registry.clone();
         Box::pin(async move {
-            let result = async {
-                let txn = crate::db::begin_write(&db).await?;
-                audit::record(
-                    &txn,
-                    AuditEntry {
-                        principal: &Principal::DevBypass,
-                        project_id: Some(msg.project_id),
-                        event_code: "provider.paid_call",
-                        payload: json!({
-                            "run_id": msg.run_id, "job_id": msg.job_id, "provider_call_id": msg.provider_call_id,
-                            "provider_code": msg.provider_code, "idempotency_key": msg.idempotency_key,
-                            "cost_usd": msg.cost_usd,
-                        }),
-                    },
-                )
-                .await?;
-                crate::db::commit(txn).await?;
-                Ok::<_, crate::ServiceError>(())
-            }
-            .await;
-            if let Err(e) = result {
+            if let Err(e) = audit::record_paid_call(&db, &msg.0).await {
                 tracing::error!(error = %e, "cannot record the audit event of a paid call");
                 registry.record_error(NAME, e.to_string());
             }
         })
+    }
+}
+
+/// The domain's paid-call port, answered by the AuditActor.
+#[async_trait::async_trait]
+impl PaidCallLog for Counted<PaidCall> {
+    async fn record(&self, call: PaidCallRecord) {
+        if let Err(e) = self.send(PaidCall(call)).await {
+            tracing::error!(error = %e, "audit actor unavailable");
+        }
     }
 }
 

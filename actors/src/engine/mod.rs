@@ -20,16 +20,10 @@ mod run;
 mod webhook;
 mod worker;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Addr, Supervisor};
-use imaging::DecodeLimits;
-use providers::ImageProvider;
-use providers::governor::Governor;
-use sea_orm::DatabaseConnection;
-use storage::paths::StorageRoots;
 use uuid::Uuid;
 
 pub use audit::{AuditActor, PaidCall};
@@ -38,143 +32,25 @@ pub use project::ProjectActor;
 pub use registry::{ActorInfo, Counted, SupervisionRegistry};
 pub use webhook::WebhookActor;
 
-use crate::ServiceError;
-use crate::runs::drain::Drain;
-use crate::runs::events::EventHub;
-use crate::runs::pipeline::RetryPolicy;
-use crate::runs::writer::RowWriter;
+use domain::ServiceError;
+use domain::ports::{RunEngine, RunQueue};
+use domain::runs::deps::governor;
+pub use domain::runs::deps::{EngineConfig, EngineDeps};
+use domain::runs::events::EventHub;
+use domain::runs::writer::RowWriter;
 
-#[derive(Clone, Debug)]
-pub struct EngineConfig {
-    /// Jobs of one run executing at once.
-    pub max_jobs_per_run: usize,
-    /// Runs of one project executing at once (others wait in its queue).
-    pub max_runs_per_project: usize,
-    /// Calls in flight per provider, across all runs and projects.
-    pub provider_concurrency: usize,
-    /// Queued + running runs the service accepts before answering 429.
-    pub max_queued_runs: usize,
-    pub lease: Duration,
-    pub heartbeat: Duration,
-    pub retry: RetryPolicy,
-    /// Attempts per job (a panic or internal error consumes one).
-    pub job_max_attempts: i32,
-    pub limits: DecodeLimits,
-    pub webhooks: crate::webhooks::WebhookConfig,
-    /// Per-provider concurrency follows the provider's rate-limit signals
-    /// (`false`: a fixed `provider_concurrency`).
-    pub adaptive_governors: bool,
-    /// Live events buffered for feed readers; one that falls further behind
-    /// catches up from the database (run feeds) or is closed (project feeds).
-    pub event_buffer: usize,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        Self {
-            max_jobs_per_run: 4,
-            max_runs_per_project: 1,
-            provider_concurrency: 8,
-            max_queued_runs: 256,
-            lease: Duration::from_secs(30),
-            heartbeat: Duration::from_secs(5),
-            retry: RetryPolicy {
-                max_attempts: 3,
-                base_delay: Duration::from_millis(200),
-                max_delay: Duration::from_secs(5),
-            },
-            job_max_attempts: 3,
-            limits: DecodeLimits::default(),
-            webhooks: crate::webhooks::WebhookConfig::default(),
-            adaptive_governors: true,
-            event_buffer: 4096,
-        }
-    }
-}
-
-pub struct EngineDeps {
-    pub db: DatabaseConnection,
-    pub hub: EventHub,
-    pub roots: StorageRoots,
-    pub providers: HashMap<String, Arc<dyn ImageProvider>>,
-    /// Calls in flight per provider code (image providers and removal
-    /// services), adapted to the provider's rate-limit signals.
-    pub governors: Arc<HashMap<String, Arc<Governor>>>,
-    pub config: EngineConfig,
+/// What every actor of the tree shares: the domain's dependencies (reached
+/// through `Deref`) and the supervision registry.
+pub struct Shared {
+    pub deps: EngineDeps,
     pub registry: Arc<SupervisionRegistry>,
-    /// Distinguishes this process's leases from other nodes'.
-    pub node_id: String,
-    /// The CostActor's inbox, set when the engine starts.
-    pub spend: Option<Counted<ReserveSpend>>,
-    /// The AuditActor's inbox, set when the engine starts.
-    pub audit: Option<Counted<PaidCall>>,
-    /// Group commit for the job pipeline's rows, started with the engine.
-    pub writer: Option<RowWriter>,
-    /// Operator switch: while set, no queued run starts and no job is leased
-    /// (running jobs finish). In memory, per process.
-    pub paused_all: std::sync::atomic::AtomicBool,
-    /// Remote background-removal services by code (`removebg`, `photoroom`).
-    pub removers: HashMap<String, Arc<providers::bg_remote::RemoteRemover>>,
-    /// A connection of the row writer's own (SQLite), so it never queues
-    /// behind readers for one; `None`: it uses `db`.
-    pub writer_db: Option<DatabaseConnection>,
-    /// Where project secrets' master key comes from (projects' own provider
-    /// keys); `None`: adapters use their environment credentials only.
-    pub secret_keys: Option<crate::secrets::cipher::KeySource>,
-    /// Graceful shutdown: set, nothing new is leased or sent.
-    pub drain: Arc<Drain>,
-    /// Where webhook deliveries may go.
-    pub outbound: crate::netpolicy::OutboundPolicy,
 }
 
-impl EngineDeps {
-    /// What opening a project's files needs.
-    pub fn file_access(&self) -> crate::projects::FileAccess<'_> {
-        crate::projects::FileAccess {
-            roots: &self.roots,
-            keys: self.secret_keys.as_ref(),
-            outbound: &self.outbound,
-        }
-    }
+impl std::ops::Deref for Shared {
+    type Target = EngineDeps;
 
-    pub fn new(
-        db: DatabaseConnection,
-        roots: StorageRoots,
-        providers: Vec<Arc<dyn ImageProvider>>,
-        config: EngineConfig,
-    ) -> Self {
-        let governors = Arc::new(
-            providers
-                .iter()
-                .map(|p| (p.code().to_string(), governor(&config)))
-                .collect(),
-        );
-        Self {
-            db,
-            hub: EventHub::new(config.event_buffer),
-            roots,
-            providers: providers
-                .into_iter()
-                .map(|p| (p.code().to_string(), p))
-                .collect(),
-            governors,
-            config,
-            registry: Arc::new(SupervisionRegistry::default()),
-            node_id: format!("node-{}", Uuid::new_v4().simple()),
-            spend: None,
-            audit: None,
-            writer: None,
-            writer_db: None,
-            removers: HashMap::new(),
-            paused_all: std::sync::atomic::AtomicBool::new(false),
-            secret_keys: None,
-            drain: Arc::new(Drain::default()),
-            outbound: crate::netpolicy::OutboundPolicy::default(),
-        }
-    }
-
-    pub fn provider(&self, code: &str) -> Option<Arc<dyn ImageProvider>> {
-        self.providers.get(code).cloned()
+    fn deref(&self) -> &EngineDeps {
+        &self.deps
     }
 }
 
@@ -188,14 +64,6 @@ pub struct ShutdownReport {
     pub leases_released: usize,
 }
 
-fn governor(config: &EngineConfig) -> Arc<Governor> {
-    if config.adaptive_governors {
-        Governor::new(config.provider_concurrency)
-    } else {
-        Governor::fixed(config.provider_concurrency)
-    }
-}
-
 /// Handle to the running engine; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -203,7 +71,7 @@ pub struct Engine {
     cost: Addr<CostActor>,
     audit: Addr<AuditActor>,
     webhooks: Addr<WebhookActor>,
-    pub deps: Arc<EngineDeps>,
+    pub deps: Arc<Shared>,
 }
 
 /// Actors an operator can restart through their supervisor.
@@ -213,6 +81,17 @@ const MAILBOX_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn unavailable(e: actix::MailboxError) -> ServiceError {
     ServiceError::Internal(format!("engine unavailable: {e}"))
+}
+
+#[async_trait::async_trait]
+impl RunQueue for Engine {
+    async fn submit(&self, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
+        Engine::submit(self, run_id, project_id).await
+    }
+
+    async fn set_paused(&self, project_id: Uuid, paused: bool) -> Result<(), ServiceError> {
+        Engine::set_paused(self, project_id, paused).await
+    }
 }
 
 impl Engine {
@@ -228,25 +107,28 @@ impl Engine {
                 .or_insert_with(|| governor(&deps.config));
         }
         deps.governors = Arc::new(governors);
-        let (db, registry) = (deps.db.clone(), deps.registry.clone());
-        let cost = Supervisor::start(move |_| CostActor::new(db, registry));
-        deps.spend = Some(deps.registry.counted("cost", cost.clone().recipient()));
-        let (db, registry) = (deps.db.clone(), deps.registry.clone());
-        let audit = Supervisor::start(move |_| AuditActor::new(db, registry));
-        deps.audit = Some(deps.registry.counted("audit", audit.clone().recipient()));
-        let (db, registry, config) = (deps.db.clone(), deps.registry.clone(), deps.config.webhooks);
+        let registry = Arc::new(SupervisionRegistry::default());
+        let (db, reg) = (deps.db.clone(), registry.clone());
+        let cost = Supervisor::start(move |_| CostActor::new(db, reg));
+        deps.spend = Some(Arc::new(registry.counted("cost", cost.clone().recipient())));
+        let (db, reg) = (deps.db.clone(), registry.clone());
+        let audit = Supervisor::start(move |_| AuditActor::new(db, reg));
+        deps.audit = Some(Arc::new(
+            registry.counted("audit", audit.clone().recipient()),
+        ));
+        let (db, reg, config) = (deps.db.clone(), registry.clone(), deps.config.webhooks);
         let keys = deps.secret_keys.clone();
         let outbound = deps.outbound.clone();
         let webhooks = Supervisor::start(move |_| {
-            WebhookActor::new(db, config, keys, outbound.clone(), registry.clone())
+            WebhookActor::new(db, config, keys, outbound.clone(), reg.clone())
         });
         let writer_db = deps.writer_db.clone().unwrap_or_else(|| deps.db.clone());
         deps.writer = Some(RowWriter::start(writer_db, deps.hub.clone()));
-        let deps = Arc::new(deps);
+        let deps = Arc::new(Shared { deps, registry });
         // What this node's previous process held is ready again at once.
         let (db, node, started) = (deps.db.clone(), deps.node_id.clone(), chrono::Utc::now());
         actix::spawn(async move {
-            match crate::runs::lease::release_node_leases(&db, &node, Some(started)).await {
+            match domain::runs::lease::release_node_leases(&db, &node, Some(started)).await {
                 Ok(ids) if !ids.is_empty() => {
                     tracing::info!(
                         jobs = ids.len(),
@@ -270,6 +152,14 @@ impl Engine {
 
     pub fn hub(&self) -> &EventHub {
         &self.deps.hub
+    }
+
+    /// The engine as the domain's services take it.
+    pub fn run_engine(&self) -> RunEngine<'_> {
+        RunEngine {
+            deps: &self.deps.deps,
+            queue: self,
+        }
     }
 
     pub fn registry(&self) -> &SupervisionRegistry {
@@ -304,7 +194,7 @@ impl Engine {
     pub async fn cancel_run(
         &self,
         run_id: Uuid,
-        principal: &crate::Principal,
+        principal: &domain::Principal,
     ) -> Result<(), ServiceError> {
         let cancel = project::CancelRun {
             run_id,
@@ -373,7 +263,7 @@ impl Engine {
         }
         let calls_cut_off = self.deps.drain.calls_in_flight();
         let released =
-            match crate::runs::lease::release_node_leases(&self.deps.db, &self.deps.node_id, None)
+            match domain::runs::lease::release_node_leases(&self.deps.db, &self.deps.node_id, None)
                 .await
             {
                 Ok(ids) => ids.len(),
@@ -403,7 +293,7 @@ impl Engine {
                 .one(&self.deps.db)
                 .await?
                 .ok_or_else(|| ServiceError::not_found("Run not found"))?;
-            if crate::runs::store::status::run_is_terminal(&run.status)
+            if domain::runs::store::status::run_is_terminal(&run.status)
                 || tokio::time::Instant::now() >= deadline
             {
                 return Ok(run);

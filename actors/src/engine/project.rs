@@ -14,23 +14,23 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 use uuid::Uuid;
 
-use super::EngineDeps;
 use super::run::{CancelActiveRun, RunActor};
-use crate::ServiceError;
-use crate::runs::events;
-use crate::runs::store::{self, status};
+use super::{EngineDeps, Shared};
+use domain::ServiceError;
+use domain::runs::events;
+use domain::runs::store::{self, status};
 
 const NAME: &str = "project";
 
 pub struct ProjectActor {
-    deps: Arc<EngineDeps>,
+    deps: Arc<Shared>,
     queue: VecDeque<(Uuid, Uuid)>,
     active: HashMap<Uuid, (Uuid, Addr<RunActor>)>,
     paused: HashSet<Uuid>,
 }
 
 impl ProjectActor {
-    pub fn new(deps: Arc<EngineDeps>) -> Self {
+    pub fn new(deps: Arc<Shared>) -> Self {
         Self {
             deps,
             queue: VecDeque::new(),
@@ -91,7 +91,7 @@ impl Actor for ProjectActor {
                     .all(&db)
                     .await?
                     .iter()
-                    .filter(|p| crate::runs::control::is_paused(p))
+                    .filter(|p| domain::runs::control::is_paused(p))
                     .map(|p| p.id)
                     .collect();
                 Ok::<_, ServiceError>((paused, store::unfinished_runs(&db).await?))
@@ -163,7 +163,7 @@ impl Handler<RunFinished> for ProjectActor {
 pub struct CancelRun {
     pub run_id: Uuid,
     /// Who asked (audited with the cancel).
-    pub principal: crate::Principal,
+    pub principal: domain::Principal,
 }
 
 impl Handler<CancelRun> for ProjectActor {
@@ -189,9 +189,9 @@ impl Handler<CancelRun> for ProjectActor {
 pub async fn mark_canceled(
     deps: &EngineDeps,
     run_id: Uuid,
-    principal: &crate::Principal,
+    principal: &domain::Principal,
 ) -> Result<(), ServiceError> {
-    let txn = crate::db::begin_write(&deps.db).await?;
+    let txn = domain::db::begin_write(&deps.db).await?;
     let now = Utc::now();
     let changed = runs::Entity::update_many()
         .col_expr(runs::Column::Status, Expr::value(status::CANCELED))
@@ -215,9 +215,9 @@ pub async fn mark_canceled(
     let run = runs::Entity::find_by_id(run_id).one(&txn).await?;
     let project_id = run.map(|r| r.project_id).unwrap_or_default();
     let event = events::append(&txn, run_id, project_id, "run.canceled", None, json!({})).await?;
-    crate::audit::record(
+    domain::audit::record(
         &txn,
-        crate::audit::AuditEntry {
+        domain::audit::AuditEntry {
             principal,
             project_id: Some(project_id),
             event_code: "run.canceled",
@@ -225,7 +225,7 @@ pub async fn mark_canceled(
         },
     )
     .await?;
-    crate::db::commit(txn).await?;
+    domain::db::commit(txn).await?;
     deps.hub.publish(event);
     Ok(())
 }

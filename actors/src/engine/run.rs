@@ -14,16 +14,16 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
 use serde_json::json;
 use uuid::Uuid;
 
-use super::EngineDeps;
 use super::project::{ProjectActor, RunFinished};
 use super::worker::WorkerActor;
-use crate::ServiceError;
-use crate::runs::events;
-use crate::runs::pipeline::JobOutcome;
-use crate::runs::store::{self, status};
+use super::{EngineDeps, Shared};
+use domain::ServiceError;
+use domain::runs::events;
+use domain::runs::pipeline::JobOutcome;
+use domain::runs::store::{self, status};
 
 pub struct RunActor {
-    deps: Arc<EngineDeps>,
+    deps: Arc<Shared>,
     run_id: Uuid,
     project_id: Uuid,
     owner: Addr<ProjectActor>,
@@ -38,7 +38,7 @@ pub struct RunActor {
 
 impl RunActor {
     pub fn new(
-        deps: Arc<EngineDeps>,
+        deps: Arc<Shared>,
         run_id: Uuid,
         project_id: Uuid,
         owner: Addr<ProjectActor>,
@@ -138,7 +138,7 @@ impl Actor for RunActor {
         let deps = self.deps.clone();
         let (run_id, project_id) = (self.run_id, self.project_id);
         async move {
-            let txn = crate::db::begin_write(&deps.db).await?;
+            let txn = domain::db::begin_write(&deps.db).await?;
             let current: Option<String> = runs::Entity::find_by_id(run_id)
                 .select_only()
                 .column(runs::Column::Status)
@@ -167,7 +167,7 @@ impl Actor for RunActor {
             } else {
                 None
             };
-            crate::db::commit(txn).await?;
+            domain::db::commit(txn).await?;
             if let Some(e) = event {
                 deps.hub.publish(e);
             }
@@ -234,7 +234,7 @@ async fn plan_step(
         .partition(|(_, until)| until.is_none_or(|t| t < now));
     if !expired.is_empty() {
         let ids: Vec<Uuid> = expired.into_iter().map(|(id, _)| id).collect();
-        let txn = crate::db::begin_write(&deps.db).await?;
+        let txn = domain::db::begin_write(&deps.db).await?;
         let reclaimed = run_jobs::Entity::update_many()
             .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
             .col_expr(
@@ -252,8 +252,8 @@ async fn plan_step(
             .await?;
         // Their calls' workers are gone: settle what they left in flight.
         let reclaimed: Vec<Uuid> = reclaimed.into_iter().map(|j| j.id).collect();
-        crate::runs::calls::settle_abandoned(&txn, &reclaimed).await?;
-        crate::db::commit(txn).await?;
+        domain::runs::calls::settle_abandoned(&txn, &reclaimed).await?;
+        domain::db::commit(txn).await?;
     }
     if run.status == status::CANCELED {
         // Finished once no other live worker still holds one of its jobs.
@@ -294,7 +294,7 @@ async fn plan_step(
     }
     // One guarded statement leases them all; RETURNING gives the rows as leased.
     let lease_until = now + chrono::Duration::from_std(deps.config.lease).unwrap_or_default();
-    let txn = crate::db::begin_write(&deps.db).await?;
+    let txn = domain::db::begin_write(&deps.db).await?;
     let mut leased = run_jobs::Entity::update_many()
         .col_expr(run_jobs::Column::Status, Expr::value(status::RUNNING))
         .col_expr(
@@ -331,7 +331,7 @@ async fn plan_step(
             .collect(),
     )
     .await?;
-    crate::db::commit(txn).await?;
+    domain::db::commit(txn).await?;
     for e in started {
         deps.hub.publish(e);
     }
@@ -345,7 +345,7 @@ async fn plan_step(
                 .one(&deps.db)
                 .await?
                 .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
-            crate::projects::project_files(&deps.db, deps.file_access(), &project).await?
+            domain::projects::project_files(&deps.db, deps.file_access(), &project).await?
         }
     };
     Ok(Step::Start {
@@ -366,7 +366,7 @@ async fn finish_run(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result
     } else {
         status::PARTIAL
     };
-    let txn = crate::db::begin_write(&deps.db).await?;
+    let txn = domain::db::begin_write(&deps.db).await?;
     let now = Utc::now();
     let changed = runs::Entity::update_many()
         .col_expr(runs::Column::Status, Expr::value(final_status))
@@ -385,7 +385,7 @@ async fn finish_run(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result
     if changed > 0
         && let Some(run) = &run
     {
-        crate::webhooks::enqueue_run_outcome(&txn, run, jobs.len(), done).await?;
+        domain::webhooks::enqueue_run_outcome(&txn, run, jobs.len(), done).await?;
     }
     let status_now = run.map(|r| r.status).unwrap_or_default();
     let event = events::append(
@@ -400,7 +400,7 @@ async fn finish_run(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result
         }),
     )
     .await?;
-    crate::db::commit(txn).await?;
+    domain::db::commit(txn).await?;
     deps.hub.publish(event);
     if let Err(e) = write_run_log(deps, run_id).await {
         tracing::warn!(%run_id, error = %e, "cannot write the run log");
@@ -438,7 +438,7 @@ async fn settle_canceled<C: sea_orm::ConnectionTrait>(
         .filter(run_jobs::Column::Id.is_in(open.clone()))
         .exec(db)
         .await?;
-    crate::runs::calls::settle_abandoned(db, &open).await
+    domain::runs::calls::settle_abandoned(db, &open).await
 }
 
 /// `runs/{run_id}/run-log.json` in the project store: the run, its jobs and
@@ -451,7 +451,7 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
         .one(&deps.db)
         .await?
         .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
-    let store = crate::projects::project_files(&deps.db, deps.file_access(), &project).await?;
+    let store = domain::projects::project_files(&deps.db, deps.file_access(), &project).await?;
     let jobs = store::jobs_of(&deps.db, run_id).await?;
     let candidates = store::candidates_of_run(&deps.db, run_id).await?;
     let events = events::list_since(&deps.db, run_id, 0, 1_000_000).await?;
@@ -463,7 +463,7 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
         storage::ObjectKey::parse(&key).map_err(|e| ServiceError::Internal(e.to_string()))?;
     let size = bytes.len() as i64;
     let backend = store.put(&object_key, bytes.clone()).await?;
-    let txn = crate::db::begin_write(&deps.db).await?;
+    let txn = domain::db::begin_write(&deps.db).await?;
     runs::Entity::update_many()
         .col_expr(runs::Column::RunLogKey, Expr::value(key.clone()))
         .filter(runs::Column::Id.eq(run_id))
@@ -471,7 +471,7 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
         .await?;
     // A file like any other: registered as an asset (rewritten in place when
     // a retried run finishes again).
-    let sha = crate::assets::sha256_hex(&bytes);
+    let sha = domain::assets::sha256_hex(&bytes);
     let existing = assets::Entity::find()
         .filter(assets::Column::RunId.eq(run_id))
         .filter(assets::Column::Kind.eq("run_log"))
@@ -504,13 +504,13 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
                 job_id: None,
                 candidate_id: None,
                 metadata_json: json!({}),
-                created_at: crate::time::now(),
+                created_at: domain::time::now(),
             }))
             .exec_without_returning(&txn)
             .await?;
         }
     }
-    crate::db::commit(txn).await?;
+    domain::db::commit(txn).await?;
     Ok(())
 }
 
@@ -560,7 +560,7 @@ async fn settle_job(
         return Ok(());
     }
     let now = Utc::now();
-    let txn = crate::db::begin_write(&deps.db).await?;
+    let txn = domain::db::begin_write(&deps.db).await?;
     let job = run_jobs::Entity::find_by_id(job_id).one(&txn).await?;
     let Some(job) = job else { return Ok(()) };
     let mut published = Vec::new();
@@ -642,7 +642,7 @@ async fn settle_job(
             );
         }
     }
-    crate::db::commit(txn).await?;
+    domain::db::commit(txn).await?;
     for e in published {
         deps.hub.publish(e);
     }

@@ -1,4 +1,4 @@
-//! WebhookActor: sends due webhook deliveries (`crate::webhooks`) on a timer.
+//! WebhookActor: sends due webhook deliveries (`domain::webhooks`) on a timer.
 //! Deliveries live in the database, so a restart loses nothing: the next
 //! tick picks up whatever is due, including attempts a crash interrupted
 //! (their claim expires).
@@ -8,17 +8,17 @@ use std::sync::Arc;
 use actix::prelude::*;
 
 use super::SupervisionRegistry;
-use crate::webhooks::{self, WebhookConfig};
+use domain::webhooks::{self, WebhookConfig};
 
 const NAME: &str = "webhooks";
 
 pub struct WebhookActor {
     db: sea_orm::DatabaseConnection,
     http: reqwest::Client,
-    outbound: crate::netpolicy::OutboundPolicy,
+    outbound: domain::netpolicy::OutboundPolicy,
     config: WebhookConfig,
     /// To decrypt signing secrets.
-    keys: Option<crate::secrets::cipher::KeySource>,
+    keys: Option<domain::secrets::cipher::KeySource>,
     registry: Arc<SupervisionRegistry>,
     /// A pass is running: ticks meanwhile are skipped, not queued.
     busy: bool,
@@ -28,8 +28,8 @@ impl WebhookActor {
     pub fn new(
         db: sea_orm::DatabaseConnection,
         config: WebhookConfig,
-        keys: Option<crate::secrets::cipher::KeySource>,
-        outbound: crate::netpolicy::OutboundPolicy,
+        keys: Option<domain::secrets::cipher::KeySource>,
+        outbound: domain::netpolicy::OutboundPolicy,
         registry: Arc<SupervisionRegistry>,
     ) -> Self {
         // Connects only where the outbound policy permits, at every

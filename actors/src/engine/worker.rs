@@ -12,12 +12,12 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use storage::ProjectFiles;
 
-use super::EngineDeps;
+use super::Shared;
 use super::run::{JobFinished, RunActor};
-use crate::runs::pipeline::{self, JobEnv};
+use domain::runs::pipeline::{self, JobEnv};
 
 pub struct WorkerActor {
-    deps: Arc<EngineDeps>,
+    deps: Arc<Shared>,
     run: runs::Model,
     job: run_jobs::Model,
     store: ProjectFiles,
@@ -26,7 +26,7 @@ pub struct WorkerActor {
 
 impl WorkerActor {
     pub fn new(
-        deps: Arc<EngineDeps>,
+        deps: Arc<Shared>,
         run: runs::Model,
         job: run_jobs::Model,
         store: ProjectFiles,
@@ -50,7 +50,7 @@ impl WorkerActor {
         ctx.spawn(
             async move {
                 let result = async {
-                    let txn = crate::db::begin_write(&db).await?;
+                    let txn = domain::db::begin_write(&db).await?;
                     run_jobs::Entity::update_many()
                         .col_expr(run_jobs::Column::LeaseExpiresAt, Expr::value(until))
                         .col_expr(run_jobs::Column::HeartbeatAt, Expr::value(Utc::now()))
@@ -58,7 +58,7 @@ impl WorkerActor {
                         .filter(run_jobs::Column::LeaseOwner.eq(owner))
                         .exec(&txn)
                         .await?;
-                    crate::db::commit(txn).await
+                    domain::db::commit(txn).await
                 }
                 .await;
                 if let Err(e) = result {
@@ -97,7 +97,7 @@ impl Actor for WorkerActor {
                 refiners: self.deps.providers.clone(),
                 secret_keys: self.deps.secret_keys.clone(),
                 drain: self.deps.drain.clone(),
-                project_budget_usd: serde_json::from_value::<crate::runs::manifest::Manifest>(
+                project_budget_usd: serde_json::from_value::<domain::runs::manifest::Manifest>(
                     self.run.settings_snapshot_json.clone(),
                 )
                 .ok()

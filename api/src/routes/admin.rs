@@ -2,8 +2,8 @@
 //! restarts through the real supervisor path.
 
 use actix_web::{get, post, web};
-use actors::Principal;
-use actors::runs::store::status;
+use domain::Principal;
+use domain::runs::store::status;
 use entities::{run_jobs, runs};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde::Serialize;
@@ -17,7 +17,7 @@ fn require_admin(principal: &Principal) -> Result<(), ApiError> {
     match principal {
         Principal::Token(t) if t.project_id.is_none() => Ok(()),
         Principal::DevBypass => Ok(()),
-        _ => Err(ApiError::from(actors::ServiceError::Forbidden(
+        _ => Err(ApiError::from(domain::ServiceError::Forbidden(
             "An unscoped (admin) token is required".into(),
         ))),
     }
@@ -76,12 +76,12 @@ pub async fn supervision(
         .filter(run_jobs::Column::LeaseOwner.eq(engine.deps.node_id.as_str()))
         .count(&state.db)
         .await
-        .map_err(actors::ServiceError::from)?;
+        .map_err(domain::ServiceError::from)?;
     let running_jobs = run_jobs::Entity::find()
         .filter(run_jobs::Column::Status.eq(status::RUNNING))
         .count(&state.db)
         .await
-        .map_err(actors::ServiceError::from)?;
+        .map_err(domain::ServiceError::from)?;
     Ok(web::Json(SupervisionResponse {
         ok: true,
         node_id: engine.deps.node_id.clone(),
@@ -94,10 +94,10 @@ pub async fn supervision(
         queue: QueueStats {
             queued_runs: count_runs(status::QUEUED)
                 .await
-                .map_err(actors::ServiceError::from)?,
+                .map_err(domain::ServiceError::from)?,
             running_runs: count_runs(status::RUNNING)
                 .await
-                .map_err(actors::ServiceError::from)?,
+                .map_err(domain::ServiceError::from)?,
             running_jobs,
         },
     }))
@@ -144,7 +144,7 @@ pub async fn restart_actor(
         match restarts_of() {
             Some(a) if a.status == "running" && a.restarts > before => break a.restarts,
             _ if std::time::Instant::now() > deadline => {
-                return Err(ApiError::from(actors::ServiceError::Internal(format!(
+                return Err(ApiError::from(domain::ServiceError::Internal(format!(
                     "actor {name} did not come back"
                 ))));
             }

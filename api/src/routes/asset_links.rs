@@ -2,7 +2,7 @@
 //! the API (not audited, as in v1).
 
 use actix_web::{delete, get, post, put, web};
-use actors::{asset_links as links, projects};
+use domain::{asset_links as links, projects};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -31,8 +31,8 @@ impl From<&entities::asset_links::Model> for AssetLink {
             parent_asset_id: l.parent_asset_id,
             child_asset_id: l.child_asset_id,
             link_type: l.link_type.clone(),
-            created_at: actors::time::format(&l.created_at),
-            updated_at: actors::time::format(&l.updated_at),
+            created_at: domain::time::format(&l.created_at),
+            updated_at: domain::time::format(&l.updated_at),
         }
     }
 }

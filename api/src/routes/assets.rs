@@ -4,8 +4,8 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use actors::cursor::{self, Cursor};
-use actors::projects;
+use domain::cursor::{self, Cursor};
+use domain::projects;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -57,7 +57,7 @@ pub async fn list_assets(
         .filter(|k| !k.is_empty());
     let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
     let rows =
-        actors::assets::list(&state.db, project.id, limit, kind, query.run_id, after).await?;
+        domain::assets::list(&state.db, project.id, limit, kind, query.run_id, after).await?;
     let next_cursor = cursor::next(&rows, limit, |a| (a.created_at, a.id));
     let assets: Vec<Asset> = rows.iter().map(Asset::from).collect();
     Ok(web::Json(AssetList {
@@ -85,7 +85,7 @@ pub async fn get_asset(
 ) -> ApiResult<web::Json<AssetDetail>> {
     let (slug, asset_id) = path.into_inner();
     let project = projects::authorize(&state.db, &principal, &slug).await?;
-    let asset = actors::assets::get(&state.db, project.id, &asset_id).await?;
+    let asset = domain::assets::get(&state.db, project.id, &asset_id).await?;
     Ok(web::Json(AssetDetail {
         ok: true,
         asset: Asset::from(&asset),
@@ -117,7 +117,7 @@ pub async fn asset_content(
     let principal = principal_from_header_or(&req, query.token.as_deref()).await?;
     let (slug, asset_id) = path.into_inner();
     let project = projects::authorize(&state.db, &principal, &slug).await?;
-    let asset = actors::assets::get(&state.db, project.id, &asset_id).await?;
+    let asset = domain::assets::get(&state.db, project.id, &asset_id).await?;
     let etag = asset
         .sha256
         .as_deref()
@@ -139,7 +139,7 @@ pub async fn asset_content(
         return Ok(HttpResponse::NotModified().finish());
     }
     let store = projects::project_files(&state.db, state.file_access(), &project).await?;
-    let bytes = actors::assets::read(&store, &asset).await?;
+    let bytes = domain::assets::read(&store, &asset).await?;
     let mut response = HttpResponse::Ok();
     response
         .content_type(
@@ -209,7 +209,7 @@ pub async fn upload_asset(
         bytes.extend_from_slice(&chunk);
     }
     let store = projects::project_files(&state.db, state.file_access(), &project).await?;
-    let uploaded = actors::assets::upload(
+    let uploaded = domain::assets::upload(
         &state.db,
         &store,
         project.id,

@@ -1,5 +1,5 @@
 use actix_web::{delete, get, post, web};
-use actors::auth::{self, CreateToken};
+use domain::auth::{self, CreateToken};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -67,7 +67,7 @@ pub async fn create_token(
             token_prefix: row.token_prefix.clone(),
             label: row.label.clone(),
             project_id: row.project_id,
-            created_at: actors::time::format(&row.created_at),
+            created_at: domain::time::format(&row.created_at),
             expires_at: row.expires_at.map(|e| e.to_rfc3339()),
         },
         audit_id: created.audit_id,

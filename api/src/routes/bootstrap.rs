@@ -1,7 +1,7 @@
 //! Bootstrap prompt export and import (`kroma.bootstrap.v1`).
 
 use actix_web::{get, post, web};
-use actors::{bootstrap, projects};
+use domain::{bootstrap, projects};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;

@@ -1,11 +1,11 @@
 //! The creative catalogue's routes: style guides, characters, reference sets
 //! and prompt templates share one shape (list, create, detail, partial
 //! update, delete), generated per kind by `catalog_routes!` over the generic
-//! service in `actors::catalog`. Not audited (as in v1).
+//! service in `domain::catalog`. Not audited (as in v1).
 
 use actix_web::{delete, get, post, put, web};
-use actors::catalog::{self, CatalogKind, Input};
-use actors::projects;
+use domain::catalog::{self, CatalogKind, Input};
+use domain::projects;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -250,7 +250,7 @@ pub async fn list_template_versions(
         .map(|v| {
             serde_json::json!({
                 "id": v.id, "template_id": v.template_id, "version": v.version, "name": v.name,
-                "template_text": v.template_text, "created_at": actors::time::format(&v.created_at),
+                "template_text": v.template_text, "created_at": domain::time::format(&v.created_at),
             })
         })
         .collect();

@@ -1,8 +1,8 @@
 //! Chat sessions and messages; agent instructions with their event log.
 
 use actix_web::{get, post, web};
-use actors::copilot::{self, Transition};
-use actors::projects;
+use domain::copilot::{self, Transition};
+use domain::projects;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -255,7 +255,7 @@ pub struct TransitionBody {
 
 async fn transition(
     state: &AppState,
-    principal: &actors::Principal,
+    principal: &domain::Principal,
     (slug, id): (String, String),
     t: Transition,
     message: Option<&str>,

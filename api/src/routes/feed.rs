@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_ws::{CloseCode, CloseReason, Message};
-use actors::projects;
-use actors::runs::events::{self, RunEvent};
+use domain::projects;
+use domain::runs::events::{self, RunEvent};
 use futures_util::StreamExt;
 use sea_orm::DatabaseConnection;
 use serde::Deserialize;
@@ -71,7 +71,7 @@ pub async fn events_ws(
         principal_from_header_or(&req, offered.as_deref().or(query.token.as_deref())).await?;
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     if let Some(run_id) = query.run_id {
-        actors::runs::store::get_run(&state.db, project.id, &run_id.to_string()).await?;
+        domain::runs::store::get_run(&state.db, project.id, &run_id.to_string()).await?;
     } else if query.since.is_some() {
         return Err(ApiError::validation(
             "invalid_request",

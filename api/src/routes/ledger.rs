@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use actix_web::{get, web};
-use actors::cursor::{self, Cursor};
-use actors::{ledger, projects};
+use domain::cursor::{self, Cursor};
+use domain::{ledger, projects};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -15,7 +15,7 @@ use crate::error::{ApiResult, ErrorBody};
 use crate::extract::Auth;
 
 fn ts(t: &chrono::DateTime<chrono::Utc>) -> String {
-    actors::time::format(t)
+    domain::time::format(t)
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -33,7 +33,7 @@ impl LedgerQuery {
         self.limit.unwrap_or(500).clamp(1, 2000) as u64
     }
 
-    fn after(&self) -> Result<Option<Cursor>, actors::ServiceError> {
+    fn after(&self) -> Result<Option<Cursor>, domain::ServiceError> {
         self.cursor.as_deref().map(Cursor::decode).transpose()
     }
 }
@@ -322,8 +322,8 @@ pub async fn get_export(
     let project = projects::authorize(&state.db, &principal, &slug)
         .await
         .map_err(|e| match e {
-            actors::ServiceError::NotFound(_) => {
-                actors::ServiceError::not_found("Project export not found")
+            domain::ServiceError::NotFound(_) => {
+                domain::ServiceError::not_found("Project export not found")
             }
             e => e,
         })?;
@@ -346,7 +346,7 @@ pub async fn quality_summary(
 ) -> ApiResult<web::Json<serde_json::Value>> {
     let (slug, run_id) = path.into_inner();
     let project = projects::authorize(&state.db, &principal, &slug).await?;
-    let run = actors::runs::store::get_run(&state.db, project.id, &run_id).await?;
+    let run = domain::runs::store::get_run(&state.db, project.id, &run_id).await?;
     let summary = ledger::quality_summary(&state.db, project.id, run.id).await?;
     Ok(web::Json(
         serde_json::json!({ "ok": true, "run_id": run.id, "summary": summary }),

@@ -19,8 +19,8 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-fn histogram(out: &mut String, name: &str, labels: &str, h: &actors::metrics::Histogram) {
-    for (bound, n) in actors::metrics::LATENCY_BUCKETS.iter().zip(h.counts) {
+fn histogram(out: &mut String, name: &str, labels: &str, h: &domain::metrics::Histogram) {
+    for (bound, n) in domain::metrics::LATENCY_BUCKETS.iter().zip(h.counts) {
         let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {n}");
     }
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", h.count);
@@ -39,7 +39,7 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &actors::metrics::Hi
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>, _auth: Auth) -> ApiResult<HttpResponse> {
     let db = &state.db;
-    let err = actors::ServiceError::from;
+    let err = domain::ServiceError::from;
     let mut out = String::new();
     macro_rules! by_status {
         ($entity:ty, $col:expr, $name:literal, $help:literal) => {{
@@ -128,7 +128,7 @@ pub async fn metrics(state: web::Data<AppState>, _auth: Auth) -> ApiResult<HttpR
         );
     }
     out.push_str("# HELP atelier_provider_call_seconds Provider call latency in this process.\n# TYPE atelier_provider_call_seconds histogram\n");
-    for ((provider, outcome), h) in actors::metrics::call_latencies() {
+    for ((provider, outcome), h) in domain::metrics::call_latencies() {
         let labels = format!(
             "provider=\"{}\",outcome=\"{}\"",
             escape(&provider),
@@ -137,7 +137,7 @@ pub async fn metrics(state: web::Data<AppState>, _auth: Auth) -> ApiResult<HttpR
         histogram(&mut out, "atelier_provider_call_seconds", &labels, &h);
     }
     out.push_str("# HELP atelier_delivery_durable_seconds From a paid result's arrival to the commit that made it durable.\n# TYPE atelier_delivery_durable_seconds histogram\n");
-    for (provider, h) in actors::metrics::durable_windows() {
+    for (provider, h) in domain::metrics::durable_windows() {
         let labels = format!("provider=\"{}\"", escape(&provider));
         histogram(&mut out, "atelier_delivery_durable_seconds", &labels, &h);
     }
@@ -159,7 +159,7 @@ pub async fn metrics(state: web::Data<AppState>, _auth: Auth) -> ApiResult<HttpR
     let _ = writeln!(
         out,
         "# HELP atelier_feed_clients WebSocket feed clients connected to this process.\n# TYPE atelier_feed_clients gauge\natelier_feed_clients {}",
-        actors::metrics::feed_clients()
+        domain::metrics::feed_clients()
     );
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -1,5 +1,5 @@
 use actix_web::{HttpResponse, get, post, web};
-use actors::projects::{self, UpsertProject};
+use domain::projects::{self, UpsertProject};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;

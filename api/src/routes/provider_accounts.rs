@@ -2,7 +2,7 @@
 //! never account fields.
 
 use actix_web::{delete, get, post, put, web};
-use actors::{projects, provider_accounts as accounts};
+use domain::{projects, provider_accounts as accounts};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -37,8 +37,8 @@ impl From<&entities::provider_accounts::Model> for ProviderAccount {
             base_url: a.base_url.clone().unwrap_or_default(),
             enabled: a.enabled,
             config_json: a.config_json.clone(),
-            created_at: actors::time::format(&a.created_at),
-            updated_at: actors::time::format(&a.updated_at),
+            created_at: domain::time::format(&a.created_at),
+            updated_at: domain::time::format(&a.updated_at),
         }
     }
 }
@@ -232,6 +232,6 @@ pub async fn check_account(
     let (slug, code) = path.into_inner();
     let code = accounts::normalize_code(Some(&code))?;
     let project = projects::authorize(&state.db, &principal, &slug).await?;
-    let check = accounts::check_credentials(&state.engine, project.id, &code).await?;
+    let check = accounts::check_credentials(state.engine.run_engine(), project.id, &code).await?;
     Ok(web::Json(serde_json::json!({ "ok": true, "check": check })))
 }

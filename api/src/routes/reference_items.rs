@@ -1,7 +1,7 @@
 //! Items of a reference set (not audited, as in v1).
 
 use actix_web::{delete, get, post, put, web};
-use actors::{projects, reference_items as items};
+use domain::{projects, reference_items as items};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;

@@ -2,9 +2,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::{get, post, web};
-use actors::projects;
-use actors::runs::plan::{self, TriggerInput};
-use actors::runs::{control, events, store, trigger};
+use domain::projects;
+use domain::runs::plan::{self, TriggerInput};
+use domain::runs::{control, events, store, trigger};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -115,7 +115,8 @@ pub async fn trigger_run(
         postprocess: body.postprocess,
     })?;
     let project = projects::authorize(&state.db, &principal, &slug).await?;
-    let triggered = trigger::trigger(&state.engine, &principal, &project, valid).await?;
+    let triggered =
+        trigger::trigger(state.engine.run_engine(), &principal, &project, valid).await?;
     let mut run = triggered.created.run.clone();
     if body.wait.unwrap_or(false) && run.run_mode == "run" {
         let timeout = Duration::from_secs(body.wait_timeout_seconds.unwrap_or(300).clamp(1, 3600));
@@ -142,7 +143,7 @@ pub async fn trigger_run(
 async fn jobs_with_candidates(
     state: &AppState,
     run_id: Uuid,
-) -> Result<Vec<Job>, actors::ServiceError> {
+) -> Result<Vec<Job>, domain::ServiceError> {
     let jobs = store::jobs_of(&state.db, run_id).await?;
     let candidates = store::candidates_of_run(&state.db, run_id).await?;
     let paths = asset_paths(
@@ -171,7 +172,7 @@ async fn jobs_with_candidates(
 async fn asset_paths(
     state: &AppState,
     ids: impl Iterator<Item = Option<Uuid>>,
-) -> Result<AssetPaths, actors::ServiceError> {
+) -> Result<AssetPaths, domain::ServiceError> {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
     let ids: Vec<Uuid> = ids.flatten().collect();
     if ids.is_empty() {
@@ -218,10 +219,10 @@ pub async fn list_runs(
     let after = query
         .cursor
         .as_deref()
-        .map(actors::cursor::Cursor::decode)
+        .map(domain::cursor::Cursor::decode)
         .transpose()?;
     let rows = store::list_runs(&state.db, project.id, limit, after).await?;
-    let next_cursor = actors::cursor::next(&rows, limit, |r| (r.created_at, r.id));
+    let next_cursor = domain::cursor::next(&rows, limit, |r| (r.created_at, r.id));
     let runs: Vec<Run> = rows.iter().map(Run::from).collect();
     Ok(web::Json(RunList {
         ok: true,
@@ -381,7 +382,8 @@ pub async fn retry_run(
     let (slug, run_id) = path.into_inner();
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     let run = store::get_run(&state.db, project.id, &run_id).await?;
-    let (run, created, audit_id) = control::retry_failed(&state.engine, &principal, &run).await?;
+    let (run, created, audit_id) =
+        control::retry_failed(state.engine.run_engine(), &principal, &run).await?;
     Ok(web::Json(RunRetried {
         ok: true,
         run: Run::from(&run),
@@ -411,7 +413,7 @@ pub async fn cancel_job(
     let (slug, run_id, job_id) = path.into_inner();
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     let run = store::get_run(&state.db, project.id, &run_id).await?;
-    let job = control::cancel_job(&state.engine, &principal, &run, &job_id).await?;
+    let job = control::cancel_job(state.engine.run_engine(), &principal, &run, &job_id).await?;
     Ok(web::Json(JobCanceled {
         ok: true,
         job: Job::new(&job, Vec::new(), &AssetPaths::new()),
@@ -439,10 +441,10 @@ pub async fn list_candidates(
     let project = projects::authorize(&state.db, &principal, &slug).await?;
     let run = store::get_run(&state.db, project.id, &run_id).await?;
     let job_id = Uuid::parse_str(job_id.trim())
-        .map_err(|_| actors::ServiceError::not_found("Job not found"))?;
+        .map_err(|_| domain::ServiceError::not_found("Job not found"))?;
     let jobs = store::jobs_of(&state.db, run.id).await?;
     if !jobs.iter().any(|j| j.id == job_id) {
-        return Err(actors::ServiceError::not_found("Job not found").into());
+        return Err(domain::ServiceError::not_found("Job not found").into());
     }
     let rows: Vec<_> = store::candidates_of_run(&state.db, run.id)
         .await?
@@ -478,7 +480,7 @@ async fn queue_state(
     state: &AppState,
     project: &entities::projects::Model,
     audit_id: Option<Uuid>,
-) -> Result<QueueState, actors::ServiceError> {
+) -> Result<QueueState, domain::ServiceError> {
     Ok(QueueState {
         ok: true,
         paused: state.engine.is_paused(project.id).await?,
@@ -511,7 +513,8 @@ pub async fn pause_queue(
     slug: web::Path<String>,
 ) -> ApiResult<web::Json<QueueState>> {
     let project = projects::authorize(&state.db, &principal, &slug).await?;
-    let audit_id = control::set_queue_paused(&state.engine, &principal, &project, true).await?;
+    let audit_id =
+        control::set_queue_paused(state.engine.run_engine(), &principal, &project, true).await?;
     Ok(web::Json(
         queue_state(&state, &project, Some(audit_id)).await?,
     ))
@@ -527,7 +530,8 @@ pub async fn resume_queue(
     slug: web::Path<String>,
 ) -> ApiResult<web::Json<QueueState>> {
     let project = projects::authorize(&state.db, &principal, &slug).await?;
-    let audit_id = control::set_queue_paused(&state.engine, &principal, &project, false).await?;
+    let audit_id =
+        control::set_queue_paused(state.engine.run_engine(), &principal, &project, false).await?;
     Ok(web::Json(
         queue_state(&state, &project, Some(audit_id)).await?,
     ))
@@ -586,7 +590,7 @@ pub async fn validate_config(
         .as_deref()
         .is_some_and(|p| !p.trim().is_empty())
     {
-        return Err(actors::ServiceError::validation(
+        return Err(domain::ServiceError::validation(
             "project_root_managed",
             "Field 'project_root' is managed by project storage and cannot be overridden",
         )
@@ -602,14 +606,14 @@ pub async fn validate_config(
         .iter()
         .any(|p| p.as_deref().is_some_and(|p| !p.trim().is_empty()))
     {
-        return Err(actors::ServiceError::validation(
+        return Err(domain::ServiceError::validation(
             "config_validation_failed",
             "Settings files are not read from paths; send the manifest overlay as 'manifest' (project settings are stored with the project)",
         )
         .into());
     }
     let project_layer = project.settings_json.get("manifest");
-    let manifest = actors::runs::manifest::resolve(project_layer, body.manifest.as_ref())?;
+    let manifest = domain::runs::manifest::resolve(project_layer, body.manifest.as_ref())?;
     Ok(web::Json(ConfigValidated {
         ok: true,
         summary: ConfigSummary {

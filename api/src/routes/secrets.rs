@@ -2,7 +2,7 @@
 //! values are encrypted at rest (AES-256-GCM, `enc:v1:`).
 
 use actix_web::{delete, get, post, web};
-use actors::{ServiceError, projects, secrets};
+use domain::{ServiceError, projects, secrets};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -28,7 +28,7 @@ impl From<&entities::project_secrets::Model> for SecretSummary {
             provider_code: s.provider_code.clone(),
             secret_name: s.secret_name.clone(),
             has_value: secrets::has_value(s),
-            updated_at: actors::time::format(&s.updated_at),
+            updated_at: domain::time::format(&s.updated_at),
         }
     }
 }

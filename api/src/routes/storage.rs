@@ -1,5 +1,5 @@
 use actix_web::{get, put, web};
-use actors::projects::{self, LocalStorageUpdate, S3StorageUpdate};
+use domain::projects::{self, LocalStorageUpdate, S3StorageUpdate};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;

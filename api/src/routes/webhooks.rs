@@ -2,7 +2,7 @@
 //! with HMAC-SHA256, retried with backoff, every delivery recorded).
 
 use actix_web::{delete, get, post, web};
-use actors::{projects, webhooks};
+use domain::{projects, webhooks};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -43,7 +43,7 @@ impl From<&entities::webhooks::Model> for Webhook {
             description: w.description.clone(),
             events: serde_json::from_value(w.events_json.clone()).unwrap_or_default(),
             active: w.active,
-            created_at: actors::time::format(&w.created_at),
+            created_at: domain::time::format(&w.created_at),
         }
     }
 }

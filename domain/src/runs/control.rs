@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::events;
 use super::store::status;
 use crate::audit::{self, AuditEntry};
-use crate::engine::Engine;
+use crate::ports::RunEngine;
 use crate::{Principal, ServiceError};
 
 pub const QUEUE_PAUSED_KEY: &str = "queue_paused";
@@ -19,7 +19,7 @@ pub const QUEUE_PAUSED_KEY: &str = "queue_paused";
 /// Cancels one job (and the rest of its chain). A job that already finished
 /// is returned unchanged; a running job stops before its next provider call.
 pub async fn cancel_job(
-    engine: &Engine,
+    engine: RunEngine<'_>,
     principal: &Principal,
     run: &runs::Model,
     raw_job_id: &str,
@@ -98,7 +98,7 @@ pub async fn cancel_job(
 /// chain re-attached; then the run is queued again. Stored provider results
 /// are never paid for again.
 pub async fn retry_failed(
-    engine: &Engine,
+    engine: RunEngine<'_>,
     principal: &Principal,
     run: &runs::Model,
 ) -> Result<(runs::Model, Vec<run_jobs::Model>, Uuid), ServiceError> {
@@ -245,7 +245,7 @@ pub fn is_paused(project: &projects::Model) -> bool {
 /// Pauses or resumes a project's queue: running runs continue; queued runs
 /// wait until resumed. Persisted in the project's settings.
 pub async fn set_queue_paused(
-    engine: &Engine,
+    engine: RunEngine<'_>,
     principal: &Principal,
     project: &projects::Model,
     paused: bool,

@@ -287,7 +287,7 @@ pub struct CredentialCheck {
 /// Validates the credentials against the provider itself, with a call that
 /// costs nothing. Refuses codes the service has no adapter for.
 pub async fn check_credentials(
-    engine: &crate::engine::Engine,
+    engine: crate::ports::RunEngine<'_>,
     project_id: Uuid,
     code: &str,
 ) -> Result<CredentialCheck, ServiceError> {

@@ -1,9 +1,11 @@
 //! Runs: planning, persistence, events and the job pipeline. Plain functions;
-//! the engine's actors (`crate::engine`) schedule them.
+//! the engine's actors (the `actors` crate) schedule them.
 
+pub mod budget;
 pub mod calls;
 pub mod control;
 mod delivery;
+pub mod deps;
 pub mod drain;
 pub mod events;
 pub mod lease;

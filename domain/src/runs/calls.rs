@@ -317,18 +317,19 @@ async fn reserve(
     amount: f64,
 ) -> Result<(), ServiceError> {
     match (&env.spend, amount > 0.0) {
-        (Some(spend), true) => spend
-            .send(crate::engine::ReserveSpend {
-                call_id,
-                project_id: run.project_id,
-                run_id: run.id,
-                attempt: attempt as i32,
-                amount,
-                run_budget: run.budget_usd,
-                project_budget: env.project_budget_usd,
-            })
-            .await
-            .map_err(|e| ServiceError::Internal(format!("cost actor unavailable: {e}")))?,
+        (Some(spend), true) => {
+            spend
+                .reserve(crate::ports::SpendRequest {
+                    call_id,
+                    project_id: run.project_id,
+                    run_id: run.id,
+                    attempt: attempt as i32,
+                    amount,
+                    run_budget: run.budget_usd,
+                    project_budget: env.project_budget_usd,
+                })
+                .await
+        }
         _ => {
             let txn = crate::db::begin_write(&env.db).await?;
             provider_calls::Entity::update_many()

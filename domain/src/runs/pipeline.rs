@@ -65,10 +65,10 @@ pub struct JobEnv {
     pub store: ProjectFiles,
     pub retry: RetryPolicy,
     pub limits: DecodeLimits,
-    /// The CostActor: asked before every paid attempt.
-    pub spend: Option<crate::engine::Counted<crate::engine::ReserveSpend>>,
-    /// The AuditActor: told about every paid call.
-    pub audit: Option<crate::engine::Counted<crate::engine::PaidCall>>,
+    /// Asked before every paid attempt (the engine's CostActor).
+    pub spend: Option<Arc<dyn crate::ports::SpendGate>>,
+    /// Told about every paid call (the engine's AuditActor).
+    pub audit: Option<Arc<dyn crate::ports::PaidCallLog>>,
     pub project_budget_usd: Option<f64>,
     /// Group commit for the candidates' rows.
     pub writer: Option<RowWriter>,
@@ -696,15 +696,15 @@ async fn free_result(
     Ok(CandidateEnd::Decided(result))
 }
 
-/// Tells the AuditActor about a paid call once its rows have committed.
+/// Tells the audit log about a paid call once its rows have committed.
 pub(super) async fn audit_paid(env: &JobEnv, call: &provider_calls::Model, cost: f64) {
     let (Some(audit), true, Some(run_id), Some(job_id)) =
         (&env.audit, cost > 0.0, call.run_id, call.job_id)
     else {
         return;
     };
-    let sent = audit
-        .send(crate::engine::PaidCall {
+    audit
+        .record(crate::ports::PaidCallRecord {
             project_id: call.project_id,
             run_id,
             job_id,
@@ -714,9 +714,6 @@ pub(super) async fn audit_paid(env: &JobEnv, call: &provider_calls::Model, cost:
             cost_usd: cost,
         })
         .await;
-    if let Err(e) = sent {
-        tracing::error!(error = %e, "audit actor unavailable");
-    }
 }
 
 #[cfg(test)]

@@ -35,3 +35,28 @@ pub async fn record<C: ConnectionTrait>(
         .await?;
     Ok(id)
 }
+
+/// The audit event of a provider call that cost money (written once the
+/// call's own rows have committed).
+pub async fn record_paid_call(
+    db: &sea_orm::DatabaseConnection,
+    call: &crate::ports::PaidCallRecord,
+) -> Result<(), ServiceError> {
+    let txn = crate::db::begin_write(db).await?;
+    record(
+        &txn,
+        AuditEntry {
+            principal: &Principal::DevBypass,
+            project_id: Some(call.project_id),
+            event_code: "provider.paid_call",
+            payload: serde_json::json!({
+                "run_id": call.run_id, "job_id": call.job_id, "provider_call_id": call.provider_call_id,
+                "provider_code": call.provider_code, "idempotency_key": call.idempotency_key,
+                "cost_usd": call.cost_usd,
+            }),
+        },
+    )
+    .await?;
+    crate::db::commit(txn).await?;
+    Ok(())
+}

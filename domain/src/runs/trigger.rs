@@ -7,7 +7,7 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect
 use super::plan::{self, Mode, Plan, ValidTrigger};
 use super::scenes;
 use super::store::{self, CreatedRun, status};
-use crate::engine::Engine;
+use crate::ports::RunEngine;
 use crate::{Principal, ServiceError};
 
 pub struct Triggered {
@@ -21,7 +21,7 @@ const MAX_STYLE_REFS: usize = 8;
 /// Everything up to the first paid call happens here, in this order:
 /// provider, scenes, plan and limits, spend policy, queue capacity, persist.
 pub async fn trigger(
-    engine: &Engine,
+    engine: RunEngine<'_>,
     principal: &Principal,
     project: &projects::Model,
     valid: ValidTrigger,

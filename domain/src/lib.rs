@@ -1,0 +1,40 @@
+//! Atelier's domain: the services every request and every actor goes through.
+//!
+//! Business logic lives in plain async functions over a
+//! [`sea_orm::ConnectionTrait`], so HTTP handlers, CLI commands and the
+//! supervised actors (the `actors` crate) call the same code. Each mutation
+//! writes its audit event in the same transaction, so a change and its audit
+//! record commit or fail together. What the domain needs from the running
+//! engine it asks through the traits in [`ports`]; it never names an actor.
+//!
+//! - [`auth`]: API tokens (minting, hashing, verification cache, bootstrap).
+//! - [`projects`]: project lifecycle, slugs, storage policy and files.
+//! - [`runs`]: planning, persistence, leasing, the job pipeline, events.
+//! - [`audit`]: the append-only audit log.
+
+pub mod asset_links;
+pub mod assets;
+pub mod audit;
+pub mod auth;
+pub mod bootstrap;
+pub mod catalog;
+pub mod copilot;
+pub mod cursor;
+pub mod db;
+mod error;
+pub mod ledger;
+pub mod lookup;
+pub mod metrics;
+pub mod netpolicy;
+pub mod ports;
+mod principal;
+pub mod projects;
+pub mod provider_accounts;
+pub mod reference_items;
+pub mod runs;
+pub mod secrets;
+pub mod time;
+pub mod webhooks;
+
+pub use error::ServiceError;
+pub use principal::{Principal, TokenPrincipal};
