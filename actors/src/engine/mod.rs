@@ -285,14 +285,10 @@ impl Engine {
         run_id: Uuid,
         timeout: Duration,
     ) -> Result<entities::runs::Model, ServiceError> {
-        use sea_orm::EntityTrait;
         let mut rx = self.deps.hub.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let run = entities::runs::Entity::find_by_id(run_id)
-                .one(&self.deps.db)
-                .await?
-                .ok_or_else(|| ServiceError::not_found("Run not found"))?;
+            let run = domain::runs::store::run_by_id(&self.deps.db, run_id).await?;
             if domain::runs::store::status::run_is_terminal(&run.status)
                 || tokio::time::Instant::now() >= deadline
             {

@@ -7,18 +7,12 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
-use chrono::Utc;
-use entities::{projects, run_jobs, runs};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-use serde_json::json;
 use uuid::Uuid;
 
+use super::Shared;
 use super::run::{CancelActiveRun, RunActor};
-use super::{EngineDeps, Shared};
 use domain::ServiceError;
-use domain::runs::events;
-use domain::runs::store::{self, status};
+use domain::runs::lifecycle;
 
 const NAME: &str = "project";
 
@@ -86,31 +80,22 @@ impl Actor for ProjectActor {
         // Recovery: resume what was queued or running when we last stopped.
         let db = self.deps.db.clone();
         ctx.wait(
-            async move {
-                let paused: Vec<Uuid> = projects::Entity::find()
-                    .all(&db)
-                    .await?
-                    .iter()
-                    .filter(|p| domain::runs::control::is_paused(p))
-                    .map(|p| p.id)
-                    .collect();
-                Ok::<_, ServiceError>((paused, store::unfinished_runs(&db).await?))
-            }
-            .into_actor(self)
-            .map(|result, act, ctx| {
-                match result {
-                    Ok((paused, runs)) => {
-                        act.paused = paused.into_iter().collect();
-                        for r in runs {
-                            if !act.queue.iter().any(|(id, _)| *id == r.id) {
-                                act.queue.push_back((r.id, r.project_id));
+            async move { lifecycle::to_resume(&db).await }
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    match result {
+                        Ok((paused, runs)) => {
+                            act.paused = paused.into_iter().collect();
+                            for r in runs {
+                                if !act.queue.iter().any(|(id, _)| *id == r.id) {
+                                    act.queue.push_back((r.id, r.project_id));
+                                }
                             }
                         }
+                        Err(e) => act.deps.registry.record_error(NAME, e.to_string()),
                     }
-                    Err(e) => act.deps.registry.record_error(NAME, e.to_string()),
-                }
-                act.pump(ctx);
-            }),
+                    act.pump(ctx);
+                }),
         );
     }
 }
@@ -174,60 +159,13 @@ impl Handler<CancelRun> for ProjectActor {
         let active = self.active.get(&msg.run_id).map(|(_, a)| a.clone());
         let deps = self.deps.clone();
         Box::pin(async move {
-            mark_canceled(&deps, msg.run_id, &msg.principal).await?;
+            lifecycle::cancel(&deps, msg.run_id, &msg.principal).await?;
             if let Some(addr) = active {
                 addr.do_send(CancelActiveRun);
             }
             Ok(())
         })
     }
-}
-
-/// Cancels a run that has not finished: the run and its waiting jobs become
-/// `canceled`. The status guard means a completion racing with the cancel
-/// cannot overwrite it, and a finished run is left as it is.
-pub async fn mark_canceled(
-    deps: &EngineDeps,
-    run_id: Uuid,
-    principal: &domain::Principal,
-) -> Result<(), ServiceError> {
-    let txn = domain::db::begin_write(&deps.db).await?;
-    let now = Utc::now();
-    let changed = runs::Entity::update_many()
-        .col_expr(runs::Column::Status, Expr::value(status::CANCELED))
-        .col_expr(runs::Column::FinishedAt, Expr::value(now))
-        .col_expr(runs::Column::UpdatedAt, Expr::value(now))
-        .filter(runs::Column::Id.eq(run_id))
-        .filter(runs::Column::Status.is_in([status::QUEUED, status::RUNNING]))
-        .exec(&txn)
-        .await?
-        .rows_affected;
-    if changed == 0 {
-        return Ok(());
-    }
-    run_jobs::Entity::update_many()
-        .col_expr(run_jobs::Column::Status, Expr::value(status::CANCELED))
-        .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
-        .filter(run_jobs::Column::RunId.eq(run_id))
-        .filter(run_jobs::Column::Status.is_in([status::PENDING, status::BLOCKED]))
-        .exec(&txn)
-        .await?;
-    let run = runs::Entity::find_by_id(run_id).one(&txn).await?;
-    let project_id = run.map(|r| r.project_id).unwrap_or_default();
-    let event = events::append(&txn, run_id, project_id, "run.canceled", None, json!({})).await?;
-    domain::audit::record(
-        &txn,
-        domain::audit::AuditEntry {
-            principal,
-            project_id: Some(project_id),
-            event_code: "run.canceled",
-            payload: json!({ "run_id": run_id }),
-        },
-    )
-    .await?;
-    domain::db::commit(txn).await?;
-    deps.hub.publish(event);
-    Ok(())
 }
 
 #[derive(Message)]

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use chrono::Utc;
 use entities::{run_jobs, runs};
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use providers::ImageProvider;
 use storage::ProjectFiles;
 
 use super::Shared;
@@ -20,6 +19,9 @@ pub struct WorkerActor {
     deps: Arc<Shared>,
     run: runs::Model,
     job: run_jobs::Model,
+    /// The run's provider code and provider, resolved once by the RunActor
+    /// (`None`: not configured here).
+    provider: (String, Option<Arc<dyn ImageProvider>>),
     store: ProjectFiles,
     owner: Addr<RunActor>,
 }
@@ -29,6 +31,7 @@ impl WorkerActor {
         deps: Arc<Shared>,
         run: runs::Model,
         job: run_jobs::Model,
+        provider: (String, Option<Arc<dyn ImageProvider>>),
         store: ProjectFiles,
         owner: Addr<RunActor>,
     ) -> Self {
@@ -36,6 +39,7 @@ impl WorkerActor {
             deps,
             run,
             job,
+            provider,
             store,
             owner,
         }
@@ -49,19 +53,7 @@ impl WorkerActor {
             Utc::now() + chrono::Duration::from_std(self.deps.config.lease).unwrap_or_default();
         ctx.spawn(
             async move {
-                let result = async {
-                    let txn = domain::db::begin_write(&db).await?;
-                    run_jobs::Entity::update_many()
-                        .col_expr(run_jobs::Column::LeaseExpiresAt, Expr::value(until))
-                        .col_expr(run_jobs::Column::HeartbeatAt, Expr::value(Utc::now()))
-                        .filter(run_jobs::Column::Id.eq(job_id))
-                        .filter(run_jobs::Column::LeaseOwner.eq(owner))
-                        .exec(&txn)
-                        .await?;
-                    domain::db::commit(txn).await
-                }
-                .await;
-                if let Err(e) = result {
+                if let Err(e) = domain::runs::lease::renew(&db, job_id, &owner, until).await {
                     tracing::warn!(%job_id, error = %e, "lease heartbeat failed");
                 }
             }
@@ -76,35 +68,8 @@ impl Actor for WorkerActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.deps.registry.worker_started();
         ctx.run_interval(self.deps.config.heartbeat, |act, ctx| act.heartbeat(ctx));
-        let provider_code = self
-            .run
-            .provider_code
-            .clone()
-            .unwrap_or_else(|| "local".into());
-        let env = match self.deps.provider(&provider_code) {
-            Some(provider) => Some(JobEnv {
-                db: self.deps.db.clone(),
-                hub: self.deps.hub.clone(),
-                provider,
-                governors: self.deps.governors.clone(),
-                store: self.store.clone(),
-                retry: self.deps.config.retry,
-                limits: self.deps.config.limits,
-                spend: self.deps.spend.clone(),
-                audit: self.deps.audit.clone(),
-                writer: self.deps.writer.clone(),
-                removers: self.deps.removers.clone(),
-                refiners: self.deps.providers.clone(),
-                secret_keys: self.deps.secret_keys.clone(),
-                drain: self.deps.drain.clone(),
-                project_budget_usd: serde_json::from_value::<domain::runs::manifest::Manifest>(
-                    self.run.settings_snapshot_json.clone(),
-                )
-                .ok()
-                .and_then(|m| m.policy.project_budget_usd),
-            }),
-            None => None,
-        };
+        let (provider_code, provider) = self.provider.clone();
+        let env = provider.map(|p| JobEnv::new(&self.deps, p, self.store.clone(), &self.run));
         let (run, job) = (self.run.clone(), self.job.clone());
         // The job body runs in its own task, off the actor thread (on the
         // multi-threaded runtime when there is one): a panic there ends that

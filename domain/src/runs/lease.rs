@@ -55,3 +55,23 @@ pub async fn release_node_leases(
     crate::db::commit(txn).await?;
     Ok(ids)
 }
+
+/// Extends a job's lease while its worker is alive; only the node that
+/// holds the lease can extend it.
+pub async fn renew(
+    db: &DatabaseConnection,
+    job_id: Uuid,
+    node_id: &str,
+    until: DateTime<Utc>,
+) -> Result<(), ServiceError> {
+    let txn = crate::db::begin_write(db).await?;
+    run_jobs::Entity::update_many()
+        .col_expr(run_jobs::Column::LeaseExpiresAt, Expr::value(until))
+        .col_expr(run_jobs::Column::HeartbeatAt, Expr::value(Utc::now()))
+        .filter(run_jobs::Column::Id.eq(job_id))
+        .filter(run_jobs::Column::LeaseOwner.eq(node_id))
+        .exec(&txn)
+        .await?;
+    crate::db::commit(txn).await?;
+    Ok(())
+}

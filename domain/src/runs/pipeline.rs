@@ -83,6 +83,37 @@ pub struct JobEnv {
 }
 
 impl JobEnv {
+    /// A job's environment from the engine's shared dependencies, for the
+    /// run's (already resolved) provider.
+    pub fn new(
+        deps: &super::deps::EngineDeps,
+        provider: Arc<dyn ImageProvider>,
+        store: ProjectFiles,
+        run: &runs::Model,
+    ) -> Self {
+        Self {
+            db: deps.db.clone(),
+            hub: deps.hub.clone(),
+            provider,
+            governors: deps.governors.clone(),
+            store,
+            retry: deps.config.retry,
+            limits: deps.config.limits,
+            spend: deps.spend.clone(),
+            audit: deps.audit.clone(),
+            writer: deps.writer.clone(),
+            removers: deps.removers.clone(),
+            refiners: deps.providers.clone(),
+            secret_keys: deps.secret_keys.clone(),
+            drain: deps.drain.clone(),
+            project_budget_usd: serde_json::from_value::<super::manifest::Manifest>(
+                run.settings_snapshot_json.clone(),
+            )
+            .ok()
+            .and_then(|m| m.policy.project_budget_usd),
+        }
+    }
+
     pub(super) fn writer(&self) -> Result<&RowWriter, ServiceError> {
         self.writer
             .as_ref()

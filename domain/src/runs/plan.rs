@@ -5,6 +5,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
+/// The provider a run uses when its request names none (the offline one).
+pub const DEFAULT_PROVIDER: &str = "local";
+
 use super::manifest::{self, Manifest};
 use crate::ServiceError;
 
@@ -236,7 +239,7 @@ pub fn validate(input: &TriggerInput) -> Result<ValidTrigger, ServiceError> {
         .as_deref()
         .map(|p| p.trim().to_ascii_lowercase())
         .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "local".to_string());
+        .unwrap_or_else(|| DEFAULT_PROVIDER.to_string());
     Ok(ValidTrigger {
         mode,
         confirm_spend: input.confirm_spend.unwrap_or(false),

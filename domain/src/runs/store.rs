@@ -286,6 +286,17 @@ pub async fn list_runs<C: ConnectionTrait>(
 }
 
 /// The run if it belongs to the project (404 "Run not found" otherwise).
+/// A run by id, whatever its project (for the engine's own bookkeeping).
+pub async fn run_by_id<C: ConnectionTrait>(
+    db: &C,
+    run_id: Uuid,
+) -> Result<runs::Model, ServiceError> {
+    runs::Entity::find_by_id(run_id)
+        .one(db)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("Run not found"))
+}
+
 pub async fn get_run<C: ConnectionTrait>(
     db: &C,
     project_id: Uuid,

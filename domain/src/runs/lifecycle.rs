@@ -1,0 +1,456 @@
+//! The life of a run in the database: started, scheduled pass by pass
+//! (expired leases reclaimed, ready jobs leased for this node), finished
+//! exactly once (status from its jobs, a cancel never overwritten, what a
+//! cancel left open settled, webhooks enqueued, the run log written). The
+//! engine's RunActor calls these; they hold no state of their own.
+
+use chrono::Utc;
+use entities::{assets, projects, run_jobs, runs};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::deps::EngineDeps;
+use super::events;
+use super::store::{self, status};
+use crate::ServiceError;
+
+/// Marks a queued run as running (with its `run.started` event). `false`:
+/// the run is already finished (a duplicate submission that raced with
+/// recovery, or a cancel that came first) and there is nothing to drive.
+pub async fn start(
+    deps: &EngineDeps,
+    run_id: Uuid,
+    project_id: Uuid,
+) -> Result<bool, ServiceError> {
+    let txn = crate::db::begin_write(&deps.db).await?;
+    let current: Option<String> = runs::Entity::find_by_id(run_id)
+        .select_only()
+        .column(runs::Column::Status)
+        .into_tuple()
+        .one(&txn)
+        .await?;
+    // Already finished (a duplicate submission that raced with
+    // recovery, or a cancel that came first): nothing to drive.
+    if current.is_none_or(|s| status::run_is_terminal(&s)) {
+        return Ok(false);
+    }
+    let changed = runs::Entity::update_many()
+        .col_expr(runs::Column::Status, Expr::value(status::RUNNING))
+        .col_expr(runs::Column::StartedAt, Expr::value(Utc::now()))
+        .col_expr(runs::Column::UpdatedAt, Expr::value(Utc::now()))
+        .filter(runs::Column::Id.eq(run_id))
+        .filter(runs::Column::Status.eq(status::QUEUED))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    let event = if changed > 0 {
+        Some(events::append(&txn, run_id, project_id, "run.started", None, json!({})).await?)
+    } else {
+        None
+    };
+    crate::db::commit(txn).await?;
+    if let Some(e) = event {
+        deps.hub.publish(e);
+    }
+    Ok(true)
+}
+
+/// What a scheduling pass of a run found to do.
+pub enum Step {
+    Start {
+        run: Box<runs::Model>,
+        /// The run's provider code and the provider, resolved here once for
+        /// all its jobs (`None`: not configured on this node; the jobs fail).
+        provider_code: String,
+        provider: Option<std::sync::Arc<dyn providers::ImageProvider>>,
+        store: Box<storage::ProjectFiles>,
+        jobs: Vec<run_jobs::Model>,
+    },
+    Finish,
+    Wait,
+}
+
+/// One scheduling pass of a run: reclaims jobs whose lease ran out, then
+/// leases up to `room` ready jobs for this node (not those in `mine`, which
+/// this node's workers hold), or says the run is finished or must wait.
+pub async fn next_step(
+    deps: &EngineDeps,
+    run_id: Uuid,
+    mine: &[Uuid],
+    room: usize,
+    cached_store: Option<storage::ProjectFiles>,
+) -> Result<Step, ServiceError> {
+    let Some(run) = runs::Entity::find_by_id(run_id).one(&deps.db).await? else {
+        return Ok(Step::Finish);
+    };
+    let now = Utc::now();
+    // Each pass reads only what it needs (running leases, up to `room` ready
+    // jobs), never the whole run: the cost of a pass must not grow with the
+    // run's size.
+    let running: Vec<(Uuid, Option<chrono::DateTime<Utc>>)> = run_jobs::Entity::find()
+        .select_only()
+        .column(run_jobs::Column::Id)
+        .column(run_jobs::Column::LeaseExpiresAt)
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.eq(status::RUNNING))
+        .into_tuple()
+        .all(&deps.db)
+        .await?;
+    // Reclaim jobs leased by a worker that is gone (its lease ran out); the
+    // write happens only when there is something to reclaim.
+    let (expired, others_live): (Vec<_>, Vec<_>) = running
+        .into_iter()
+        .filter(|(id, _)| !mine.contains(id))
+        .partition(|(_, until)| until.is_none_or(|t| t < now));
+    if !expired.is_empty() {
+        let ids: Vec<Uuid> = expired.into_iter().map(|(id, _)| id).collect();
+        let txn = crate::db::begin_write(&deps.db).await?;
+        let reclaimed = run_jobs::Entity::update_many()
+            .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
+            .col_expr(
+                run_jobs::Column::LeaseOwner,
+                Expr::value(Option::<String>::None),
+            )
+            .filter(run_jobs::Column::Id.is_in(ids.clone()))
+            .filter(run_jobs::Column::Status.eq(status::RUNNING))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(run_jobs::Column::LeaseExpiresAt.is_null())
+                    .add(run_jobs::Column::LeaseExpiresAt.lt(now)),
+            )
+            .exec_with_returning(&txn)
+            .await?;
+        // Their calls' workers are gone: settle what they left in flight.
+        let reclaimed: Vec<Uuid> = reclaimed.into_iter().map(|j| j.id).collect();
+        crate::runs::calls::settle_abandoned(&txn, &reclaimed).await?;
+        crate::db::commit(txn).await?;
+    }
+    if run.status == status::CANCELED {
+        // Finished once no other live worker still holds one of its jobs.
+        return Ok(if others_live.is_empty() {
+            Step::Finish
+        } else {
+            Step::Wait
+        });
+    }
+    if deps.paused_all.load(std::sync::atomic::Ordering::SeqCst) || deps.drain.is_draining() {
+        // Operator pause or shutdown: nothing new is leased; running jobs
+        // finish (or, shutting down, stop before their next call).
+        return Ok(Step::Wait);
+    }
+    let ready = run_jobs::Entity::find()
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.eq(status::PENDING))
+        .order_by_asc(run_jobs::Column::CreatedAt)
+        .order_by_asc(run_jobs::Column::Id)
+        .limit(room as u64)
+        .all(&deps.db)
+        .await?;
+    if ready.is_empty() {
+        let undecided = run_jobs::Entity::find()
+            .filter(run_jobs::Column::RunId.eq(run_id))
+            .filter(run_jobs::Column::Status.is_in([
+                status::BLOCKED,
+                status::PENDING,
+                status::RUNNING,
+            ]))
+            .count(&deps.db)
+            .await?;
+        return Ok(if undecided == 0 {
+            Step::Finish
+        } else {
+            Step::Wait
+        });
+    }
+    // One guarded statement leases them all; RETURNING gives the rows as leased.
+    let lease_until = now + chrono::Duration::from_std(deps.config.lease).unwrap_or_default();
+    let txn = crate::db::begin_write(&deps.db).await?;
+    let mut leased = run_jobs::Entity::update_many()
+        .col_expr(run_jobs::Column::Status, Expr::value(status::RUNNING))
+        .col_expr(
+            run_jobs::Column::LeaseOwner,
+            Expr::value(deps.node_id.clone()),
+        )
+        .col_expr(run_jobs::Column::LeaseExpiresAt, Expr::value(lease_until))
+        .col_expr(run_jobs::Column::HeartbeatAt, Expr::value(now))
+        .col_expr(
+            run_jobs::Column::Attempt,
+            Expr::col(run_jobs::Column::Attempt).add(1),
+        )
+        .col_expr(run_jobs::Column::StartedAt, Expr::value(now))
+        .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+        .filter(run_jobs::Column::Id.is_in(ready.iter().map(|j| j.id)))
+        .filter(run_jobs::Column::Status.eq(status::PENDING))
+        .exec_with_returning(&txn)
+        .await?;
+    // Plan order, as they were ready.
+    leased.sort_by_key(|j| ready.iter().position(|r| r.id == j.id));
+    let started = events::append_many(
+        &txn,
+        run_id,
+        run.project_id,
+        leased
+            .iter()
+            .map(|j| {
+                (
+                    "job.started",
+                    Some(j.id),
+                    json!({ "job_key": j.job_key, "stage": j.stage, "attempt": j.attempt }),
+                )
+            })
+            .collect(),
+    )
+    .await?;
+    crate::db::commit(txn).await?;
+    for e in started {
+        deps.hub.publish(e);
+    }
+    if leased.is_empty() {
+        return Ok(Step::Wait);
+    }
+    let store = match cached_store {
+        Some(store) => store,
+        None => {
+            let project = projects::Entity::find_by_id(run.project_id)
+                .one(&deps.db)
+                .await?
+                .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
+            crate::projects::project_files(&deps.db, deps.file_access(), &project).await?
+        }
+    };
+    let code = run
+        .provider_code
+        .clone()
+        .unwrap_or_else(|| super::plan::DEFAULT_PROVIDER.to_string());
+    let provider = deps.provider(&code);
+    Ok(Step::Start {
+        run: Box::new(run),
+        provider_code: code,
+        provider,
+        store: Box::new(store),
+        jobs: leased,
+    })
+}
+
+/// Final status from the jobs; guarded so a cancel is never overwritten.
+pub async fn finish(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
+    let jobs = store::jobs_of(&deps.db, run_id).await?;
+    let done = jobs.iter().filter(|j| j.status == status::DONE).count();
+    let final_status = if done == jobs.len() {
+        status::DONE
+    } else if done == 0 {
+        status::FAILED
+    } else {
+        status::PARTIAL
+    };
+    let txn = crate::db::begin_write(&deps.db).await?;
+    let now = Utc::now();
+    let changed = runs::Entity::update_many()
+        .col_expr(runs::Column::Status, Expr::value(final_status))
+        .col_expr(runs::Column::FinishedAt, Expr::value(now))
+        .col_expr(runs::Column::UpdatedAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(run_id))
+        .filter(runs::Column::Status.eq(status::RUNNING))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    let run = runs::Entity::find_by_id(run_id).one(&txn).await?;
+    if run.as_ref().is_some_and(|r| r.status == status::CANCELED) {
+        settle_canceled(&txn, run_id, now).await?;
+    }
+    // Webhooks are told in the same transaction, so a crash cannot lose them.
+    if changed > 0
+        && let Some(run) = &run
+    {
+        crate::webhooks::enqueue_run_outcome(&txn, run, jobs.len(), done).await?;
+    }
+    let status_now = run.map(|r| r.status).unwrap_or_default();
+    let event = events::append(
+        &txn,
+        run_id,
+        project_id,
+        "run.finished",
+        None,
+        json!({
+            "status": if changed > 0 { final_status } else { status_now.as_str() },
+            "jobs": jobs.len(), "jobs_done": done,
+        }),
+    )
+    .await?;
+    crate::db::commit(txn).await?;
+    deps.hub.publish(event);
+    if let Err(e) = write_run_log(deps, run_id).await {
+        tracing::warn!(%run_id, error = %e, "cannot write the run log");
+    }
+    Ok(())
+}
+
+/// A canceled run leaves nothing open: every job that had not finished is
+/// canceled and every call still on record as in flight is settled (a sent
+/// one as possibly billed, an unsent one released). Runs once no live worker
+/// holds one of its jobs.
+async fn settle_canceled<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    run_id: Uuid,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), ServiceError> {
+    let open: Vec<Uuid> = run_jobs::Entity::find()
+        .select_only()
+        .column(run_jobs::Column::Id)
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.is_in([status::PENDING, status::BLOCKED, status::RUNNING]))
+        .into_tuple()
+        .all(db)
+        .await?;
+    if open.is_empty() {
+        return Ok(());
+    }
+    run_jobs::Entity::update_many()
+        .col_expr(run_jobs::Column::Status, Expr::value(status::CANCELED))
+        .col_expr(
+            run_jobs::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+        .filter(run_jobs::Column::Id.is_in(open.clone()))
+        .exec(db)
+        .await?;
+    crate::runs::calls::settle_abandoned(db, &open).await
+}
+
+/// `runs/{run_id}/run-log.json` in the project store: the run, its jobs and
+/// candidates and every event, for people and tools that read files.
+async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceError> {
+    let Some(run) = runs::Entity::find_by_id(run_id).one(&deps.db).await? else {
+        return Ok(());
+    };
+    let project = projects::Entity::find_by_id(run.project_id)
+        .one(&deps.db)
+        .await?
+        .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
+    let store = crate::projects::project_files(&deps.db, deps.file_access(), &project).await?;
+    let jobs = store::jobs_of(&deps.db, run_id).await?;
+    let candidates = store::candidates_of_run(&deps.db, run_id).await?;
+    let events = events::list_since(&deps.db, run_id, 0, 1_000_000).await?;
+    let log = json!({ "run": run, "jobs": jobs, "candidates": candidates, "events": events });
+    let key = format!("runs/{run_id}/run-log.json");
+    let bytes =
+        serde_json::to_vec_pretty(&log).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let object_key =
+        storage::ObjectKey::parse(&key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let size = bytes.len() as i64;
+    let backend = store.put(&object_key, bytes.clone()).await?;
+    let txn = crate::db::begin_write(&deps.db).await?;
+    runs::Entity::update_many()
+        .col_expr(runs::Column::RunLogKey, Expr::value(key.clone()))
+        .filter(runs::Column::Id.eq(run_id))
+        .exec(&txn)
+        .await?;
+    // A file like any other: registered as an asset (rewritten in place when
+    // a retried run finishes again).
+    let sha = crate::assets::sha256_hex(&bytes);
+    let existing = assets::Entity::find()
+        .filter(assets::Column::RunId.eq(run_id))
+        .filter(assets::Column::Kind.eq("run_log"))
+        .one(&txn)
+        .await?;
+    match existing {
+        Some(row) => {
+            assets::Entity::update_many()
+                .col_expr(assets::Column::Sha256, Expr::value(sha))
+                .col_expr(assets::Column::ByteSize, Expr::value(size))
+                .col_expr(assets::Column::StorageBackend, Expr::value(backend))
+                .filter(assets::Column::Id.eq(row.id))
+                .exec(&txn)
+                .await?;
+        }
+        None => {
+            assets::Entity::insert(assets::ActiveModel::from(assets::Model {
+                id: Uuid::now_v7(),
+                project_id: run.project_id,
+                kind: "run_log".into(),
+                storage_backend: backend.to_string(),
+                storage_key: key.clone(),
+                storage_uri: key,
+                mime_type: Some("application/json".into()),
+                width: None,
+                height: None,
+                byte_size: Some(size),
+                sha256: Some(sha),
+                run_id: Some(run_id),
+                job_id: None,
+                candidate_id: None,
+                metadata_json: json!({}),
+                created_at: crate::time::now(),
+            }))
+            .exec_without_returning(&txn)
+            .await?;
+        }
+    }
+    crate::db::commit(txn).await?;
+    Ok(())
+}
+
+/// Cancels a run that has not finished: the run and its waiting jobs become
+/// `canceled`. The status guard means a completion racing with the cancel
+/// cannot overwrite it, and a finished run is left as it is.
+pub async fn cancel(
+    deps: &EngineDeps,
+    run_id: Uuid,
+    principal: &crate::Principal,
+) -> Result<(), ServiceError> {
+    let txn = crate::db::begin_write(&deps.db).await?;
+    let now = Utc::now();
+    let changed = runs::Entity::update_many()
+        .col_expr(runs::Column::Status, Expr::value(status::CANCELED))
+        .col_expr(runs::Column::FinishedAt, Expr::value(now))
+        .col_expr(runs::Column::UpdatedAt, Expr::value(now))
+        .filter(runs::Column::Id.eq(run_id))
+        .filter(runs::Column::Status.is_in([status::QUEUED, status::RUNNING]))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    if changed == 0 {
+        return Ok(());
+    }
+    run_jobs::Entity::update_many()
+        .col_expr(run_jobs::Column::Status, Expr::value(status::CANCELED))
+        .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.is_in([status::PENDING, status::BLOCKED]))
+        .exec(&txn)
+        .await?;
+    let run = runs::Entity::find_by_id(run_id).one(&txn).await?;
+    let project_id = run.map(|r| r.project_id).unwrap_or_default();
+    let event = events::append(&txn, run_id, project_id, "run.canceled", None, json!({})).await?;
+    crate::audit::record(
+        &txn,
+        crate::audit::AuditEntry {
+            principal,
+            project_id: Some(project_id),
+            event_code: "run.canceled",
+            payload: json!({ "run_id": run_id }),
+        },
+    )
+    .await?;
+    crate::db::commit(txn).await?;
+    deps.hub.publish(event);
+    Ok(())
+}
+
+/// What an engine resumes when it starts: the projects whose queue is
+/// paused, and every run still queued or running.
+pub async fn to_resume(
+    db: &sea_orm::DatabaseConnection,
+) -> Result<(Vec<Uuid>, Vec<runs::Model>), ServiceError> {
+    let paused = projects::Entity::find()
+        .all(db)
+        .await?
+        .iter()
+        .filter(|p| super::control::is_paused(p))
+        .map(|p| p.id)
+        .collect();
+    Ok((paused, store::unfinished_runs(db).await?))
+}
