@@ -14,6 +14,8 @@ use crate::cli::CliError;
 use crate::database;
 use crate::settings::Settings;
 use crate::startup::{StartupError, embedded_engine, engine_config, install_runtime_defaults};
+use domain::status::RunStatus;
+use domain::status::{CandidateStatus, JobStatus};
 
 pub struct DemoOptions {
     pub scenes: u32,
@@ -96,7 +98,7 @@ pub async fn run(settings: Settings, options: DemoOptions) -> Result<(), CliErro
                     .wait_finished(run_id, Duration::ZERO)
                     .await
                     .map_err(service)?;
-                if store::status::run_is_terminal(&run.status) {
+                if domain::status::RunStatus::is_terminal(&run.status) {
                     break;
                 }
             }
@@ -111,7 +113,7 @@ pub async fn run(settings: Settings, options: DemoOptions) -> Result<(), CliErro
     print_summary(&db.conn, &roots, &project.project, &run)
         .await
         .map_err(service)?;
-    if run.status == store::status::DONE {
+    if run.status == RunStatus::Done {
         Ok(())
     } else {
         Err(CliError::Service(format!("run finished as {}", run.status)))
@@ -158,12 +160,15 @@ async fn print_summary(
     println!(
         "  jobs        {} ({} done)",
         jobs.len(),
-        jobs.iter().filter(|j| j.status == "done").count()
+        jobs.iter().filter(|j| j.status == JobStatus::Done).count()
     );
     println!(
         "  candidates  {} ({} passed the output guard)",
         candidates.len(),
-        candidates.iter().filter(|c| c.status == "done").count()
+        candidates
+            .iter()
+            .filter(|c| c.status == CandidateStatus::Done)
+            .count()
     );
     println!("  winners     {winners}");
     println!("  archived    {archived}");

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, AuditEntry};
 use crate::error::{optional_text, required_text};
+use crate::status::InstructionStatus;
 use crate::{Principal, ServiceError, time};
 
 const TITLE_MAX: usize = 200;
@@ -166,15 +167,6 @@ pub fn message_view(m: &chat_messages::Model) -> Value {
 
 // ---- agent instructions --------------------------------------------------
 
-pub mod state {
-    pub const PENDING: &str = "pending";
-    pub const CONFIRMED: &str = "confirmed";
-    pub const RUNNING: &str = "running";
-    pub const DONE: &str = "done";
-    pub const FAILED: &str = "failed";
-    pub const CANCELED: &str = "canceled";
-}
-
 pub async fn instructions<C: ConnectionTrait>(
     db: &C,
     project_id: Uuid,
@@ -251,7 +243,7 @@ pub async fn create_instruction(
         id: Uuid::now_v7(),
         project_id,
         instruction_text: text,
-        status: state::PENDING.into(),
+        status: InstructionStatus::Pending.into(),
         attempts: 0,
         max_attempts: 3,
         next_attempt_at: None,
@@ -305,8 +297,16 @@ pub async fn transition(
     let txn = crate::db::begin_write(db).await?;
     let current = instruction(&txn, project_id, raw_id).await?;
     let (target, event, audit_code) = match t {
-        Transition::Confirm => (state::CONFIRMED, "confirmed", "instruction.confirmed"),
-        Transition::Cancel => (state::CANCELED, "canceled", "instruction.canceled"),
+        Transition::Confirm => (
+            InstructionStatus::Confirmed,
+            "confirmed",
+            "instruction.confirmed",
+        ),
+        Transition::Cancel => (
+            InstructionStatus::Canceled,
+            "canceled",
+            "instruction.canceled",
+        ),
     };
     let refuse = |msg: &str| {
         Err(ServiceError::validation(
@@ -314,13 +314,15 @@ pub async fn transition(
             msg.to_string(),
         ))
     };
-    let changed = match (t, current.status.as_str()) {
-        (_, s) if s == target => false,
-        (Transition::Confirm, state::CANCELED) => return refuse("Instruction is already canceled"),
-        (Transition::Cancel, state::CONFIRMED) => {
+    let changed = match (t, InstructionStatus::parse(&current.status)) {
+        (_, Some(s)) if s == target => false,
+        (Transition::Confirm, Some(InstructionStatus::Canceled)) => {
+            return refuse("Instruction is already canceled");
+        }
+        (Transition::Cancel, Some(InstructionStatus::Confirmed)) => {
             return refuse("Instruction is already confirmed");
         }
-        (_, state::PENDING) => {
+        (_, Some(InstructionStatus::Pending)) => {
             let now = time::now();
             let mut update = agent_instructions::Entity::update_many()
                 .col_expr(agent_instructions::Column::Status, Expr::value(target))
@@ -335,7 +337,7 @@ pub async fn transition(
             };
             let rows = update
                 .filter(agent_instructions::Column::Id.eq(current.id))
-                .filter(agent_instructions::Column::Status.eq(state::PENDING))
+                .filter(agent_instructions::Column::Status.eq(InstructionStatus::Pending))
                 .exec(&txn)
                 .await?
                 .rows_affected;
@@ -347,8 +349,8 @@ pub async fn transition(
             }
             true
         }
-        (_, other) => {
-            return refuse(&format!("Instruction is already {other}"));
+        (_, _) => {
+            return refuse(&format!("Instruction is already {}", current.status));
         }
     };
     if changed {

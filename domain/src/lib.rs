@@ -33,6 +33,7 @@ pub mod provider_accounts;
 pub mod reference_items;
 pub mod runs;
 pub mod secrets;
+pub mod status;
 pub mod time;
 pub mod webhooks;
 

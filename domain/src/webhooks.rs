@@ -22,6 +22,8 @@ use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::audit::{self, AuditEntry};
+use crate::status::DeliveryStatus;
+use crate::status::RunStatus;
 use crate::{Principal, ServiceError, time};
 
 /// Events a webhook can subscribe to.
@@ -237,7 +239,7 @@ pub async fn enqueue_run_outcome<C: ConnectionTrait>(
     jobs: usize,
     jobs_done: usize,
 ) -> Result<usize, ServiceError> {
-    let event_type = if run.status == crate::runs::store::status::FAILED {
+    let event_type = if run.status == RunStatus::Failed {
         "run.failed"
     } else {
         "run.finished"
@@ -271,7 +273,7 @@ pub async fn enqueue_run_outcome<C: ConnectionTrait>(
                         "finished_at": run.finished_at.as_ref().map(time::format),
                     },
                 }),
-                status: "pending".into(),
+                status: DeliveryStatus::Pending.into(),
                 attempts: 0,
                 next_attempt_at: now,
                 last_status_code: None,
@@ -320,7 +322,7 @@ pub async fn deliver_due(
 ) -> Result<usize, ServiceError> {
     let now = Utc::now();
     let due = webhook_deliveries::Entity::find()
-        .filter(webhook_deliveries::Column::Status.eq("pending"))
+        .filter(webhook_deliveries::Column::Status.eq(DeliveryStatus::Pending))
         .filter(webhook_deliveries::Column::NextAttemptAt.lte(now))
         .order_by_asc(webhook_deliveries::Column::NextAttemptAt)
         .limit(32)
@@ -338,7 +340,7 @@ pub async fn deliver_due(
                 Expr::value(until),
             )
             .filter(webhook_deliveries::Column::Id.eq(d.id))
-            .filter(webhook_deliveries::Column::Status.eq("pending"))
+            .filter(webhook_deliveries::Column::Status.eq(DeliveryStatus::Pending))
             .filter(webhook_deliveries::Column::NextAttemptAt.eq(d.next_attempt_at))
             .exec(&txn)
             .await?
@@ -437,7 +439,10 @@ async fn record_attempt(
         .col_expr(webhook_deliveries::Column::UpdatedAt, Expr::value(now));
     update = match outcome {
         Ok(code) => update
-            .col_expr(webhook_deliveries::Column::Status, Expr::value("delivered"))
+            .col_expr(
+                webhook_deliveries::Column::Status,
+                Expr::value(DeliveryStatus::Delivered),
+            )
             .col_expr(
                 webhook_deliveries::Column::LastStatusCode,
                 Expr::value(i32::from(code)),
@@ -452,7 +457,11 @@ async fn record_attempt(
             update
                 .col_expr(
                     webhook_deliveries::Column::Status,
-                    Expr::value(if exhausted { "failed" } else { "pending" }),
+                    Expr::value(if exhausted {
+                        DeliveryStatus::Failed
+                    } else {
+                        DeliveryStatus::Pending
+                    }),
                 )
                 .col_expr(
                     webhook_deliveries::Column::LastStatusCode,

@@ -26,6 +26,7 @@ use crate::cli::CliError;
 use crate::database;
 use crate::settings::Settings;
 use crate::startup::{StartupError, embedded_engine, engine_config, install_runtime_defaults};
+use domain::status::RunStatus;
 
 pub struct BenchOptions {
     pub scenes: u32,
@@ -224,7 +225,7 @@ impl Drop for FreshDir {
 }
 
 fn require_done(what: &str, status: &str) -> Result<(), CliError> {
-    if status == "done" {
+    if status == RunStatus::Done {
         Ok(())
     } else {
         Err(CliError::Service(format!(

@@ -289,7 +289,7 @@ impl Engine {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let run = domain::runs::store::run_by_id(&self.deps.db, run_id).await?;
-            if domain::runs::store::status::run_is_terminal(&run.status)
+            if domain::status::RunStatus::is_terminal(&run.status)
                 || tokio::time::Instant::now() >= deadline
             {
                 return Ok(run);

@@ -64,7 +64,13 @@ impl ProjectActor {
                 waiting.push_back((run_id, project_id));
                 continue;
             }
-            let addr = RunActor::new(self.deps.clone(), run_id, project_id, ctx.address()).start();
+            let addr = RunActor::new(
+                self.deps.clone(),
+                run_id,
+                project_id,
+                ctx.address().recipient(),
+            )
+            .start();
             self.active.insert(run_id, (project_id, addr));
         }
         self.queue = waiting;

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use uuid::Uuid;
 
 use super::Shared;
-use super::project::{ProjectActor, RunFinished};
+use super::project::RunFinished;
 use super::worker::WorkerActor;
 use domain::runs::job_outcome;
 use domain::runs::lifecycle::{self, Step};
@@ -20,7 +20,8 @@ pub struct RunActor {
     deps: Arc<Shared>,
     run_id: Uuid,
     project_id: Uuid,
-    owner: Addr<ProjectActor>,
+    /// Told once, when the run is finished.
+    owner: Recipient<RunFinished>,
     running: HashSet<Uuid>,
     /// The project's object store, resolved on the first lease.
     store: Option<storage::ProjectFiles>,
@@ -35,7 +36,7 @@ impl RunActor {
         deps: Arc<Shared>,
         run_id: Uuid,
         project_id: Uuid,
-        owner: Addr<ProjectActor>,
+        owner: Recipient<RunFinished>,
     ) -> Self {
         Self {
             deps,
@@ -92,7 +93,7 @@ impl RunActor {
                                 job,
                                 (provider_code.clone(), provider.clone()),
                                 (*store).clone(),
-                                ctx.address(),
+                                ctx.address().recipient(),
                             )
                             .start();
                         }

@@ -12,7 +12,7 @@ use providers::ImageProvider;
 use storage::ProjectFiles;
 
 use super::Shared;
-use super::run::{JobFinished, RunActor};
+use super::run::JobFinished;
 use domain::runs::pipeline::{self, JobEnv};
 
 pub struct WorkerActor {
@@ -23,7 +23,8 @@ pub struct WorkerActor {
     /// (`None`: not configured here).
     provider: (String, Option<Arc<dyn ImageProvider>>),
     store: ProjectFiles,
-    owner: Addr<RunActor>,
+    /// Told once, when the job body ends.
+    owner: Recipient<JobFinished>,
 }
 
 impl WorkerActor {
@@ -33,7 +34,7 @@ impl WorkerActor {
         job: run_jobs::Model,
         provider: (String, Option<Arc<dyn ImageProvider>>),
         store: ProjectFiles,
-        owner: Addr<RunActor>,
+        owner: Recipient<JobFinished>,
     ) -> Self {
         Self {
             deps,

@@ -3,9 +3,6 @@
 
 use actix_web::{get, post, web};
 use domain::Principal;
-use domain::runs::store::status;
-use entities::{run_jobs, runs};
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -66,22 +63,7 @@ pub async fn supervision(
 ) -> ApiResult<web::Json<SupervisionResponse>> {
     require_admin(&principal)?;
     let engine = &state.engine;
-    let count_runs = |s: &'static str| {
-        runs::Entity::find()
-            .filter(runs::Column::Status.eq(s))
-            .count(&state.db)
-    };
-    let leases_held = run_jobs::Entity::find()
-        .filter(run_jobs::Column::Status.eq(status::RUNNING))
-        .filter(run_jobs::Column::LeaseOwner.eq(engine.deps.node_id.as_str()))
-        .count(&state.db)
-        .await
-        .map_err(domain::ServiceError::from)?;
-    let running_jobs = run_jobs::Entity::find()
-        .filter(run_jobs::Column::Status.eq(status::RUNNING))
-        .count(&state.db)
-        .await
-        .map_err(domain::ServiceError::from)?;
+    let stats = domain::runs::store::queue_stats(&state.db, &engine.deps.node_id).await?;
     Ok(web::Json(SupervisionResponse {
         ok: true,
         node_id: engine.deps.node_id.clone(),
@@ -89,16 +71,12 @@ pub async fn supervision(
         actors: engine.registry().snapshot(),
         restartable: actors::engine::RESTARTABLE.to_vec(),
         live_workers: engine.registry().live_workers(),
-        leases_held,
+        leases_held: stats.leases_held,
         paused_all: engine.all_paused(),
         queue: QueueStats {
-            queued_runs: count_runs(status::QUEUED)
-                .await
-                .map_err(domain::ServiceError::from)?,
-            running_runs: count_runs(status::RUNNING)
-                .await
-                .map_err(domain::ServiceError::from)?,
-            running_jobs,
+            queued_runs: stats.queued_runs,
+            running_runs: stats.running_runs,
+            running_jobs: stats.running_jobs,
         },
     }))
 }

@@ -13,6 +13,7 @@ use crate::AppState;
 use crate::dto::{AssetPaths, Candidate, Event, Job, Run};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Auth, JsonBody};
+use domain::status::RunStatus;
 
 /// Trigger body. Exactly one of `scene_refs` / `input`.
 #[derive(Deserialize, ToSchema, Default)]
@@ -484,8 +485,8 @@ async fn queue_state(
     Ok(QueueState {
         ok: true,
         paused: state.engine.is_paused(project.id).await?,
-        queued: store::count_runs(&state.db, project.id, store::status::QUEUED).await? as usize,
-        running: store::count_runs(&state.db, project.id, store::status::RUNNING).await? as usize,
+        queued: store::count_runs(&state.db, project.id, RunStatus::Queued).await? as usize,
+        running: store::count_runs(&state.db, project.id, RunStatus::Running).await? as usize,
         audit_id,
     })
 }

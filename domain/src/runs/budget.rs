@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::ServiceError;
 use crate::ports::SpendRequest;
+use crate::status::CallStatus;
 
 /// Spent (actual cost of succeeded calls, and what calls whose answer was
 /// lost may have cost) plus reserved (calls in flight), other than
@@ -21,7 +22,7 @@ async fn committed(
         .select_only()
         .column_as(Expr::col(provider_calls::Column::ActualCostUsd).sum(), "s")
         .filter(scope.clone())
-        .filter(provider_calls::Column::Status.eq("succeeded"))
+        .filter(provider_calls::Column::Status.eq(CallStatus::Succeeded))
         .into_tuple()
         .one(db)
         .await?
@@ -44,7 +45,7 @@ async fn committed(
             "r",
         )
         .filter(scope)
-        .filter(provider_calls::Column::Status.eq("pending"))
+        .filter(provider_calls::Column::Status.eq(CallStatus::Pending))
         // A call planned but not yet given its reservation (attempt 0)
         // holds nothing: counting it refused spend that fitted the budget.
         .filter(provider_calls::Column::Attempt.gt(0))
@@ -97,7 +98,10 @@ pub async fn reserve(
     }
     let txn = crate::db::begin_write(db).await?;
     provider_calls::Entity::update_many()
-        .col_expr(provider_calls::Column::Status, Expr::value("pending"))
+        .col_expr(
+            provider_calls::Column::Status,
+            Expr::value(CallStatus::Pending),
+        )
         .col_expr(provider_calls::Column::Attempt, Expr::value(msg.attempt))
         .col_expr(
             provider_calls::Column::ReservedCostUsd,

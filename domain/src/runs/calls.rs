@@ -30,20 +30,8 @@ use uuid::Uuid;
 
 use super::events;
 use super::pipeline::JobEnv;
+use crate::status::{CallStatus, JobStatus, RunStatus};
 use crate::{ServiceError, time};
-
-/// Call statuses (`provider_calls.status`).
-pub mod status {
-    /// Recorded and reserved; in flight once `sent_at` is set.
-    pub const PENDING: &str = "pending";
-    pub const SUCCEEDED: &str = "succeeded";
-    /// The last attempt was refused or not sent (nothing billed).
-    pub const FAILED: &str = "failed";
-    /// The last attempt was sent and its answer lost or unusable: possibly billed.
-    pub const UNKNOWN: &str = "unknown";
-    /// Given up because the run or job was canceled (nothing billed).
-    pub const CANCELED: &str = "canceled";
-}
 
 /// How one call may be attempted.
 #[derive(Clone)]
@@ -87,7 +75,7 @@ pub(super) async fn canceled<C: ConnectionTrait>(
         .into_tuple()
         .one(db)
         .await?;
-    if run.is_none_or(|s| s == super::store::status::CANCELED) {
+    if run.is_none_or(|s| s == RunStatus::Canceled) {
         return Ok(true);
     }
     let job: Option<String> = run_jobs::Entity::find_by_id(job_id)
@@ -96,7 +84,7 @@ pub(super) async fn canceled<C: ConnectionTrait>(
         .into_tuple()
         .one(db)
         .await?;
-    Ok(job.is_none_or(|s| s == super::store::status::CANCELED))
+    Ok(job.is_none_or(|s| s == JobStatus::Canceled))
 }
 
 /// Attempts `call` until it delivers, gives up, is canceled or interrupted.
@@ -118,12 +106,12 @@ where
     let paid = plan.bound_usd > 0.0;
     let mut attempt = Ord::max(call.attempt, 0) as u32;
     let mut sent = Ord::max(call.sent_attempts, 0) as u32;
-    if call.status == status::UNKNOWN && !plan.retry_unknown {
+    if call.status == CallStatus::Unknown && !plan.retry_unknown {
         return Ok(Attempted::GaveUp {
             code: "provider_outcome_unknown",
         });
     }
-    if sent >= env.retry.max_attempts && call.status != status::PENDING {
+    if sent >= env.retry.max_attempts && call.status != CallStatus::Pending {
         return Ok(Attempted::GaveUp {
             code: "attempts_exhausted",
         });
@@ -177,7 +165,7 @@ where
                     release(
                         env,
                         call.id,
-                        status::CANCELED,
+                        CallStatus::Canceled.as_str(),
                         "canceled before the call was made",
                     )
                     .await?;
@@ -333,7 +321,10 @@ async fn reserve(
         _ => {
             let txn = crate::db::begin_write(&env.db).await?;
             provider_calls::Entity::update_many()
-                .col_expr(provider_calls::Column::Status, Expr::value(status::PENDING))
+                .col_expr(
+                    provider_calls::Column::Status,
+                    Expr::value(CallStatus::Pending),
+                )
                 .col_expr(provider_calls::Column::Attempt, Expr::value(attempt as i32))
                 .col_expr(provider_calls::Column::StartedAt, Expr::value(time::now()))
                 .col_expr(
@@ -379,7 +370,10 @@ pub(super) async fn fail(
 ) -> Result<(), ServiceError> {
     let txn = crate::db::begin_write(&env.db).await?;
     let mut update = provider_calls::Entity::update_many()
-        .col_expr(provider_calls::Column::Status, Expr::value(status::FAILED))
+        .col_expr(
+            provider_calls::Column::Status,
+            Expr::value(CallStatus::Failed),
+        )
         .col_expr(provider_calls::Column::ErrorCode, Expr::value(code))
         .col_expr(provider_calls::Column::ErrorMessage, Expr::value(message))
         .col_expr(
@@ -413,17 +407,17 @@ async fn release(
     provider_calls::Entity::update_many()
         .col_expr(
             provider_calls::Column::Status,
-            Expr::value(if code == status::CANCELED {
-                status::CANCELED
+            Expr::value(if code == CallStatus::Canceled {
+                CallStatus::Canceled
             } else {
-                status::FAILED
+                CallStatus::Failed
             }),
         )
         .col_expr(provider_calls::Column::ErrorCode, Expr::value(code))
         .col_expr(provider_calls::Column::ErrorMessage, Expr::value(message))
         .col_expr(provider_calls::Column::UpdatedAt, Expr::value(time::now()))
         .filter(provider_calls::Column::Id.eq(call_id))
-        .filter(provider_calls::Column::Status.eq(status::PENDING))
+        .filter(provider_calls::Column::Status.eq(CallStatus::Pending))
         .filter(provider_calls::Column::SentAt.is_null())
         .exec(&txn)
         .await?;
@@ -452,7 +446,10 @@ async fn settle_unknown(
     };
     let txn = crate::db::begin_write(&env.db).await?;
     provider_calls::Entity::update_many()
-        .col_expr(provider_calls::Column::Status, Expr::value(status::UNKNOWN))
+        .col_expr(
+            provider_calls::Column::Status,
+            Expr::value(CallStatus::Unknown),
+        )
         .col_expr(
             provider_calls::Column::PossiblyBilledUsd,
             Expr::col(provider_calls::Column::PossiblyBilledUsd).add(amount),
@@ -499,7 +496,7 @@ pub async fn settle_abandoned<C: ConnectionTrait>(
     }
     let pending = provider_calls::Entity::find()
         .filter(provider_calls::Column::JobId.is_in(job_ids.iter().copied()))
-        .filter(provider_calls::Column::Status.eq(status::PENDING))
+        .filter(provider_calls::Column::Status.eq(CallStatus::Pending))
         .all(db)
         .await?;
     let now = time::now();
@@ -507,7 +504,10 @@ pub async fn settle_abandoned<C: ConnectionTrait>(
         if call.sent_at.is_some() {
             let amount = call.reserved_cost_usd;
             provider_calls::Entity::update_many()
-                .col_expr(provider_calls::Column::Status, Expr::value(status::UNKNOWN))
+                .col_expr(
+                    provider_calls::Column::Status,
+                    Expr::value(CallStatus::Unknown),
+                )
                 .col_expr(
                     provider_calls::Column::PossiblyBilledUsd,
                     Expr::col(provider_calls::Column::PossiblyBilledUsd).add(amount),
@@ -527,7 +527,7 @@ pub async fn settle_abandoned<C: ConnectionTrait>(
                 .col_expr(provider_calls::Column::FinishedAt, Expr::value(now))
                 .col_expr(provider_calls::Column::UpdatedAt, Expr::value(now))
                 .filter(provider_calls::Column::Id.eq(call.id))
-                .filter(provider_calls::Column::Status.eq(status::PENDING))
+                .filter(provider_calls::Column::Status.eq(CallStatus::Pending))
                 .exec(db)
                 .await?;
             if amount > 0.0 {
@@ -544,7 +544,10 @@ pub async fn settle_abandoned<C: ConnectionTrait>(
             }
         } else {
             provider_calls::Entity::update_many()
-                .col_expr(provider_calls::Column::Status, Expr::value(status::FAILED))
+                .col_expr(
+                    provider_calls::Column::Status,
+                    Expr::value(CallStatus::Failed),
+                )
                 .col_expr(provider_calls::Column::ErrorCode, Expr::value("not_sent"))
                 .col_expr(
                     provider_calls::Column::ErrorMessage,
@@ -552,7 +555,7 @@ pub async fn settle_abandoned<C: ConnectionTrait>(
                 )
                 .col_expr(provider_calls::Column::UpdatedAt, Expr::value(now))
                 .filter(provider_calls::Column::Id.eq(call.id))
-                .filter(provider_calls::Column::Status.eq(status::PENDING))
+                .filter(provider_calls::Column::Status.eq(CallStatus::Pending))
                 .exec(db)
                 .await?;
         }
@@ -621,7 +624,7 @@ pub(super) fn completion(
         )
     });
     let done = provider_calls::Model {
-        status: status::SUCCEEDED.into(),
+        status: CallStatus::Succeeded.into(),
         model_name: model.or_else(|| call.model_name.clone()),
         attempt: attempt as i32,
         actual_cost_usd: Some(cost.usd),

@@ -9,9 +9,9 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::events;
-use super::store::status;
 use crate::audit::{self, AuditEntry};
 use crate::ports::RunEngine;
+use crate::status::{JobStatus, RunStatus};
 use crate::{Principal, ServiceError};
 
 pub const QUEUE_PAUSED_KEY: &str = "queue_paused";
@@ -34,10 +34,14 @@ pub async fn cancel_job(
         .await?
         .ok_or_else(not_found)?;
     let changed = run_jobs::Entity::update_many()
-        .col_expr(run_jobs::Column::Status, Expr::value(status::CANCELED))
+        .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Canceled))
         .col_expr(run_jobs::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(run_jobs::Column::Id.eq(job_id))
-        .filter(run_jobs::Column::Status.is_in([status::PENDING, status::BLOCKED, status::RUNNING]))
+        .filter(run_jobs::Column::Status.is_in([
+            JobStatus::Pending,
+            JobStatus::Blocked,
+            JobStatus::Running,
+        ]))
         .exec(&txn)
         .await?
         .rows_affected;
@@ -52,9 +56,9 @@ pub async fn cancel_job(
                 .await?;
             for c in &children {
                 run_jobs::Entity::update_many()
-                    .col_expr(run_jobs::Column::Status, Expr::value(status::SKIPPED))
+                    .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Skipped))
                     .filter(run_jobs::Column::Id.eq(c.id))
-                    .filter(run_jobs::Column::Status.eq(status::BLOCKED))
+                    .filter(run_jobs::Column::Status.eq(JobStatus::Blocked))
                     .exec(&txn)
                     .await?;
             }
@@ -104,8 +108,8 @@ pub async fn retry_failed(
 ) -> Result<(runs::Model, Vec<run_jobs::Model>, Uuid), ServiceError> {
     let db = &engine.deps.db;
     if !matches!(
-        run.status.as_str(),
-        status::FAILED | status::PARTIAL | status::CANCELED
+        RunStatus::parse(&run.status),
+        Some(RunStatus::Failed | RunStatus::Partial | RunStatus::Canceled)
     ) {
         return Err(ServiceError::Conflict {
             code: "run_not_retryable",
@@ -122,12 +126,16 @@ pub async fn retry_failed(
     let failed: Vec<&run_jobs::Model> = jobs
         .iter()
         .filter(|j| {
-            matches!(j.status.as_str(), status::FAILED | status::CANCELED)
-                && !retried_ids.contains(&j.id)
+            matches!(
+                JobStatus::parse(&j.status),
+                Some(JobStatus::Failed | JobStatus::Canceled)
+            ) && !retried_ids.contains(&j.id)
         })
         .filter(|j| {
-            j.parent_job_id
-                .is_none_or(|p| jobs.iter().any(|x| x.id == p && x.status == status::DONE))
+            j.parent_job_id.is_none_or(|p| {
+                jobs.iter()
+                    .any(|x| x.id == p && x.status == JobStatus::Done)
+            })
         })
         .collect();
     if failed.is_empty() {
@@ -149,9 +157,9 @@ pub async fn retry_failed(
             status: if old.input_asset_id.is_some()
                 || old.meta_json.get("prompt_only") == Some(&serde_json::Value::Bool(true))
             {
-                status::PENDING
+                JobStatus::Pending
             } else {
-                status::BLOCKED
+                JobStatus::Blocked
             }
             .into(),
             retry_of_job_id: Some(old.id),
@@ -175,9 +183,9 @@ pub async fn retry_failed(
         // Its chain continues from the new attempt.
         run_jobs::Entity::update_many()
             .col_expr(run_jobs::Column::ParentJobId, Expr::value(new.id))
-            .col_expr(run_jobs::Column::Status, Expr::value(status::BLOCKED))
+            .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Blocked))
             .filter(run_jobs::Column::ParentJobId.eq(old.id))
-            .filter(run_jobs::Column::Status.is_in([status::SKIPPED, status::CANCELED]))
+            .filter(run_jobs::Column::Status.is_in([JobStatus::Skipped, JobStatus::Canceled]))
             .exec(&txn)
             .await?;
         let mut frontier: Vec<Uuid> = jobs
@@ -187,9 +195,9 @@ pub async fn retry_failed(
             .collect();
         while let Some(id) = frontier.pop() {
             run_jobs::Entity::update_many()
-                .col_expr(run_jobs::Column::Status, Expr::value(status::BLOCKED))
+                .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Blocked))
                 .filter(run_jobs::Column::ParentJobId.eq(id))
-                .filter(run_jobs::Column::Status.is_in([status::SKIPPED, status::CANCELED]))
+                .filter(run_jobs::Column::Status.is_in([JobStatus::Skipped, JobStatus::Canceled]))
                 .exec(&txn)
                 .await?;
             frontier.extend(
@@ -201,7 +209,7 @@ pub async fn retry_failed(
         created.push(new);
     }
     runs::Entity::update_many()
-        .col_expr(runs::Column::Status, Expr::value(status::QUEUED))
+        .col_expr(runs::Column::Status, Expr::value(RunStatus::Queued))
         .col_expr(
             runs::Column::FinishedAt,
             Expr::value(Option::<chrono::DateTime<Utc>>::None),

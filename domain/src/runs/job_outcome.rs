@@ -14,8 +14,8 @@ use uuid::Uuid;
 use super::deps::EngineDeps;
 use super::events;
 use super::pipeline::JobOutcome;
-use super::store::status;
 use crate::ServiceError;
+use crate::status::JobStatus;
 
 /// Applies a job's outcome to the chain: unblocks its child with the winner
 /// as input, skips the rest of the chain after a failure, or schedules a
@@ -38,7 +38,7 @@ pub async fn settle_job(
     let Some(job) = job else { return Ok(()) };
     let mut published = Vec::new();
     // A job canceled while it ran keeps its cancel; its chain stops there.
-    let outcome = if job.status == status::CANCELED {
+    let outcome = if job.status == JobStatus::Canceled {
         Ok(JobOutcome::Canceled)
     } else {
         outcome
@@ -49,7 +49,7 @@ pub async fn settle_job(
             // Back to the queue without using up an attempt: it stopped
             // because the service is shutting down, not because it failed.
             run_jobs::Entity::update_many()
-                .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
+                .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Pending))
                 .col_expr(
                     run_jobs::Column::LeaseOwner,
                     Expr::value(Option::<String>::None),
@@ -60,7 +60,7 @@ pub async fn settle_job(
                 )
                 .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
                 .filter(run_jobs::Column::Id.eq(job_id))
-                .filter(run_jobs::Column::Status.eq(status::RUNNING))
+                .filter(run_jobs::Column::Status.eq(JobStatus::Running))
                 .exec(&txn)
                 .await?;
         }
@@ -68,9 +68,9 @@ pub async fn settle_job(
         Ok(JobOutcome::Canceled) => {
             skip_descendants(&txn, job_id, now).await?;
             run_jobs::Entity::update_many()
-                .col_expr(run_jobs::Column::Status, Expr::value(status::CANCELED))
+                .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Canceled))
                 .filter(run_jobs::Column::Id.eq(job_id))
-                .filter(run_jobs::Column::Status.eq(status::RUNNING))
+                .filter(run_jobs::Column::Status.eq(JobStatus::Running))
                 .exec(&txn)
                 .await?;
         }
@@ -80,9 +80,9 @@ pub async fn settle_job(
                 .col_expr(
                     run_jobs::Column::Status,
                     Expr::value(if retry {
-                        status::PENDING
+                        JobStatus::Pending
                     } else {
-                        status::FAILED
+                        JobStatus::Failed
                     }),
                 )
                 .col_expr(run_jobs::Column::LastError, Expr::value(error.clone()))
@@ -92,7 +92,7 @@ pub async fn settle_job(
                 )
                 .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
                 .filter(run_jobs::Column::Id.eq(job_id))
-                .filter(run_jobs::Column::Status.eq(status::RUNNING))
+                .filter(run_jobs::Column::Status.eq(JobStatus::Running))
                 .exec(&txn)
                 .await?;
             if !retry {
@@ -140,10 +140,10 @@ async fn skip_descendants<C: sea_orm::ConnectionTrait>(
             continue;
         }
         run_jobs::Entity::update_many()
-            .col_expr(run_jobs::Column::Status, Expr::value(status::SKIPPED))
+            .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Skipped))
             .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
             .filter(run_jobs::Column::Id.is_in(children.clone()))
-            .filter(run_jobs::Column::Status.eq(status::BLOCKED))
+            .filter(run_jobs::Column::Status.eq(JobStatus::Blocked))
             .exec(db)
             .await?;
         frontier.extend(children);

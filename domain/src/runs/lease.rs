@@ -10,8 +10,8 @@ use sea_orm::{ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilt
 use uuid::Uuid;
 
 use super::calls::settle_abandoned;
-use super::store::status;
 use crate::ServiceError;
+use crate::status::JobStatus;
 
 /// Jobs still running under `node_id` go back to `pending` (their attempt
 /// not used up) and their calls are settled. `before`: only leases last
@@ -22,7 +22,7 @@ pub async fn release_node_leases(
     before: Option<DateTime<Utc>>,
 ) -> Result<Vec<Uuid>, ServiceError> {
     let mut filter = Condition::all()
-        .add(run_jobs::Column::Status.eq(status::RUNNING))
+        .add(run_jobs::Column::Status.eq(JobStatus::Running))
         .add(run_jobs::Column::LeaseOwner.eq(node_id));
     if let Some(before) = before {
         filter = filter.add(
@@ -33,7 +33,7 @@ pub async fn release_node_leases(
     }
     let txn = crate::db::begin_write(db).await?;
     let released = run_jobs::Entity::update_many()
-        .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
+        .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Pending))
         .col_expr(
             run_jobs::Column::LeaseOwner,
             Expr::value(Option::<String>::None),

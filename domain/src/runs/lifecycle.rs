@@ -13,8 +13,9 @@ use uuid::Uuid;
 
 use super::deps::EngineDeps;
 use super::events;
-use super::store::{self, status};
+use super::store;
 use crate::ServiceError;
+use crate::status::{JobStatus, RunStatus};
 
 /// Marks a queued run as running (with its `run.started` event). `false`:
 /// the run is already finished (a duplicate submission that raced with
@@ -33,15 +34,15 @@ pub async fn start(
         .await?;
     // Already finished (a duplicate submission that raced with
     // recovery, or a cancel that came first): nothing to drive.
-    if current.is_none_or(|s| status::run_is_terminal(&s)) {
+    if current.is_none_or(|s| crate::status::RunStatus::is_terminal(&s)) {
         return Ok(false);
     }
     let changed = runs::Entity::update_many()
-        .col_expr(runs::Column::Status, Expr::value(status::RUNNING))
+        .col_expr(runs::Column::Status, Expr::value(RunStatus::Running))
         .col_expr(runs::Column::StartedAt, Expr::value(Utc::now()))
         .col_expr(runs::Column::UpdatedAt, Expr::value(Utc::now()))
         .filter(runs::Column::Id.eq(run_id))
-        .filter(runs::Column::Status.eq(status::QUEUED))
+        .filter(runs::Column::Status.eq(RunStatus::Queued))
         .exec(&txn)
         .await?
         .rows_affected;
@@ -94,7 +95,7 @@ pub async fn next_step(
         .column(run_jobs::Column::Id)
         .column(run_jobs::Column::LeaseExpiresAt)
         .filter(run_jobs::Column::RunId.eq(run_id))
-        .filter(run_jobs::Column::Status.eq(status::RUNNING))
+        .filter(run_jobs::Column::Status.eq(JobStatus::Running))
         .into_tuple()
         .all(&deps.db)
         .await?;
@@ -108,13 +109,13 @@ pub async fn next_step(
         let ids: Vec<Uuid> = expired.into_iter().map(|(id, _)| id).collect();
         let txn = crate::db::begin_write(&deps.db).await?;
         let reclaimed = run_jobs::Entity::update_many()
-            .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
+            .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Pending))
             .col_expr(
                 run_jobs::Column::LeaseOwner,
                 Expr::value(Option::<String>::None),
             )
             .filter(run_jobs::Column::Id.is_in(ids.clone()))
-            .filter(run_jobs::Column::Status.eq(status::RUNNING))
+            .filter(run_jobs::Column::Status.eq(JobStatus::Running))
             .filter(
                 sea_orm::Condition::any()
                     .add(run_jobs::Column::LeaseExpiresAt.is_null())
@@ -127,7 +128,7 @@ pub async fn next_step(
         crate::runs::calls::settle_abandoned(&txn, &reclaimed).await?;
         crate::db::commit(txn).await?;
     }
-    if run.status == status::CANCELED {
+    if run.status == RunStatus::Canceled {
         // Finished once no other live worker still holds one of its jobs.
         return Ok(if others_live.is_empty() {
             Step::Finish
@@ -142,7 +143,7 @@ pub async fn next_step(
     }
     let ready = run_jobs::Entity::find()
         .filter(run_jobs::Column::RunId.eq(run_id))
-        .filter(run_jobs::Column::Status.eq(status::PENDING))
+        .filter(run_jobs::Column::Status.eq(JobStatus::Pending))
         .order_by_asc(run_jobs::Column::CreatedAt)
         .order_by_asc(run_jobs::Column::Id)
         .limit(room as u64)
@@ -152,9 +153,9 @@ pub async fn next_step(
         let undecided = run_jobs::Entity::find()
             .filter(run_jobs::Column::RunId.eq(run_id))
             .filter(run_jobs::Column::Status.is_in([
-                status::BLOCKED,
-                status::PENDING,
-                status::RUNNING,
+                JobStatus::Blocked,
+                JobStatus::Pending,
+                JobStatus::Running,
             ]))
             .count(&deps.db)
             .await?;
@@ -168,7 +169,7 @@ pub async fn next_step(
     let lease_until = now + chrono::Duration::from_std(deps.config.lease).unwrap_or_default();
     let txn = crate::db::begin_write(&deps.db).await?;
     let mut leased = run_jobs::Entity::update_many()
-        .col_expr(run_jobs::Column::Status, Expr::value(status::RUNNING))
+        .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Running))
         .col_expr(
             run_jobs::Column::LeaseOwner,
             Expr::value(deps.node_id.clone()),
@@ -182,7 +183,7 @@ pub async fn next_step(
         .col_expr(run_jobs::Column::StartedAt, Expr::value(now))
         .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
         .filter(run_jobs::Column::Id.is_in(ready.iter().map(|j| j.id)))
-        .filter(run_jobs::Column::Status.eq(status::PENDING))
+        .filter(run_jobs::Column::Status.eq(JobStatus::Pending))
         .exec_with_returning(&txn)
         .await?;
     // Plan order, as they were ready.
@@ -237,13 +238,13 @@ pub async fn next_step(
 /// Final status from the jobs; guarded so a cancel is never overwritten.
 pub async fn finish(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
     let jobs = store::jobs_of(&deps.db, run_id).await?;
-    let done = jobs.iter().filter(|j| j.status == status::DONE).count();
+    let done = jobs.iter().filter(|j| j.status == JobStatus::Done).count();
     let final_status = if done == jobs.len() {
-        status::DONE
+        RunStatus::Done
     } else if done == 0 {
-        status::FAILED
+        RunStatus::Failed
     } else {
-        status::PARTIAL
+        RunStatus::Partial
     };
     let txn = crate::db::begin_write(&deps.db).await?;
     let now = Utc::now();
@@ -252,12 +253,15 @@ pub async fn finish(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result
         .col_expr(runs::Column::FinishedAt, Expr::value(now))
         .col_expr(runs::Column::UpdatedAt, Expr::value(now))
         .filter(runs::Column::Id.eq(run_id))
-        .filter(runs::Column::Status.eq(status::RUNNING))
+        .filter(runs::Column::Status.eq(RunStatus::Running))
         .exec(&txn)
         .await?
         .rows_affected;
     let run = runs::Entity::find_by_id(run_id).one(&txn).await?;
-    if run.as_ref().is_some_and(|r| r.status == status::CANCELED) {
+    if run
+        .as_ref()
+        .is_some_and(|r| r.status == RunStatus::Canceled)
+    {
         settle_canceled(&txn, run_id, now).await?;
     }
     // Webhooks are told in the same transaction, so a crash cannot lose them.
@@ -274,7 +278,7 @@ pub async fn finish(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result
         "run.finished",
         None,
         json!({
-            "status": if changed > 0 { final_status } else { status_now.as_str() },
+            "status": if changed > 0 { final_status.as_str() } else { status_now.as_str() },
             "jobs": jobs.len(), "jobs_done": done,
         }),
     )
@@ -300,7 +304,11 @@ async fn settle_canceled<C: sea_orm::ConnectionTrait>(
         .select_only()
         .column(run_jobs::Column::Id)
         .filter(run_jobs::Column::RunId.eq(run_id))
-        .filter(run_jobs::Column::Status.is_in([status::PENDING, status::BLOCKED, status::RUNNING]))
+        .filter(run_jobs::Column::Status.is_in([
+            JobStatus::Pending,
+            JobStatus::Blocked,
+            JobStatus::Running,
+        ]))
         .into_tuple()
         .all(db)
         .await?;
@@ -308,7 +316,7 @@ async fn settle_canceled<C: sea_orm::ConnectionTrait>(
         return Ok(());
     }
     run_jobs::Entity::update_many()
-        .col_expr(run_jobs::Column::Status, Expr::value(status::CANCELED))
+        .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Canceled))
         .col_expr(
             run_jobs::Column::LeaseOwner,
             Expr::value(Option::<String>::None),
@@ -404,11 +412,11 @@ pub async fn cancel(
     let txn = crate::db::begin_write(&deps.db).await?;
     let now = Utc::now();
     let changed = runs::Entity::update_many()
-        .col_expr(runs::Column::Status, Expr::value(status::CANCELED))
+        .col_expr(runs::Column::Status, Expr::value(RunStatus::Canceled))
         .col_expr(runs::Column::FinishedAt, Expr::value(now))
         .col_expr(runs::Column::UpdatedAt, Expr::value(now))
         .filter(runs::Column::Id.eq(run_id))
-        .filter(runs::Column::Status.is_in([status::QUEUED, status::RUNNING]))
+        .filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
         .exec(&txn)
         .await?
         .rows_affected;
@@ -416,10 +424,10 @@ pub async fn cancel(
         return Ok(());
     }
     run_jobs::Entity::update_many()
-        .col_expr(run_jobs::Column::Status, Expr::value(status::CANCELED))
+        .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Canceled))
         .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
         .filter(run_jobs::Column::RunId.eq(run_id))
-        .filter(run_jobs::Column::Status.is_in([status::PENDING, status::BLOCKED]))
+        .filter(run_jobs::Column::Status.is_in([JobStatus::Pending, JobStatus::Blocked]))
         .exec(&txn)
         .await?;
     let run = runs::Entity::find_by_id(run_id).one(&txn).await?;

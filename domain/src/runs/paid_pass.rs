@@ -17,6 +17,7 @@ use super::delivery::{self, Delivery, Placement};
 use super::pipeline::{JobEnv, cpu, new_call};
 use super::writer::Rows;
 use crate::ServiceError;
+use crate::status::CallStatus;
 
 /// A paid post-process step: what it is and who does it.
 #[derive(Clone, Copy)]
@@ -102,7 +103,7 @@ pub(super) async fn paid_pass(
         .one(&env.db)
         .await?;
     if let Some(c) = &existing
-        && c.status == calls::status::SUCCEEDED
+        && c.status == CallStatus::Succeeded
         && let Some(asset_id) = c.result_asset_id
     {
         let (asset, bytes) = crate::assets::load_bytes(&env.db, &env.store, asset_id).await?;

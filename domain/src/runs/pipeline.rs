@@ -29,10 +29,10 @@ use super::events::EventHub;
 use super::manifest::{Manifest, Postprocess};
 use super::passes::{self, LinkType, link};
 use super::record::recorded;
-use super::store::status;
 use super::verdict::finish_job;
 use super::writer::{RowWriter, Rows};
 use crate::assets::{self as registry, NewAsset};
+use crate::status::{CallStatus, CandidateStatus};
 use crate::{ServiceError, time};
 
 #[derive(Clone, Copy, Debug)]
@@ -180,7 +180,7 @@ impl CandidateResult {
     fn failed(index: i32) -> Self {
         Self {
             index,
-            status: status::FAILED.into(),
+            status: CandidateStatus::Failed.into(),
             asset_id: None,
             final_asset_id: None,
             report: None,
@@ -468,7 +468,7 @@ pub(super) fn new_call(
         provider_code: provider_code.into(),
         operation: "generate".into(),
         model_name: None,
-        status: calls::status::PENDING.into(),
+        status: CallStatus::Pending.into(),
         attempt: if in_flight { 1 } else { 0 },
         started_at: in_flight.then_some(now),
         sent_at: None,
@@ -514,7 +514,7 @@ async fn candidate(
         Prior::Call { call, in_flight } => (call, in_flight),
     };
     // A stored result is never paid for again: not after a retry, not after a crash.
-    if call.status == calls::status::SUCCEEDED
+    if call.status == CallStatus::Succeeded
         && let Some(asset_id) = call.result_asset_id
     {
         let (asset, bytes) = registry::load_bytes(&env.db, &env.store, asset_id).await?;

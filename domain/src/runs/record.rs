@@ -9,8 +9,8 @@ use uuid::Uuid;
 
 use super::passes;
 use super::pipeline::{CandidateResult, JobCtx};
-use super::store::status;
 use super::writer::{PendingEvent, Rows};
+use crate::status::CandidateStatus;
 use crate::{ServiceError, time};
 
 /// Runs the candidate's passes (when its job has any and it passed the
@@ -87,9 +87,9 @@ fn candidate_rows(
         passes,
     } = produced;
     let status = if report.hard_failures > 0 {
-        "failed_output_guard"
+        CandidateStatus::FailedOutputGuard
     } else {
-        status::DONE
+        CandidateStatus::Done
     };
     let now = time::now();
     let candidate_id = Uuid::now_v7();
@@ -144,7 +144,7 @@ fn candidate_rows(
         job_id: Some(job.id),
         payload: json!({
             "job_key": job.job_key, "stage": job.stage,
-            "candidate_index": index, "status": status, "asset_id": asset_id, "final_asset_id": final_asset_id,
+            "candidate_index": index, "status": status.as_str(), "asset_id": asset_id, "final_asset_id": final_asset_id,
             "thumbnail_asset_id": thumbnail_id,
             "thumbnail_url": format!("/api/projects/{}/assets/{thumbnail_id}/content", ctx.project_slug),
             "guard": { "chroma_delta": report.chroma_delta, "hard_failures": report.hard_failures, "soft_warnings": report.soft_warnings },

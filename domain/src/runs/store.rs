@@ -16,31 +16,8 @@ use super::plan::{Mode, Plan, job_key};
 use super::scenes::{ResolvedScene, SceneContent};
 use crate::assets::{self, NewAsset};
 use crate::audit::{self, AuditEntry};
+use crate::status::{JobStatus, RunStatus};
 use crate::{Principal, ServiceError, time};
-
-pub mod status {
-    pub const PLANNED: &str = "planned";
-    pub const QUEUED: &str = "queued";
-    pub const RUNNING: &str = "running";
-    pub const DONE: &str = "done";
-    pub const FAILED: &str = "failed";
-    pub const PARTIAL: &str = "partial";
-    pub const CANCELED: &str = "canceled";
-    /// Job waiting for its parent stage.
-    pub const BLOCKED: &str = "blocked";
-    /// Job ready to be leased.
-    pub const PENDING: &str = "pending";
-    /// Job whose parent failed or was canceled.
-    pub const SKIPPED: &str = "skipped";
-
-    pub fn run_is_terminal(s: &str) -> bool {
-        matches!(s, DONE | FAILED | PARTIAL | CANCELED | PLANNED)
-    }
-
-    pub fn job_is_terminal(s: &str) -> bool {
-        matches!(s, DONE | FAILED | CANCELED | SKIPPED | PLANNED)
-    }
-}
 
 pub struct CreatedRun {
     pub run: runs::Model,
@@ -81,7 +58,7 @@ pub async fn create_run(
     if let Some(max) = max_open_runs.filter(|_| !dry) {
         crate::db::serialize(&txn, "run_admission").await?;
         let open = runs::Entity::find()
-            .filter(runs::Column::Status.is_in([status::QUEUED, status::RUNNING]))
+            .filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
             .count(&txn)
             .await?;
         if open as usize >= max {
@@ -127,7 +104,12 @@ pub async fn create_run(
         id: run_id,
         project_id: project.id,
         run_mode: if dry { "dry" } else { "run" }.into(),
-        status: if dry { status::PLANNED } else { status::QUEUED }.into(),
+        status: if dry {
+            RunStatus::Planned
+        } else {
+            RunStatus::Queued
+        }
+        .into(),
         stage: last.map(str::to_string),
         time_of_day,
         weather,
@@ -189,11 +171,11 @@ pub async fn create_run(
                 parent_job_id: parent,
                 retry_of_job_id: None,
                 status: if dry {
-                    status::PLANNED
+                    JobStatus::Planned
                 } else if stage_index == 0 {
-                    status::PENDING
+                    JobStatus::Pending
                 } else {
-                    status::BLOCKED
+                    JobStatus::Blocked
                 }
                 .into(),
                 // Every stage of a prompt scene knows what the scene is.
@@ -339,7 +321,7 @@ pub async fn candidates_of_run<C: ConnectionTrait>(
 pub async fn count_runs<C: ConnectionTrait>(
     db: &C,
     project_id: Uuid,
-    status: &str,
+    status: RunStatus,
 ) -> Result<u64, ServiceError> {
     use sea_orm::PaginatorTrait;
     Ok(runs::Entity::find()
@@ -352,8 +334,41 @@ pub async fn count_runs<C: ConnectionTrait>(
 /// Runs that were queued or running when the service stopped.
 pub async fn unfinished_runs<C: ConnectionTrait>(db: &C) -> Result<Vec<runs::Model>, ServiceError> {
     Ok(runs::Entity::find()
-        .filter(runs::Column::Status.is_in([status::QUEUED, status::RUNNING]))
+        .filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
         .order_by_asc(runs::Column::CreatedAt)
         .all(db)
         .await?)
+}
+
+/// Work in progress across every project, as an operator sees it.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct QueueStats {
+    pub queued_runs: u64,
+    pub running_runs: u64,
+    pub running_jobs: u64,
+    /// Running jobs leased by `node_id`.
+    pub leases_held: u64,
+}
+
+pub async fn queue_stats<C: ConnectionTrait>(
+    db: &C,
+    node_id: &str,
+) -> Result<QueueStats, ServiceError> {
+    use sea_orm::PaginatorTrait;
+    let runs_in = |status: RunStatus| {
+        runs::Entity::find()
+            .filter(runs::Column::Status.eq(status))
+            .count(db)
+    };
+    let running_jobs =
+        || run_jobs::Entity::find().filter(run_jobs::Column::Status.eq(JobStatus::Running));
+    Ok(QueueStats {
+        queued_runs: runs_in(RunStatus::Queued).await?,
+        running_runs: runs_in(RunStatus::Running).await?,
+        running_jobs: running_jobs().count(db).await?,
+        leases_held: running_jobs()
+            .filter(run_jobs::Column::LeaseOwner.eq(node_id))
+            .count(db)
+            .await?,
+    })
 }

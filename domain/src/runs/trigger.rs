@@ -6,8 +6,9 @@ use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect
 
 use super::plan::{self, Mode, Plan, ValidTrigger};
 use super::scenes;
-use super::store::{self, CreatedRun, status};
+use super::store::{self, CreatedRun};
 use crate::ports::RunEngine;
+use crate::status::RunStatus;
 use crate::{Principal, ServiceError};
 
 pub struct Triggered {
@@ -166,7 +167,7 @@ pub async fn trigger(
         // A cheap early refusal; the authoritative check is atomic with the
         // insert (`store::create_run`).
         let open = runs::Entity::find()
-            .filter(runs::Column::Status.is_in([status::QUEUED, status::RUNNING]))
+            .filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
             .count(db)
             .await?;
         if open as usize >= deps.config.max_queued_runs {

@@ -6,16 +6,16 @@ use imaging::guard::GuardReport;
 use serde_json::json;
 
 use super::pipeline::{CandidateResult, JobEnv, JobOutcome};
-use super::store::status;
 use super::writer::{JobCompletion, PendingEvent, Rows};
 use crate::ServiceError;
+use crate::status::{CandidateStatus, JobStatus};
 
 /// Fewest hard failures, then fewest soft warnings, then lowest chroma
 /// excess, then lowest index; only candidates that passed the guard.
 fn select_winner(candidates: &[CandidateResult]) -> Option<&CandidateResult> {
     candidates
         .iter()
-        .filter(|c| c.status == status::DONE && c.asset_id.is_some())
+        .filter(|c| c.status == CandidateStatus::Done && c.asset_id.is_some())
         .min_by(|a, b| {
             let key = |c: &CandidateResult| {
                 let r = c.report.clone().unwrap_or(GuardReport {
@@ -57,7 +57,7 @@ pub(super) async fn finish_job(
             },
             JobCompletion {
                 job_id: job.id,
-                status: status::DONE,
+                status: JobStatus::Done,
                 last_error: None,
                 winner: Some((index, asset_id)),
                 events: vec![
@@ -73,7 +73,10 @@ pub(super) async fn finish_job(
             },
         ),
         None => {
-            let reason = if candidates.iter().any(|c| c.status == "failed_output_guard") {
+            let reason = if candidates
+                .iter()
+                .any(|c| c.status == CandidateStatus::FailedOutputGuard)
+            {
                 "all_candidates_failed_output_guard"
             } else {
                 "all_candidates_failed"
@@ -84,7 +87,7 @@ pub(super) async fn finish_job(
                 },
                 JobCompletion {
                     job_id: job.id,
-                    status: status::FAILED,
+                    status: JobStatus::Failed,
                     last_error: Some(reason.into()),
                     winner: None,
                     events: vec![event(

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::events::{EventHub, RunEvent};
+use crate::status::JobStatus;
 use crate::{ServiceError, time};
 
 /// An event to be numbered and persisted with the rows it describes.
@@ -47,8 +48,8 @@ pub struct PendingEvent {
 #[derive(Debug)]
 pub struct JobCompletion {
     pub job_id: Uuid,
-    /// `done` or `failed`.
-    pub status: &'static str,
+    /// `Done` or `Failed`.
+    pub status: JobStatus,
     pub last_error: Option<String>,
     /// Selected candidate index and its asset.
     pub winner: Option<(i32, Uuid)>,
@@ -249,7 +250,6 @@ async fn write_rows(
 }
 
 async fn complete_job<C: ConnectionTrait>(db: &C, c: &JobCompletion) -> Result<bool, ServiceError> {
-    use super::store::status;
     let now = time::now();
     let changed = run_jobs::Entity::update_many()
         .col_expr(run_jobs::Column::Status, Expr::value(c.status))
@@ -280,7 +280,7 @@ async fn complete_job<C: ConnectionTrait>(db: &C, c: &JobCompletion) -> Result<b
         .col_expr(run_jobs::Column::FinishedAt, Expr::value(now))
         .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
         .filter(run_jobs::Column::Id.eq(c.job_id))
-        .filter(run_jobs::Column::Status.eq(status::RUNNING))
+        .filter(run_jobs::Column::Status.eq(JobStatus::Running))
         .exec(db)
         .await?
         .rows_affected;
@@ -296,11 +296,11 @@ async fn complete_job<C: ConnectionTrait>(db: &C, c: &JobCompletion) -> Result<b
             .await?;
         // The winner is the input of the job's next stage.
         run_jobs::Entity::update_many()
-            .col_expr(run_jobs::Column::Status, Expr::value(status::PENDING))
+            .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Pending))
             .col_expr(run_jobs::Column::InputAssetId, Expr::value(asset_id))
             .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
             .filter(run_jobs::Column::ParentJobId.eq(c.job_id))
-            .filter(run_jobs::Column::Status.eq(status::BLOCKED))
+            .filter(run_jobs::Column::Status.eq(JobStatus::Blocked))
             .exec(db)
             .await?;
     }
@@ -352,7 +352,6 @@ async fn progress_of_runs<C: ConnectionTrait>(
     db: &C,
     pending: &[&PendingEvent],
 ) -> Result<HashMap<Uuid, Value>, ServiceError> {
-    use super::store::status;
     let mut out = HashMap::new();
     for e in pending {
         if !WITH_PROGRESS.contains(&e.event_type) || out.contains_key(&e.run_id) {
@@ -377,7 +376,7 @@ async fn progress_of_runs<C: ConnectionTrait>(
         let total: i64 = by_status.iter().map(|(_, n)| n).sum();
         let finished: i64 = by_status
             .iter()
-            .filter(|(s, _)| status::job_is_terminal(s))
+            .filter(|(s, _)| crate::status::JobStatus::is_terminal(s))
             .map(|(_, n)| n)
             .sum();
         let by_status: serde_json::Map<String, Value> = by_status
