@@ -13,7 +13,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use domain::ServiceError;
+use domain::{ErrorClass, ServiceError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -171,42 +171,21 @@ impl ResponseError for ApiError {
 
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
-        match err {
-            ServiceError::Validation { code, message } => ApiError::validation(code, message),
-            ServiceError::NotFound(m) => {
-                ApiError::new(StatusCode::NOT_FOUND, ErrorKind::Validation, "not_found", m)
+        let (status, kind) = match err.class() {
+            ErrorClass::Invalid => (StatusCode::BAD_REQUEST, ErrorKind::Validation),
+            ErrorClass::NotFound => (StatusCode::NOT_FOUND, ErrorKind::Validation),
+            ErrorClass::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorKind::Validation),
+            ErrorClass::Forbidden => (StatusCode::FORBIDDEN, ErrorKind::Validation),
+            ErrorClass::Conflict => (StatusCode::CONFLICT, ErrorKind::Validation),
+            ErrorClass::Policy => (StatusCode::BAD_REQUEST, ErrorKind::Policy),
+            ErrorClass::Busy => (StatusCode::TOO_MANY_REQUESTS, ErrorKind::Policy),
+            ErrorClass::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Infra),
+            ErrorClass::Internal => {
+                tracing::error!(error = %err, "internal error");
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Infra)
             }
-            ServiceError::Unauthorized(m) => ApiError::unauthorized(m),
-            ServiceError::Forbidden(m) => {
-                ApiError::new(StatusCode::FORBIDDEN, ErrorKind::Validation, "forbidden", m)
-            }
-            ServiceError::Conflict { code, message } => {
-                ApiError::new(StatusCode::CONFLICT, ErrorKind::Validation, code, message)
-            }
-            ServiceError::Policy { code, message } => {
-                ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::Policy, code, message)
-            }
-            ServiceError::Busy { code, message } => ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorKind::Policy,
-                code,
-                message,
-            ),
-            ServiceError::Unavailable { code, message } => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorKind::Infra,
-                code,
-                message,
-            ),
-            ServiceError::Db(e) => {
-                tracing::error!(error = %e, "database error");
-                ApiError::internal()
-            }
-            ServiceError::Internal(e) => {
-                tracing::error!(error = %e, "internal error");
-                ApiError::internal()
-            }
-        }
+        };
+        ApiError::new(status, kind, err.code(), err.public_message())
     }
 }
 

@@ -86,7 +86,7 @@ pub async fn put<C: ConnectionTrait>(
     if let Some(row) = existing(db, asset.project_id, asset.kind, &sha, files.backend()).await? {
         return Ok(Stored { row, fresh: false });
     }
-    let key = ObjectKey::parse(asset.key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let key = ObjectKey::parse(asset.key)?;
     let size = asset.bytes.len() as i64;
     let backend = files.put(&key, asset.bytes).await?;
     let row = assets::Model {
@@ -118,9 +118,8 @@ pub async fn load_bytes<C: ConnectionTrait>(
     let asset = assets::Entity::find_by_id(asset_id)
         .one(db)
         .await?
-        .ok_or_else(|| ServiceError::Internal(format!("asset {asset_id} missing")))?;
-    let key =
-        ObjectKey::parse(&asset.storage_key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        .ok_or_else(|| ServiceError::missing("asset", asset_id))?;
+    let key = ObjectKey::parse(&asset.storage_key)?;
     let bytes = files
         .get_in(&asset.storage_backend, &key)
         .await
@@ -179,8 +178,7 @@ pub async fn get<C: ConnectionTrait>(
 
 /// The bytes of an asset's file.
 pub async fn read(files: &ProjectFiles, asset: &assets::Model) -> Result<Vec<u8>, ServiceError> {
-    let key =
-        ObjectKey::parse(&asset.storage_key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let key = ObjectKey::parse(&asset.storage_key)?;
     files
         .get_in(&asset.storage_backend, &key)
         .await
@@ -233,8 +231,7 @@ pub async fn upload(
             .map(|(format, dims)| (format, dims, sha256_hex(&bytes)));
         (bytes, checked)
     })
-    .await
-    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    .await?;
     let (format, (width, height), sha) = checked.map_err(|e| match e {
         imaging::ImagingError::Unsupported(_) => ServiceError::validation(
             "unsupported_image_format",

@@ -23,17 +23,122 @@ pub enum ServiceError {
     /// The service is at capacity; try again later.
     #[error("{message}")]
     Busy { code: &'static str, message: String },
-    /// Something the service depends on (a project's object storage) did
-    /// not answer; nothing was changed.
+    /// Something the service depends on (the engine's actors, a project's
+    /// object storage) did not answer; nothing was changed.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
     #[error("database error: {0}")]
     Db(#[from] DbErr),
+    /// A project's files (a missing file, an unusable bucket, a key that
+    /// cannot be stored): see [`ServiceError::code`] for how each answers.
+    #[error("storage: {0}")]
+    Storage(#[from] storage::StorageError),
+    /// Image work on data the service stored itself failed.
+    #[error(transparent)]
+    Imaging(#[from] imaging::ImagingError),
+    /// Image work could not run (its task panicked or was cancelled).
+    #[error(transparent)]
+    Cpu(#[from] imaging::cpu::CpuError),
+    #[error("cannot encode JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("file system: {0}")]
+    Io(#[from] std::io::Error),
+    /// A row that must exist does not (the database changed underneath).
+    #[error("{what} {id} is missing")]
+    Missing { what: &'static str, id: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
 
+/// What kind of failure an error is, for whoever answers it (the API maps
+/// each to its status and `error_kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Bad input (400).
+    Invalid,
+    NotFound,
+    Unauthorized,
+    Forbidden,
+    /// Valid, but in conflict with the current state (409).
+    Conflict,
+    /// Refused by a spending or capacity policy (400, kind policy).
+    Policy,
+    /// At capacity; try again later (429).
+    Busy,
+    /// A dependency did not answer (503).
+    Unavailable,
+    /// The service's own fault (500; details only in the log).
+    Internal,
+}
+
 impl ServiceError {
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Validation { .. } => ErrorClass::Invalid,
+            Self::NotFound(_) | Self::Storage(storage::StorageError::NotFound(_)) => {
+                ErrorClass::NotFound
+            }
+            Self::Unauthorized(_) => ErrorClass::Unauthorized,
+            Self::Forbidden(_) => ErrorClass::Forbidden,
+            Self::Conflict { .. } | Self::Storage(storage::StorageError::Unavailable(_)) => {
+                ErrorClass::Conflict
+            }
+            Self::Policy { .. } => ErrorClass::Policy,
+            Self::Busy { .. } => ErrorClass::Busy,
+            Self::Unavailable { .. } => ErrorClass::Unavailable,
+            Self::Storage(e) if e.is_temporary() => ErrorClass::Unavailable,
+            _ => ErrorClass::Internal,
+        }
+    }
+
+    /// What may be said to a client: the message, except for internal
+    /// failures (and files, whose keys are the service's business).
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Storage(storage::StorageError::NotFound(_)) => {
+                "The file is missing from storage".into()
+            }
+            Self::Storage(storage::StorageError::Unavailable(reason)) => reason.clone(),
+            _ if self.class() == ErrorClass::Unavailable && matches!(self, Self::Storage(_)) => {
+                "The project's storage did not answer; try again".into()
+            }
+            _ if self.class() == ErrorClass::Internal => "Internal server error".into(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The stable code of this error (`error_detail.code` in the API).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Validation { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::Policy { code, .. }
+            | Self::Busy { code, .. }
+            | Self::Unavailable { code, .. } => code,
+            Self::NotFound(_) => "not_found",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::Storage(storage::StorageError::NotFound(_)) => "not_found",
+            Self::Storage(storage::StorageError::Unavailable(_)) => "storage_unavailable",
+            Self::Storage(e) if e.is_temporary() => "storage_unreachable",
+            Self::Db(_)
+            | Self::Storage(_)
+            | Self::Imaging(_)
+            | Self::Cpu(_)
+            | Self::Json(_)
+            | Self::Io(_)
+            | Self::Missing { .. }
+            | Self::Internal(_) => "internal_error",
+        }
+    }
+
+    pub fn missing(what: &'static str, id: impl std::fmt::Display) -> Self {
+        Self::Missing {
+            what,
+            id: id.to_string(),
+        }
+    }
+
     pub fn validation(code: &'static str, message: impl Into<String>) -> Self {
         Self::Validation {
             code,

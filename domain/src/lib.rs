@@ -37,5 +37,5 @@ pub mod status;
 pub mod time;
 pub mod webhooks;
 
-pub use error::ServiceError;
+pub use error::{ErrorClass, ServiceError};
 pub use principal::{Principal, TokenPrincipal};

@@ -80,7 +80,11 @@ pub const RESTARTABLE: &[&str] = &["project", "cost", "audit", "webhooks"];
 const MAILBOX_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn unavailable(e: actix::MailboxError) -> ServiceError {
-    ServiceError::Internal(format!("engine unavailable: {e}"))
+    tracing::error!(error = %e, "an engine actor did not answer");
+    ServiceError::Unavailable {
+        code: "engine_unavailable",
+        message: "The engine did not answer; try again".into(),
+    }
 }
 
 #[async_trait::async_trait]

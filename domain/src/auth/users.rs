@@ -42,7 +42,7 @@ pub async fn ensure_user<C: ConnectionTrait>(
     find_by_username(db, username)
         .await?
         .map(|u| u.id)
-        .ok_or_else(|| ServiceError::Internal(format!("user '{username}' vanished")))
+        .ok_or_else(|| ServiceError::missing("user", username))
 }
 
 pub async fn find_by_username<C: ConnectionTrait>(

@@ -42,10 +42,8 @@ pub async fn project_files<C: ConnectionTrait>(
 ) -> Result<ProjectFiles, ServiceError> {
     let row = storage_row(db, project.id).await?;
     let view = storage_view(access.roots, project, &row)?;
-    std::fs::create_dir_all(&view.project_root)
-        .map_err(|e| ServiceError::Internal(format!("cannot create project root: {e}")))?;
-    let local = ObjectStore::local(std::path::Path::new(&view.project_root))
-        .map_err(|e| ServiceError::Internal(format!("storage: {e}")))?;
+    std::fs::create_dir_all(&view.project_root)?;
+    let local = ObjectStore::local(std::path::Path::new(&view.project_root))?;
     let s3 = s3_location(db, access, project, &row).await?;
     Ok(ProjectFiles::new(local, s3))
 }
@@ -114,23 +112,4 @@ async fn credentials<C: ConnectionTrait>(
     }
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     Ok(env("AWS_ACCESS_KEY_ID").zip(env("AWS_SECRET_ACCESS_KEY")))
-}
-
-impl From<storage::StorageError> for ServiceError {
-    fn from(e: storage::StorageError) -> Self {
-        match e {
-            storage::StorageError::NotFound(_) => {
-                ServiceError::not_found("The file is missing from storage")
-            }
-            storage::StorageError::Unavailable(reason) => ServiceError::Conflict {
-                code: "storage_unavailable",
-                message: reason,
-            },
-            e if e.is_temporary() => ServiceError::Unavailable {
-                code: "storage_unreachable",
-                message: "The project's storage did not answer; try again".into(),
-            },
-            e => ServiceError::Internal(format!("storage: {e}")),
-        }
-    }
 }

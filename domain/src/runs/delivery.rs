@@ -108,8 +108,7 @@ pub(super) async fn keep(
         let dims = imaging::dimensions(&bytes, limits).unwrap_or((0, 0));
         (bytes, sha, dims)
     })
-    .await
-    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    .await?;
     let key = format!("{}.{}", place.key_stem, extension(mime));
     let stored = registry::put(
         &env.db,
@@ -204,8 +203,7 @@ pub(super) async fn archive(
     }
     // Copy, repoint the row, then drop the old file: a crash in between
     // leaves the row pointing at a file that exists.
-    let object =
-        storage::ObjectKey::parse(&key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let object = storage::ObjectKey::parse(&key)?;
     let backend = env.store.put(&object, bytes.to_vec()).await?;
     let txn = crate::db::begin_write(&env.db).await?;
     entities::assets::Entity::update_many()

@@ -83,7 +83,7 @@ pub async fn reserve_seqs<C: ConnectionTrait>(
     let last: i64 = db
         .query_one(&stmt)
         .await?
-        .ok_or_else(|| ServiceError::Internal(format!("run {run_id} vanished")))?
+        .ok_or_else(|| ServiceError::missing("run", run_id))?
         .try_get("", runs::Column::LastEventSeq.as_str())?;
     Ok(last - n + 1)
 }

@@ -217,7 +217,7 @@ pub async fn next_step(
             let project = projects::Entity::find_by_id(run.project_id)
                 .one(&deps.db)
                 .await?
-                .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
+                .ok_or_else(|| ServiceError::missing("project", run.project_id))?;
             crate::projects::project_files(&deps.db, deps.file_access(), &project).await?
         }
     };
@@ -337,17 +337,15 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
     let project = projects::Entity::find_by_id(run.project_id)
         .one(&deps.db)
         .await?
-        .ok_or_else(|| ServiceError::Internal("project of run vanished".into()))?;
+        .ok_or_else(|| ServiceError::missing("project", run.project_id))?;
     let store = crate::projects::project_files(&deps.db, deps.file_access(), &project).await?;
     let jobs = store::jobs_of(&deps.db, run_id).await?;
     let candidates = store::candidates_of_run(&deps.db, run_id).await?;
     let events = events::list_since(&deps.db, run_id, 0, 1_000_000).await?;
     let log = json!({ "run": run, "jobs": jobs, "candidates": candidates, "events": events });
     let key = format!("runs/{run_id}/run-log.json");
-    let bytes =
-        serde_json::to_vec_pretty(&log).map_err(|e| ServiceError::Internal(e.to_string()))?;
-    let object_key =
-        storage::ObjectKey::parse(&key).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let bytes = serde_json::to_vec_pretty(&log)?;
+    let object_key = storage::ObjectKey::parse(&key)?;
     let size = bytes.len() as i64;
     let backend = store.put(&object_key, bytes.clone()).await?;
     let txn = crate::db::begin_write(&deps.db).await?;

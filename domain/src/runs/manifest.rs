@@ -169,8 +169,7 @@ pub fn resolve(
     project_overlay: Option<&Value>,
     request_overlay: Option<&Value>,
 ) -> Result<Manifest, ServiceError> {
-    let mut value = serde_json::to_value(Manifest::default())
-        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let mut value = serde_json::to_value(Manifest::default())?;
     for (layer, overlay) in [("project", project_overlay), ("request", request_overlay)] {
         if let Some(o) = overlay {
             if !o.is_object() {

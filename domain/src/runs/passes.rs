@@ -66,10 +66,8 @@ pub async fn apply(
         notes: Vec::new(),
         final_image: RgbaImage::new(0, 0),
     };
-    let profile =
-        color::ColorProfile::find(&pp.color_profile, &pp.color_profiles).ok_or_else(|| {
-            ServiceError::Internal(format!("colour profile {} vanished", pp.color_profile))
-        })?;
+    let profile = color::ColorProfile::find(&pp.color_profile, &pp.color_profiles)
+        .ok_or_else(|| ServiceError::missing("colour profile", &pp.color_profile))?;
     let mut current = image;
     if pp.bg_remove {
         // Each backend in order until one removes a background.
@@ -77,9 +75,8 @@ pub async fn apply(
         for backend in &pp.bg_remove_backends {
             if backend == "local" {
                 let (input, bg) = (current.clone(), pp.bg_remove_settings);
-                let local = imaging::cpu::run(move || bg_remove::remove_background(&input, &bg))
-                    .await
-                    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+                let local =
+                    imaging::cpu::run(move || bg_remove::remove_background(&input, &bg)).await?;
                 if let Some(r) = local {
                     let stored = store_pass(env, run, job, index, "bg_removed", &r.image).await?;
                     applied.notes.push(json!({ "pass": "bg_removed", "backend": "local", "removed_fraction": r.removed_fraction }));
@@ -157,8 +154,7 @@ pub async fn apply(
             };
             (out, note)
         })
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+        .await?;
         let (img, note) = produced;
         applied.notes.push(note);
         let stored = store_pass(env, run, job, index, kind, &img).await?;
@@ -230,9 +226,7 @@ pub async fn thumbnail(
             (webp, sha, dims)
         })
     })
-    .await
-    .map_err(|e| ServiceError::Internal(e.to_string()))?
-    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    .await??;
     let stored = crate::assets::put(
         &env.db,
         &env.store,
@@ -277,9 +271,7 @@ async fn store_pass(
             (png, sha)
         })
     })
-    .await
-    .map_err(|e| ServiceError::Internal(e.to_string()))?
-    .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    .await??;
     crate::assets::put(
         &env.db,
         &env.store,

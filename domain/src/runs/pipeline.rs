@@ -225,9 +225,7 @@ fn stage_of(job: &run_jobs::Model) -> Result<Stage, ServiceError> {
 pub(super) async fn cpu<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ServiceError> {
-    imaging::cpu::run(f)
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))
+    Ok(imaging::cpu::run(f).await?)
 }
 
 /// The run's style references (asset ids recorded in its plan), decoded.

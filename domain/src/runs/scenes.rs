@@ -77,7 +77,7 @@ fn checked(
     limits: DecodeLimits,
 ) -> Result<ResolvedScene, ServiceError> {
     let img = imaging::decode(bytes, limits).map_err(|e| corrupt(&reference, e))?;
-    let png = imaging::encode_png(&img).map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let png = imaging::encode_png(&img)?;
     Ok(ResolvedScene::image(
         reference,
         png,
@@ -138,8 +138,7 @@ pub async fn resolve<C: ConnectionTrait>(
         } else if let Some(sample) = r.strip_prefix("sample:") {
             let (seed, width, height) = parse_sample(sample).ok_or_else(|| not_found(r))?;
             let img = imaging::scene::sample_scene(seed, width, height);
-            let png =
-                imaging::encode_png(&img).map_err(|e| ServiceError::Internal(e.to_string()))?;
+            let png = imaging::encode_png(&img)?;
             out.push(ResolvedScene::image(
                 r.clone(),
                 png,

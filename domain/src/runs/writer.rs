@@ -107,10 +107,8 @@ impl RowWriter {
         self.tx
             .send(Request { rows, done })
             .await
-            .map_err(|_| ServiceError::Internal("row writer stopped".into()))?;
-        committed
-            .await
-            .map_err(|_| ServiceError::Internal("row writer dropped a request".into()))?
+            .map_err(|_| writer_unavailable())?;
+        committed.await.map_err(|_| writer_unavailable())?
     }
 }
 
@@ -440,4 +438,13 @@ async fn number_events<'a, C: ConnectionTrait>(
             row
         })
         .collect())
+}
+
+/// The row writer is gone (the engine is stopping): the rows were not
+/// written; the caller's work is retried from what is on record.
+fn writer_unavailable() -> ServiceError {
+    ServiceError::Unavailable {
+        code: "writer_unavailable",
+        message: "The row writer is not running; try again".into(),
+    }
 }
