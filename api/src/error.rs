@@ -144,6 +144,15 @@ impl ApiError {
         )
     }
 
+    /// A 404 said with another message (v1 names the entity asked for even
+    /// when its project is the missing part); other errors unchanged.
+    pub fn not_found_as(mut self, message: &str) -> Self {
+        if self.status == StatusCode::NOT_FOUND {
+            self.message = message.to_string();
+        }
+        self
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

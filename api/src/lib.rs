@@ -19,8 +19,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Compress;
 use actix_web::{App, HttpMessage, HttpRequest, HttpResponse, web};
 use domain::auth::TokenVerifier;
-use sea_orm::DatabaseConnection;
-use storage::paths::StorageRoots;
+use domain::{DatabaseConnection, StorageRoots};
 use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder, TracingLogger};
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
@@ -52,7 +51,7 @@ pub struct ApiConfig {
     pub secret_keys: domain::secrets::cipher::KeySource,
     /// Largest accepted upload, and the image limits checked before decoding.
     pub upload_limit_bytes: usize,
-    pub image_limits: imaging::DecodeLimits,
+    pub image_limits: domain::DecodeLimits,
     /// Where URLs given by users may point (webhooks, S3 endpoints).
     pub outbound: domain::netpolicy::OutboundPolicy,
 }

@@ -176,6 +176,24 @@ pub async fn get<C: ConnectionTrait>(
     .await
 }
 
+/// The storage keys of the given assets, in one query (ids that match no
+/// row are left out).
+pub async fn storage_keys<C: ConnectionTrait>(
+    db: &C,
+    ids: Vec<Uuid>,
+) -> Result<std::collections::HashMap<Uuid, String>, ServiceError> {
+    if ids.is_empty() {
+        return Ok(Default::default());
+    }
+    Ok(assets::Entity::find()
+        .filter(assets::Column::Id.is_in(ids))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|a| (a.id, a.storage_key))
+        .collect())
+}
+
 /// The bytes of an asset's file.
 pub async fn read(files: &ProjectFiles, asset: &assets::Model) -> Result<Vec<u8>, ServiceError> {
     let key = ObjectKey::parse(&asset.storage_key)?;

@@ -38,4 +38,9 @@ pub mod time;
 pub mod webhooks;
 
 pub use error::{ErrorClass, ServiceError};
+// Handles the domain's callers hold, re-exported so the HTTP layer needs no
+// direct dependency on the database, storage or imaging crates.
+pub use imaging::DecodeLimits;
 pub use principal::{Principal, TokenPrincipal};
+pub use sea_orm::DatabaseConnection;
+pub use storage::paths::StorageRoots;

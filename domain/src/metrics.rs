@@ -89,3 +89,74 @@ impl Drop for FeedClient {
 pub fn feed_clients() -> i64 {
     FEED_CLIENTS.load(Ordering::Relaxed)
 }
+
+/// Counts the database holds for `/metrics`: the same totals on every node.
+#[derive(Debug, Default)]
+pub struct StoreCounts {
+    pub runs_by_status: Vec<(String, i64)>,
+    pub jobs_by_status: Vec<(String, i64)>,
+    pub candidates_by_status: Vec<(String, i64)>,
+    /// (provider, status, call rows, attempts summed over them).
+    pub calls: Vec<(String, String, i64, i64)>,
+    /// (provider, recorded spend in USD).
+    pub cost_usd: Vec<(String, f64)>,
+}
+
+/// Reads every count `/metrics` reports, one grouped query per table.
+pub async fn store_counts(
+    db: &sea_orm::DatabaseConnection,
+) -> Result<StoreCounts, crate::ServiceError> {
+    use entities::{cost_events, provider_calls, run_candidates, run_jobs, runs};
+    use sea_orm::sea_query::{Expr, ExprTrait};
+    use sea_orm::{EntityTrait, QuerySelect};
+
+    async fn by_status<E: EntityTrait>(
+        db: &sea_orm::DatabaseConnection,
+        col: E::Column,
+    ) -> Result<Vec<(String, i64)>, sea_orm::DbErr> {
+        E::find()
+            .select_only()
+            .column(col)
+            .column_as(Expr::col(col).count(), "n")
+            .group_by(col)
+            .into_tuple()
+            .all(db)
+            .await
+    }
+    let calls: Vec<(String, String, i64, Option<i64>)> = provider_calls::Entity::find()
+        .select_only()
+        .column(provider_calls::Column::ProviderCode)
+        .column(provider_calls::Column::Status)
+        .column_as(Expr::col(provider_calls::Column::Id).count(), "n")
+        .column_as(Expr::col(provider_calls::Column::Attempt).sum(), "attempts")
+        .group_by(provider_calls::Column::ProviderCode)
+        .group_by(provider_calls::Column::Status)
+        .into_tuple()
+        .all(db)
+        .await?;
+    let cost_usd: Vec<(String, Option<f64>)> = cost_events::Entity::find()
+        .select_only()
+        .column(cost_events::Column::ProviderCode)
+        .column_as(Expr::col(cost_events::Column::TotalCostUsd).sum(), "usd")
+        .group_by(cost_events::Column::ProviderCode)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(StoreCounts {
+        runs_by_status: by_status::<runs::Entity>(db, runs::Column::Status).await?,
+        jobs_by_status: by_status::<run_jobs::Entity>(db, run_jobs::Column::Status).await?,
+        candidates_by_status: by_status::<run_candidates::Entity>(
+            db,
+            run_candidates::Column::Status,
+        )
+        .await?,
+        calls: calls
+            .into_iter()
+            .map(|(p, s, n, a)| (p, s, n, a.unwrap_or(0)))
+            .collect(),
+        cost_usd: cost_usd
+            .into_iter()
+            .map(|(p, usd)| (p, usd.unwrap_or(0.0)))
+            .collect(),
+    })
+}

@@ -2,14 +2,14 @@
 //! the API (not audited, as in v1).
 
 use actix_web::{delete, get, post, put, web};
-use domain::{asset_links as links, projects};
+use domain::asset_links as links;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{JsonBody, ProjectAccess, ProjectSlug};
 
 #[derive(Serialize, ToSchema)]
 pub struct AssetLink {
@@ -59,12 +59,11 @@ pub struct LinkList {
 #[get("/api/projects/{slug}/asset-links")]
 pub async fn list_links(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    access: ProjectSlug,
     query: web::Query<LinkQuery>,
 ) -> ApiResult<web::Json<LinkList>> {
     let link_type = links::link_type(query.link_type.as_deref())?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, .. } = access.authorize(&state).await?;
     let list: Vec<AssetLink> =
         links::list(&state.db, project.id, query.asset_id, link_type.as_deref())
             .await?
@@ -113,12 +112,11 @@ pub struct LinkSaved {
 #[post("/api/projects/{slug}/asset-links")]
 pub async fn create_link(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    access: ProjectSlug,
     JsonBody(body): JsonBody<LinkBody>,
 ) -> ApiResult<web::Json<LinkSaved>> {
     let valid = links::validate_create(body.fields())?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, .. } = access.authorize(&state).await?;
     let row = links::create(&state.db, project.id, valid).await?;
     Ok(web::Json(LinkSaved {
         ok: true,
@@ -132,11 +130,11 @@ pub async fn create_link(
 #[get("/api/projects/{slug}/asset-links/{linkId}")]
 pub async fn get_link(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<LinkSaved>> {
-    let (slug, id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, id) = path.into_inner();
+
     let row = links::get(&state.db, project.id, &id).await?;
     Ok(web::Json(LinkSaved {
         ok: true,
@@ -153,13 +151,13 @@ pub async fn get_link(
 #[put("/api/projects/{slug}/asset-links/{linkId}")]
 pub async fn update_link(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectSlug,
     path: web::Path<(String, String)>,
     JsonBody(body): JsonBody<LinkBody>,
 ) -> ApiResult<web::Json<LinkSaved>> {
-    let (slug, id) = path.into_inner();
+    let (_, id) = path.into_inner();
     let valid = links::validate_update(body.fields())?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, .. } = access.authorize(&state).await?;
     let row = links::update(&state.db, project.id, &id, valid).await?;
     Ok(web::Json(LinkSaved {
         ok: true,
@@ -180,11 +178,11 @@ pub struct LinkDeleted {
 #[delete("/api/projects/{slug}/asset-links/{linkId}")]
 pub async fn delete_link(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<LinkDeleted>> {
-    let (slug, id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, id) = path.into_inner();
+
     let id = links::delete(&state.db, project.id, &id).await?;
     Ok(web::Json(LinkDeleted {
         ok: true,

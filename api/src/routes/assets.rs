@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::dto::Asset;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, principal_from_header_or, too_large};
+use crate::extract::{ProjectAccess, principal_from_header_or, too_large};
 
 #[derive(Deserialize, IntoParams)]
 pub struct AssetListQuery {
@@ -44,11 +44,9 @@ pub struct AssetList {
 #[get("/api/projects/{slug}/assets")]
 pub async fn list_assets(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
     query: web::Query<AssetListQuery>,
 ) -> ApiResult<web::Json<AssetList>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let limit = query.limit.unwrap_or(500).clamp(1, 2000) as u64;
     let kind = query
         .kind
@@ -80,11 +78,11 @@ pub struct AssetDetail {
 #[get("/api/projects/{slug}/assets/{assetId}")]
 pub async fn get_asset(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<AssetDetail>> {
-    let (slug, asset_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, asset_id) = path.into_inner();
+
     let asset = domain::assets::get(&state.db, project.id, &asset_id).await?;
     Ok(web::Json(AssetDetail {
         ok: true,
@@ -189,12 +187,10 @@ pub struct Uploaded {
 #[post("/api/projects/{slug}/assets")]
 pub async fn upload_asset(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
     query: web::Query<UploadQuery>,
     mut body: web::Payload,
 ) -> ApiResult<web::Json<Uploaded>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     // Read up to the limit, never more: an oversized upload costs at most
     // the limit in memory.
     let limit = state.config.upload_limit_bytes;

@@ -1,14 +1,14 @@
 //! Bootstrap prompt export and import (`kroma.bootstrap.v1`).
 
 use actix_web::{get, post, web};
-use domain::{bootstrap, projects};
+use domain::bootstrap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{JsonBody, ProjectAccess, ProjectSlug};
 
 /// The project's settings (secret metadata only) with a prompt for an AI
 /// assistant and the shape its answer should take.
@@ -18,10 +18,8 @@ use crate::extract::{Auth, JsonBody};
 #[get("/api/projects/{slug}/bootstrap-prompt")]
 pub async fn export_bootstrap(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
 ) -> ApiResult<web::Json<Value>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let bootstrap = bootstrap::export(&state.db, &project).await?;
     Ok(web::Json(json!({ "ok": true, "bootstrap": bootstrap })))
 }
@@ -49,8 +47,7 @@ pub struct ImportBody {
 #[post("/api/projects/{slug}/bootstrap-import")]
 pub async fn import_bootstrap(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    access: ProjectSlug,
     JsonBody(body): JsonBody<ImportBody>,
 ) -> ApiResult<web::Json<Value>> {
     let request = bootstrap::parse_request(
@@ -59,7 +56,7 @@ pub async fn import_bootstrap(
         body.settings,
         body.ai_response_text.as_deref(),
     )?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, .. } = access.authorize(&state).await?;
     let result = bootstrap::import(
         &state.db,
         &project,

@@ -5,7 +5,6 @@
 
 use actix_web::{delete, get, post, put, web};
 use domain::catalog::{self, CatalogKind, Input};
-use domain::projects;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -13,7 +12,7 @@ use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{JsonBody, ProjectAccess, ProjectSlug};
 
 /// Every catalogue field; each kind reads its own (others are ignored, as
 /// unknown fields are everywhere).
@@ -93,10 +92,9 @@ macro_rules! catalog_routes {
         #[get($list_path)]
         pub async fn $list(
             state: web::Data<AppState>,
-            Auth(principal): Auth,
-            slug: web::Path<String>,
+            ProjectAccess { project, .. }: ProjectAccess,
         ) -> ApiResult<web::Json<Value>> {
-            let project = projects::authorize(&state.db, &principal, &slug).await?;
+
             list::<$kind>(&state, project.id, $plural).await
         }
 
@@ -109,12 +107,11 @@ macro_rules! catalog_routes {
         #[post($list_path)]
         pub async fn $create(
             state: web::Data<AppState>,
-            Auth(principal): Auth,
-            slug: web::Path<String>,
+            access: ProjectSlug,
             JsonBody(body): JsonBody<CatalogBody>,
         ) -> ApiResult<web::Json<Value>> {
             let valid = catalog::validate_create::<$kind>(&body.input::<$kind>())?;
-            let project = projects::authorize(&state.db, &principal, &slug).await?;
+            let ProjectAccess { project, .. } = access.authorize(&state).await?;
             let row = catalog::create::<$kind>(&state.db, project.id, valid).await?;
             Ok(envelope(vec![($singular, <$kind>::view(&row))]))
         }
@@ -125,11 +122,11 @@ macro_rules! catalog_routes {
         #[get($item_path)]
         pub async fn $get(
             state: web::Data<AppState>,
-            Auth(principal): Auth,
+            ProjectAccess { project, .. }: ProjectAccess,
             path: web::Path<(String, String)>,
         ) -> ApiResult<web::Json<Value>> {
-            let (slug, id) = path.into_inner();
-            let project = projects::authorize(&state.db, &principal, &slug).await?;
+            let (_, id) = path.into_inner();
+
             let row = catalog::get::<$kind, _>(&state.db, project.id, &id).await?;
             Ok(envelope(vec![($singular, <$kind>::view(&row))]))
         }
@@ -143,13 +140,13 @@ macro_rules! catalog_routes {
         #[put($item_path)]
         pub async fn $update(
             state: web::Data<AppState>,
-            Auth(principal): Auth,
+            access: ProjectSlug,
             path: web::Path<(String, String)>,
             JsonBody(body): JsonBody<CatalogBody>,
         ) -> ApiResult<web::Json<Value>> {
-            let (slug, id) = path.into_inner();
+            let (_, id) = path.into_inner();
             let valid = catalog::validate_update::<$kind>(&body.input::<$kind>())?;
-            let project = projects::authorize(&state.db, &principal, &slug).await?;
+            let ProjectAccess { project, .. } = access.authorize(&state).await?;
             let row = catalog::update::<$kind>(&state.db, project.id, &id, valid).await?;
             Ok(envelope(vec![($singular, <$kind>::view(&row))]))
         }
@@ -160,11 +157,11 @@ macro_rules! catalog_routes {
         #[delete($item_path)]
         pub async fn $delete(
             state: web::Data<AppState>,
-            Auth(principal): Auth,
+            ProjectAccess { project, .. }: ProjectAccess,
             path: web::Path<(String, String)>,
         ) -> ApiResult<web::Json<Value>> {
-            let (slug, id) = path.into_inner();
-            let project = projects::authorize(&state.db, &principal, &slug).await?;
+            let (_, id) = path.into_inner();
+
             let id = catalog::delete::<$kind>(&state.db, project.id, &id).await?;
             Ok(envelope(vec![("deleted", Value::Bool(true)), ("id", Value::from(id.to_string()))]))
         }
@@ -238,11 +235,11 @@ catalog_routes!(
 #[get("/api/projects/{slug}/prompt-templates/{templateId}/versions")]
 pub async fn list_template_versions(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<Value>> {
-    let (slug, id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, id) = path.into_inner();
+
     let template = catalog::get::<catalog::PromptTemplate, _>(&state.db, project.id, &id).await?;
     let versions: Vec<Value> = catalog::template_versions(&state.db, template.id)
         .await?

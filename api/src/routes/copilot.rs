@@ -2,14 +2,13 @@
 
 use actix_web::{get, post, web};
 use domain::copilot::{self, Transition};
-use domain::projects;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{JsonBody, ProjectAccess, ProjectSlug};
 
 /// Sessions, most recently active first.
 #[utoipa::path(tag = "chat", params(("slug" = String, Path)),
@@ -17,10 +16,8 @@ use crate::extract::{Auth, JsonBody};
 #[get("/api/projects/{slug}/chat/sessions")]
 pub async fn list_sessions(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
 ) -> ApiResult<web::Json<Value>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let rows: Vec<Value> = copilot::sessions(&state.db, project.id)
         .await?
         .iter()
@@ -45,11 +42,9 @@ pub struct SessionBody {
 #[post("/api/projects/{slug}/chat/sessions")]
 pub async fn create_session(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
     JsonBody(body): JsonBody<SessionBody>,
 ) -> ApiResult<web::Json<Value>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let row = copilot::create_session(&state.db, project.id, body.title.as_deref()).await?;
     Ok(web::Json(
         json!({ "ok": true, "session": copilot::session_view(&row) }),
@@ -62,11 +57,11 @@ pub async fn create_session(
 #[get("/api/projects/{slug}/chat/sessions/{sessionId}")]
 pub async fn get_session(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<Value>> {
-    let (slug, id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, id) = path.into_inner();
+
     let row = copilot::session(&state.db, project.id, &id).await?;
     Ok(web::Json(
         json!({ "ok": true, "session": copilot::session_view(&row) }),
@@ -79,11 +74,11 @@ pub async fn get_session(
 #[get("/api/projects/{slug}/chat/sessions/{sessionId}/messages")]
 pub async fn list_messages(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<Value>> {
-    let (slug, id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, id) = path.into_inner();
+
     let session = copilot::session(&state.db, project.id, &id).await?;
     let rows: Vec<Value> = copilot::messages(&state.db, session.id)
         .await?
@@ -114,14 +109,14 @@ pub struct MessageBody {
 #[post("/api/projects/{slug}/chat/sessions/{sessionId}/messages")]
 pub async fn append_message(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectSlug,
     path: web::Path<(String, String)>,
     JsonBody(body): JsonBody<MessageBody>,
 ) -> ApiResult<web::Json<Value>> {
-    let (slug, id) = path.into_inner();
+    let (_, id) = path.into_inner();
     let content = body.content.as_deref().or(body.content_text.as_deref());
     let valid = copilot::validate_message(body.role.as_deref(), content)?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, .. } = access.authorize(&state).await?;
     let row = copilot::append_message(&state.db, project.id, &id, valid).await?;
     Ok(web::Json(
         json!({ "ok": true, "message": copilot::message_view(&row) }),
@@ -134,10 +129,8 @@ pub async fn append_message(
 #[get("/api/projects/{slug}/agent/instructions")]
 pub async fn list_instructions(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
 ) -> ApiResult<web::Json<Value>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let rows: Vec<Value> = copilot::instructions(&state.db, project.id)
         .await?
         .iter()
@@ -194,12 +187,11 @@ impl InstructionBody {
 #[post("/api/projects/{slug}/agent/instructions")]
 pub async fn create_instruction(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    access: ProjectSlug,
     JsonBody(body): JsonBody<InstructionBody>,
 ) -> ApiResult<web::Json<Value>> {
     let text = copilot::validate_instruction(body.text().as_deref())?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, principal } = access.authorize(&state).await?;
     let (row, audit_id) =
         copilot::create_instruction(&state.db, &principal, project.id, text).await?;
     Ok(web::Json(json!({
@@ -213,11 +205,11 @@ pub async fn create_instruction(
 #[get("/api/projects/{slug}/agent/instructions/{instructionId}")]
 pub async fn get_instruction(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<Value>> {
-    let (slug, id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, id) = path.into_inner();
+
     let row = copilot::instruction(&state.db, project.id, &id).await?;
     Ok(web::Json(
         json!({ "ok": true, "instruction": copilot::instruction_view(&row) }),
@@ -230,11 +222,11 @@ pub async fn get_instruction(
 #[get("/api/projects/{slug}/agent/instructions/{instructionId}/events")]
 pub async fn list_instruction_events(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<Value>> {
-    let (slug, id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, id) = path.into_inner();
+
     let row = copilot::instruction(&state.db, project.id, &id).await?;
     let rows: Vec<Value> = copilot::events(&state.db, row.id)
         .await?
@@ -255,14 +247,13 @@ pub struct TransitionBody {
 
 async fn transition(
     state: &AppState,
-    principal: &domain::Principal,
-    (slug, id): (String, String),
+    ProjectAccess { project, principal }: ProjectAccess,
+    id: &str,
     t: Transition,
     message: Option<&str>,
 ) -> ApiResult<web::Json<Value>> {
-    let project = projects::authorize(&state.db, principal, &slug).await?;
     let (row, audit_id) =
-        copilot::transition(&state.db, principal, project.id, &id, t, message).await?;
+        copilot::transition(&state.db, &principal, project.id, id, t, message).await?;
     Ok(web::Json(json!({
         "ok": true, "instruction": copilot::instruction_view(&row), "audit_id": audit_id,
     })))
@@ -276,14 +267,14 @@ async fn transition(
 #[post("/api/projects/{slug}/agent/instructions/{instructionId}/confirm")]
 pub async fn confirm_instruction(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectAccess,
     path: web::Path<(String, String)>,
     JsonBody(body): JsonBody<TransitionBody>,
 ) -> ApiResult<web::Json<Value>> {
     transition(
         &state,
-        &principal,
-        path.into_inner(),
+        access,
+        &path.1,
         Transition::Confirm,
         body.message.as_deref(),
     )
@@ -298,14 +289,14 @@ pub async fn confirm_instruction(
 #[post("/api/projects/{slug}/agent/instructions/{instructionId}/cancel")]
 pub async fn cancel_instruction(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectAccess,
     path: web::Path<(String, String)>,
     JsonBody(body): JsonBody<TransitionBody>,
 ) -> ApiResult<web::Json<Value>> {
     transition(
         &state,
-        &principal,
-        path.into_inner(),
+        access,
+        &path.1,
         Transition::Cancel,
         body.message.as_deref(),
     )

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_ws::{CloseCode, CloseReason, Message};
+use domain::DatabaseConnection;
 use domain::projects;
 use domain::runs::events::{self, RunEvent};
 use futures_util::StreamExt;
-use sea_orm::DatabaseConnection;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;

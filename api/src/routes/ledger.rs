@@ -5,14 +5,14 @@ use std::collections::BTreeMap;
 
 use actix_web::{get, web};
 use domain::cursor::{self, Cursor};
-use domain::{ledger, projects};
+use domain::ledger;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::Auth;
+use crate::extract::{ProjectAccess, ProjectSlug};
 
 fn ts(t: &chrono::DateTime<chrono::Utc>) -> String {
     domain::time::format(t)
@@ -72,11 +72,9 @@ pub struct QualityReportList {
 #[get("/api/projects/{slug}/quality-reports")]
 pub async fn list_quality_reports(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
     query: web::Query<LedgerQuery>,
 ) -> ApiResult<web::Json<QualityReportList>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let (limit, after) = (query.limit(), query.after()?);
     let rows = ledger::quality_reports(&state.db, project.id, query.run_id, limit, after).await?;
     let next_cursor = cursor::next(&rows, limit, |q| (q.created_at, q.id));
@@ -143,11 +141,9 @@ pub struct CostEventList {
 #[get("/api/projects/{slug}/cost-events")]
 pub async fn list_cost_events(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
     query: web::Query<LedgerQuery>,
 ) -> ApiResult<web::Json<CostEventList>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let (limit, after) = (query.limit(), query.after()?);
     let rows = ledger::cost_events(&state.db, project.id, query.run_id, limit, after).await?;
     let next_cursor = cursor::next(&rows, limit, |c| (c.created_at, c.id));
@@ -204,10 +200,8 @@ pub struct CostSummaryResponse {
 #[get("/api/projects/{slug}/cost-summary")]
 pub async fn cost_summary(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
 ) -> ApiResult<web::Json<CostSummaryResponse>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let s = ledger::cost_summary(&state.db, project.id).await?;
     Ok(web::Json(CostSummaryResponse {
         ok: true,
@@ -285,11 +279,9 @@ pub struct ExportQuery {
 #[get("/api/projects/{slug}/exports")]
 pub async fn list_exports(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
     query: web::Query<ExportQuery>,
 ) -> ApiResult<web::Json<ExportList>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let limit = query.limit.unwrap_or(500).clamp(1, 2000) as u64;
     let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
     let rows = ledger::exports(&state.db, project.id, limit, after).await?;
@@ -315,18 +307,15 @@ pub struct ExportDetail {
 #[get("/api/projects/{slug}/exports/{exportId}")]
 pub async fn get_export(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectSlug,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<ExportDetail>> {
-    let (slug, export_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug)
+    let (_, export_id) = path.into_inner();
+    // v1 names the export, not the project, when the project is missing.
+    let ProjectAccess { project, .. } = access
+        .authorize(&state)
         .await
-        .map_err(|e| match e {
-            domain::ServiceError::NotFound(_) => {
-                domain::ServiceError::not_found("Project export not found")
-            }
-            e => e,
-        })?;
+        .map_err(|e| e.not_found_as("Project export not found"))?;
     let export = ledger::export(&state.db, project.id, &export_id).await?;
     Ok(web::Json(ExportDetail {
         ok: true,
@@ -341,11 +330,11 @@ pub async fn get_export(
 #[get("/api/projects/{slug}/runs/{runId}/quality-summary")]
 pub async fn quality_summary(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
-    let (slug, run_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, run_id) = path.into_inner();
+
     let run = domain::runs::store::get_run(&state.db, project.id, &run_id).await?;
     let summary = ledger::quality_summary(&state.db, project.id, run.id).await?;
     Ok(web::Json(

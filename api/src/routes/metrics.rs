@@ -5,9 +5,6 @@
 use std::fmt::Write as _;
 
 use actix_web::{HttpResponse, get, web};
-use entities::{cost_events, provider_calls, run_candidates, run_jobs, runs};
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{EntityTrait, QuerySelect};
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
@@ -38,58 +35,34 @@ fn histogram(out: &mut String, name: &str, labels: &str, h: &domain::metrics::Hi
 )]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>, _auth: Auth) -> ApiResult<HttpResponse> {
-    let db = &state.db;
-    let err = domain::ServiceError::from;
+    let counts = domain::metrics::store_counts(&state.db).await?;
     let mut out = String::new();
-    macro_rules! by_status {
-        ($entity:ty, $col:expr, $name:literal, $help:literal) => {{
-            let rows: Vec<(String, i64)> = <$entity>::find()
-                .select_only()
-                .column($col)
-                .column_as(Expr::col($col).count(), "n")
-                .group_by($col)
-                .into_tuple()
-                .all(db)
-                .await
-                .map_err(err)?;
-            let _ = writeln!(out, "# HELP {} {}\n# TYPE {} gauge", $name, $help, $name);
-            for (status, n) in rows {
-                let _ = writeln!(out, "{}{{status=\"{}\"}} {n}", $name, escape(&status));
-            }
-        }};
-    }
-    by_status!(
-        runs::Entity,
-        runs::Column::Status,
+    let by_status = |out: &mut String, name: &str, help: &str, rows: &[(String, i64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (status, n) in rows {
+            let _ = writeln!(out, "{name}{{status=\"{}\"}} {n}", escape(status));
+        }
+    };
+    by_status(
+        &mut out,
         "atelier_runs",
-        "Runs by status."
+        "Runs by status.",
+        &counts.runs_by_status,
     );
-    by_status!(
-        run_jobs::Entity,
-        run_jobs::Column::Status,
+    by_status(
+        &mut out,
         "atelier_jobs",
-        "Jobs by status."
+        "Jobs by status.",
+        &counts.jobs_by_status,
     );
-    by_status!(
-        run_candidates::Entity,
-        run_candidates::Column::Status,
+    by_status(
+        &mut out,
         "atelier_candidates",
-        "Candidates by status."
+        "Candidates by status.",
+        &counts.candidates_by_status,
     );
-    let calls: Vec<(String, String, i64, Option<i64>)> = provider_calls::Entity::find()
-        .select_only()
-        .column(provider_calls::Column::ProviderCode)
-        .column(provider_calls::Column::Status)
-        .column_as(Expr::col(provider_calls::Column::Id).count(), "n")
-        .column_as(Expr::col(provider_calls::Column::Attempt).sum(), "attempts")
-        .group_by(provider_calls::Column::ProviderCode)
-        .group_by(provider_calls::Column::Status)
-        .into_tuple()
-        .all(db)
-        .await
-        .map_err(err)?;
     out.push_str("# HELP atelier_provider_calls Provider call records by provider and status.\n# TYPE atelier_provider_calls gauge\n");
-    for (p, s, n, _) in &calls {
+    for (p, s, n, _) in &counts.calls {
         let _ = writeln!(
             out,
             "atelier_provider_calls{{provider=\"{}\",status=\"{}\"}} {n}",
@@ -99,8 +72,8 @@ pub async fn metrics(state: web::Data<AppState>, _auth: Auth) -> ApiResult<HttpR
     }
     out.push_str("# HELP atelier_provider_retries Attempts beyond the first, by provider.\n# TYPE atelier_provider_retries gauge\n");
     let mut retries: std::collections::BTreeMap<&str, i64> = Default::default();
-    for (p, _, n, attempts) in &calls {
-        *retries.entry(p.as_str()).or_default() += Ord::max(attempts.unwrap_or(0) - n, 0);
+    for (p, _, n, attempts) in &counts.calls {
+        *retries.entry(p.as_str()).or_default() += Ord::max(attempts - n, 0);
     }
     for (p, r) in retries {
         let _ = writeln!(
@@ -109,22 +82,12 @@ pub async fn metrics(state: web::Data<AppState>, _auth: Auth) -> ApiResult<HttpR
             escape(p)
         );
     }
-    let costs: Vec<(String, Option<f64>)> = cost_events::Entity::find()
-        .select_only()
-        .column(cost_events::Column::ProviderCode)
-        .column_as(Expr::col(cost_events::Column::TotalCostUsd).sum(), "usd")
-        .group_by(cost_events::Column::ProviderCode)
-        .into_tuple()
-        .all(db)
-        .await
-        .map_err(err)?;
     out.push_str("# HELP atelier_cost_usd_total Recorded spend by provider (USD).\n# TYPE atelier_cost_usd_total counter\n");
-    for (p, usd) in costs {
+    for (p, usd) in &counts.cost_usd {
         let _ = writeln!(
             out,
-            "atelier_cost_usd_total{{provider=\"{}\"}} {}",
-            escape(&p),
-            usd.unwrap_or(0.0)
+            "atelier_cost_usd_total{{provider=\"{}\"}} {usd}",
+            escape(p)
         );
     }
     out.push_str("# HELP atelier_provider_call_seconds Provider call latency in this process.\n# TYPE atelier_provider_call_seconds histogram\n");

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::dto::{ProjectCounts, ProjectInfo, ProjectRef, ProjectSummary, Storage};
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{Auth, JsonBody, ProjectAccess};
 
 #[derive(Deserialize, IntoParams)]
 pub struct ListQuery {
@@ -140,10 +140,8 @@ pub struct ProjectDetail {
 #[get("/api/projects/{slug}")]
 pub async fn get_project(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
 ) -> ApiResult<web::Json<ProjectDetail>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let counts = projects::counts(&state.db, project.id).await?;
     let storage_row = projects::storage_row(&state.db, project.id).await?;
     let storage = projects::storage_view(&state.roots, &project, &storage_row)?;

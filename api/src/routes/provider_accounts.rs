@@ -2,14 +2,14 @@
 //! never account fields.
 
 use actix_web::{delete, get, post, put, web};
-use domain::{projects, provider_accounts as accounts};
+use domain::provider_accounts as accounts;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{JsonBody, ProjectAccess, ProjectSlug};
 
 #[derive(Serialize, ToSchema)]
 pub struct ProviderAccount {
@@ -85,10 +85,8 @@ pub struct AccountList {
 #[get("/api/projects/{slug}/provider-accounts")]
 pub async fn list_accounts(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
 ) -> ApiResult<web::Json<AccountList>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let list: Vec<ProviderAccount> = accounts::list(&state.db, project.id)
         .await?
         .iter()
@@ -119,13 +117,12 @@ pub struct AccountSaved {
 #[post("/api/projects/{slug}/provider-accounts")]
 pub async fn upsert_account(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    access: ProjectSlug,
     JsonBody(body): JsonBody<AccountBody>,
 ) -> ApiResult<web::Json<AccountSaved>> {
     let code = accounts::normalize_code(body.provider_code.as_deref())?;
     let fields = accounts::validate(body.fields())?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, principal } = access.authorize(&state).await?;
     let (row, audit_id) = accounts::upsert(&state.db, &principal, project.id, code, fields).await?;
     Ok(web::Json(AccountSaved {
         ok: true,
@@ -147,12 +144,12 @@ pub struct AccountDetail {
 #[get("/api/projects/{slug}/provider-accounts/{providerCode}")]
 pub async fn get_account(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectSlug,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<AccountDetail>> {
-    let (slug, code) = path.into_inner();
+    let (_, code) = path.into_inner();
     let code = accounts::normalize_code(Some(&code))?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, .. } = access.authorize(&state).await?;
     let row = accounts::get(&state.db, project.id, &code).await?;
     Ok(web::Json(AccountDetail {
         ok: true,
@@ -169,14 +166,14 @@ pub async fn get_account(
 #[put("/api/projects/{slug}/provider-accounts/{providerCode}")]
 pub async fn update_account(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectSlug,
     path: web::Path<(String, String)>,
     JsonBody(body): JsonBody<AccountBody>,
 ) -> ApiResult<web::Json<AccountSaved>> {
-    let (slug, code) = path.into_inner();
+    let (_, code) = path.into_inner();
     let fields = accounts::validate_update(body.fields())?;
     let code = accounts::normalize_code(Some(&code))?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, principal } = access.authorize(&state).await?;
     let (row, audit_id) =
         accounts::update(&state.db, &principal, project.id, &code, fields).await?;
     Ok(web::Json(AccountSaved {
@@ -201,12 +198,12 @@ pub struct AccountDeleted {
 #[delete("/api/projects/{slug}/provider-accounts/{providerCode}")]
 pub async fn delete_account(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectSlug,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<AccountDeleted>> {
-    let (slug, code) = path.into_inner();
+    let (_, code) = path.into_inner();
     let code = accounts::normalize_code(Some(&code))?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, principal } = access.authorize(&state).await?;
     let audit_id = accounts::delete(&state.db, &principal, project.id, &code).await?;
     Ok(web::Json(AccountDeleted {
         ok: true,
@@ -226,12 +223,12 @@ pub async fn delete_account(
 #[post("/api/projects/{slug}/provider-accounts/{providerCode}/check")]
 pub async fn check_account(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectSlug,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<serde_json::Value>> {
-    let (slug, code) = path.into_inner();
+    let (_, code) = path.into_inner();
     let code = accounts::normalize_code(Some(&code))?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, .. } = access.authorize(&state).await?;
     let check = accounts::check_credentials(state.engine.run_engine(), project.id, &code).await?;
     Ok(web::Json(serde_json::json!({ "ok": true, "check": check })))
 }

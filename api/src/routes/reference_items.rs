@@ -1,14 +1,14 @@
 //! Items of a reference set (not audited, as in v1).
 
 use actix_web::{delete, get, post, put, web};
-use domain::{projects, reference_items as items};
+use domain::reference_items as items;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{JsonBody, ProjectAccess, ProjectSlug};
 
 #[derive(Deserialize, ToSchema, Default)]
 #[serde(default)]
@@ -52,11 +52,11 @@ impl ItemBody {
 #[get("/api/projects/{slug}/reference-sets/{referenceSetId}/items")]
 pub async fn list_items(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<Value>> {
-    let (slug, set) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, set) = path.into_inner();
+
     let (set_id, rows) = items::list(&state.db, project.id, &set).await?;
     let rows: Vec<Value> = rows.iter().map(items::view).collect();
     Ok(web::Json(json!({
@@ -73,13 +73,13 @@ pub async fn list_items(
 #[post("/api/projects/{slug}/reference-sets/{referenceSetId}/items")]
 pub async fn create_item(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectSlug,
     path: web::Path<(String, String)>,
     JsonBody(body): JsonBody<ItemBody>,
 ) -> ApiResult<web::Json<Value>> {
-    let (slug, set) = path.into_inner();
+    let (_, set) = path.into_inner();
     let valid = items::validate_create(&body.input())?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, .. } = access.authorize(&state).await?;
     let row = items::create(&state.db, project.id, &set, valid).await?;
     Ok(web::Json(json!({ "ok": true, "item": items::view(&row) })))
 }
@@ -90,11 +90,11 @@ pub async fn create_item(
 #[get("/api/projects/{slug}/reference-sets/{referenceSetId}/items/{itemId}")]
 pub async fn get_item(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String, String)>,
 ) -> ApiResult<web::Json<Value>> {
-    let (slug, set, item) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, set, item) = path.into_inner();
+
     let row = items::get(&state.db, project.id, &set, &item).await?;
     Ok(web::Json(json!({ "ok": true, "item": items::view(&row) })))
 }
@@ -107,13 +107,13 @@ pub async fn get_item(
 #[put("/api/projects/{slug}/reference-sets/{referenceSetId}/items/{itemId}")]
 pub async fn update_item(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectSlug,
     path: web::Path<(String, String, String)>,
     JsonBody(body): JsonBody<ItemBody>,
 ) -> ApiResult<web::Json<Value>> {
-    let (slug, set, item) = path.into_inner();
+    let (_, set, item) = path.into_inner();
     let valid = items::validate_update(&body.input())?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, .. } = access.authorize(&state).await?;
     let row = items::update(&state.db, project.id, &set, &item, valid).await?;
     Ok(web::Json(json!({ "ok": true, "item": items::view(&row) })))
 }
@@ -124,11 +124,11 @@ pub async fn update_item(
 #[delete("/api/projects/{slug}/reference-sets/{referenceSetId}/items/{itemId}")]
 pub async fn delete_item(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String, String)>,
 ) -> ApiResult<web::Json<Value>> {
-    let (slug, set, item) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, set, item) = path.into_inner();
+
     let id = items::delete(&state.db, project.id, &set, &item).await?;
     Ok(web::Json(json!({ "ok": true, "deleted": true, "id": id })))
 }

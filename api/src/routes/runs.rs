@@ -2,7 +2,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use actix_web::{get, post, web};
-use domain::projects;
 use domain::runs::plan::{self, TriggerInput};
 use domain::runs::{control, events, store, trigger};
 use serde::{Deserialize, Serialize};
@@ -12,7 +11,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::dto::{AssetPaths, Candidate, Event, Job, Run};
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{JsonBody, ProjectAccess, ProjectSlug};
 use domain::status::RunStatus;
 
 /// Trigger body. Exactly one of `scene_refs` / `input`.
@@ -95,8 +94,7 @@ pub struct TriggerResponse {
 #[post("/api/projects/{slug}/runs/trigger")]
 pub async fn trigger_run(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    access: ProjectSlug,
     JsonBody(body): JsonBody<TriggerBody>,
 ) -> ApiResult<web::Json<TriggerResponse>> {
     let valid = plan::validate(&TriggerInput {
@@ -115,7 +113,7 @@ pub async fn trigger_run(
         manifest: body.manifest,
         postprocess: body.postprocess,
     })?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, principal } = access.authorize(&state).await?;
     let triggered =
         trigger::trigger(state.engine.run_engine(), &principal, &project, valid).await?;
     let mut run = triggered.created.run.clone();
@@ -174,18 +172,7 @@ async fn asset_paths(
     state: &AppState,
     ids: impl Iterator<Item = Option<Uuid>>,
 ) -> Result<AssetPaths, domain::ServiceError> {
-    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
-    let ids: Vec<Uuid> = ids.flatten().collect();
-    if ids.is_empty() {
-        return Ok(AssetPaths::new());
-    }
-    Ok(entities::assets::Entity::find()
-        .filter(entities::assets::Column::Id.is_in(ids))
-        .all(&state.db)
-        .await?
-        .into_iter()
-        .map(|a| (a.id, a.storage_key))
-        .collect())
+    domain::assets::storage_keys(&state.db, ids.flatten().collect()).await
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -211,11 +198,9 @@ pub struct RunList {
 #[get("/api/projects/{slug}/runs")]
 pub async fn list_runs(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
     query: web::Query<RunListQuery>,
 ) -> ApiResult<web::Json<RunList>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let limit = query.limit.unwrap_or(200).clamp(1, 1000) as u64;
     let after = query
         .cursor
@@ -246,11 +231,11 @@ pub struct RunDetail {
 #[get("/api/projects/{slug}/runs/{runId}")]
 pub async fn get_run(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<RunDetail>> {
-    let (slug, run_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, run_id) = path.into_inner();
+
     let run = store::get_run(&state.db, project.id, &run_id).await?;
     let jobs = jobs_with_candidates(&state, run.id).await?;
     Ok(web::Json(RunDetail {
@@ -274,11 +259,11 @@ pub struct JobList {
 #[get("/api/projects/{slug}/runs/{runId}/jobs")]
 pub async fn list_jobs(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<JobList>> {
-    let (slug, run_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, run_id) = path.into_inner();
+
     let run = store::get_run(&state.db, project.id, &run_id).await?;
     let jobs = jobs_with_candidates(&state, run.id).await?;
     Ok(web::Json(JobList {
@@ -311,12 +296,12 @@ pub struct EventList {
 #[get("/api/projects/{slug}/runs/{runId}/events")]
 pub async fn list_events(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
     query: web::Query<EventQuery>,
 ) -> ApiResult<web::Json<EventList>> {
-    let (slug, run_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, run_id) = path.into_inner();
+
     let run = store::get_run(&state.db, project.id, &run_id).await?;
     let limit = query.limit.unwrap_or(1000).clamp(1, 10_000) as u64;
     let events: Vec<Event> =
@@ -346,11 +331,11 @@ pub struct RunCanceled {
 #[post("/api/projects/{slug}/runs/{runId}/cancel")]
 pub async fn cancel_run(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, principal }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<RunCanceled>> {
-    let (slug, run_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, run_id) = path.into_inner();
+
     let run = store::get_run(&state.db, project.id, &run_id).await?;
     state.engine.cancel_run(run.id, &principal).await?;
     let run = store::get_run(&state.db, project.id, &run_id).await?;
@@ -377,11 +362,11 @@ pub struct RunRetried {
 #[post("/api/projects/{slug}/runs/{runId}/retry")]
 pub async fn retry_run(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, principal }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<RunRetried>> {
-    let (slug, run_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, run_id) = path.into_inner();
+
     let run = store::get_run(&state.db, project.id, &run_id).await?;
     let (run, created, audit_id) =
         control::retry_failed(state.engine.run_engine(), &principal, &run).await?;
@@ -408,11 +393,11 @@ pub struct JobCanceled {
 #[post("/api/projects/{slug}/runs/{runId}/jobs/{jobId}/cancel")]
 pub async fn cancel_job(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, principal }: ProjectAccess,
     path: web::Path<(String, String, String)>,
 ) -> ApiResult<web::Json<JobCanceled>> {
-    let (slug, run_id, job_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, run_id, job_id) = path.into_inner();
+
     let run = store::get_run(&state.db, project.id, &run_id).await?;
     let job = control::cancel_job(state.engine.run_engine(), &principal, &run, &job_id).await?;
     Ok(web::Json(JobCanceled {
@@ -435,11 +420,11 @@ pub struct CandidateList {
 #[get("/api/projects/{slug}/runs/{runId}/jobs/{jobId}/candidates")]
 pub async fn list_candidates(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String, String)>,
 ) -> ApiResult<web::Json<CandidateList>> {
-    let (slug, run_id, job_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, run_id, job_id) = path.into_inner();
+
     let run = store::get_run(&state.db, project.id, &run_id).await?;
     let job_id = Uuid::parse_str(job_id.trim())
         .map_err(|_| domain::ServiceError::not_found("Job not found"))?;
@@ -497,10 +482,8 @@ async fn queue_state(
 #[get("/api/projects/{slug}/queue")]
 pub async fn get_queue(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
 ) -> ApiResult<web::Json<QueueState>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     Ok(web::Json(queue_state(&state, &project, None).await?))
 }
 
@@ -510,10 +493,8 @@ pub async fn get_queue(
 #[post("/api/projects/{slug}/queue/pause")]
 pub async fn pause_queue(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, principal }: ProjectAccess,
 ) -> ApiResult<web::Json<QueueState>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let audit_id =
         control::set_queue_paused(state.engine.run_engine(), &principal, &project, true).await?;
     Ok(web::Json(
@@ -527,10 +508,8 @@ pub async fn pause_queue(
 #[post("/api/projects/{slug}/queue/resume")]
 pub async fn resume_queue(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, principal }: ProjectAccess,
 ) -> ApiResult<web::Json<QueueState>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let audit_id =
         control::set_queue_paused(state.engine.run_engine(), &principal, &project, false).await?;
     Ok(web::Json(
@@ -580,12 +559,11 @@ pub struct ConfigValidated {
 #[post("/api/projects/{slug}/runs/validate-config")]
 pub async fn validate_config(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    access: ProjectSlug,
     JsonBody(body): JsonBody<ValidateConfigBody>,
 ) -> ApiResult<web::Json<ConfigValidated>> {
     // v1 order: the project is looked up first.
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, .. } = access.authorize(&state).await?;
     if body
         .project_root
         .as_deref()

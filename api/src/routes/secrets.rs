@@ -2,14 +2,14 @@
 //! values are encrypted at rest (AES-256-GCM, `enc:v1:`).
 
 use actix_web::{delete, get, post, web};
-use domain::{ServiceError, projects, secrets};
+use domain::secrets;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{JsonBody, ProjectAccess, ProjectSlug};
 
 /// A secret as the API shows it: never its value or ciphertext.
 #[derive(Serialize, ToSchema)]
@@ -46,10 +46,8 @@ pub struct SecretList {
 #[get("/api/projects/{slug}/secrets")]
 pub async fn list_secrets(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
 ) -> ApiResult<web::Json<SecretList>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let list: Vec<SecretSummary> = secrets::list(&state.db, project.id)
         .await?
         .iter()
@@ -89,10 +87,8 @@ pub struct RotationStatusResponse {
 #[get("/api/projects/{slug}/secrets/rotation-status")]
 pub async fn rotation_status(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
 ) -> ApiResult<web::Json<RotationStatusResponse>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let s = secrets::rotation_status(&state.db, project.id).await?;
     Ok(web::Json(RotationStatusResponse {
         ok: true,
@@ -138,8 +134,7 @@ pub struct SecretSaved {
 #[post("/api/projects/{slug}/secrets")]
 pub async fn upsert_secret(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    access: ProjectSlug,
     JsonBody(body): JsonBody<SecretBody>,
 ) -> ApiResult<web::Json<SecretSaved>> {
     let valid = secrets::validate(secrets::NewSecret {
@@ -147,7 +142,7 @@ pub async fn upsert_secret(
         secret_name: body.secret_name.as_deref(),
         secret_value: body.secret_value.as_deref(),
     })?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, principal } = access.authorize(&state).await?;
     let (row, audit_id) = secrets::upsert(
         &state.db,
         &state.config.secret_keys,
@@ -199,11 +194,9 @@ pub struct Rotated {
 #[post("/api/projects/{slug}/secrets/rotate")]
 pub async fn rotate_secrets(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, principal }: ProjectAccess,
     JsonBody(body): JsonBody<RotateBody>,
 ) -> ApiResult<web::Json<Rotated>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let (r, audit_id) = secrets::rotate(
         &state.db,
         &state.config.secret_keys,
@@ -240,16 +233,15 @@ pub struct SecretDeleted {
 #[delete("/api/projects/{slug}/secrets/{providerCode}/{secretName}")]
 pub async fn delete_secret(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    access: ProjectSlug,
     path: web::Path<(String, String, String)>,
 ) -> ApiResult<web::Json<SecretDeleted>> {
-    let (slug, code, name) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug)
+    let (_, code, name) = path.into_inner();
+    // v1 says "Secret not found" for a missing project too.
+    let ProjectAccess { project, principal } = access
+        .authorize(&state)
         .await
-        .map_err(|e| match e {
-            ServiceError::NotFound(_) => ServiceError::not_found("Secret not found"),
-            e => e,
-        })?;
+        .map_err(|e| e.not_found_as("Secret not found"))?;
     let audit_id = secrets::delete(&state.db, &principal, project.id, &code, &name).await?;
     Ok(web::Json(SecretDeleted {
         ok: true,

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::dto::{ProjectRef, Storage};
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{JsonBody, ProjectAccess, ProjectSlug};
 
 #[derive(Serialize, ToSchema)]
 pub struct StorageResponse {
@@ -25,10 +25,8 @@ pub struct StorageResponse {
 #[get("/api/projects/{slug}/storage")]
 pub async fn get_storage(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
 ) -> ApiResult<web::Json<StorageResponse>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let row = projects::storage_row(&state.db, project.id).await?;
     let storage = projects::storage_view(&state.roots, &project, &row)?;
     Ok(web::Json(StorageResponse {
@@ -74,8 +72,7 @@ pub struct StorageUpdated {
 #[put("/api/projects/{slug}/storage/local")]
 pub async fn update_local(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    access: ProjectSlug,
     JsonBody(body): JsonBody<LocalStorageBody>,
 ) -> ApiResult<web::Json<StorageUpdated>> {
     let update = LocalStorageUpdate {
@@ -83,7 +80,7 @@ pub async fn update_local(
         project_root: body.project_root,
     };
     update.validate_shape()?;
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let ProjectAccess { project, principal } = access.authorize(&state).await?;
     let (row, audit_id) =
         projects::update_local_storage(&state.db, &state.roots, &principal, &project, update)
             .await?;
@@ -123,11 +120,9 @@ pub struct S3StorageBody {
 #[put("/api/projects/{slug}/storage/s3")]
 pub async fn update_s3(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, principal }: ProjectAccess,
     JsonBody(body): JsonBody<S3StorageBody>,
 ) -> ApiResult<web::Json<StorageUpdated>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let update = S3StorageUpdate {
         enabled: body.enabled,
         bucket: body.bucket,

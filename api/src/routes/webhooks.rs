@@ -2,14 +2,14 @@
 //! with HMAC-SHA256, retried with backoff, every delivery recorded).
 
 use actix_web::{delete, get, post, web};
-use domain::{projects, webhooks};
+use domain::webhooks;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::{Auth, JsonBody};
+use crate::extract::{JsonBody, ProjectAccess};
 
 /// Unknown fields are ignored (as everywhere in the contract); typed fields are enforced.
 #[derive(Deserialize, ToSchema, Default)]
@@ -68,11 +68,9 @@ pub struct WebhookCreated {
 #[post("/api/projects/{slug}/webhooks")]
 pub async fn create_webhook(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, principal }: ProjectAccess,
     JsonBody(body): JsonBody<WebhookBody>,
 ) -> ApiResult<web::Json<WebhookCreated>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let created = webhooks::create(
         &state.db,
         &state.config.secret_keys,
@@ -107,10 +105,8 @@ pub struct WebhookList {
 #[get("/api/projects/{slug}/webhooks")]
 pub async fn list_webhooks(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
-    slug: web::Path<String>,
+    ProjectAccess { project, .. }: ProjectAccess,
 ) -> ApiResult<web::Json<WebhookList>> {
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
     let hooks: Vec<Webhook> = webhooks::list(&state.db, project.id)
         .await?
         .iter()
@@ -137,11 +133,11 @@ pub struct WebhookDeleted {
 #[delete("/api/projects/{slug}/webhooks/{webhookId}")]
 pub async fn delete_webhook(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, principal }: ProjectAccess,
     path: web::Path<(String, String)>,
 ) -> ApiResult<web::Json<WebhookDeleted>> {
-    let (slug, webhook_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, webhook_id) = path.into_inner();
+
     let (id, audit_id) = webhooks::delete(&state.db, &principal, project.id, &webhook_id).await?;
     Ok(web::Json(WebhookDeleted {
         ok: true,
@@ -175,12 +171,12 @@ pub struct DeliveryList {
 #[get("/api/projects/{slug}/webhooks/{webhookId}/deliveries")]
 pub async fn list_deliveries(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
     query: web::Query<DeliveryQuery>,
 ) -> ApiResult<web::Json<DeliveryList>> {
-    let (slug, webhook_id) = path.into_inner();
-    let project = projects::authorize(&state.db, &principal, &slug).await?;
+    let (_, webhook_id) = path.into_inner();
+
     let hook = webhooks::get(&state.db, project.id, &webhook_id).await?;
     let limit = query.limit.unwrap_or(100).clamp(1, 1000) as u64;
     let deliveries: Vec<serde_json::Value> = webhooks::deliveries(&state.db, hook.id, limit)
