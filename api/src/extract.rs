@@ -7,7 +7,7 @@ use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{AUTHORIZATION, CONTENT_TYPE};
 use actix_web::{FromRequest, HttpRequest, web};
-use domain::Principal;
+use domain::{Principal, TokenPrincipal};
 use futures_util::future::LocalBoxFuture;
 use serde::de::DeserializeOwned;
 
@@ -104,6 +104,30 @@ impl FromRequest for Auth {
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let req = req.clone();
         Box::pin(async move { resolve(&req, false).await.map(Auth) })
+    }
+}
+
+/// An operator: an unscoped (admin) token, or the development bypass. Every
+/// `/admin/*` route takes this, so the rule lives in one place.
+pub struct Admin(pub Principal);
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            match resolve(&req, false).await? {
+                p @ (Principal::DevBypass
+                | Principal::Token(TokenPrincipal {
+                    project_id: None, ..
+                })) => Ok(Admin(p)),
+                _ => Err(ApiError::from(domain::ServiceError::Forbidden(
+                    "An unscoped (admin) token is required".into(),
+                ))),
+            }
+        })
     }
 }
 

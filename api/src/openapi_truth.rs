@@ -154,6 +154,10 @@ pub fn complete(doc: &mut Value) {
                 "500",
                 "internal_error: the message is always \"Internal server error\"",
             );
+            add(
+                "503",
+                "a dependency is down for now (the engine, the row writer, object storage): retry later",
+            );
         }
     }
 }

@@ -620,6 +620,7 @@ async fn apply_secrets<C: ConnectionTrait>(
 
 /// Applies an import in one transaction; a dry run rolls it back after
 /// reading the result, so the report is exactly what a real import does.
+#[tracing::instrument(skip_all, fields(project = %project.slug))]
 pub async fn import(
     db: &DatabaseConnection,
     project: &project_rows::Model,

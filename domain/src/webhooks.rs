@@ -313,6 +313,7 @@ pub fn backoff(base: Duration, attempts: i32) -> Duration {
 
 /// Sends every due delivery (claimed first, so two nodes never send the same
 /// attempt); returns how many were attempted.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn deliver_due(
     db: &DatabaseConnection,
     http: &reqwest::Client,

@@ -36,5 +36,6 @@ mod runs;
 mod secrets;
 mod spend;
 mod storage;
+mod traces;
 mod v1;
 mod webhooks;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use domain::audit;
 use domain::ports::{PaidCallLog, PaidCallRecord};
+use tracing::Instrument;
 
 use super::{Counted, SupervisionRegistry};
 
@@ -43,7 +44,7 @@ impl Supervised for AuditActor {
 /// A provider call that cost money, for the audit log.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
-pub struct PaidCall(pub PaidCallRecord);
+pub struct PaidCall(pub PaidCallRecord, pub tracing::Span);
 
 impl Handler<PaidCall> for AuditActor {
     type Result = ResponseFuture<()>;
@@ -51,12 +52,15 @@ impl Handler<PaidCall> for AuditActor {
     fn handle(&mut self, msg: PaidCall, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
         let registry = self.registry.clone();
-        Box::pin(async move {
-            if let Err(e) = audit::record_paid_call(&db, &msg.0).await {
-                tracing::error!(error = %e, "cannot record the audit event of a paid call");
-                registry.record_error(NAME, e.to_string());
+        Box::pin(
+            async move {
+                if let Err(e) = audit::record_paid_call(&db, &msg.0).await {
+                    tracing::error!(error = %e, "cannot record the audit event of a paid call");
+                    registry.record_error(NAME, e.to_string());
+                }
             }
-        })
+            .instrument(msg.1),
+        )
     }
 }
 
@@ -64,7 +68,7 @@ impl Handler<PaidCall> for AuditActor {
 #[async_trait::async_trait]
 impl PaidCallLog for Counted<PaidCall> {
     async fn record(&self, call: PaidCallRecord) {
-        if let Err(e) = self.send(PaidCall(call)).await {
+        if let Err(e) = self.send(PaidCall(call, tracing::Span::current())).await {
             tracing::error!(error = %e, "audit actor unavailable");
         }
     }

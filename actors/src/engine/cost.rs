@@ -12,6 +12,7 @@ use actix::prelude::*;
 use domain::ServiceError;
 use domain::ports::{SpendGate, SpendRequest};
 use domain::runs::budget;
+use tracing::Instrument;
 
 use super::{Counted, SupervisionRegistry};
 
@@ -46,7 +47,7 @@ impl Supervised for CostActor {
 /// Reserve spend for the next attempt of a call (and mark it in flight).
 #[derive(Message, Clone)]
 #[rtype(result = "Result<(), ServiceError>")]
-pub struct ReserveSpend(pub SpendRequest);
+pub struct ReserveSpend(pub SpendRequest, pub tracing::Span);
 
 impl Handler<ReserveSpend> for CostActor {
     type Result = AtomicResponse<Self, Result<(), ServiceError>>;
@@ -54,7 +55,9 @@ impl Handler<ReserveSpend> for CostActor {
     fn handle(&mut self, msg: ReserveSpend, _: &mut Context<Self>) -> Self::Result {
         let db = self.db.clone();
         AtomicResponse::new(Box::pin(
-            async move { budget::reserve(&db, &msg.0).await }.into_actor(self),
+            async move { budget::reserve(&db, &msg.0).await }
+                .instrument(msg.1)
+                .into_actor(self),
         ))
     }
 }
@@ -63,7 +66,7 @@ impl Handler<ReserveSpend> for CostActor {
 #[async_trait::async_trait]
 impl SpendGate for Counted<ReserveSpend> {
     async fn reserve(&self, request: SpendRequest) -> Result<(), ServiceError> {
-        self.send(ReserveSpend(request))
+        self.send(ReserveSpend(request, tracing::Span::current()))
             .await
             .map_err(super::unavailable)?
     }

@@ -190,7 +190,11 @@ impl Engine {
         self.ask(
             "project",
             &self.project,
-            project::SubmitRun { run_id, project_id },
+            project::SubmitRun {
+                run_id,
+                project_id,
+                span: tracing::Span::current(),
+            },
         )
         .await
     }
@@ -203,6 +207,7 @@ impl Engine {
         let cancel = project::CancelRun {
             run_id,
             principal: principal.clone(),
+            span: tracing::Span::current(),
         };
         self.ask("project", &self.project, cancel).await?
     }

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use actix::prelude::*;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use super::Shared;
@@ -16,9 +17,17 @@ use domain::runs::lifecycle;
 
 const NAME: &str = "project";
 
+/// A run waiting for admission, with the span of the request that submitted
+/// it (none for a run resumed at start), so the run's trace continues it.
+struct Queued {
+    run_id: Uuid,
+    project_id: Uuid,
+    origin: Span,
+}
+
 pub struct ProjectActor {
     deps: Arc<Shared>,
-    queue: VecDeque<(Uuid, Uuid)>,
+    queue: VecDeque<Queued>,
     active: HashMap<Uuid, (Uuid, Addr<RunActor>)>,
     paused: HashSet<Uuid>,
 }
@@ -51,23 +60,25 @@ impl ProjectActor {
             return;
         }
         let mut waiting = VecDeque::new();
-        while let Some((run_id, project_id)) = self.queue.pop_front() {
+        while let Some(queued) = self.queue.pop_front() {
+            let (run_id, project_id) = (queued.run_id, queued.project_id);
             if self.active.contains_key(&run_id) {
                 // Resubmitted (e.g. retried) while its previous RunActor is
                 // still winding down: start it again once that one reports.
-                waiting.push_back((run_id, project_id));
+                waiting.push_back(queued);
                 continue;
             }
             if self.paused.contains(&project_id)
                 || self.active_in(project_id) >= self.deps.config.max_runs_per_project
             {
-                waiting.push_back((run_id, project_id));
+                waiting.push_back(queued);
                 continue;
             }
             let addr = RunActor::new(
                 self.deps.clone(),
                 run_id,
                 project_id,
+                &queued.origin,
                 ctx.address().recipient(),
             )
             .start();
@@ -93,8 +104,12 @@ impl Actor for ProjectActor {
                         Ok((paused, runs)) => {
                             act.paused = paused.into_iter().collect();
                             for r in runs {
-                                if !act.queue.iter().any(|(id, _)| *id == r.id) {
-                                    act.queue.push_back((r.id, r.project_id));
+                                if !act.queue.iter().any(|q| q.run_id == r.id) {
+                                    act.queue.push_back(Queued {
+                                        run_id: r.id,
+                                        project_id: r.project_id,
+                                        origin: Span::none(),
+                                    });
                                 }
                             }
                         }
@@ -121,14 +136,20 @@ impl Supervised for ProjectActor {
 pub struct SubmitRun {
     pub run_id: Uuid,
     pub project_id: Uuid,
+    /// The submitting request's span: the run's trace continues it.
+    pub span: Span,
 }
 
 impl Handler<SubmitRun> for ProjectActor {
     type Result = ();
 
     fn handle(&mut self, msg: SubmitRun, ctx: &mut Context<Self>) {
-        if !self.queue.iter().any(|(id, _)| *id == msg.run_id) {
-            self.queue.push_back((msg.run_id, msg.project_id));
+        if !self.queue.iter().any(|q| q.run_id == msg.run_id) {
+            self.queue.push_back(Queued {
+                run_id: msg.run_id,
+                project_id: msg.project_id,
+                origin: msg.span,
+            });
         }
         self.pump(ctx);
     }
@@ -155,22 +176,26 @@ pub struct CancelRun {
     pub run_id: Uuid,
     /// Who asked (audited with the cancel).
     pub principal: domain::Principal,
+    pub span: Span,
 }
 
 impl Handler<CancelRun> for ProjectActor {
     type Result = ResponseFuture<Result<(), ServiceError>>;
 
     fn handle(&mut self, msg: CancelRun, _: &mut Context<Self>) -> Self::Result {
-        self.queue.retain(|(id, _)| *id != msg.run_id);
+        self.queue.retain(|q| q.run_id != msg.run_id);
         let active = self.active.get(&msg.run_id).map(|(_, a)| a.clone());
         let deps = self.deps.clone();
-        Box::pin(async move {
-            lifecycle::cancel(&deps, msg.run_id, &msg.principal).await?;
-            if let Some(addr) = active {
-                addr.do_send(CancelActiveRun);
+        Box::pin(
+            async move {
+                lifecycle::cancel(&deps, msg.run_id, &msg.principal).await?;
+                if let Some(addr) = active {
+                    addr.do_send(CancelActiveRun);
+                }
+                Ok(())
             }
-            Ok(())
-        })
+            .instrument(msg.span),
+        )
     }
 }
 

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use super::Shared;
@@ -23,6 +24,9 @@ pub struct RunActor {
     /// Told once, when the run is finished.
     owner: Recipient<RunFinished>,
     running: HashSet<Uuid>,
+    /// The run's span (a child of the submitting request's, when there was
+    /// one): its scheduling, its workers and their job bodies run in it.
+    span: Span,
     /// The project's object store, resolved on the first lease.
     store: Option<storage::ProjectFiles>,
     scheduling: bool,
@@ -36,6 +40,7 @@ impl RunActor {
         deps: Arc<Shared>,
         run_id: Uuid,
         project_id: Uuid,
+        origin: &Span,
         owner: Recipient<RunFinished>,
     ) -> Self {
         Self {
@@ -44,6 +49,7 @@ impl RunActor {
             project_id,
             owner,
             running: HashSet::new(),
+            span: tracing::info_span!(parent: origin, "run", %run_id, %project_id),
             store: None,
             scheduling: false,
             rescan: false,
@@ -73,6 +79,7 @@ impl RunActor {
             .saturating_sub(self.running.len());
         let cached_store = self.store.clone();
         async move { lifecycle::next_step(&deps, run_id, &mine, room, cached_store).await }
+            .instrument(self.span.clone())
             .into_actor(self)
             .map(|result, act, ctx| {
                 act.scheduling = false;
@@ -93,6 +100,7 @@ impl RunActor {
                                 job,
                                 (provider_code.clone(), provider.clone()),
                                 (*store).clone(),
+                                &act.span,
                                 ctx.address().recipient(),
                             )
                             .start();
@@ -120,6 +128,7 @@ impl RunActor {
         let deps = self.deps.clone();
         let (run_id, project_id) = (self.run_id, self.project_id);
         async move { lifecycle::finish(&deps, run_id, project_id).await }
+            .instrument(self.span.clone())
             .into_actor(self)
             .map(|result, act, ctx| {
                 if let Err(e) = result {
@@ -140,6 +149,7 @@ impl Actor for RunActor {
         let deps = self.deps.clone();
         let (run_id, project_id) = (self.run_id, self.project_id);
         async move { lifecycle::start(&deps, run_id, project_id).await }
+            .instrument(self.span.clone())
             .into_actor(self)
             .map(|result, act, ctx| match result {
                 Ok(false) => {
@@ -178,6 +188,7 @@ impl Handler<JobFinished> for RunActor {
         let deps = self.deps.clone();
         let (run_id, project_id) = (self.run_id, self.project_id);
         async move { job_outcome::settle_job(&deps, run_id, project_id, msg.job_id, msg.outcome).await }
+            .instrument(self.span.clone())
             .into_actor(self)
             .map(move |result, act, ctx| {
                 if let Err(e) = result {

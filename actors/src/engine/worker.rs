@@ -10,6 +10,7 @@ use chrono::Utc;
 use entities::{run_jobs, runs};
 use providers::ImageProvider;
 use storage::ProjectFiles;
+use tracing::{Instrument, Span};
 
 use super::Shared;
 use super::run::JobFinished;
@@ -25,6 +26,8 @@ pub struct WorkerActor {
     store: ProjectFiles,
     /// Told once, when the job body ends.
     owner: Recipient<JobFinished>,
+    /// A child of the run's span.
+    span: Span,
 }
 
 impl WorkerActor {
@@ -34,9 +37,18 @@ impl WorkerActor {
         job: run_jobs::Model,
         provider: (String, Option<Arc<dyn ImageProvider>>),
         store: ProjectFiles,
+        run_span: &Span,
         owner: Recipient<JobFinished>,
     ) -> Self {
+        let span = tracing::info_span!(
+            parent: run_span,
+            "job",
+            job_id = %job.id,
+            job_key = %job.job_key,
+            stage = %job.stage
+        );
         Self {
+            span,
             deps,
             run,
             job,
@@ -58,6 +70,7 @@ impl WorkerActor {
                     tracing::warn!(%job_id, error = %e, "lease heartbeat failed");
                 }
             }
+            .instrument(self.span.clone())
             .into_actor(self),
         );
     }
@@ -75,14 +88,17 @@ impl Actor for WorkerActor {
         // The job body runs in its own task, off the actor thread (on the
         // multi-threaded runtime when there is one): a panic there ends that
         // task only.
-        let task = tokio::spawn(async move {
-            let Some(env) = env else {
-                return Err(format!("provider '{provider_code}' is not configured"));
-            };
-            pipeline::run_job(&env, &run, &job)
-                .await
-                .map_err(|e| e.to_string())
-        });
+        let task = tokio::spawn(
+            async move {
+                let Some(env) = env else {
+                    return Err(format!("provider '{provider_code}' is not configured"));
+                };
+                let outcome = pipeline::run_job(&env, &run, &job).await;
+                tracing::debug!(?outcome, "job body ended");
+                outcome.map_err(|e| e.to_string())
+            }
+            .instrument(self.span.clone()),
+        );
         async move {
             match task.await {
                 Ok(result) => result,

@@ -2,23 +2,12 @@
 //! restarts through the real supervisor path.
 
 use actix_web::{get, post, web};
-use domain::Principal;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::extract::Auth;
-
-fn require_admin(principal: &Principal) -> Result<(), ApiError> {
-    match principal {
-        Principal::Token(t) if t.project_id.is_none() => Ok(()),
-        Principal::DevBypass => Ok(()),
-        _ => Err(ApiError::from(domain::ServiceError::Forbidden(
-            "An unscoped (admin) token is required".into(),
-        ))),
-    }
-}
+use crate::extract::Admin;
 
 #[derive(Serialize, ToSchema)]
 pub struct QueueStats {
@@ -59,9 +48,8 @@ pub struct SupervisionResponse {
 #[get("/admin/supervision")]
 pub async fn supervision(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    _admin: Admin,
 ) -> ApiResult<web::Json<SupervisionResponse>> {
-    require_admin(&principal)?;
     let engine = &state.engine;
     let stats = domain::runs::store::queue_stats(&state.db, &engine.deps.node_id).await?;
     Ok(web::Json(SupervisionResponse {
@@ -102,10 +90,9 @@ pub struct RestartResponse {
 #[post("/admin/actors/{name}/restart")]
 pub async fn restart_actor(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    _admin: Admin,
     name: web::Path<String>,
 ) -> ApiResult<web::Json<RestartResponse>> {
-    require_admin(&principal)?;
     let engine = &state.engine;
     let restarts_of = || {
         engine
@@ -122,9 +109,10 @@ pub async fn restart_actor(
         match restarts_of() {
             Some(a) if a.status == "running" && a.restarts > before => break a.restarts,
             _ if std::time::Instant::now() > deadline => {
-                return Err(ApiError::from(domain::ServiceError::Internal(format!(
-                    "actor {name} did not come back"
-                ))));
+                return Err(ApiError::from(domain::ServiceError::Unavailable {
+                    code: "actor_not_restarted",
+                    message: format!("Actor {name} did not come back within 5 s"),
+                }));
             }
             _ => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
         }
@@ -142,12 +130,7 @@ pub struct PauseResponse {
     paused_all: bool,
 }
 
-async fn set_paused(
-    state: &AppState,
-    principal: &Principal,
-    paused: bool,
-) -> ApiResult<web::Json<PauseResponse>> {
-    require_admin(principal)?;
+async fn set_paused(state: &AppState, paused: bool) -> ApiResult<web::Json<PauseResponse>> {
     state.engine.set_all_paused(paused).await?;
     tracing::info!(paused, "processing paused or resumed by an operator");
     Ok(web::Json(PauseResponse {
@@ -165,9 +148,9 @@ async fn set_paused(
 #[post("/admin/pause")]
 pub async fn pause_all(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    _admin: Admin,
 ) -> ApiResult<web::Json<PauseResponse>> {
-    set_paused(&state, &principal, true).await
+    set_paused(&state, true).await
 }
 
 /// Resumes all processing (runs continue from where they stopped).
@@ -178,7 +161,7 @@ pub async fn pause_all(
 #[post("/admin/resume")]
 pub async fn resume_all(
     state: web::Data<AppState>,
-    Auth(principal): Auth,
+    _admin: Admin,
 ) -> ApiResult<web::Json<PauseResponse>> {
-    set_paused(&state, &principal, false).await
+    set_paused(&state, false).await
 }

@@ -38,6 +38,7 @@ pub async fn record<C: ConnectionTrait>(
 
 /// The audit event of a provider call that cost money (written once the
 /// call's own rows have committed).
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn record_paid_call(
     db: &sea_orm::DatabaseConnection,
     call: &crate::ports::PaidCallRecord,

@@ -62,6 +62,7 @@ async fn committed(
 /// what is spent, possibly billed and reserved. Callers serialise these
 /// (the engine's CostActor), so two attempts cannot both take the last of
 /// a budget.
+#[tracing::instrument(level = "debug", skip_all, fields(call_id = %msg.call_id, attempt = msg.attempt, amount = msg.amount))]
 pub async fn reserve(
     db: &sea_orm::DatabaseConnection,
     msg: &SpendRequest,

@@ -18,6 +18,7 @@ pub const QUEUE_PAUSED_KEY: &str = "queue_paused";
 
 /// Cancels one job (and the rest of its chain). A job that already finished
 /// is returned unchanged; a running job stops before its next provider call.
+#[tracing::instrument(skip_all, fields(run_id = %run.id, job_id = raw_job_id))]
 pub async fn cancel_job(
     engine: RunEngine<'_>,
     principal: &Principal,
@@ -101,6 +102,7 @@ pub async fn cancel_job(
 /// linked to the failed one (`retry_of_job_id`), with the skipped rest of its
 /// chain re-attached; then the run is queued again. Stored provider results
 /// are never paid for again.
+#[tracing::instrument(skip_all, fields(run_id = %run.id))]
 pub async fn retry_failed(
     engine: RunEngine<'_>,
     principal: &Principal,
@@ -252,6 +254,7 @@ pub fn is_paused(project: &projects::Model) -> bool {
 
 /// Pauses or resumes a project's queue: running runs continue; queued runs
 /// wait until resumed. Persisted in the project's settings.
+#[tracing::instrument(skip_all, fields(project = %project.slug, paused))]
 pub async fn set_queue_paused(
     engine: RunEngine<'_>,
     principal: &Principal,

@@ -20,6 +20,7 @@ use crate::status::{JobStatus, RunStatus};
 /// Marks a queued run as running (with its `run.started` event). `false`:
 /// the run is already finished (a duplicate submission that raced with
 /// recovery, or a cancel that came first) and there is nothing to drive.
+#[tracing::instrument(skip(deps))]
 pub async fn start(
     deps: &EngineDeps,
     run_id: Uuid,
@@ -76,6 +77,7 @@ pub enum Step {
 /// One scheduling pass of a run: reclaims jobs whose lease ran out, then
 /// leases up to `room` ready jobs for this node (not those in `mine`, which
 /// this node's workers hold), or says the run is finished or must wait.
+#[tracing::instrument(level = "debug", skip_all, fields(%run_id, room))]
 pub async fn next_step(
     deps: &EngineDeps,
     run_id: Uuid,
@@ -236,6 +238,7 @@ pub async fn next_step(
 }
 
 /// Final status from the jobs; guarded so a cancel is never overwritten.
+#[tracing::instrument(skip(deps))]
 pub async fn finish(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
     let jobs = store::jobs_of(&deps.db, run_id).await?;
     let done = jobs.iter().filter(|j| j.status == JobStatus::Done).count();
@@ -402,6 +405,7 @@ async fn write_run_log(deps: &EngineDeps, run_id: Uuid) -> Result<(), ServiceErr
 /// Cancels a run that has not finished: the run and its waiting jobs become
 /// `canceled`. The status guard means a completion racing with the cancel
 /// cannot overwrite it, and a finished run is left as it is.
+#[tracing::instrument(skip(deps, principal))]
 pub async fn cancel(
     deps: &EngineDeps,
     run_id: Uuid,

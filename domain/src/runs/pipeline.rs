@@ -257,6 +257,7 @@ fn call_key(run: &runs::Model, job: &run_jobs::Model, index: i32) -> String {
 }
 
 /// Runs one leased job to its outcome and persists it.
+#[tracing::instrument(skip_all)]
 pub async fn run_job(
     env: &JobEnv,
     run: &runs::Model,

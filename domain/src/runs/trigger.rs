@@ -21,6 +21,7 @@ const MAX_STYLE_REFS: usize = 8;
 
 /// Everything up to the first paid call happens here, in this order:
 /// provider, scenes, plan and limits, spend policy, queue capacity, persist.
+#[tracing::instrument(skip_all, fields(project = %project.slug))]
 pub async fn trigger(
     engine: RunEngine<'_>,
     principal: &Principal,
