@@ -16,12 +16,12 @@ use super::{Counted, SupervisionRegistry};
 const NAME: &str = "audit";
 
 pub struct AuditActor {
-    db: sea_orm::DatabaseConnection,
+    db: domain::DatabaseConnection,
     registry: Arc<SupervisionRegistry>,
 }
 
 impl AuditActor {
-    pub fn new(db: sea_orm::DatabaseConnection, registry: Arc<SupervisionRegistry>) -> Self {
+    pub fn new(db: domain::DatabaseConnection, registry: Arc<SupervisionRegistry>) -> Self {
         Self { db, registry }
     }
 }

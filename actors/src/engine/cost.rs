@@ -19,12 +19,12 @@ use super::{Counted, SupervisionRegistry};
 const NAME: &str = "cost";
 
 pub struct CostActor {
-    db: sea_orm::DatabaseConnection,
+    db: domain::DatabaseConnection,
     registry: Arc<SupervisionRegistry>,
 }
 
 impl CostActor {
-    pub fn new(db: sea_orm::DatabaseConnection, registry: Arc<SupervisionRegistry>) -> Self {
+    pub fn new(db: domain::DatabaseConnection, registry: Arc<SupervisionRegistry>) -> Self {
         Self { db, registry }
     }
 }

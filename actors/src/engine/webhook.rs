@@ -13,7 +13,7 @@ use domain::webhooks::{self, WebhookConfig};
 const NAME: &str = "webhooks";
 
 pub struct WebhookActor {
-    db: sea_orm::DatabaseConnection,
+    db: domain::DatabaseConnection,
     http: reqwest::Client,
     outbound: domain::netpolicy::OutboundPolicy,
     config: WebhookConfig,
@@ -26,7 +26,7 @@ pub struct WebhookActor {
 
 impl WebhookActor {
     pub fn new(
-        db: sea_orm::DatabaseConnection,
+        db: domain::DatabaseConnection,
         config: WebhookConfig,
         keys: Option<domain::secrets::cipher::KeySource>,
         outbound: domain::netpolicy::OutboundPolicy,

@@ -16,7 +16,9 @@ mod ledger;
 mod metrics;
 mod projects;
 mod provider_accounts;
+mod queue;
 mod reference_items;
+mod run_control;
 mod runs;
 mod secrets;
 mod storage;
@@ -42,9 +44,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(runs::get_run)
         .service(runs::list_jobs)
         .service(runs::list_events)
-        .service(runs::cancel_run)
-        .service(runs::retry_run)
-        .service(runs::cancel_job)
+        .service(run_control::cancel_run)
+        .service(run_control::retry_run)
+        .service(run_control::cancel_job)
         .service(runs::list_candidates)
         .service(assets::list_assets)
         .service(assets::upload_asset)
@@ -115,9 +117,9 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(webhooks::list_webhooks)
         .service(webhooks::delete_webhook)
         .service(webhooks::list_deliveries)
-        .service(runs::get_queue)
-        .service(runs::pause_queue)
-        .service(runs::resume_queue)
+        .service(queue::get_queue)
+        .service(queue::pause_queue)
+        .service(queue::resume_queue)
         .service(feed::events_ws)
         .service(admin::supervision)
         .service(admin::restart_actor)

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use actix_web::{get, post, web};
 use domain::runs::plan::{self, TriggerInput};
-use domain::runs::{control, events, store, trigger};
+use domain::runs::{events, store, trigger};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -12,7 +12,6 @@ use crate::AppState;
 use crate::dto::{AssetPaths, Candidate, Event, Job, Run};
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{JsonBody, ProjectAccess, ProjectSlug};
-use domain::status::RunStatus;
 
 /// Trigger body. Exactly one of `scene_refs` / `input`.
 #[derive(Deserialize, ToSchema, Default)]
@@ -319,94 +318,6 @@ pub async fn list_events(
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct RunCanceled {
-    ok: bool,
-    run: Run,
-}
-
-/// Cancel a run. Waiting jobs are canceled at once; running jobs stop before
-/// their next provider call. A finished run is left as it is.
-#[utoipa::path(tag = "runs", params(("slug" = String, Path), ("runId" = String, Path)),
-    responses((status = 200, body = RunCanceled), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-#[post("/api/projects/{slug}/runs/{runId}/cancel")]
-pub async fn cancel_run(
-    state: web::Data<AppState>,
-    ProjectAccess { project, principal }: ProjectAccess,
-    path: web::Path<(String, String)>,
-) -> ApiResult<web::Json<RunCanceled>> {
-    let (_, run_id) = path.into_inner();
-
-    let run = store::get_run(&state.db, project.id, &run_id).await?;
-    state.engine.cancel_run(run.id, &principal).await?;
-    let run = store::get_run(&state.db, project.id, &run_id).await?;
-    Ok(web::Json(RunCanceled {
-        ok: true,
-        run: Run::from(&run),
-    }))
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct RunRetried {
-    ok: bool,
-    run: Run,
-    /// The new job attempts (each linked to the failed job by `retry_of_job_id`).
-    jobs: Vec<Job>,
-    audit_id: Uuid,
-}
-
-/// **New.** Retry the failed jobs of a finished run: each gets a new attempt
-/// linked to the old one, and the run is queued again.
-#[utoipa::path(tag = "runs", params(("slug" = String, Path), ("runId" = String, Path)),
-    responses((status = 200, body = RunRetried), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, body = ErrorBody, description = "run_not_retryable, nothing_to_retry")))]
-#[post("/api/projects/{slug}/runs/{runId}/retry")]
-pub async fn retry_run(
-    state: web::Data<AppState>,
-    ProjectAccess { project, principal }: ProjectAccess,
-    path: web::Path<(String, String)>,
-) -> ApiResult<web::Json<RunRetried>> {
-    let (_, run_id) = path.into_inner();
-
-    let run = store::get_run(&state.db, project.id, &run_id).await?;
-    let (run, created, audit_id) =
-        control::retry_failed(state.engine.run_engine(), &principal, &run).await?;
-    Ok(web::Json(RunRetried {
-        ok: true,
-        run: Run::from(&run),
-        jobs: created
-            .iter()
-            .map(|j| Job::new(j, Vec::new(), &AssetPaths::new()))
-            .collect(),
-        audit_id,
-    }))
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct JobCanceled {
-    ok: bool,
-    job: Job,
-}
-
-/// **New.** Cancel one job and the later stages of its scene.
-#[utoipa::path(tag = "runs", params(("slug" = String, Path), ("runId" = String, Path), ("jobId" = String, Path)),
-    responses((status = 200, body = JobCanceled), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-#[post("/api/projects/{slug}/runs/{runId}/jobs/{jobId}/cancel")]
-pub async fn cancel_job(
-    state: web::Data<AppState>,
-    ProjectAccess { project, principal }: ProjectAccess,
-    path: web::Path<(String, String, String)>,
-) -> ApiResult<web::Json<JobCanceled>> {
-    let (_, run_id, job_id) = path.into_inner();
-
-    let run = store::get_run(&state.db, project.id, &run_id).await?;
-    let job = control::cancel_job(state.engine.run_engine(), &principal, &run, &job_id).await?;
-    Ok(web::Json(JobCanceled {
-        ok: true,
-        job: Job::new(&job, Vec::new(), &AssetPaths::new()),
-    }))
-}
-
-#[derive(Serialize, ToSchema)]
 pub struct CandidateList {
     ok: bool,
     job_id: Uuid,
@@ -450,71 +361,6 @@ pub async fn list_candidates(
         count: candidates.len(),
         candidates,
     }))
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct QueueState {
-    ok: bool,
-    paused: bool,
-    queued: usize,
-    running: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    audit_id: Option<Uuid>,
-}
-
-async fn queue_state(
-    state: &AppState,
-    project: &entities::projects::Model,
-    audit_id: Option<Uuid>,
-) -> Result<QueueState, domain::ServiceError> {
-    Ok(QueueState {
-        ok: true,
-        paused: state.engine.is_paused(project.id).await?,
-        queued: store::count_runs(&state.db, project.id, RunStatus::Queued).await? as usize,
-        running: store::count_runs(&state.db, project.id, RunStatus::Running).await? as usize,
-        audit_id,
-    })
-}
-
-/// **New.** The project's run queue: paused or not, queued and running runs.
-#[utoipa::path(tag = "runs", params(("slug" = String, Path)),
-    responses((status = 200, body = QueueState), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-#[get("/api/projects/{slug}/queue")]
-pub async fn get_queue(
-    state: web::Data<AppState>,
-    ProjectAccess { project, .. }: ProjectAccess,
-) -> ApiResult<web::Json<QueueState>> {
-    Ok(web::Json(queue_state(&state, &project, None).await?))
-}
-
-/// **New.** Pause the project's queue: running runs go on, queued runs wait.
-#[utoipa::path(tag = "runs", params(("slug" = String, Path)),
-    responses((status = 200, body = QueueState), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-#[post("/api/projects/{slug}/queue/pause")]
-pub async fn pause_queue(
-    state: web::Data<AppState>,
-    ProjectAccess { project, principal }: ProjectAccess,
-) -> ApiResult<web::Json<QueueState>> {
-    let audit_id =
-        control::set_queue_paused(state.engine.run_engine(), &principal, &project, true).await?;
-    Ok(web::Json(
-        queue_state(&state, &project, Some(audit_id)).await?,
-    ))
-}
-
-/// **New.** Resume the project's queue.
-#[utoipa::path(tag = "runs", params(("slug" = String, Path)),
-    responses((status = 200, body = QueueState), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-#[post("/api/projects/{slug}/queue/resume")]
-pub async fn resume_queue(
-    state: web::Data<AppState>,
-    ProjectAccess { project, principal }: ProjectAccess,
-) -> ApiResult<web::Json<QueueState>> {
-    let audit_id =
-        control::set_queue_paused(state.engine.run_engine(), &principal, &project, false).await?;
-    Ok(web::Json(
-        queue_state(&state, &project, Some(audit_id)).await?,
-    ))
 }
 
 #[derive(Deserialize, ToSchema, Default)]

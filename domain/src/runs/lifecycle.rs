@@ -288,6 +288,16 @@ pub async fn finish(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result
     .await?;
     crate::db::commit(txn).await?;
     deps.hub.publish(event);
+    tracing::info!(
+        status = if changed > 0 {
+            final_status.as_str()
+        } else {
+            status_now.as_str()
+        },
+        jobs = jobs.len(),
+        jobs_done = done,
+        "run finished"
+    );
     if let Err(e) = write_run_log(deps, run_id).await {
         tracing::warn!(%run_id, error = %e, "cannot write the run log");
     }

@@ -10,30 +10,33 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use entities::{assets, provider_calls, run_candidates, run_jobs, runs};
+use entities::{provider_calls, run_candidates, run_jobs, runs};
 use futures_util::future::join_all;
 use imaging::DecodeLimits;
 use imaging::effects::{TimeOfDay, Weather};
-use imaging::guard::{self, GuardReport, GuardSettings};
+use imaging::guard::GuardSettings;
 use providers::governor::Governor;
-use providers::{CallShape, GenerateRequest, ImageOptions, ImageProvider, Stage};
+use providers::{CallShape, ImageOptions, ImageProvider, Stage};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use serde_json::json;
 use storage::ProjectFiles;
 use uuid::Uuid;
 
-use super::calls::{self, Attempted, CallPlan};
-use super::delivery::{self, Delivery, Placement};
+use super::calls::{self, CallPlan};
 use super::drain::Drain;
 use super::events::EventHub;
 use super::manifest::{Manifest, Postprocess};
-use super::passes::{self, LinkType, link};
-use super::record::recorded;
+use super::passes::{self};
 use super::verdict::finish_job;
 use super::writer::{RowWriter, Rows};
-use crate::assets::{self as registry, NewAsset};
-use crate::status::{CallStatus, CandidateStatus};
+use crate::assets::{self as registry};
+use crate::status::CallStatus;
 use crate::{ServiceError, time};
+
+mod candidate;
+
+pub(super) use candidate::CandidateResult;
+use candidate::{CandidateEnd, Prior, candidate};
 
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
@@ -164,35 +167,6 @@ pub(super) struct JobCtx<'a> {
     options: ImageOptions,
     /// How each candidate's call may be attempted.
     plan: CallPlan,
-}
-
-#[derive(Debug, Clone)]
-pub(super) struct CandidateResult {
-    pub index: i32,
-    pub status: String,
-    pub asset_id: Option<Uuid>,
-    /// After the post-process passes (the output itself when none ran).
-    pub final_asset_id: Option<Uuid>,
-    pub report: Option<GuardReport>,
-}
-
-impl CandidateResult {
-    fn failed(index: i32) -> Self {
-        Self {
-            index,
-            status: CandidateStatus::Failed.into(),
-            asset_id: None,
-            final_asset_id: None,
-            report: None,
-        }
-    }
-}
-
-/// How one candidate ended.
-enum CandidateEnd {
-    Decided(CandidateResult),
-    Canceled,
-    Interrupted,
 }
 
 fn stage_of(job: &run_jobs::Model) -> Result<Stage, ServiceError> {
@@ -434,18 +408,6 @@ pub async fn run_job(
     finish_job(env, run, job, finished).await
 }
 
-/// A candidate's state from earlier attempts of its job.
-enum Prior {
-    /// Recorded with its guard verdict: kept as it is.
-    Decided(run_candidates::Model),
-    /// Its provider call is on record (maybe already succeeded).
-    Call {
-        call: Box<provider_calls::Model>,
-        /// Recorded in flight for its first attempt just now.
-        in_flight: bool,
-    },
-}
-
 /// A call record before its first attempt: `in_flight` marks a free call's
 /// first attempt as started with it; `bound` is what an attempt reserves.
 pub(super) fn new_call(
@@ -485,245 +447,6 @@ pub(super) fn new_call(
         created_at: now,
         updated_at: now,
     }
-}
-
-async fn candidate(
-    ctx: &JobCtx<'_>,
-    index: i32,
-    prior: Prior,
-) -> Result<CandidateEnd, ServiceError> {
-    let JobCtx { env, run, job, .. } = *ctx;
-    let (call, in_flight) = match prior {
-        // Already decided by an earlier attempt of this job: keep that verdict.
-        Prior::Decided(existing) => {
-            return Ok(CandidateEnd::Decided(CandidateResult {
-                index,
-                status: existing.status,
-                asset_id: existing.output_asset_id,
-                final_asset_id: existing.final_asset_id.or(existing.output_asset_id),
-                report: Some(GuardReport {
-                    chroma_delta: 0.0,
-                    hard_failures: existing.rank_hard_failures as u32,
-                    soft_warnings: existing.rank_soft_warnings as u32,
-                    chroma_exceed: existing.rank_avg_chroma_exceed,
-                    reasons: Vec::new(),
-                }),
-            }));
-        }
-        Prior::Call { call, in_flight } => (call, in_flight),
-    };
-    // A stored result is never paid for again: not after a retry, not after a crash.
-    if call.status == CallStatus::Succeeded
-        && let Some(asset_id) = call.result_asset_id
-    {
-        let (asset, bytes) = registry::load_bytes(&env.db, &env.store, asset_id).await?;
-        return decide(ctx, index, call.id, asset, bytes, None).await;
-    }
-    let plan = CallPlan {
-        index,
-        ..ctx.plan.clone()
-    };
-    let attempted = calls::attempt(env, run, job, &call, &plan, in_flight, |attempt| {
-        env.provider.generate(GenerateRequest {
-            idempotency_key: call.idempotency_key.clone(),
-            stage: ctx.stage,
-            prompt: job.prompt_text.clone().unwrap_or_default(),
-            input: ctx.input.cloned(),
-            references: ctx.references.clone(),
-            candidate_index: index as u32,
-            attempt,
-            api_key: ctx.api_key.clone(),
-            options: ctx.options.clone(),
-        })
-    })
-    .await?;
-    let (generated, attempt, arrived) = match attempted {
-        Attempted::Delivered {
-            value,
-            attempt,
-            arrived,
-        } => (value, attempt, arrived),
-        Attempted::GaveUp { code } => {
-            tracing::debug!(run_id = %run.id, job_key = %job.job_key, index, code, "candidate gave up");
-            return Ok(if calls::canceled(&env.db, run.id, job.id).await? {
-                CandidateEnd::Canceled
-            } else {
-                CandidateEnd::Decided(CandidateResult::failed(index))
-            });
-        }
-        Attempted::Canceled => return Ok(CandidateEnd::Canceled),
-        Attempted::Interrupted => return Ok(CandidateEnd::Interrupted),
-    };
-    plan.governor.observe_success(&generated.rate);
-    let delivered = Delivery::from(generated);
-    if plan.bound_usd <= 0.0 {
-        return free_result(ctx, index, &call, delivered, attempt).await;
-    }
-    // Paid: durable before anything else is done with it.
-    let (asset, bytes, decoded) = delivery::keep(
-        env,
-        run,
-        job,
-        Placement {
-            kind: "generated",
-            key_stem: format!("runs/{}/{}/c{index}", run.id, job.job_key),
-            parent: ctx.input_id,
-            metadata: json!({ "candidate_index": index, "stage": job.stage }),
-            call: &call,
-            attempt,
-            arrived,
-        },
-        delivered,
-    )
-    .await?;
-    if env.drain.is_draining() {
-        return Ok(CandidateEnd::Interrupted);
-    }
-    decide(ctx, index, call.id, asset, bytes, decoded).await
-}
-
-/// A stored result through the guard (archived when it fails), the passes
-/// and the candidate's rows.
-async fn decide(
-    ctx: &JobCtx<'_>,
-    index: i32,
-    call_id: Uuid,
-    asset: assets::Model,
-    bytes: Vec<u8>,
-    decoded: Option<image::RgbaImage>,
-) -> Result<CandidateEnd, ServiceError> {
-    let (env, limits, guard_settings) = (ctx.env, ctx.env.limits, ctx.guard);
-    let (checked, bytes) = cpu(move || {
-        let img = match decoded {
-            Some(img) => Ok(img),
-            None => imaging::decode(&bytes, limits),
-        };
-        let checked = img.map(|img| {
-            let report = guard::check(&img, &guard_settings);
-            (img, report)
-        });
-        (checked, bytes)
-    })
-    .await?;
-    let (img, report) = match checked {
-        Ok(v) => v,
-        Err(e) => {
-            // Paid for and kept, but unusable: the candidate fails.
-            tracing::warn!(asset_id = %asset.id, error = %e, "a delivered image does not decode");
-            return Ok(CandidateEnd::Decided(CandidateResult::failed(index)));
-        }
-    };
-    let (output, archived_row) = if report.hard_failures > 0 {
-        delivery::archive(env, ctx.run, ctx.job, index, &asset, &bytes).await?
-    } else {
-        (asset.id, None)
-    };
-    let Some((mut rows, result)) = recorded(ctx, index, img, output, report, Some(call_id)).await?
-    else {
-        return Ok(CandidateEnd::Interrupted);
-    };
-    if let Some(row) = archived_row {
-        rows.assets.insert(0, row);
-    }
-    env.writer()?.write(rows).await?;
-    Ok(CandidateEnd::Decided(result))
-}
-
-/// A free result (the local provider): nothing to lose in a crash, so its
-/// file, call and candidate commit together, the file stored where the
-/// guard's verdict puts it.
-async fn free_result(
-    ctx: &JobCtx<'_>,
-    index: i32,
-    call: &provider_calls::Model,
-    delivered: Delivery,
-    attempt: u32,
-) -> Result<CandidateEnd, ServiceError> {
-    let (env, run, job) = (ctx.env, ctx.run, ctx.job);
-    let (limits, guard_settings) = (env.limits, ctx.guard);
-    let Delivery {
-        bytes,
-        mime,
-        decoded,
-        cost,
-        model,
-        provider_request_id,
-        ..
-    } = delivered;
-    let (checked, bytes, sha) = cpu(move || {
-        let img = match decoded {
-            Some(img) => Ok(img),
-            None => imaging::decode(&bytes, limits),
-        };
-        let checked = img.map(|img| {
-            let report = guard::check(&img, &guard_settings);
-            (img, report)
-        });
-        let sha = registry::sha256_hex(&bytes);
-        (checked, bytes, sha)
-    })
-    .await?;
-    let Ok((img, report)) = checked else {
-        return Ok(CandidateEnd::Decided(CandidateResult::failed(index)));
-    };
-    let archived = report.hard_failures > 0;
-    let ext = delivery::extension(mime);
-    // Failed candidates go to the archive, never deleted or overwritten
-    // (run-scoped keys are unique).
-    let storage_key = if archived {
-        format!("archive/{}/{}/c{index}.{ext}", run.id, job.job_key)
-    } else {
-        format!("runs/{}/{}/c{index}.{ext}", run.id, job.job_key)
-    };
-    let (width, height) = img.dimensions();
-    let stored = registry::put(
-        &env.db,
-        &env.store,
-        NewAsset {
-            project_id: run.project_id,
-            kind: if archived { "archived" } else { "generated" },
-            key: &storage_key,
-            width,
-            height,
-            bytes,
-            mime,
-            run_id: Some(run.id),
-            job_id: Some(job.id),
-            candidate_id: None,
-            metadata: json!({ "candidate_index": index, "stage": job.stage, "model": model }),
-        },
-        Some(sha.clone()),
-    )
-    .await?;
-    let asset_id = stored.row.id;
-    let Some((mut rows, result)) =
-        recorded(ctx, index, img, asset_id, report, Some(call.id)).await?
-    else {
-        return Ok(CandidateEnd::Interrupted);
-    };
-    let (done, cost_event) = calls::completion(
-        call,
-        calls::Delivered {
-            result_asset_id: asset_id,
-            sha256: &sha,
-            cost: &cost,
-            model,
-            provider_request_id,
-            attempt,
-        },
-    );
-    rows.provider_calls.push(done);
-    rows.cost_events.extend(cost_event);
-    if let Some(input_id) = ctx.input_id {
-        rows.links
-            .push(link(run, input_id, asset_id, LinkType::DerivedFrom));
-    }
-    // Foreign-key order: the output before the pass files derived from it.
-    if stored.fresh {
-        rows.assets.insert(0, stored.row);
-    }
-    env.writer()?.write(rows).await?;
-    Ok(CandidateEnd::Decided(result))
 }
 
 /// Tells the audit log about a paid call once its rows have committed.
