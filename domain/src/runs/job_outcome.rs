@@ -20,7 +20,7 @@ use crate::status::JobStatus;
 /// Applies a job's outcome to the chain: unblocks its child with the winner
 /// as input, skips the rest of the chain after a failure, or schedules a
 /// retry after an unexpected failure while attempts remain.
-#[tracing::instrument(skip(deps, outcome))]
+#[tracing::instrument(level = "debug", skip(deps, outcome))]
 pub async fn settle_job(
     deps: &EngineDeps,
     run_id: Uuid,

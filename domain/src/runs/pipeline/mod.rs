@@ -230,8 +230,9 @@ fn call_key(run: &runs::Model, job: &run_jobs::Model, index: i32) -> String {
     format!("{}:{}:c{}", run.id, job.job_key, index)
 }
 
-/// Runs one leased job to its outcome and persists it.
-#[tracing::instrument(skip_all)]
+/// Runs one leased job to its outcome and persists it. (No span of its
+/// own: the WorkerActor runs it inside the job's span, and a second span
+/// entered on every poll measurably slows the engine.)
 pub async fn run_job(
     env: &JobEnv,
     run: &runs::Model,
