@@ -67,6 +67,45 @@ impl RenderCache {
         if let Some(body) = self.revalidate(&key, &fingerprint, generation) {
             return Ok(json_response(body));
         }
+        self.render_and_keep(key, fingerprint, generation, load)
+            .await
+    }
+
+    /// Like [`Self::respond`], for reads with no cheap fingerprint: a body
+    /// is reused while this process has committed no write since it was
+    /// rendered and it is younger than `revalidate_after` (other nodes'
+    /// writes show up within that window); otherwise it is rendered again.
+    pub async fn respond_fresh<T, L, LF>(
+        &self,
+        key: String,
+        load: L,
+    ) -> Result<HttpResponse, ApiError>
+    where
+        T: Serialize,
+        L: FnOnce() -> LF,
+        LF: Future<Output = Result<T, ServiceError>>,
+    {
+        let generation = domain::db::write_generation();
+        if let Some(body) = self.fresh(&key, generation) {
+            return Ok(json_response(body));
+        }
+        // No fingerprint: an entry is only ever reused while fresh.
+        self.render_and_keep(key, String::new(), generation, load)
+            .await
+    }
+
+    async fn render_and_keep<T, L, LF>(
+        &self,
+        key: String,
+        fingerprint: String,
+        generation: u64,
+        load: L,
+    ) -> Result<HttpResponse, ApiError>
+    where
+        T: Serialize,
+        L: FnOnce() -> LF,
+        LF: Future<Output = Result<T, ServiceError>>,
+    {
         let value = load().await?;
         let body = Bytes::from(serde_json::to_vec(&value).map_err(|e| {
             tracing::error!(error = %e, "cannot render response");
@@ -99,7 +138,7 @@ impl RenderCache {
     fn revalidate(&self, key: &str, fingerprint: &str, generation: u64) -> Option<Bytes> {
         let mut map = self.entries.lock().ok()?;
         let e = map.get_mut(key)?;
-        if e.fingerprint != fingerprint {
+        if e.fingerprint.is_empty() || e.fingerprint != fingerprint {
             return None;
         }
         e.checked = Instant::now();
@@ -112,4 +151,36 @@ pub fn json_response(body: Bytes) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::json())
         .body(body)
+}
+
+/// Rows looked up by key (project rows by slug, for read requests), reused on
+/// the same terms as [`RenderCache::respond_fresh`]: while this process has
+/// committed no write since the lookup and for at most `revalidate_after`.
+pub struct RowCache<V: Clone> {
+    revalidate_after: Duration,
+    entries: Mutex<HashMap<String, (V, Instant, u64)>>,
+}
+
+impl<V: Clone> RowCache<V> {
+    pub fn new(revalidate_after: Duration) -> Self {
+        Self {
+            revalidate_after,
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn get(&self, key: &str, generation: u64) -> Option<V> {
+        let map = self.entries.lock().ok()?;
+        let (v, at, g) = map.get(key)?;
+        (*g == generation && at.elapsed() < self.revalidate_after).then(|| v.clone())
+    }
+
+    pub fn put(&self, key: String, value: V, generation: u64) {
+        if let Ok(mut map) = self.entries.lock() {
+            if map.len() >= MAX_ENTRIES {
+                map.clear();
+            }
+            map.insert(key, (value, Instant::now(), generation));
+        }
+    }
 }

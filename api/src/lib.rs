@@ -67,6 +67,8 @@ pub struct AppState {
     /// The served `/openapi.json`, generated once at startup.
     pub openapi: serde_json::Value,
     pub renders: cache::RenderCache,
+    /// Project rows by slug for read requests (see `extract::ProjectAccess`).
+    pub project_rows: cache::RowCache<entities::projects::Model>,
     pub engine: actors::engine::Engine,
 }
 
@@ -98,6 +100,7 @@ impl AppState {
             routes: RouteCatalogue::from_openapi(&doc),
             openapi: served_openapi(&doc),
             renders: cache::RenderCache::new(std::time::Duration::from_millis(read_cache_ms)),
+            project_rows: cache::RowCache::new(std::time::Duration::from_millis(read_cache_ms)),
             engine,
         }
     }

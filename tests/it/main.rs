@@ -31,6 +31,7 @@ mod migrations;
 mod projects;
 mod provider_accounts;
 mod providers;
+mod read_cache;
 mod recovery;
 mod runs;
 mod secrets;

@@ -46,7 +46,7 @@ pub async fn list_assets(
     state: web::Data<AppState>,
     ProjectAccess { project, .. }: ProjectAccess,
     query: web::Query<AssetListQuery>,
-) -> ApiResult<web::Json<AssetList>> {
+) -> ApiResult<HttpResponse> {
     let limit = query.limit.unwrap_or(500).clamp(1, 2000) as u64;
     let kind = query
         .kind
@@ -54,16 +54,26 @@ pub async fn list_assets(
         .map(str::trim)
         .filter(|k| !k.is_empty());
     let after = query.cursor.as_deref().map(Cursor::decode).transpose()?;
-    let rows =
-        domain::assets::list(&state.db, project.id, limit, kind, query.run_id, after).await?;
-    let next_cursor = cursor::next(&rows, limit, |a| (a.created_at, a.id));
-    let assets: Vec<Asset> = rows.iter().map(Asset::from).collect();
-    Ok(web::Json(AssetList {
-        ok: true,
-        count: assets.len(),
-        assets,
-        next_cursor,
-    }))
+    let run_id = query.run_id;
+    let key = format!(
+        "assets|{}|{limit}|{kind:?}|{run_id:?}|{:?}",
+        project.id, query.cursor
+    );
+    let db = &state.db;
+    state
+        .renders
+        .respond_fresh(key, || async move {
+            let rows = domain::assets::list(db, project.id, limit, kind, run_id, after).await?;
+            let next_cursor = cursor::next(&rows, limit, |a| (a.created_at, a.id));
+            let assets: Vec<Asset> = rows.iter().map(Asset::from).collect();
+            Ok(AssetList {
+                ok: true,
+                count: assets.len(),
+                assets,
+                next_cursor,
+            })
+        })
+        .await
 }
 
 #[derive(Serialize, ToSchema)]

@@ -19,7 +19,7 @@ use actix_web::{HttpRequest, HttpResponse, get, web};
 use actix_ws::{CloseCode, CloseReason, Message};
 use domain::DatabaseConnection;
 use domain::projects;
-use domain::runs::events::{self, RunEvent};
+use domain::runs::events::{self, LiveEvent, RunEvent};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
@@ -105,6 +105,20 @@ pub async fn events_ws(
 
 const BEARER_PROTOCOL: &str = "atelier.bearer";
 
+/// One event as the feed sends it.
+fn wire_text(e: &RunEvent) -> String {
+    json!({
+        "type": "event",
+        "run_id": e.run_id,
+        "seq": e.seq,
+        "event_type": e.event_type,
+        "job_id": e.job_id,
+        "timestamp": e.created_at,
+        "payload": e.payload,
+    })
+    .to_string()
+}
+
 /// The token offered as `Sec-WebSocket-Protocol: atelier.bearer, <token>`.
 fn subprotocol_token(req: &HttpRequest) -> Option<String> {
     let offered: Vec<String> = req
@@ -145,20 +159,32 @@ fn reason(code: CloseCode, description: &str) -> CloseReason {
 }
 
 impl Feed {
+    /// Sends a replayed event (encoded for this client alone).
     async fn send(&mut self, session: &mut actix_ws::Session, e: &RunEvent) -> Result<(), Stop> {
-        let text = json!({
-            "type": "event",
-            "run_id": e.run_id,
-            "seq": e.seq,
-            "event_type": e.event_type,
-            "job_id": e.job_id,
-            "timestamp": e.created_at,
-            "payload": e.payload,
-        })
-        .to_string();
+        self.send_text(session, e.run_id, e.seq, wire_text(e).into())
+            .await
+    }
+
+    /// Sends a live event: encoded once for every client of this process.
+    async fn send_live(
+        &mut self,
+        session: &mut actix_ws::Session,
+        e: &LiveEvent,
+    ) -> Result<(), Stop> {
+        self.send_text(session, e.run_id, e.seq, e.wire(wire_text))
+            .await
+    }
+
+    async fn send_text(
+        &mut self,
+        session: &mut actix_ws::Session,
+        run_id: Uuid,
+        seq: i64,
+        text: bytestring::ByteString,
+    ) -> Result<(), Stop> {
         match tokio::time::timeout(SEND_TIMEOUT, session.text(text)).await {
             Ok(Ok(())) => {
-                self.sent.insert(e.run_id, e.seq);
+                self.sent.insert(run_id, seq);
                 Ok(())
             }
             Ok(Err(_)) => Err(Stop::Done),
@@ -195,7 +221,11 @@ impl Feed {
         }
     }
 
-    async fn on_live(&mut self, session: &mut actix_ws::Session, e: RunEvent) -> Result<(), Stop> {
+    async fn on_live(
+        &mut self,
+        session: &mut actix_ws::Session,
+        e: &LiveEvent,
+    ) -> Result<(), Stop> {
         if e.project_id != self.project_id || self.run_id.is_some_and(|r| r != e.run_id) {
             return Ok(());
         }
@@ -204,15 +234,15 @@ impl Feed {
             // A hole (the hub dropped messages): fill it from the database.
             Some(last) if e.seq > last + 1 => {
                 self.catch_up(session, e.run_id, Some(e.seq - 1)).await?;
-                self.send(session, &e).await
+                self.send_live(session, e).await
             }
             // A run-scoped feed always knows where it is; a project feed
             // starts each run at its first live event.
             None if self.run_id.is_some() => {
                 self.catch_up(session, e.run_id, Some(e.seq - 1)).await?;
-                self.send(session, &e).await
+                self.send_live(session, e).await
             }
-            _ => self.send(session, &e).await,
+            _ => self.send_live(session, e).await,
         }
     }
 
@@ -220,7 +250,7 @@ impl Feed {
         mut self,
         mut session: actix_ws::Session,
         mut stream: actix_ws::MessageStream,
-        mut live: tokio::sync::broadcast::Receiver<RunEvent>,
+        mut live: tokio::sync::broadcast::Receiver<std::sync::Arc<LiveEvent>>,
         since: i64,
     ) {
         let stop = self
@@ -235,7 +265,7 @@ impl Feed {
         &mut self,
         session: &mut actix_ws::Session,
         stream: &mut actix_ws::MessageStream,
-        live: &mut tokio::sync::broadcast::Receiver<RunEvent>,
+        live: &mut tokio::sync::broadcast::Receiver<std::sync::Arc<LiveEvent>>,
         since: i64,
     ) -> Stop {
         if let Some(run_id) = self.run_id {
@@ -250,7 +280,7 @@ impl Feed {
             tokio::select! {
                 event = live.recv() => {
                     let step = match event {
-                        Ok(e) => self.on_live(session, e).await,
+                        Ok(e) => self.on_live(session, &e).await,
                         Err(RecvError::Lagged(_)) => match self.run_id {
                             // Sequence numbers make a run feed whole again.
                             Some(run_id) => self.catch_up(session, run_id, None).await,

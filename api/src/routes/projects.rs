@@ -141,18 +141,25 @@ pub struct ProjectDetail {
 pub async fn get_project(
     state: web::Data<AppState>,
     ProjectAccess { project, .. }: ProjectAccess,
-) -> ApiResult<web::Json<ProjectDetail>> {
-    let counts = projects::counts(&state.db, project.id).await?;
-    let storage_row = projects::storage_row(&state.db, project.id).await?;
-    let storage = projects::storage_view(&state.roots, &project, &storage_row)?;
-    Ok(web::Json(ProjectDetail {
-        ok: true,
-        project: ProjectInfo::from(&project),
-        counts: ProjectCounts {
-            runs: counts.runs,
-            jobs: counts.jobs,
-            assets: counts.assets,
-        },
-        storage: storage.into(),
-    }))
+) -> ApiResult<HttpResponse> {
+    let key = format!("project|{}", project.id);
+    let (state, project) = (&state, &project);
+    state
+        .renders
+        .respond_fresh(key, || async move {
+            let counts = projects::counts(&state.db, project.id).await?;
+            let storage_row = projects::storage_row(&state.db, project.id).await?;
+            let storage = projects::storage_view(&state.roots, project, &storage_row)?;
+            Ok(ProjectDetail {
+                ok: true,
+                project: ProjectInfo::from(project),
+                counts: ProjectCounts {
+                    runs: counts.runs,
+                    jobs: counts.jobs,
+                    assets: counts.assets,
+                },
+                storage: storage.into(),
+            })
+        })
+        .await
 }

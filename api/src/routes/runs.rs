@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use actix_web::{get, post, web};
+use actix_web::{HttpResponse, get, post, web};
 use domain::runs::plan::{self, TriggerInput};
 use domain::runs::{events, store, trigger};
 use serde::{Deserialize, Serialize};
@@ -199,22 +199,29 @@ pub async fn list_runs(
     state: web::Data<AppState>,
     ProjectAccess { project, .. }: ProjectAccess,
     query: web::Query<RunListQuery>,
-) -> ApiResult<web::Json<RunList>> {
+) -> ApiResult<HttpResponse> {
     let limit = query.limit.unwrap_or(200).clamp(1, 1000) as u64;
     let after = query
         .cursor
         .as_deref()
         .map(domain::cursor::Cursor::decode)
         .transpose()?;
-    let rows = store::list_runs(&state.db, project.id, limit, after).await?;
-    let next_cursor = domain::cursor::next(&rows, limit, |r| (r.created_at, r.id));
-    let runs: Vec<Run> = rows.iter().map(Run::from).collect();
-    Ok(web::Json(RunList {
-        ok: true,
-        count: runs.len(),
-        runs,
-        next_cursor,
-    }))
+    let key = format!("runs|{}|{limit}|{:?}", project.id, query.cursor);
+    let db = &state.db;
+    state
+        .renders
+        .respond_fresh(key, || async move {
+            let rows = store::list_runs(db, project.id, limit, after).await?;
+            let next_cursor = domain::cursor::next(&rows, limit, |r| (r.created_at, r.id));
+            let runs: Vec<Run> = rows.iter().map(Run::from).collect();
+            Ok(RunList {
+                ok: true,
+                count: runs.len(),
+                runs,
+                next_cursor,
+            })
+        })
+        .await
 }
 
 #[derive(Serialize, ToSchema)]
@@ -232,16 +239,22 @@ pub async fn get_run(
     state: web::Data<AppState>,
     ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
-) -> ApiResult<web::Json<RunDetail>> {
+) -> ApiResult<HttpResponse> {
     let (_, run_id) = path.into_inner();
-
-    let run = store::get_run(&state.db, project.id, &run_id).await?;
-    let jobs = jobs_with_candidates(&state, run.id).await?;
-    Ok(web::Json(RunDetail {
-        ok: true,
-        run: Run::from(&run),
-        jobs,
-    }))
+    let key = format!("run|{}|{run_id}", project.id);
+    let state = &state;
+    state
+        .renders
+        .respond_fresh(key, || async move {
+            let run = store::get_run(&state.db, project.id, &run_id).await?;
+            let jobs = jobs_with_candidates(state, run.id).await?;
+            Ok(RunDetail {
+                ok: true,
+                run: Run::from(&run),
+                jobs,
+            })
+        })
+        .await
 }
 
 #[derive(Serialize, ToSchema)]
@@ -260,17 +273,23 @@ pub async fn list_jobs(
     state: web::Data<AppState>,
     ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
-) -> ApiResult<web::Json<JobList>> {
+) -> ApiResult<HttpResponse> {
     let (_, run_id) = path.into_inner();
-
-    let run = store::get_run(&state.db, project.id, &run_id).await?;
-    let jobs = jobs_with_candidates(&state, run.id).await?;
-    Ok(web::Json(JobList {
-        ok: true,
-        run_id: run.id,
-        count: jobs.len(),
-        jobs,
-    }))
+    let key = format!("jobs|{}|{run_id}", project.id);
+    let state = &state;
+    state
+        .renders
+        .respond_fresh(key, || async move {
+            let run = store::get_run(&state.db, project.id, &run_id).await?;
+            let jobs = jobs_with_candidates(state, run.id).await?;
+            Ok(JobList {
+                ok: true,
+                run_id: run.id,
+                count: jobs.len(),
+                jobs,
+            })
+        })
+        .await
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -298,23 +317,29 @@ pub async fn list_events(
     ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String)>,
     query: web::Query<EventQuery>,
-) -> ApiResult<web::Json<EventList>> {
+) -> ApiResult<HttpResponse> {
     let (_, run_id) = path.into_inner();
-
-    let run = store::get_run(&state.db, project.id, &run_id).await?;
     let limit = query.limit.unwrap_or(1000).clamp(1, 10_000) as u64;
-    let events: Vec<Event> =
-        events::list_since(&state.db, run.id, query.since.unwrap_or(0).max(0), limit)
-            .await?
-            .iter()
-            .map(Event::from)
-            .collect();
-    Ok(web::Json(EventList {
-        ok: true,
-        run_id: run.id,
-        count: events.len(),
-        events,
-    }))
+    let since = query.since.unwrap_or(0).max(0);
+    let key = format!("events|{}|{run_id}|{since}|{limit}", project.id);
+    let db = &state.db;
+    state
+        .renders
+        .respond_fresh(key, || async move {
+            let run = store::get_run(db, project.id, &run_id).await?;
+            let events: Vec<Event> = events::list_since(db, run.id, since, limit)
+                .await?
+                .iter()
+                .map(Event::from)
+                .collect();
+            Ok(EventList {
+                ok: true,
+                run_id: run.id,
+                count: events.len(),
+                events,
+            })
+        })
+        .await
 }
 
 #[derive(Serialize, ToSchema)]
@@ -333,34 +358,41 @@ pub async fn list_candidates(
     state: web::Data<AppState>,
     ProjectAccess { project, .. }: ProjectAccess,
     path: web::Path<(String, String, String)>,
-) -> ApiResult<web::Json<CandidateList>> {
+) -> ApiResult<HttpResponse> {
     let (_, run_id, job_id) = path.into_inner();
-
-    let run = store::get_run(&state.db, project.id, &run_id).await?;
-    let job_id = Uuid::parse_str(job_id.trim())
-        .map_err(|_| domain::ServiceError::not_found("Job not found"))?;
-    let jobs = store::jobs_of(&state.db, run.id).await?;
-    if !jobs.iter().any(|j| j.id == job_id) {
-        return Err(domain::ServiceError::not_found("Job not found").into());
-    }
-    let rows: Vec<_> = store::candidates_of_run(&state.db, run.id)
-        .await?
-        .into_iter()
-        .filter(|c| c.job_id == job_id)
-        .collect();
-    let paths = asset_paths(
-        &state,
-        rows.iter()
-            .flat_map(|c| [c.output_asset_id, c.final_asset_id]),
-    )
-    .await?;
-    let candidates: Vec<Candidate> = rows.iter().map(|c| Candidate::new(c, &paths)).collect();
-    Ok(web::Json(CandidateList {
-        ok: true,
-        job_id,
-        count: candidates.len(),
-        candidates,
-    }))
+    let key = format!("candidates|{}|{run_id}|{job_id}", project.id);
+    let state = &state;
+    state
+        .renders
+        .respond_fresh(key, || async move {
+            let run = store::get_run(&state.db, project.id, &run_id).await?;
+            let job_id = Uuid::parse_str(job_id.trim())
+                .map_err(|_| domain::ServiceError::not_found("Job not found"))?;
+            let jobs = store::jobs_of(&state.db, run.id).await?;
+            if !jobs.iter().any(|j| j.id == job_id) {
+                return Err(domain::ServiceError::not_found("Job not found"));
+            }
+            let rows: Vec<_> = store::candidates_of_run(&state.db, run.id)
+                .await?
+                .into_iter()
+                .filter(|c| c.job_id == job_id)
+                .collect();
+            let paths = asset_paths(
+                state,
+                rows.iter()
+                    .flat_map(|c| [c.output_asset_id, c.final_asset_id]),
+            )
+            .await?;
+            let candidates: Vec<Candidate> =
+                rows.iter().map(|c| Candidate::new(c, &paths)).collect();
+            Ok(CandidateList {
+                ok: true,
+                job_id,
+                count: candidates.len(),
+                candidates,
+            })
+        })
+        .await
 }
 
 #[derive(Deserialize, ToSchema, Default)]

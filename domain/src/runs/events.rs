@@ -41,11 +41,35 @@ impl From<run_events::Model> for RunEvent {
     }
 }
 
+/// A persisted event as the hub hands it out: one allocation shared by every
+/// subscriber (a receive clones an `Arc`, not the payload), with its wire
+/// form encoded once, by the first subscriber that needs it.
+#[derive(Debug)]
+pub struct LiveEvent {
+    pub event: RunEvent,
+    wire: std::sync::OnceLock<bytestring::ByteString>,
+}
+
+impl LiveEvent {
+    /// The event's wire text; `encode` runs for the first caller only, so
+    /// every caller must pass the same encoding.
+    pub fn wire(&self, encode: impl FnOnce(&RunEvent) -> String) -> bytestring::ByteString {
+        self.wire.get_or_init(|| encode(&self.event).into()).clone()
+    }
+}
+
+impl std::ops::Deref for LiveEvent {
+    type Target = RunEvent;
+    fn deref(&self) -> &RunEvent {
+        &self.event
+    }
+}
+
 /// Bounded fan-out of persisted events; a lagging subscriber loses messages
 /// (and is told so by the channel) instead of growing server memory.
 #[derive(Clone)]
 pub struct EventHub {
-    tx: broadcast::Sender<RunEvent>,
+    tx: broadcast::Sender<std::sync::Arc<LiveEvent>>,
 }
 
 impl EventHub {
@@ -54,13 +78,16 @@ impl EventHub {
         Self { tx }
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+    pub fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<LiveEvent>> {
         self.tx.subscribe()
     }
 
     pub fn publish(&self, event: RunEvent) {
         // No subscriber is fine: the event is already persisted.
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(std::sync::Arc::new(LiveEvent {
+            event,
+            wire: std::sync::OnceLock::new(),
+        }));
     }
 }
 
