@@ -138,7 +138,7 @@ pub enum BenchWhat {
     /// and server memory with one stalled client.
     Feed {
         /// Client counts to measure, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "1,50,200")]
+        #[arg(long, value_delimiter = ',', default_value = "1,50,200,500")]
         clients: Vec<usize>,
         /// Events per second.
         #[arg(long, default_value_t = 1000)]
