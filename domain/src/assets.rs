@@ -30,6 +30,10 @@ pub struct NewAsset<'a> {
 pub struct Stored {
     pub row: assets::Model,
     pub fresh: bool,
+    /// A fresh local file written by [`put_unsynced`]: to be made durable
+    /// (`storage::sync_files`, e.g. through the row writer's `Rows::files`)
+    /// before the row commits.
+    pub unsynced: Option<storage::Unsynced>,
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -82,13 +86,43 @@ pub async fn put<C: ConnectionTrait>(
     asset: NewAsset<'_>,
     sha256: Option<String>,
 ) -> Result<Stored, ServiceError> {
+    put_with(db, files, asset, sha256, false).await
+}
+
+/// Like [`put`], but a fresh local file is not synced yet: its row must not
+/// commit before `Stored::unsynced` has been made durable (the row writer
+/// does so for the files in `Rows::files`, one sync per batch).
+pub async fn put_unsynced<C: ConnectionTrait>(
+    db: &C,
+    files: &ProjectFiles,
+    asset: NewAsset<'_>,
+    sha256: Option<String>,
+) -> Result<Stored, ServiceError> {
+    put_with(db, files, asset, sha256, true).await
+}
+
+async fn put_with<C: ConnectionTrait>(
+    db: &C,
+    files: &ProjectFiles,
+    asset: NewAsset<'_>,
+    sha256: Option<String>,
+    defer_sync: bool,
+) -> Result<Stored, ServiceError> {
     let sha = sha256.unwrap_or_else(|| sha256_hex(&asset.bytes));
     if let Some(row) = existing(db, asset.project_id, asset.kind, &sha, files.backend()).await? {
-        return Ok(Stored { row, fresh: false });
+        return Ok(Stored {
+            row,
+            fresh: false,
+            unsynced: None,
+        });
     }
     let key = ObjectKey::parse(asset.key)?;
     let size = asset.bytes.len() as i64;
-    let backend = files.put(&key, asset.bytes).await?;
+    let (backend, unsynced) = if defer_sync {
+        files.put_unsynced(&key, asset.bytes).await?
+    } else {
+        (files.put(&key, asset.bytes).await?, None)
+    };
     let row = assets::Model {
         id: Uuid::now_v7(),
         project_id: asset.project_id,
@@ -107,7 +141,11 @@ pub async fn put<C: ConnectionTrait>(
         metadata_json: asset.metadata,
         created_at: time::now(),
     };
-    Ok(Stored { row, fresh: true })
+    Ok(Stored {
+        row,
+        fresh: true,
+        unsynced,
+    })
 }
 
 pub async fn load_bytes<C: ConnectionTrait>(

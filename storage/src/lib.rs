@@ -9,9 +9,11 @@
 //! - [`ProjectFiles`]: one project's files across its local root and its
 //!   optional S3 prefix (written to the primary, read from where each lives).
 
+mod deferred;
 pub mod paths;
 mod project;
 mod store;
 
+pub use deferred::{Unsynced, sync_files};
 pub use project::{ProjectFiles, S3Location};
 pub use store::{ObjectKey, ObjectStore, S3Config, StorageError};

@@ -83,13 +83,37 @@ impl ProjectFiles {
     /// root instead (and recorded so): a paid result is never lost to a
     /// bucket that is down.
     pub async fn put(&self, key: &ObjectKey, bytes: Vec<u8>) -> Result<&'static str, StorageError> {
+        if self.put_in_bucket(key, &bytes).await? {
+            return Ok("s3");
+        }
+        self.local.put(key, bytes).await?;
+        Ok(self.local.backend())
+    }
+
+    /// Like [`Self::put`], with a local file's sync left to the caller
+    /// ([`crate::sync_files`], before any row pointing at it commits).
+    pub async fn put_unsynced(
+        &self,
+        key: &ObjectKey,
+        bytes: Vec<u8>,
+    ) -> Result<(&'static str, Option<crate::Unsynced>), StorageError> {
+        if self.put_in_bucket(key, &bytes).await? {
+            return Ok(("s3", None));
+        }
+        let pending = self.local.put_unsynced(key, bytes).await?;
+        Ok((self.local.backend(), pending))
+    }
+
+    /// Stores the file in the bucket when S3 is the primary backend and
+    /// answers; `false`: it belongs in the local root.
+    async fn put_in_bucket(&self, key: &ObjectKey, bytes: &[u8]) -> Result<bool, StorageError> {
         if let S3Location::Ready {
             store,
             primary: true,
         } = &self.s3
         {
-            match store.put(key, bytes.clone()).await {
-                Ok(()) => return Ok("s3"),
+            match store.put(key, bytes.to_vec()).await {
+                Ok(()) => return Ok(true),
                 Err(e) => tracing::warn!(
                     key = key.as_str(),
                     error = %e,
@@ -99,8 +123,7 @@ impl ProjectFiles {
         } else {
             self.check_writable()?;
         }
-        self.local.put(key, bytes).await?;
-        Ok(self.local.backend())
+        Ok(false)
     }
 
     /// A file recorded under `backend` (an asset's `storage_backend`).

@@ -14,6 +14,8 @@ pub enum StorageError {
     Unavailable(String),
     #[error("storage backend error: {0}")]
     Backend(#[from] opendal::Error),
+    #[error("file system error: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl StorageError {
@@ -172,6 +174,29 @@ impl ObjectStore {
         self.guard(key.as_str()).await?;
         self.op.write(key.as_str(), bytes).await?;
         Ok(())
+    }
+
+    /// Like [`Self::put`], but a local file's durability is left to
+    /// [`crate::sync_files`] (returned here); other backends are durable on
+    /// return (`None`).
+    pub async fn put_unsynced(
+        &self,
+        key: &ObjectKey,
+        bytes: Vec<u8>,
+    ) -> Result<Option<crate::Unsynced>, StorageError> {
+        let Some(root) = &self.root else {
+            self.put(key, bytes).await?;
+            return Ok(None);
+        };
+        self.guard(key.as_str()).await?;
+        let root = root.clone();
+        let path = root.join(key.as_str());
+        tokio::task::spawn_blocking(move || {
+            crate::deferred::write_in_place(&path, &bytes)?;
+            Ok(Some(crate::Unsynced::new(&root, path)))
+        })
+        .await
+        .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
     }
 
     pub async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StorageError> {

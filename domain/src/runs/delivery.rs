@@ -110,7 +110,9 @@ pub(super) async fn keep(
     })
     .await?;
     let key = format!("{}.{}", place.key_stem, extension(mime));
-    let stored = registry::put(
+    // Made durable by the row writer (with its batch's other files) before
+    // the call is marked succeeded.
+    let stored = registry::put_unsynced(
         &env.db,
         &env.store,
         NewAsset {
@@ -145,6 +147,7 @@ pub(super) async fn keep(
         provider_calls: vec![done],
         cost_events: cost_event.into_iter().collect(),
         assets: stored.fresh.then_some(stored.row).into_iter().collect(),
+        files: stored.unsynced.into_iter().collect(),
         ..Rows::default()
     };
     if let Some(parent) = place.parent {

@@ -70,6 +70,9 @@ pub struct Rows {
     pub quality_reports: Vec<quality_reports::Model>,
     pub events: Vec<PendingEvent>,
     pub completions: Vec<JobCompletion>,
+    /// Files the rows point at that are not durable yet: synced together,
+    /// once per batch, before the batch's transaction begins.
+    pub files: Vec<storage::Unsynced>,
 }
 
 /// Per completion of a request, in order: whether it was applied.
@@ -127,7 +130,23 @@ async fn writer_loop(db: DatabaseConnection, hub: EventHub, mut rx: mpsc::Receiv
     }
 }
 
-async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, requests: Vec<Request>) {
+async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, mut requests: Vec<Request>) {
+    // A file is durable before any row that points at it commits.
+    let files: Vec<storage::Unsynced> = requests
+        .iter_mut()
+        .flat_map(|r| std::mem::take(&mut r.rows.files))
+        .collect();
+    if let Err(e) = storage::sync_files(files).await {
+        tracing::error!(error = %e, "row writer: cannot make a batch's files durable");
+        for r in requests {
+            let _ = r
+                .done
+                .send(Err(ServiceError::from(storage::StorageError::Io(
+                    std::io::Error::other(e.to_string()),
+                ))));
+        }
+        return;
+    }
     let all: Vec<&Rows> = requests.iter().map(|r| &r.rows).collect();
     match write_rows(db, &all).await {
         Ok((events, applied)) => {

@@ -248,7 +248,9 @@ pub(super) async fn free_result(
         format!("runs/{}/{}/c{index}.{ext}", run.id, job.job_key)
     };
     let (width, height) = img.dimensions();
-    let stored = registry::put(
+    // Synced by the row writer with the rest of its batch, before the rows
+    // that point at it commit.
+    let stored = registry::put_unsynced(
         &env.db,
         &env.store,
         NewAsset {
@@ -291,6 +293,7 @@ pub(super) async fn free_result(
             .push(link(run, input_id, asset_id, LinkType::DerivedFrom));
     }
     // Foreign-key order: the output before the pass files derived from it.
+    rows.files.extend(stored.unsynced);
     if stored.fresh {
         rows.assets.insert(0, stored.row);
     }
