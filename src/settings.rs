@@ -124,6 +124,9 @@ pub struct EngineSettings {
     /// reader further behind catches up from the database (run feeds) or is
     /// closed with 4001 (project feeds).
     pub event_buffer: usize,
+    /// Memory (MiB) the post-process passes of all candidates may hold at
+    /// once; a candidate's passes wait until their estimated peak fits.
+    pub pass_memory_mb: u32,
 }
 
 impl Default for EngineSettings {
@@ -142,6 +145,7 @@ impl Default for EngineSettings {
             adaptive_rate_limits: true,
             node_id: None,
             event_buffer: 4096,
+            pass_memory_mb: 768,
         }
     }
 }

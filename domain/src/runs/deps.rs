@@ -43,6 +43,9 @@ pub struct EngineConfig {
     /// Live events buffered for feed readers; one that falls further behind
     /// catches up from the database (run feeds) or is closed (project feeds).
     pub event_buffer: usize,
+    /// Memory the post-process passes of all candidates may hold at once
+    /// (see `runs::memory`).
+    pub pass_memory_mib: u32,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +67,7 @@ impl Default for EngineConfig {
             webhooks: crate::webhooks::WebhookConfig::default(),
             adaptive_governors: true,
             event_buffer: 4096,
+            pass_memory_mib: 768,
         }
     }
 }
@@ -104,6 +108,8 @@ pub struct EngineDeps {
     pub drain: Arc<Drain>,
     /// Where webhook deliveries may go.
     pub outbound: crate::netpolicy::OutboundPolicy,
+    /// Admission of pass work by memory.
+    pub pass_budget: Arc<super::memory::PassBudget>,
 }
 
 impl EngineDeps {
@@ -131,6 +137,7 @@ impl EngineDeps {
         Self {
             db,
             hub: EventHub::new(config.event_buffer),
+            pass_budget: Arc::new(super::memory::PassBudget::new(config.pass_memory_mib)),
             roots,
             providers: providers
                 .into_iter()

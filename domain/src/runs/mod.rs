@@ -12,6 +12,7 @@ pub mod job_outcome;
 pub mod lease;
 pub mod lifecycle;
 pub mod manifest;
+pub mod memory;
 mod paid_pass;
 pub mod passes;
 pub mod pipeline;

@@ -23,8 +23,13 @@ pub(super) async fn recorded(
     report: GuardReport,
     call_id: Option<Uuid>,
 ) -> Result<Option<(Rows, CandidateResult)>, ServiceError> {
+    // The passes' frames are admitted by memory and held until the
+    // thumbnail has been made from the last of them.
+    let mut memory = None;
     let (final_asset_id, notes, final_image, mut assets, mut links) = match ctx.postprocess {
         Some(pp) if report.hard_failures == 0 => {
+            let peak = super::memory::pass_peak_bytes(img.width(), img.height(), pp);
+            memory = Some(ctx.env.pass_budget.admit(peak).await?);
             match passes::apply(ctx.env, pp, ctx.run, ctx.job, index, img, output).await? {
                 Some(d) => (d.final_asset_id, d.notes, d.final_image, d.assets, d.links),
                 // Shutting down: a paid pass's result is stored; the
@@ -42,6 +47,8 @@ pub(super) async fn recorded(
         (final_asset_id, &final_image),
     )
     .await?;
+    drop(final_image);
+    drop(memory);
     assets.extend(thumb_assets);
     links.extend(thumb_links);
     let (mut rows, result) = candidate_rows(

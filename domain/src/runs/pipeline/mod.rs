@@ -83,6 +83,8 @@ pub struct JobEnv {
     pub secret_keys: Option<crate::secrets::cipher::KeySource>,
     /// Set when the service shuts down: nothing new is sent.
     pub drain: Arc<Drain>,
+    /// Admission of pass work by memory (shared by the whole engine).
+    pub pass_budget: Arc<super::memory::PassBudget>,
 }
 
 impl JobEnv {
@@ -109,6 +111,7 @@ impl JobEnv {
             refiners: deps.providers.clone(),
             secret_keys: deps.secret_keys.clone(),
             drain: deps.drain.clone(),
+            pass_budget: deps.pass_budget.clone(),
             project_budget_usd: serde_json::from_value::<super::manifest::Manifest>(
                 run.settings_snapshot_json.clone(),
             )
