@@ -2,8 +2,8 @@
 
 use chrono::Utc;
 use entities::provider_calls;
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, Condition, EntityTrait, QueryFilter, QuerySelect};
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, Statement};
 use uuid::Uuid;
 
 use crate::ServiceError;
@@ -12,49 +12,43 @@ use crate::status::CallStatus;
 
 /// Spent (actual cost of succeeded calls, and what calls whose answer was
 /// lost may have cost) plus reserved (calls in flight), other than
-/// `exclude`, matching `scope`.
+/// `exclude`, of the run or the project (`column` = `run_id` or
+/// `project_id`).
+///
+/// One statement, so one snapshot: a call that completes meanwhile is
+/// counted once, either as reserved or as spent. (Three separate sums let a
+/// completion fall between the "spent" and the "reserved" read and be
+/// counted in neither, which let a race spend one call past the budget.)
 async fn committed(
     db: &sea_orm::DatabaseConnection,
-    scope: Condition,
+    column: &'static str,
+    scope: Uuid,
     exclude: Uuid,
 ) -> Result<f64, ServiceError> {
-    let spent: Option<f64> = provider_calls::Entity::find()
-        .select_only()
-        .column_as(Expr::col(provider_calls::Column::ActualCostUsd).sum(), "s")
-        .filter(scope.clone())
-        .filter(provider_calls::Column::Status.eq(CallStatus::Succeeded))
-        .into_tuple()
-        .one(db)
+    let backend = db.get_database_backend();
+    let (exclude_at, scope_at) = match backend {
+        DbBackend::Postgres => ("$1", "$2"),
+        _ => ("?", "?"),
+    };
+    let sql = format!(
+        "SELECT \
+           COALESCE(SUM(CASE WHEN status = '{succeeded}' THEN COALESCE(actual_cost_usd, 0.0) ELSE 0.0 END), 0.0) \
+         + COALESCE(SUM(possibly_billed_usd), 0.0) \
+         + COALESCE(SUM(CASE WHEN status = '{pending}' AND attempt > 0 AND id <> {exclude_at} \
+                        THEN reserved_cost_usd ELSE 0.0 END), 0.0) \
+         FROM provider_calls WHERE {column} = {scope_at}",
+        succeeded = CallStatus::Succeeded.as_str(),
+        pending = CallStatus::Pending.as_str(),
+    );
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            sql,
+            [exclude.into(), scope.into()],
+        ))
         .await?
-        .flatten();
-    let lost: Option<f64> = provider_calls::Entity::find()
-        .select_only()
-        .column_as(
-            Expr::col(provider_calls::Column::PossiblyBilledUsd).sum(),
-            "p",
-        )
-        .filter(scope.clone())
-        .into_tuple()
-        .one(db)
-        .await?
-        .flatten();
-    let reserved: Option<f64> = provider_calls::Entity::find()
-        .select_only()
-        .column_as(
-            Expr::col(provider_calls::Column::ReservedCostUsd).sum(),
-            "r",
-        )
-        .filter(scope)
-        .filter(provider_calls::Column::Status.eq(CallStatus::Pending))
-        // A call planned but not yet given its reservation (attempt 0)
-        // holds nothing: counting it refused spend that fitted the budget.
-        .filter(provider_calls::Column::Attempt.gt(0))
-        .filter(provider_calls::Column::Id.ne(exclude))
-        .into_tuple()
-        .one(db)
-        .await?
-        .flatten();
-    Ok(spent.unwrap_or(0.0) + lost.unwrap_or(0.0) + reserved.unwrap_or(0.0))
+        .ok_or_else(|| ServiceError::Internal("a sum returned no row".into()))?;
+    Ok(row.try_get_by_index::<f64>(0)?)
 }
 
 /// Reserves `msg.amount` for the next attempt of the call and marks it in
@@ -73,18 +67,20 @@ pub async fn reserve(
                 "budget_exceeded",
                 "run",
                 msg.run_budget,
-                Condition::all().add(provider_calls::Column::RunId.eq(msg.run_id)),
+                "run_id",
+                msg.run_id,
             ),
             (
                 "project_budget_exceeded",
                 "project",
                 msg.project_budget,
-                Condition::all().add(provider_calls::Column::ProjectId.eq(msg.project_id)),
+                "project_id",
+                msg.project_id,
             ),
         ];
-        for (code, what, budget, scope) in checks {
+        for (code, what, budget, column, scope) in checks {
             if let Some(budget) = budget {
-                let used = committed(db, scope, msg.call_id).await?;
+                let used = committed(db, column, scope, msg.call_id).await?;
                 if used + msg.amount > budget + 1e-9 {
                     return Err(ServiceError::Policy {
                         code,
