@@ -21,6 +21,7 @@ mod cli;
 mod console;
 mod contract;
 mod copilot;
+mod durability;
 mod feed;
 mod guarantees;
 mod hostile;

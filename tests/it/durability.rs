@@ -1,0 +1,98 @@
+//! The row writer's durability order: the files a batch points at are made
+//! durable before its transaction begins, and when one cannot be, nothing of
+//! the batch commits.
+
+use entities::assets;
+use reqwest::StatusCode;
+use sea_orm::EntityTrait;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::helpers::TestApp;
+
+fn asset_row(project_id: Uuid, key: &str) -> assets::Model {
+    let now = chrono::Utc::now();
+    assets::Model {
+        id: Uuid::now_v7(),
+        project_id,
+        kind: "generated".into(),
+        storage_backend: "local".into(),
+        storage_key: key.into(),
+        storage_uri: key.into(),
+        mime_type: Some("image/png".into()),
+        width: Some(1),
+        height: Some(1),
+        byte_size: Some(5),
+        sha256: Some(domain::assets::sha256_hex(key.as_bytes())),
+        run_id: None,
+        job_id: None,
+        candidate_id: None,
+        metadata_json: json!({}),
+        created_at: now,
+    }
+}
+
+#[actix_web::test]
+async fn a_batch_commits_only_after_its_files_are_durable_and_not_at_all_if_one_cannot_be() {
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    let body = app.create_project(&token, "Durable", "durable").await;
+    let project_id: Uuid = body["project"]["id"].as_str().unwrap().parse().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let store = storage::ObjectStore::local(root.path()).unwrap();
+    let writer = domain::runs::writer::RowWriter::start(app.db.clone(), app.hub.clone());
+
+    // A file that is there: synced, then its row commits.
+    let key = storage::ObjectKey::parse("runs/r/job/c1.png").unwrap();
+    let kept = store
+        .put_unsynced(&key, b"image".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
+    let row = asset_row(project_id, key.as_str());
+    writer
+        .write(domain::runs::writer::Rows {
+            assets: vec![row.clone()],
+            files: vec![kept],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        assets::Entity::find_by_id(row.id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // A file gone before the sync (as if the disk lost it): the batch fails
+    // and its row never commits.
+    let key = storage::ObjectKey::parse("runs/r/job/c2.png").unwrap();
+    let lost = store
+        .put_unsynced(&key, b"image".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
+    std::fs::remove_file(lost.path()).unwrap();
+    let row = asset_row(project_id, key.as_str());
+    let refused = writer
+        .write(domain::runs::writer::Rows {
+            assets: vec![row.clone()],
+            files: vec![lost],
+            ..Default::default()
+        })
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(
+        assets::Entity::find_by_id(row.id)
+            .one(&app.db)
+            .await
+            .unwrap()
+            .is_none(),
+        "a row committed although its file was not durable"
+    );
+    // The service keeps answering.
+    let (s, _) = app.get("/api/projects/durable", &token).await;
+    assert_eq!(s, StatusCode::OK);
+}
