@@ -289,14 +289,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| ApiError::validation("invalid_utf8", "Request body is not valid UTF-8"))?;
     let text = if text.trim().is_empty() { "{}" } else { text };
-    if escapes_nul(text) {
-        // PostgreSQL stores no NUL in text or jsonb; refused on every store
-        // alike, before anything is written.
-        return Err(ApiError::validation(
-            "invalid_text",
-            "Request body contains the NUL character (\\u0000), which text cannot hold",
-        ));
-    }
     serde_json::from_str(text).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -312,25 +304,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             format!("Request body is not valid JSON: {e}"),
         ),
     })
-}
-
-/// Whether JSON text contains the escape `\u0000` (a raw NUL is not valid
-/// JSON anyway). Escapes are walked in order, so `\\u0000` (a backslash
-/// followed by the letters `u0000`) is not mistaken for one.
-fn escapes_nul(text: &str) -> bool {
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            if bytes.get(i + 1) == Some(&b'u') && bytes.get(i + 2..i + 6) == Some(b"0000") {
-                return true;
-            }
-            i += 2;
-        } else {
-            i += 1;
-        }
-    }
-    false
 }
 
 /// What serde says of a wrong value, without the value (it may be a

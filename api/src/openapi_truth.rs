@@ -130,7 +130,7 @@ pub fn complete(doc: &mut Value) {
                 add(
                     "400",
                     "validation_error; error_detail.code: invalid_path, invalid_query, \
-                     malformed_json, invalid_utf8, invalid_text, invalid_body, or the route's own checks",
+                     malformed_json, invalid_utf8, invalid_body, or the route's own checks",
                 );
             }
             if has_path_params {

@@ -71,6 +71,23 @@ pub enum ErrorClass {
     Internal,
 }
 
+/// PostgreSQL refused text it cannot hold (a NUL in text or jsonb: SQLSTATE
+/// 22P05 or 22021). The client sent it, and the transaction stored nothing,
+/// so it is the client's error, not the service's.
+fn is_unstorable_text(e: &DbErr) -> bool {
+    let (DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+    | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))) = e
+    else {
+        return false;
+    };
+    match e.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("22P05" | "22021"))
+        }
+        _ => false,
+    }
+}
+
 impl ServiceError {
     pub fn class(&self) -> ErrorClass {
         match self {
@@ -87,6 +104,7 @@ impl ServiceError {
             Self::Busy { .. } => ErrorClass::Busy,
             Self::Unavailable { .. } => ErrorClass::Unavailable,
             Self::Storage(e) if e.is_temporary() => ErrorClass::Unavailable,
+            Self::Db(e) if is_unstorable_text(e) => ErrorClass::Invalid,
             _ => ErrorClass::Internal,
         }
     }
@@ -101,6 +119,9 @@ impl ServiceError {
             Self::Storage(storage::StorageError::Unavailable(reason)) => reason.clone(),
             _ if self.class() == ErrorClass::Unavailable && matches!(self, Self::Storage(_)) => {
                 "The project's storage did not answer; try again".into()
+            }
+            Self::Db(e) if is_unstorable_text(e) => {
+                "Text contains a character the database cannot store (NUL, \\u0000)".into()
             }
             _ if self.class() == ErrorClass::Internal => "Internal server error".into(),
             other => other.to_string(),
@@ -121,6 +142,7 @@ impl ServiceError {
             Self::Storage(storage::StorageError::NotFound(_)) => "not_found",
             Self::Storage(storage::StorageError::Unavailable(_)) => "storage_unavailable",
             Self::Storage(e) if e.is_temporary() => "storage_unreachable",
+            Self::Db(e) if is_unstorable_text(e) => "invalid_text",
             Self::Db(_)
             | Self::Storage(_)
             | Self::Imaging(_)
