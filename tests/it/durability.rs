@@ -92,6 +92,51 @@ async fn a_batch_commits_only_after_its_files_are_durable_and_not_at_all_if_one_
             .is_none(),
         "a row committed although its file was not durable"
     );
+    // Sent together (most likely one batch): only the request whose file is
+    // lost fails; the other commits.
+    let good_key = storage::ObjectKey::parse("runs/r/job/c3.png").unwrap();
+    let good_file = store
+        .put_unsynced(&good_key, b"image".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
+    let bad_key = storage::ObjectKey::parse("runs/r/job/c4.png").unwrap();
+    let bad_file = store
+        .put_unsynced(&bad_key, b"image".to_vec())
+        .await
+        .unwrap()
+        .unwrap();
+    std::fs::remove_file(bad_file.path()).unwrap();
+    let (good_row, bad_row) = (
+        asset_row(project_id, good_key.as_str()),
+        asset_row(project_id, bad_key.as_str()),
+    );
+    let (good, bad) = futures_util::join!(
+        writer.write(domain::runs::writer::Rows {
+            assets: vec![good_row.clone()],
+            files: vec![good_file],
+            ..Default::default()
+        }),
+        writer.write(domain::runs::writer::Rows {
+            assets: vec![bad_row.clone()],
+            files: vec![bad_file],
+            ..Default::default()
+        }),
+    );
+    assert!(good.is_ok(), "{good:?}");
+    assert!(bad.is_err());
+    let stored = |id| {
+        let db = app.db.clone();
+        async move {
+            assets::Entity::find_by_id(id)
+                .one(&db)
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    assert!(stored(good_row.id).await);
+    assert!(!stored(bad_row.id).await);
     // The service keeps answering.
     let (s, _) = app.get("/api/projects/durable", &token).await;
     assert_eq!(s, StatusCode::OK);

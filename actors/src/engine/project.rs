@@ -95,15 +95,18 @@ impl Actor for ProjectActor {
         ctx.set_mailbox_capacity(1024);
         self.deps.registry.started(NAME);
         // Recovery: resume what was queued or running when we last stopped.
+        // Runs created from now on arrive with their SubmitRun (and the span
+        // of the request that made them), so recovery leaves them to it.
         let db = self.deps.db.clone();
+        let started = chrono::Utc::now();
         ctx.wait(
             async move { lifecycle::to_resume(&db).await }
                 .into_actor(self)
-                .map(|result, act, ctx| {
+                .map(move |result, act, ctx| {
                     match result {
                         Ok((paused, runs)) => {
                             act.paused = paused.into_iter().collect();
-                            for r in runs {
+                            for r in runs.into_iter().filter(|r| r.created_at < started) {
                                 if !act.queue.iter().any(|q| q.run_id == r.id) {
                                     act.queue.push_back(Queued {
                                         run_id: r.id,

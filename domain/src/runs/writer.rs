@@ -131,21 +131,29 @@ async fn writer_loop(db: DatabaseConnection, hub: EventHub, mut rx: mpsc::Receiv
 }
 
 async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, mut requests: Vec<Request>) {
-    // A file is durable before any row that points at it commits.
-    let files: Vec<storage::Unsynced> = requests
+    // A file is durable before any row that points at it commits: the
+    // batch's files are synced together first.
+    let files: Vec<Vec<storage::Unsynced>> = requests
         .iter_mut()
-        .flat_map(|r| std::mem::take(&mut r.rows.files))
+        .map(|r| std::mem::take(&mut r.rows.files))
         .collect();
-    if let Err(e) = storage::sync_files(files).await {
-        tracing::error!(error = %e, "row writer: cannot make a batch's files durable");
-        for r in requests {
-            let _ = r
-                .done
-                .send(Err(ServiceError::from(storage::StorageError::Io(
-                    std::io::Error::other(e.to_string()),
-                ))));
+    if storage::sync_files(files.concat()).await.is_err() {
+        // Only the requests whose own files cannot be made durable fail;
+        // the others go on (an error reaches only the request it belongs to).
+        let mut kept = Vec::with_capacity(requests.len());
+        for (r, files) in requests.into_iter().zip(files) {
+            match storage::sync_files(files).await {
+                Ok(()) => kept.push(r),
+                Err(e) => {
+                    tracing::error!(error = %e, "row writer: a file cannot be made durable; its rows are not written");
+                    let _ = r.done.send(Err(ServiceError::from(e)));
+                }
+            }
         }
-        return;
+        requests = kept;
+        if requests.is_empty() {
+            return;
+        }
     }
     let all: Vec<&Rows> = requests.iter().map(|r| &r.rows).collect();
     match write_rows(db, &all).await {
