@@ -26,23 +26,22 @@ use crate::error::ApiError;
 
 const MAX_ENTRIES: usize = 4096;
 
-struct Entry {
-    fingerprint: String,
+/// A rendered body and the fingerprint of the data it shows (empty: none,
+/// reused only while fresh).
+#[derive(Clone)]
+struct Rendered {
+    fingerprint: std::sync::Arc<str>,
     body: Bytes,
-    checked: Instant,
-    generation: u64,
 }
 
 pub struct RenderCache {
-    revalidate_after: Duration,
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: RowCache<Rendered>,
 }
 
 impl RenderCache {
     pub fn new(revalidate_after: Duration) -> Self {
         Self {
-            revalidate_after,
-            entries: Mutex::new(HashMap::new()),
+            entries: RowCache::new(revalidate_after),
         }
     }
 
@@ -111,39 +110,31 @@ impl RenderCache {
             tracing::error!(error = %e, "cannot render response");
             ApiError::internal()
         })?);
-        if let Ok(mut map) = self.entries.lock() {
-            if map.len() >= MAX_ENTRIES {
-                map.clear();
-            }
-            map.insert(
-                key,
-                Entry {
-                    fingerprint,
-                    body: body.clone(),
-                    checked: Instant::now(),
-                    generation,
-                },
-            );
-        }
+        self.entries.put(
+            key,
+            Rendered {
+                fingerprint: fingerprint.into(),
+                body: body.clone(),
+            },
+            generation,
+        );
         Ok(json_response(body))
     }
 
     fn fresh(&self, key: &str, generation: u64) -> Option<Bytes> {
-        let map = self.entries.lock().ok()?;
-        let e = map.get(key)?;
-        (e.generation == generation && e.checked.elapsed() < self.revalidate_after)
-            .then(|| e.body.clone())
+        self.entries.get(key, generation).map(|r| r.body)
     }
 
+    /// The kept body when its fingerprint still matches; it counts as
+    /// checked now.
     fn revalidate(&self, key: &str, fingerprint: &str, generation: u64) -> Option<Bytes> {
-        let mut map = self.entries.lock().ok()?;
-        let e = map.get_mut(key)?;
-        if e.fingerprint.is_empty() || e.fingerprint != fingerprint {
-            return None;
-        }
-        e.checked = Instant::now();
-        e.generation = generation;
-        Some(e.body.clone())
+        let kept = self
+            .entries
+            .any(key)
+            .filter(|r| !r.fingerprint.is_empty() && &*r.fingerprint == fingerprint)?;
+        let body = kept.body.clone();
+        self.entries.put(key.to_string(), kept, generation);
+        Some(body)
     }
 }
 
@@ -173,6 +164,15 @@ impl<V: Clone> RowCache<V> {
         let map = self.entries.lock().ok()?;
         let (v, at, g) = map.get(key)?;
         (*g == generation && at.elapsed() < self.revalidate_after).then(|| v.clone())
+    }
+
+    /// The kept value however old.
+    fn any(&self, key: &str) -> Option<V> {
+        self.entries
+            .lock()
+            .ok()?
+            .get(key)
+            .map(|(v, _, _)| v.clone())
     }
 
     pub fn put(&self, key: String, value: V, generation: u64) {
