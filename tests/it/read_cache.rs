@@ -53,6 +53,12 @@ async fn this_nodes_writes_show_in_every_hot_read_at_once() {
     assert_eq!(jobs.len(), 2);
     assert!(jobs.iter().all(|j| j["status"] == "done"), "{run}");
 
+    // The run log is stored just after the run is marked done.
+    let started = Instant::now();
+    while ok(&app, &format!("{p}/assets?kind=run_log"), &token).await["count"] != 1 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no run log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let detail = ok(&app, p, &token).await;
     assert_eq!(detail["counts"]["runs"], 1);
     assert_eq!(detail["counts"]["jobs"], 2);
