@@ -194,6 +194,11 @@ pub struct HttpSettings {
     pub upload_limit_bytes: usize,
     pub workers: usize,
     pub shutdown_timeout_seconds: u64,
+    /// How long an idle keep-alive connection is held open. Longer than
+    /// common clients' idle pools (reqwest 90 s, Go 90 s), so the client
+    /// closes it first: a request sent just as the server closes the
+    /// connection is lost to the client (and a POST is not retried).
+    pub keep_alive_seconds: u64,
     /// How long a rendered list may be reused without checking the database
     /// (this node's own writes always show at once).
     pub read_cache_ms: u64,
@@ -256,6 +261,7 @@ impl Default for HttpSettings {
             upload_limit_bytes: 32 * 1024 * 1024,
             workers: 2,
             shutdown_timeout_seconds: 10,
+            keep_alive_seconds: 120,
             read_cache_ms: 100,
             ws_heartbeat_ms: 10_000,
             ws_idle_timeout_ms: 30_000,

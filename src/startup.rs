@@ -333,6 +333,7 @@ impl Application {
             // Without it, small writes (feed events) wait for the client's
             // delayed ACK: up to 40 ms on Linux.
             .tcp_nodelay(true)
+            .keep_alive(Duration::from_secs(settings.http.keep_alive_seconds))
             .shutdown_timeout(settings.http.shutdown_timeout_seconds)
             .listen(listener)
             .map_err(|source| StartupError::Bind {

@@ -214,8 +214,26 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        let exited = self.child.try_wait().ok().flatten();
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the server said went wrong (the debug
+        // log itself is too long to read in a CI report).
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let worrying: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("panicked"))
+                .collect();
+            eprintln!(
+                "--- the server at {} (exited before the end: {exited:?}): {} warnings and errors ---",
+                self.base,
+                worrying.len(),
+            );
+            for line in worrying.iter().rev().take(40).rev() {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

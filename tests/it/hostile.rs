@@ -405,6 +405,10 @@ fn colour_profile_bomb(inflated: usize) -> Vec<u8> {
 
 #[actix_web::test]
 async fn decompression_bombs_do_not_take_the_servers_memory() {
+    // Built first: it takes seconds, and the client's pooled connections
+    // would sit idle meanwhile.
+    let bomb = colour_profile_bomb(512 << 20);
+    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
     let mut deploy = crate::binary::Deployment::new(&[]).await;
     let client = deploy.client.clone();
     let server = deploy.start().await;
@@ -419,8 +423,6 @@ async fn decompression_bombs_do_not_take_the_servers_memory() {
         )
         .await;
     assert_eq!(s, StatusCode::OK);
-    let bomb = colour_profile_bomb(512 << 20);
-    assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
     let before = peak_rss_mib(server.child.id());
     // Three at once as uploads, and one as a scene and a style reference of
     // a dry run.
@@ -514,4 +516,30 @@ async fn a_nul_character_postgresql_cannot_store_is_the_clients_error_and_stores
     assert_error(s, &b, 400, "invalid_characters");
     let (_, project) = app.get("/api/projects/nul", &token).await;
     assert_eq!(project["project"]["name"], "Nul");
+}
+
+/// A client that reuses a pooled connection after a few idle seconds must
+/// find it open: actix's default (5 s) closed it under such a client, and
+/// a POST sent at that instant was lost (no response, not retried).
+#[actix_web::test]
+async fn an_idle_keep_alive_connection_outlives_the_clients_pause() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    for pause in [Duration::ZERO, Duration::from_secs(7)] {
+        tokio::time::sleep(pause).await;
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap_or(0);
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            head.starts_with("HTTP/1.1 200"),
+            "after {pause:?} idle: {head:?}"
+        );
+    }
 }
