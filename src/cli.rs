@@ -74,6 +74,46 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Move in from elsewhere (README "Moving in").
+    Import {
+        #[command(subcommand)]
+        what: ImportWhat,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImportWhat {
+    /// A database of the earlier system (Kroma's `var/backend/app.db`) and
+    /// the files its rows name. One transaction per project; importing the
+    /// same database again changes nothing.
+    Legacy {
+        /// The earlier system's SQLite file (opened read-only).
+        #[arg(long, value_name = "PATH")]
+        db: PathBuf,
+        /// The earlier system's root: stored paths are relative to it, and no
+        /// file outside it is read. Default: the folder holding `var/` of
+        /// `--db` (`ROOT/var/backend/app.db`), else the folder of `--db`.
+        #[arg(long, value_name = "DIR")]
+        files_root: Option<PathBuf>,
+        /// The earlier system's master key file, when it is not this
+        /// installation's key (or ATELIER_LEGACY_MASTER_KEY); its secrets are
+        /// re-encrypted under this installation's key.
+        #[arg(long, value_name = "FILE")]
+        master_key_file: Option<PathBuf>,
+        /// Only this project (repeatable); default: every project.
+        #[arg(long = "project", value_name = "SLUG")]
+        projects: Vec<String>,
+        /// Do everything, then roll it back.
+        #[arg(long)]
+        dry_run: bool,
+        /// Leave out secrets no key decrypts (reported) instead of refusing
+        /// their project.
+        #[arg(long)]
+        skip_undecryptable_secrets: bool,
+        /// Also write the full report (counts per table, files, id map) as JSON.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -376,6 +416,33 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 println!("UNKNOWN  {name} (applied by a newer Atelier)");
             }
             Ok(())
+        }
+        Command::Import {
+            what:
+                ImportWhat::Legacy {
+                    db,
+                    files_root,
+                    master_key_file,
+                    projects,
+                    dry_run,
+                    skip_undecryptable_secrets,
+                    report,
+                },
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::moving_in::import_legacy(
+                settings,
+                crate::moving_in::LegacyImport {
+                    db,
+                    files_root,
+                    master_key_file,
+                    projects,
+                    dry_run,
+                    skip_undecryptable_secrets,
+                    report,
+                },
+            )
+            .await
         }
         Command::Token { action } => {
             let settings = Settings::load(&overrides).map_err(StartupError::from)?;

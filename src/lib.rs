@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod database;
 pub mod demo;
+pub mod moving_in;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

@@ -23,6 +23,7 @@ pub mod cursor;
 pub mod db;
 mod error;
 pub mod ledger;
+pub mod legacy;
 pub mod lookup;
 pub mod metrics;
 pub mod netpolicy;

@@ -28,6 +28,7 @@ mod hostile;
 mod isolation;
 pub mod journey;
 mod ledger;
+mod legacy;
 mod migrations;
 mod projects;
 mod provider_accounts;
