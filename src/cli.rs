@@ -168,6 +168,17 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// Legacy import in rows/s against a plain bulk insert of the same rows.
+    Import {
+        #[arg(long, default_value_t = 400)]
+        runs: u32,
+        #[arg(long, default_value_t = 10)]
+        jobs: u32,
+        #[arg(long, default_value_t = 4)]
+        candidates: u32,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
     /// Post-process passes in megapixels/s against baselines, and upscale quality.
     Passes {
         /// Width of the sample scene (height is 3/4 of it).
@@ -302,6 +313,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 },
             )
             .await
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Import {
+                    runs,
+                    jobs,
+                    candidates,
+                    rounds,
+                },
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::bench::import::run(settings, runs, jobs, candidates, rounds).await
         }
         Command::Bench {
             what: BenchWhat::Passes { side },

@@ -11,6 +11,7 @@
 //!    ideal wall time ceil(N / C) x L divided by the measured wall time.
 
 pub mod feed;
+pub mod import;
 pub mod paid;
 pub mod passes;
 

@@ -19,6 +19,7 @@
 //!   copied into storage stay: unreferenced, and reused by the real import).
 
 mod files;
+pub mod fixture;
 mod project;
 pub mod source;
 
