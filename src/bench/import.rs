@@ -24,7 +24,12 @@ const T: &str = "2026-03-01T10:00:00Z";
 /// A legacy database of one project: `runs` runs of `jobs` jobs of
 /// `candidates` candidates, each candidate with its quality report, each
 /// job with a cost event.
-async fn write_fixture(path: &std::path::Path, runs: u32, jobs: u32, candidates: u32) -> Result<u64, CliError> {
+async fn write_fixture(
+    path: &std::path::Path,
+    runs: u32,
+    jobs: u32,
+    candidates: u32,
+) -> Result<u64, CliError> {
     let conn = Database::connect(format!("sqlite://{}?mode=rwc", path.display()))
         .await
         .map_err(err)?;
@@ -34,7 +39,9 @@ async fn write_fixture(path: &std::path::Path, runs: u32, jobs: u32, candidates:
     let mut rows: u64 = 2;
     let mut sql = vec![
         format!("INSERT INTO app_users VALUES ('u1', 'artist', 'Artist', NULL, 1, '{T}', '{T}')"),
-        format!("INSERT INTO projects VALUES ('p1', 'u1', 'bench', 'Bench', '', 'active', '{{}}', '{T}', '{T}', 'u1')"),
+        format!(
+            "INSERT INTO projects VALUES ('p1', 'u1', 'bench', 'Bench', '', 'active', '{{}}', '{T}', '{T}', 'u1')"
+        ),
     ];
     for r in 0..runs {
         sql.push(format!("INSERT INTO runs (id, project_id, status, stage, created_at, mode, model, meta_json) VALUES ('r{r}', 'p1', 'ok', 'style', '{T}', 'run', 'gpt-image-1', '{{}}')"));
@@ -91,9 +98,13 @@ async fn plain_copy(source: &LegacySource, into: &DatabaseConnection) -> Result<
                 names.join(", "),
                 values.join(", ")
             );
-            into.execute_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, params))
-                .await
-                .map_err(err)?;
+            into.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                sql,
+                params,
+            ))
+            .await
+            .map_err(err)?;
             copied += chunk.len() as u64;
         }
     }
@@ -101,7 +112,13 @@ async fn plain_copy(source: &LegacySource, into: &DatabaseConnection) -> Result<
     Ok(copied)
 }
 
-pub async fn run(settings: Settings, runs: u32, jobs: u32, candidates: u32, rounds: u32) -> Result<(), CliError> {
+pub async fn run(
+    settings: Settings,
+    runs: u32,
+    jobs: u32,
+    candidates: u32,
+    rounds: u32,
+) -> Result<(), CliError> {
     let work = tempfile::tempdir()?;
     let legacy_path = work.path().join("app.db");
     let rows = write_fixture(&legacy_path, runs, jobs, candidates).await?;

@@ -566,3 +566,72 @@ async fn what_cannot_be_imported_is_refused_clearly_and_writes_nothing() {
     assert_eq!(secrets.len(), 1, "only the readable secret");
     assert_eq!(runs::Entity::find().all(&db).await.unwrap().len(), 2);
 }
+
+/// A file of the earlier system's older versions: no newer columns at all
+/// (no `owner_user_id`, `run_mode`, `selected_candidate_index`, …), the
+/// owner only in `users`.
+#[actix_web::test]
+async fn an_older_file_without_the_newer_columns_imports_from_the_older_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("app.db");
+    let conn = Database::connect(format!("sqlite://{}?mode=rwc", db_path.display()))
+        .await
+        .unwrap();
+    for sql in domain::legacy::fixture::schema(true) {
+        conn.execute_unprepared(&sql).await.unwrap();
+    }
+    for sql in [
+        format!("INSERT INTO users VALUES ('u1', 'veteran', 'Veteran', NULL, 1, '{T}', '{T}')"),
+        format!(
+            "INSERT INTO projects VALUES ('p1', 'u1', 'old-book', 'Old Book', '', 'active', '{{}}', '{T}', '{T}')"
+        ),
+        format!(
+            "INSERT INTO runs VALUES ('r1', 'p1', 'partial', 'weather', '{T}', NULL, 'dry', 'day', 'rain', 'model-x', '{{\"k\":1}}')"
+        ),
+        format!(
+            "INSERT INTO run_jobs VALUES ('j1', 'r1', NULL, 'planned', '{T}', 'p', 2, NULL, NULL)"
+        ),
+        format!(
+            "INSERT INTO run_job_candidates VALUES ('c1', 'j1', NULL, 'planned', NULL, NULL, '{T}', NULL, NULL, NULL, NULL)"
+        ),
+    ] {
+        conn.execute_unprepared(&sql).await.unwrap();
+    }
+    conn.close().await.unwrap();
+    let deploy = Deployment::new(&[]).await;
+    let (ok, out, err) = deploy.cli(&["import", "legacy", "--db", db_path.to_str().unwrap()]);
+    assert!(ok, "{out}\n{err}");
+    let db = deploy.connect().await;
+    let project = projects::Entity::find().one(&db).await.unwrap().unwrap();
+    let owner = app_users::Entity::find_by_id(project.owner_user_id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(owner.username, "veteran");
+    let run = runs::Entity::find().one(&db).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            run.run_mode.as_str(),
+            run.status.as_str(),
+            run.model_name.as_deref()
+        ),
+        ("dry", "partial", Some("model-x"))
+    );
+    assert_eq!(run.settings_snapshot_json, json!({"k": 1}));
+    let job = run_jobs::Entity::find().one(&db).await.unwrap().unwrap();
+    assert_eq!(job.job_key, "j1", "no job_key: the id stands in");
+    assert_eq!(
+        (job.status.as_str(), job.selected_candidate_index),
+        ("planned", Some(2))
+    );
+    let candidate = run_candidates::Entity::find()
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (candidate.candidate_index, candidate.status.as_str()),
+        (1, "done")
+    );
+}

@@ -42,7 +42,6 @@ pub fn schema(older: bool) -> Vec<String> {
     ]
 }
 
-
 /// The tables of [`schema`], by name.
 pub const TABLES: &[&str] = &[
     "app_users",
