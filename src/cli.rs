@@ -74,11 +74,34 @@ pub enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Export a project (or some of its runs) as a reproducible package,
+    /// stored as an asset of the project; `export verify FILE` checks one.
+    #[command(args_conflicts_with_subcommands = true)]
+    Export {
+        #[command(subcommand)]
+        check: Option<ExportCheck>,
+        /// The project's slug.
+        #[arg(long, value_name = "SLUG")]
+        project: Option<String>,
+        /// zip, tar.gz or cbz (the winners in scene order, as a comic book archive).
+        #[arg(long, default_value = "zip")]
+        format: String,
+        /// Only this run (repeatable); default: the whole project.
+        #[arg(long = "run", value_name = "RUN_ID")]
+        runs: Vec<String>,
+    },
     /// Move in from elsewhere (README "Moving in").
     Import {
         #[command(subcommand)]
         what: ImportWhat,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ExportCheck {
+    /// Check every file of a package against its manifest (nothing is
+    /// extracted); exits non-zero when anything differs or could escape.
+    Verify { package: PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -439,6 +462,30 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 println!("UNKNOWN  {name} (applied by a newer Atelier)");
             }
             Ok(())
+        }
+        Command::Export {
+            check: Some(ExportCheck::Verify { package }),
+            ..
+        } => crate::packages::verify(package).await,
+        Command::Export {
+            check: None,
+            project,
+            format,
+            runs,
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            let project = project.ok_or_else(|| {
+                CliError::Service("--project SLUG is required (or: export verify FILE)".into())
+            })?;
+            crate::packages::export(
+                settings,
+                crate::packages::ExportArgs {
+                    project,
+                    format,
+                    runs,
+                },
+            )
+            .await
         }
         Command::Import {
             what:

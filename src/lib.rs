@@ -13,6 +13,7 @@ pub mod cli;
 pub mod database;
 pub mod demo;
 pub mod moving_in;
+pub mod packages;
 pub mod settings;
 pub mod startup;
 pub mod telemetry;

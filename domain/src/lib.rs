@@ -22,6 +22,7 @@ pub mod copilot;
 pub mod cursor;
 pub mod db;
 mod error;
+pub mod exports;
 pub mod ledger;
 pub mod legacy;
 pub mod lookup;

@@ -106,6 +106,26 @@ pub(crate) fn write_in_place(path: &Path, bytes: &[u8]) -> Result<(), StorageErr
     Ok(written?)
 }
 
+/// Moves `from` to `to` durably: `from`'s data synced, renamed into place
+/// (copied when on another filesystem), then `to`'s directory synced.
+pub(crate) fn move_in_synced(from: &Path, to: &Path) -> Result<(), StorageError> {
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::File::open(from)?.sync_data()?;
+    if std::fs::rename(from, to).is_err() {
+        let tmp = to.with_extension("part");
+        std::fs::copy(from, &tmp)?;
+        std::fs::File::open(&tmp)?.sync_data()?;
+        std::fs::rename(&tmp, to)?;
+        let _ = std::fs::remove_file(from);
+    }
+    match to.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

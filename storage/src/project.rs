@@ -126,9 +126,45 @@ impl ProjectFiles {
         Ok(false)
     }
 
+    /// Like [`Self::put`], for a file too large to hold in memory (an
+    /// export package): `from` is moved or streamed in.
+    pub async fn put_file(
+        &self,
+        key: &ObjectKey,
+        from: &std::path::Path,
+    ) -> Result<&'static str, StorageError> {
+        if let S3Location::Ready {
+            store,
+            primary: true,
+        } = &self.s3
+        {
+            match store.put_file(key, from).await {
+                Ok(()) => return Ok("s3"),
+                Err(e) => tracing::warn!(
+                    key = key.as_str(),
+                    error = %e,
+                    "S3 upload failed; the file is kept in the project's local root"
+                ),
+            }
+        } else {
+            self.check_writable()?;
+        }
+        self.local.put_file(key, from).await?;
+        Ok(self.local.backend())
+    }
+
+    /// The local root, where work files (a package being written) belong.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local.root()
+    }
+
     /// A file recorded under `backend` (an asset's `storage_backend`).
     pub async fn get_in(&self, backend: &str, key: &ObjectKey) -> Result<Vec<u8>, StorageError> {
         self.store(backend)?.get(key).await
+    }
+
+    pub async fn exists_in(&self, backend: &str, key: &ObjectKey) -> Result<bool, StorageError> {
+        self.store(backend)?.exists(key).await
     }
 
     pub async fn delete_in(&self, backend: &str, key: &ObjectKey) -> Result<(), StorageError> {

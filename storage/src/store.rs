@@ -1,5 +1,7 @@
 //! opendal-backed object storage with project-scoped keys.
 
+use std::path::Path;
+
 use opendal::{HttpTransporter, OperationContext, Operator, services};
 
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +172,11 @@ impl ObjectStore {
         self.backend
     }
 
+    /// The directory of a local store.
+    pub fn root(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+
     pub async fn put(&self, key: &ObjectKey, bytes: Vec<u8>) -> Result<(), StorageError> {
         self.guard(key.as_str()).await?;
         self.op.write(key.as_str(), bytes).await?;
@@ -197,6 +204,48 @@ impl ObjectStore {
         })
         .await
         .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
+    }
+
+    /// Stores the local file `from` under `key` without holding it in
+    /// memory: a local root takes it by rename (synced first, then its
+    /// directory; a copy when `from` is on another filesystem), other
+    /// backends receive it in chunks (a multipart upload on S3). `from` is
+    /// consumed either way.
+    pub async fn put_file(&self, key: &ObjectKey, from: &Path) -> Result<(), StorageError> {
+        self.guard(key.as_str()).await?;
+        if let Some(root) = &self.root {
+            let to = root.join(key.as_str());
+            let from = from.to_path_buf();
+            return tokio::task::spawn_blocking(move || {
+                crate::deferred::move_in_synced(&from, &to)
+            })
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+        }
+        const CHUNK: usize = 8 << 20;
+        let mut writer = self.op.writer_with(key.as_str()).chunk(CHUNK).await?;
+        let mut file = tokio::fs::File::open(from).await?;
+        loop {
+            // Whole chunks (a multipart part has a minimum size), the last
+            // one shorter.
+            let mut buf = vec![0u8; CHUNK];
+            let mut filled = 0;
+            while filled < CHUNK {
+                let n = tokio::io::AsyncReadExt::read(&mut file, &mut buf[filled..]).await?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            buf.truncate(filled);
+            writer.write(buf).await?;
+        }
+        writer.close().await?;
+        let _ = tokio::fs::remove_file(from).await;
+        Ok(())
     }
 
     pub async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StorageError> {

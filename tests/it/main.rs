@@ -22,6 +22,7 @@ mod console;
 mod contract;
 mod copilot;
 mod durability;
+mod exports;
 mod feed;
 mod guarantees;
 mod hostile;

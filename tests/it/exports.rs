@@ -1,0 +1,242 @@
+//! Export packages through the real binary: reproducible bytes, stored as
+//! an asset and recorded with their checksum, verified entry by entry, and
+//! tampered or escaping packages refused.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::binary::{Deployment, Server};
+
+/// A project with one finished run of two scenes through three stages.
+async fn project_with_a_run(deploy: &mut Deployment) -> (Server, String) {
+    let server = deploy.start().await;
+    let client = deploy.client.clone();
+    let token = server.bootstrap(&client).await;
+    let (s, b) = server
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects",
+            Some(&token),
+            Some(json!({"name": "Book", "slug": "book"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = server
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects/book/runs/trigger",
+            Some(&token),
+            Some(
+                json!({"mode": "run", "scene_refs": ["sample:2", "sample:1"], "stage": "weather",
+                "time": "night", "weather": "rain", "candidates": 2, "wait": true}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
+    (server, token)
+}
+
+/// Runs `atelier export …`; returns the package's path and sha256.
+fn export(deploy: &Deployment, format: &str) -> (PathBuf, String) {
+    let (ok, out, err) = deploy.cli(&["export", "--project", "book", "--format", format]);
+    assert!(ok, "{out}\n{err}");
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in {out}"))
+    };
+    (PathBuf::from(field("package")), field("sha256"))
+}
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn verify(deploy: &Deployment, path: &Path) -> (bool, String) {
+    let (ok, out, err) = deploy.cli(&["export", "verify", path.to_str().unwrap()]);
+    (ok, format!("{out}{err}"))
+}
+
+/// The entries of a zip, in order, with their bytes.
+fn zip_entries(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+    (0..zip.len())
+        .map(|i| {
+            let mut e = zip.by_index(i).unwrap();
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            (e.name().unwrap().to_string(), bytes)
+        })
+        .collect()
+}
+
+fn write_zip(path: &Path, entries: &[(String, Vec<u8>)]) {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    for (name, bytes) in entries {
+        z.start_file(name.as_str(), zip::write::SimpleFileOptions::default())
+            .unwrap();
+        z.write_all(bytes).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+#[actix_web::test]
+async fn packages_are_reproducible_verified_and_stored_as_assets() {
+    let mut deploy = Deployment::new(&[]).await;
+    let (server, token) = project_with_a_run(&mut deploy).await;
+    let client = deploy.client.clone();
+
+    for format in ["zip", "tar.gz", "cbz"] {
+        let (first, sha) = export(&deploy, format);
+        let (second, sha_again) = export(&deploy, format);
+        assert_ne!(first, second, "two exports, two packages");
+        assert_eq!(
+            sha, sha_again,
+            "{format}: the same content gives the same bytes"
+        );
+        assert_eq!(
+            sha256_of(&first),
+            sha,
+            "the recorded checksum is the file's"
+        );
+        let (ok, out) = verify(&deploy, &first);
+        assert!(ok, "{format}: {out}");
+    }
+
+    // The zip: the manifest first, then every file, each as the manifest says.
+    let (zip_path, _) = export(&deploy, "zip");
+    let entries = zip_entries(&zip_path);
+    assert_eq!(entries[0].0, "manifest.json");
+    let manifest: Value = serde_json::from_slice(&entries[0].1).unwrap();
+    assert_eq!(manifest["format"], "atelier-export");
+    assert_eq!(manifest["contract_version"], "v1");
+    assert_eq!(manifest["project"]["slug"], "book");
+    assert_eq!(manifest["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        manifest["jobs"].as_array().unwrap().len(),
+        6,
+        "2 scenes x 3 stages"
+    );
+    assert_eq!(
+        manifest["winners"].as_array().unwrap().len(),
+        2,
+        "one page per scene"
+    );
+    assert!(!manifest["lineage"].as_array().unwrap().is_empty());
+    let files = manifest["files"].as_array().unwrap();
+    assert_eq!(files.len(), entries.len() - 1);
+    let names: Vec<&str> = entries[1..].iter().map(|(n, _)| n.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "entries in a fixed order");
+
+    // The CBZ: ComicInfo.xml and the two winners, the last stage's, as pages.
+    let (cbz, _) = export(&deploy, "cbz");
+    let pages = zip_entries(&cbz);
+    let names: Vec<&str> = pages.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["manifest.json", "ComicInfo.xml", "0001.png", "0002.png"]
+    );
+    let info = String::from_utf8(pages[1].1.clone()).unwrap();
+    assert!(info.contains("<PageCount>2</PageCount>"), "{info}");
+
+    // Recorded: listed with its checksum, and downloadable as an asset.
+    let (s, list) = server
+        .call(
+            &client,
+            Method::GET,
+            "/api/projects/book/exports",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let exports = list["exports"].as_array().unwrap();
+    assert_eq!(exports.len(), 8);
+    let newest = &exports[0];
+    assert_eq!(newest["status"], "completed", "{newest}");
+    assert_eq!(newest["export_format"], "cbz");
+    let db = deploy.connect().await;
+    let id: uuid::Uuid = newest["id"].as_str().unwrap().parse().unwrap();
+    let row = <entities::project_exports::Entity as sea_orm::EntityTrait>::find_by_id(id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    let asset = row.export_asset_id.expect("linked through export_asset_id");
+    let res = client
+        .get(format!(
+            "{}/api/projects/book/assets/{asset}/content",
+            server.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let bytes = res.bytes().await.unwrap();
+    use sha2::Digest;
+    assert_eq!(
+        Some(hex::encode(sha2::Sha256::digest(&bytes))),
+        row.checksum_sha256
+    );
+
+    // Tampered: one file's bytes changed; an entry outside the manifest; an
+    // entry that would escape; a tar.gz with a symbolic link.
+    let dir = tempfile::tempdir().unwrap();
+    let mut changed = entries.clone();
+    changed[1].1[40] ^= 0xff;
+    let bad = dir.path().join("changed.zip");
+    write_zip(&bad, &changed);
+    let (ok, out) = verify(&deploy, &bad);
+    assert!(!ok && out.contains("checksum or size differs"), "{out}");
+    let mut escaping = entries.clone();
+    escaping.push(("../evil.png".into(), b"x".to_vec()));
+    escaping.push(("extra.txt".into(), b"x".to_vec()));
+    let bad = dir.path().join("escaping.zip");
+    write_zip(&bad, &escaping);
+    let (ok, out) = verify(&deploy, &bad);
+    assert!(
+        !ok && out.contains("../evil.png: a name that leaves")
+            && out.contains("extra.txt: not in the manifest"),
+        "{out}"
+    );
+    let bad = dir.path().join("link.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&bad).unwrap(),
+            flate2::Compression::default(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(entries[0].1.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "manifest.json", entries[0].1.as_slice())
+            .unwrap();
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        tar.append_link(&mut link, "files/x.png", "/etc/passwd")
+            .unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+    }
+    let (ok, out) = verify(&deploy, &bad);
+    assert!(
+        !ok && out.contains("files/x.png: not a regular file"),
+        "{out}"
+    );
+    let not_a_package = dir.path().join("notes.txt");
+    std::fs::write(&not_a_package, "hello there").unwrap();
+    let (ok, out) = verify(&deploy, &not_a_package);
+    assert!(!ok && out.contains("Not a package"), "{out}");
+}
