@@ -64,10 +64,16 @@ pub async fn export(settings: Settings, args: ExportArgs) -> Result<(), CliError
     .await
     .map_err(service)?;
     let request = ExportRequest { format, run_ids };
-    let started =
-        domain::exports::start(&db.conn, &domain::Principal::DevBypass, &project, &request)
-            .await
-            .map_err(service)?;
+    let node = crate::startup::node_id(&settings)?;
+    let started = domain::exports::start(
+        &db.conn,
+        &domain::Principal::DevBypass,
+        &project,
+        &request,
+        &node,
+    )
+    .await
+    .map_err(service)?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("files [{bar:40}] {pos}/{len}")

@@ -179,7 +179,7 @@ pub fn outbound_policy(
 
 /// This node's name in job leases: configured, or kept in
 /// `{data_dir}/backend/node-id` so a restart recognises its old leases.
-fn node_id(settings: &Settings) -> Result<String, StartupError> {
+pub fn node_id(settings: &Settings) -> Result<String, StartupError> {
     if let Some(id) = settings.engine.node_id.as_deref().map(str::trim)
         && !id.is_empty()
     {
@@ -279,6 +279,18 @@ impl Application {
             schema = status.current_version().unwrap_or("none"),
             "database ready"
         );
+        let interrupted = domain::exports::fail_interrupted(&db.conn, &node_id(&settings)?)
+            .await
+            .map_err(|e| StartupError::Io {
+                path: "project_exports".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        if interrupted > 0 {
+            tracing::warn!(
+                interrupted,
+                "exports interrupted by the last stop were marked failed"
+            );
+        }
 
         let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
             bind: settings.bind.clone(),

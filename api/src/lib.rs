@@ -70,6 +70,8 @@ pub struct AppState {
     /// Project rows by slug for read requests (see `extract::ProjectAccess`).
     pub project_rows: cache::RowCache<entities::projects::Model>,
     pub engine: actors::engine::Engine,
+    /// Export packages this process is building (to cancel them).
+    pub exports: domain::exports::Running,
 }
 
 impl AppState {
@@ -102,6 +104,7 @@ impl AppState {
             renders: cache::RenderCache::new(std::time::Duration::from_millis(read_cache_ms)),
             project_rows: cache::RowCache::new(std::time::Duration::from_millis(read_cache_ms)),
             engine,
+            exports: domain::exports::Running::default(),
         }
     }
 }

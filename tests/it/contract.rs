@@ -139,6 +139,8 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/projects/{slug}/runs/{runId}/quality-summary"),
     ("GET", "/api/projects/{slug}/exports"),
     ("GET", "/api/projects/{slug}/exports/{exportId}"),
+    ("POST", "/api/projects/{slug}/exports"),
+    ("POST", "/api/projects/{slug}/exports/{exportId}/cancel"),
     ("GET", "/api/projects/{slug}/provider-accounts"),
     ("POST", "/api/projects/{slug}/provider-accounts"),
     (
@@ -208,10 +210,14 @@ const ADDITIONS: &[&str] = &[
     "/api/projects/{slug}/webhooks",
     "/api/projects/{slug}/webhooks/{webhookId}",
     "/api/projects/{slug}/webhooks/{webhookId}/deliveries",
+    "/api/projects/{slug}/exports/{exportId}/cancel",
 ];
 
 /// New methods on frozen v1 paths (see docs/api.md).
-const ADDED_METHODS: &[(&str, &str)] = &[("POST", "/api/projects/{slug}/assets")];
+const ADDED_METHODS: &[(&str, &str)] = &[
+    ("POST", "/api/projects/{slug}/assets"),
+    ("POST", "/api/projects/{slug}/exports"),
+];
 
 const FROZEN_ROUTES: &str = include_str!("frozen_routes.txt");
 

@@ -240,3 +240,163 @@ async fn packages_are_reproducible_verified_and_stored_as_assets() {
     let (ok, out) = verify(&deploy, &not_a_package);
     assert!(!ok && out.contains("Not a package"), "{out}");
 }
+
+#[actix_web::test]
+async fn the_api_builds_an_export_in_the_background() {
+    use crate::helpers::{TestApp, assert_error};
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    let (s, b) = app
+        .post("/api/projects/book/runs/trigger", &token,
+            json!({"mode": "run", "scene_refs": ["sample:1"], "stage": "time", "candidates": 2, "wait": true}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let run_id = b["run_id"].as_str().unwrap().to_string();
+
+    // The body is checked before the project is looked up.
+    let (s, e) = app
+        .post(
+            "/api/projects/nope/exports",
+            &token,
+            json!({"format": "rar"}),
+        )
+        .await;
+    assert_error(s, &e, 400, "invalid_export_format");
+    let (s, e) = app
+        .post(
+            "/api/projects/book/exports",
+            &token,
+            json!({"run_ids": ["x"]}),
+        )
+        .await;
+    assert_error(s, &e, 400, "invalid_run_id");
+    let (s, e) = app
+        .post(
+            "/api/projects/book/exports",
+            &token,
+            json!({"run_ids": [uuid::Uuid::now_v7()]}),
+        )
+        .await;
+    assert_error(s, &e, 404, "not_found");
+    let (s, e) = app
+        .post("/api/projects/nope/exports", &token, json!({}))
+        .await;
+    assert_error(s, &e, 404, "not_found");
+
+    let (s, started) = app
+        .post(
+            "/api/projects/book/exports",
+            &token,
+            json!({"format": "tar.gz", "run_ids": [run_id]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    assert_eq!(started["export"]["status"], "running");
+    let id = started["export"]["id"].as_str().unwrap().to_string();
+    let done = crate::binary::eventually(
+        "the export completes",
+        std::time::Duration::from_secs(30),
+        || async {
+            let (_, b) = app
+                .get(&format!("/api/projects/book/exports/{id}"), &token)
+                .await;
+            (b["export"]["status"] != "running").then_some(b)
+        },
+    )
+    .await;
+    let export = &done["export"];
+    assert_eq!(export["status"], "completed", "{done}");
+    assert_eq!(export["run_id"], json!(run_id));
+    let asset = export["export_asset_id"].as_str().unwrap();
+    let bytes = app
+        .client
+        .get(format!(
+            "{}/api/projects/book/assets/{asset}/content",
+            app.base
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    use sha2::Digest;
+    assert_eq!(
+        json!(hex::encode(sha2::Sha256::digest(&bytes))),
+        export["checksum_sha256"]
+    );
+    assert_eq!(json!(bytes.len()), export["file_size_bytes"]);
+    // A finished export cannot be canceled.
+    let (s, e) = app
+        .post(
+            &format!("/api/projects/book/exports/{id}/cancel"),
+            &token,
+            json!({}),
+        )
+        .await;
+    assert_error(s, &e, 409, "export_not_running");
+}
+
+/// An export a node was building when it was killed ends `failed` when that
+/// node starts again (its work file went with the process).
+#[actix_web::test]
+async fn an_export_interrupted_by_a_kill_ends_failed_at_the_next_start() {
+    let mut deploy = Deployment::new(&[]).await;
+    let (mut server, _) = project_with_a_run(&mut deploy).await;
+    let node = std::fs::read_to_string(deploy.dir.path().join("backend/node-id")).unwrap();
+    let db = deploy.connect().await;
+    let project = <entities::projects::Entity as sea_orm::EntityTrait>::find()
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    let request = domain::exports::ExportRequest {
+        format: domain::exports::PackageFormat::Zip,
+        run_ids: vec![],
+    };
+    let mine = domain::exports::start(
+        &db,
+        &domain::Principal::DevBypass,
+        &project,
+        &request,
+        node.trim(),
+    )
+    .await
+    .unwrap();
+    let theirs = domain::exports::start(
+        &db,
+        &domain::Principal::DevBypass,
+        &project,
+        &request,
+        "another-node",
+    )
+    .await
+    .unwrap();
+    server.kill9();
+    let _server = deploy.start().await;
+    let status = |id: uuid::Uuid| {
+        let db = db.clone();
+        async move {
+            <entities::project_exports::Entity as sea_orm::EntityTrait>::find_by_id(id)
+                .one(&db)
+                .await
+                .unwrap()
+                .unwrap()
+        }
+    };
+    let mine = status(mine.id).await;
+    assert_eq!(mine.status, "failed");
+    assert!(
+        mine.manifest_json["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted")
+    );
+    assert_eq!(
+        status(theirs.id).await.status,
+        "running",
+        "another node's export is its own"
+    );
+}

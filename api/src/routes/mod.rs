@@ -10,6 +10,7 @@ mod bootstrap;
 mod catalog;
 pub mod console;
 mod copilot;
+mod exports;
 mod feed;
 mod health;
 mod ledger;
@@ -101,6 +102,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(ledger::cost_summary)
         .service(ledger::quality_summary)
         .service(ledger::list_exports)
+        .service(exports::create_export)
+        .service(exports::cancel_export)
         .service(ledger::get_export)
         .service(provider_accounts::list_accounts)
         .service(provider_accounts::upsert_account)

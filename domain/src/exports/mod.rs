@@ -12,8 +12,16 @@ mod package;
 mod snapshot;
 pub mod verify;
 
-use entities::{assets, project_exports, projects};
-use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, IntoActiveModel, Set};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use entities::{assets, project_exports, projects, runs};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel,
+    PaginatorTrait, QueryFilter, Set,
+};
 use serde_json::json;
 use storage::{ObjectKey, ProjectFiles};
 use uuid::Uuid;
@@ -37,13 +45,104 @@ fn media_type(format: PackageFormat) -> &'static str {
     }
 }
 
+/// The exports this process is building, each with its cancel flag.
+#[derive(Default)]
+pub struct Running {
+    flags: Mutex<HashMap<Uuid, Arc<AtomicBool>>>,
+}
+
+impl Running {
+    /// Registers an export; its flag is raised by [`Self::cancel`].
+    pub fn track(&self, id: Uuid) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut m) = self.flags.lock() {
+            m.insert(id, flag.clone());
+        }
+        flag
+    }
+
+    pub fn done(&self, id: Uuid) {
+        if let Ok(mut m) = self.flags.lock() {
+            m.remove(&id);
+        }
+    }
+
+    /// `false`: not being built here.
+    pub fn cancel(&self, id: Uuid) -> bool {
+        self.flags
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).cloned())
+            .map(|f| f.store(true, Ordering::SeqCst))
+            .is_some()
+    }
+}
+
+/// Reports progress to `inner` and stops the export once `flag` is raised.
+pub struct Cancellable<'a> {
+    pub flag: Arc<AtomicBool>,
+    pub inner: &'a dyn PackageProgress,
+}
+
+impl PackageProgress for Cancellable<'_> {
+    fn file_written(&self, done: u64, total: u64) {
+        self.inner.file_written(done, total);
+    }
+    fn canceled(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// At startup: the exports this node was building when it stopped cannot
+/// be finished (their work file went with the process); they end `failed`.
+/// Other nodes' exports are left to them.
+pub async fn fail_interrupted(db: &DatabaseConnection, node: &str) -> Result<u64, ServiceError> {
+    let mine: Vec<Uuid> = project_exports::Entity::find()
+        .filter(project_exports::Column::Status.eq("running"))
+        .all(db)
+        .await?
+        .into_iter()
+        .filter(|e| e.manifest_json["node"] == node)
+        .map(|e| e.id)
+        .collect();
+    if mine.is_empty() {
+        return Ok(0);
+    }
+    let txn = crate::db::begin_write(db).await?;
+    let n = project_exports::Entity::update_many()
+        .col_expr(project_exports::Column::Status, Expr::value("failed"))
+        .col_expr(project_exports::Column::CompletedAt, Expr::value(time::now()))
+        .col_expr(
+            project_exports::Column::ManifestJson,
+            Expr::value(json!({ "error": "interrupted: the service stopped while it was being built; export again" })),
+        )
+        .filter(project_exports::Column::Id.is_in(mine))
+        .filter(project_exports::Column::Status.eq("running"))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    crate::db::commit(txn).await?;
+    Ok(n)
+}
+
 /// Records a new export as `running` (so lists show it at once).
 pub async fn start(
     db: &DatabaseConnection,
     principal: &Principal,
     project: &projects::Model,
     request: &ExportRequest,
+    node: &str,
 ) -> Result<project_exports::Model, ServiceError> {
+    if !request.run_ids.is_empty() {
+        let found = runs::Entity::find()
+            .filter(runs::Column::ProjectId.eq(project.id))
+            .filter(runs::Column::Id.is_in(request.run_ids.clone()))
+            .count(db)
+            .await?;
+        if found < request.run_ids.len() as u64 {
+            return Err(ServiceError::not_found("Run not found"));
+        }
+    }
     let now = time::now();
     let row = project_exports::Model {
         id: Uuid::now_v7(),
@@ -59,7 +158,7 @@ pub async fn start(
         file_size_bytes: None,
         checksum_sha256: None,
         export_asset_id: None,
-        manifest_json: json!({ "run_ids": request.run_ids }),
+        manifest_json: json!({ "run_ids": request.run_ids, "node": node }),
         created_at: now,
         completed_at: None,
     };
@@ -134,8 +233,11 @@ pub async fn run(
             Ok(saved)
         }
         Err(e) => {
-            tracing::warn!(error = %e, "export failed");
-            row.status = Set("failed".into());
+            let canceled = e.code() == "export_canceled";
+            if !canceled {
+                tracing::warn!(error = %e, "export failed");
+            }
+            row.status = Set(if canceled { "canceled" } else { "failed" }.into());
             row.manifest_json =
                 Set(json!({ "run_ids": request.run_ids, "error": e.public_message() }));
             row.completed_at = Set(Some(time::now()));

@@ -48,6 +48,10 @@ impl PackageFormat {
 /// Told after each file written (a progress bar, events).
 pub trait PackageProgress: Send + Sync {
     fn file_written(&self, done: u64, total: u64);
+    /// Checked before each file: `true` stops the export.
+    fn canceled(&self) -> bool {
+        false
+    }
 }
 
 impl PackageProgress for () {
@@ -202,6 +206,12 @@ where
     let entries = snapshot.entries(format);
     let total = entries.len() as u64;
     for (done, (name, file)) in entries.into_iter().enumerate() {
+        if progress.canceled() {
+            return Err(ServiceError::Conflict {
+                code: "export_canceled",
+                message: "The export was canceled".into(),
+            });
+        }
         let bytes = read(file).await?;
         if crate::assets::sha256_hex(&bytes) != file.sha256 {
             return Err(ServiceError::Conflict {

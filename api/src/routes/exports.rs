@@ -1,0 +1,144 @@
+//! **New**: creating export packages (the frozen API only lists and reads
+//! them: routes 27 and 28, in `ledger.rs`) and canceling one being built.
+
+use actix_web::{HttpResponse, post, web};
+use domain::exports::{Cancellable, ExportRequest, PackageFormat};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::ledger::Export;
+use crate::AppState;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{JsonBody, ProjectAccess, ProjectSlug};
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(default)]
+pub struct CreateExportBody {
+    /// `zip` (default), `tar.gz`, or `cbz` (the winners in scene order as a
+    /// comic book archive).
+    format: Option<String>,
+    /// Only these runs (and the inputs they started from); default: the
+    /// whole project.
+    run_ids: Option<Vec<String>>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ExportStarted {
+    ok: bool,
+    /// `running`; poll `GET …/exports/{id}` until `completed`, `failed` or
+    /// `canceled`.
+    export: Export,
+}
+
+/// **New.** Start an export package of the project (or of some runs), built
+/// in the background: `zip`/`tar.gz` with `manifest.json` and every file,
+/// or a `cbz`. The same content always gives the same bytes; the package
+/// is stored as an asset (`export_asset_id`) with its `checksum_sha256`.
+#[utoipa::path(tag = "ledger", params(("slug" = String, Path)),
+    request_body(content = CreateExportBody, content_type = "application/json"),
+    responses((status = 202, body = ExportStarted),
+        (status = 400, body = ErrorBody, description = "invalid_export_format, invalid_run_id"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody, description = "the project, or one of the runs")))]
+#[post("/api/projects/{slug}/exports")]
+pub async fn create_export(
+    state: web::Data<AppState>,
+    access: ProjectSlug,
+    JsonBody(body): JsonBody<CreateExportBody>,
+) -> ApiResult<HttpResponse> {
+    // The body is checked before the project is looked up (v1's order).
+    let format = PackageFormat::parse(body.format.as_deref().unwrap_or("zip"))?;
+    let run_ids = body
+        .run_ids
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            Uuid::parse_str(r.trim()).map_err(|_| {
+                ApiError::validation("invalid_run_id", format!("'{r}' is not a run id"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let ProjectAccess { project, principal } = access.authorize(&state).await?;
+    let request = ExportRequest { format, run_ids };
+    let export = domain::exports::start(
+        &state.db,
+        &principal,
+        &project,
+        &request,
+        &state.engine.deps.node_id,
+    )
+    .await?;
+    let flag = state.exports.track(export.id);
+    let task_state = state.clone();
+    let started = export.clone();
+    actix_web::rt::spawn(async move {
+        let state = task_state;
+        let id = started.id;
+        let files = domain::projects::project_files(&state.db, state.file_access(), &project).await;
+        let outcome = match files {
+            Ok(files) => {
+                let progress = Cancellable { flag, inner: &() };
+                domain::exports::run(
+                    &state.db,
+                    &files,
+                    &project,
+                    started,
+                    &request,
+                    crate::CONTRACT_VERSION,
+                    &progress,
+                )
+                .await
+                .map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            tracing::info!(export = %id, error = %e, "export ended without a package");
+        }
+        state.exports.done(id);
+    });
+    Ok(HttpResponse::Accepted().json(ExportStarted {
+        ok: true,
+        export: Export::from(export),
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ExportCanceled {
+    ok: bool,
+    /// As it stands: `running` until the builder stops (before its next
+    /// file), then `canceled`.
+    export: Export,
+}
+
+/// **New.** Cancel an export being built; it ends `canceled` and stores
+/// nothing.
+#[utoipa::path(tag = "ledger", params(("slug" = String, Path), ("exportId" = String, Path)),
+    responses((status = 200, body = ExportCanceled),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "export_not_running")))]
+#[post("/api/projects/{slug}/exports/{exportId}/cancel")]
+pub async fn cancel_export(
+    state: web::Data<AppState>,
+    ProjectAccess { project, .. }: ProjectAccess,
+    path: web::Path<(String, String)>,
+) -> ApiResult<web::Json<ExportCanceled>> {
+    let (_, export_id) = path.into_inner();
+    let export = domain::ledger::export(&state.db, project.id, &export_id).await?;
+    if export.status != "running" || !state.exports.cancel(export.id) {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::CONFLICT,
+            crate::error::ErrorKind::Validation,
+            "export_not_running",
+            format!(
+                "Export {} is {}, not running here",
+                export.id, export.status
+            ),
+        ));
+    }
+    Ok(web::Json(ExportCanceled {
+        ok: true,
+        export: Export::from(export),
+    }))
+}
