@@ -137,6 +137,13 @@ pub enum ImportWhat {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
+    /// An export package (zip or tar.gz) of another installation: checked,
+    /// then restored as a new project under the same ids (the project must
+    /// not be here yet).
+    Package {
+        /// The package file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -486,6 +493,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 },
             )
             .await
+        }
+        Command::Import {
+            what: ImportWhat::Package { file },
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::packages::restore(settings, file).await
         }
         Command::Import {
             what:

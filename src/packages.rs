@@ -132,3 +132,21 @@ pub async fn verify(package: PathBuf) -> Result<(), CliError> {
         )))
     }
 }
+
+pub async fn restore(settings: Settings, package: PathBuf) -> Result<(), CliError> {
+    let db = database::open(&settings)
+        .await
+        .map_err(StartupError::from)?;
+    let roots = domain::StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
+    let owner = domain::auth::users::ensure_local_user(&db.conn)
+        .await
+        .map_err(service)?;
+    let restored = domain::exports::restore::restore(&db.conn, &roots, &package, owner)
+        .await
+        .map_err(service)?;
+    println!(
+        "restored project {} ({}): {} files, {} runs",
+        restored.slug, restored.project_id, restored.files, restored.runs
+    );
+    Ok(())
+}

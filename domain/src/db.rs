@@ -11,9 +11,11 @@
 
 use std::sync::{Arc, OnceLock};
 
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, ExecResult,
-    QueryResult, SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait,
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, ExecResult, QueryResult, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -104,4 +106,25 @@ pub async fn rollback(txn: WriteTxn) -> Result<(), DbErr> {
 /// Increases whenever this process commits a write.
 pub fn write_generation() -> u64 {
     WRITE_GENERATION.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Inserts what is not there yet (conflicts on the id or a natural key are
+/// left alone); returns how many rows were written.
+pub async fn insert_new<A, C>(db: &C, rows: Vec<A>) -> Result<u64, sea_orm::DbErr>
+where
+    A: ActiveModelTrait + Send,
+    C: ConnectionTrait,
+{
+    // Under both stores' bind-parameter limits for the widest table.
+    const CHUNK: usize = 400;
+    let mut written = 0;
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<A> = rows.by_ref().take(CHUNK).collect();
+        written += <A::Entity as EntityTrait>::insert_many(chunk)
+            .on_conflict(OnConflict::new().do_nothing().to_owned())
+            .exec_without_returning(db)
+            .await?;
+    }
+    Ok(written)
 }

@@ -400,3 +400,48 @@ async fn an_export_interrupted_by_a_kill_ends_failed_at_the_next_start() {
         "another node's export is its own"
     );
 }
+
+/// Export -> restore into another installation -> export: the same bytes.
+#[actix_web::test]
+async fn a_package_restores_into_another_installation_and_exports_the_same() {
+    let mut here = Deployment::new(&[]).await;
+    let (server, _) = project_with_a_run(&mut here).await;
+    drop(server);
+    for format in ["zip", "tar.gz"] {
+        let (package, sha) = export(&here, format);
+        let there = Deployment::new(&[]).await;
+        let (ok, out, err) = there.cli(&["import", "package", package.to_str().unwrap()]);
+        assert!(ok, "{out}\n{err}");
+        assert!(out.contains("restored project book"), "{out}");
+        let (_, again) = export(&there, format);
+        assert_eq!(
+            again, sha,
+            "{format}: the restored project exports byte for byte the same"
+        );
+        // Not twice, and never a CBZ (it holds only the winners).
+        let (ok, _, err) = there.cli(&["import", "package", package.to_str().unwrap()]);
+        assert!(!ok && err.contains("already here"), "{err}");
+    }
+    let (cbz, _) = export(&here, "cbz");
+    let empty = Deployment::new(&[]).await;
+    let (ok, _, err) = empty.cli(&["import", "package", cbz.to_str().unwrap()]);
+    assert!(!ok && err.contains("CBZ"), "{err}");
+    // A package that is not whole is refused, and nothing of it is written.
+    let dir = tempfile::tempdir().unwrap();
+    let (zip_path, _) = export(&here, "zip");
+    let mut entries = zip_entries(&zip_path);
+    let last = entries.len() - 1;
+    entries[last].1[10] ^= 1;
+    let broken = dir.path().join("broken.zip");
+    write_zip(&broken, &entries);
+    let (ok, _, err) = empty.cli(&["import", "package", broken.to_str().unwrap()]);
+    assert!(!ok && err.contains("not whole"), "{err}");
+    let db = empty.connect().await;
+    assert!(
+        <entities::projects::Entity as sea_orm::EntityTrait>::find()
+            .all(&db)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -9,6 +9,7 @@
 //! (S3) into storage: a large project exports in bounded memory.
 
 mod package;
+pub mod restore;
 mod snapshot;
 pub mod verify;
 

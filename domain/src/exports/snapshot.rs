@@ -265,13 +265,14 @@ impl Snapshot {
                 "stage": j.stage, "stage_index": j.stage_index, "status": j.status,
                 "prompt": j.prompt_text, "input_asset_id": j.input_asset_id,
                 "selected_candidate_index": j.selected_candidate_index,
-                "final_asset_id": j.final_asset_id,
+                "final_asset_id": j.final_asset_id, "created_at": j.created_at,
             })).collect::<Vec<_>>(),
             "candidates": self.candidates.iter().map(|c| json!({
                 "id": c.id, "job_id": c.job_id, "index": c.candidate_index, "status": c.status,
                 "output_asset_id": c.output_asset_id, "final_asset_id": c.final_asset_id,
                 "rank": {"hard_failures": c.rank_hard_failures, "soft_warnings": c.rank_soft_warnings,
                          "avg_chroma_exceed": c.rank_avg_chroma_exceed},
+                "created_at": c.created_at,
             })).collect::<Vec<_>>(),
             "winners": self.pages().map(|f| f.asset_id).collect::<Vec<_>>(),
             "files": self.entries(format).iter().map(|(path, f)| json!({
@@ -282,7 +283,7 @@ impl Snapshot {
                 "path": f.entry, "asset_id": f.asset_id, "role": f.kind,
             })).collect::<Vec<_>>(),
             "lineage": self.links.iter().map(|l| json!({
-                "parent": l.parent_asset_id, "child": l.child_asset_id, "type": l.link_type,
+                "id": l.id, "parent": l.parent_asset_id, "child": l.child_asset_id, "type": l.link_type,
             })).collect::<Vec<_>>(),
             "costs": {
                 "events": self.costs.len(),
@@ -294,6 +295,20 @@ impl Snapshot {
                 "hard_failures": self.quality.iter().map(|q| i64::from(q.hard_failures)).sum::<i64>(),
                 "soft_warnings": self.quality.iter().map(|q| i64::from(q.soft_warnings)).sum::<i64>(),
             },
+            // The rows themselves, so a package restores whole.
+            "cost_events": self.costs.iter().map(|c| json!({
+                "id": c.id, "run_id": c.run_id, "job_id": c.job_id, "provider": c.provider_code,
+                "model": c.model_name, "event_type": c.event_type, "units": c.units,
+                "unit_cost_usd": c.unit_cost_usd, "total_cost_usd": c.total_cost_usd,
+                "currency": c.currency, "billing": c.billing, "created_at": c.created_at,
+            })).collect::<Vec<_>>(),
+            "quality_reports": self.quality.iter().map(|q| json!({
+                "id": q.id, "run_id": q.run_id, "job_id": q.job_id, "candidate_id": q.candidate_id,
+                "asset_id": q.asset_id, "report_type": q.report_type, "grade": q.grade,
+                "hard_failures": q.hard_failures, "soft_warnings": q.soft_warnings,
+                "avg_chroma_exceed": q.avg_chroma_exceed, "summary": q.summary_json,
+                "created_at": q.created_at,
+            })).collect::<Vec<_>>(),
         })
     }
 }

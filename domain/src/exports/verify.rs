@@ -19,6 +19,9 @@ pub struct VerifyReport {
     pub files_checked: u64,
     /// Empty: the package is whole.
     pub problems: Vec<String>,
+    /// The package's manifest (for a restore).
+    #[serde(skip)]
+    pub manifest: serde_json::Value,
 }
 
 impl VerifyReport {
@@ -189,6 +192,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport, ServiceError> {
             "manifest.json is not an Atelier export manifest",
         ));
     }
+    report.manifest = manifest.clone();
     let listed = manifest["files"].as_array().cloned().unwrap_or_default();
     let mut expected: BTreeMap<String, (String, u64)> = BTreeMap::new();
     for f in &listed {

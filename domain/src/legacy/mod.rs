@@ -26,8 +26,7 @@ pub mod source;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveModelTrait, ConnectionTrait, DatabaseConnection, EntityTrait};
+use sea_orm::DatabaseConnection;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -196,27 +195,6 @@ impl IdMap {
         self.remapped.insert(format!("{table}:{raw}"), id);
         id
     }
-}
-
-/// Inserts what is not there yet (conflicts on the id or a natural key are
-/// left alone); returns how many rows were written.
-pub(crate) async fn insert_new<A, C>(db: &C, rows: Vec<A>) -> Result<u64, sea_orm::DbErr>
-where
-    A: ActiveModelTrait + Send,
-    C: ConnectionTrait,
-{
-    // Under both stores' bind-parameter limits for the widest table.
-    const CHUNK: usize = 400;
-    let mut written = 0;
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let chunk: Vec<A> = rows.by_ref().take(CHUNK).collect();
-        written += <A::Entity as EntityTrait>::insert_many(chunk)
-            .on_conflict(OnConflict::new().do_nothing().to_owned())
-            .exec_without_returning(db)
-            .await?;
-    }
-    Ok(written)
 }
 
 /// Imports `source` into `target`.

@@ -216,7 +216,7 @@ impl Users {
             .iter()
             .cloned()
             .map(app_users::ActiveModel::from);
-        insert_new(txn, rows.collect()).await?;
+        crate::db::insert_new(txn, rows.collect()).await?;
         Ok(())
     }
 }
@@ -261,7 +261,7 @@ pub async fn import_users(
         });
     }
     let txn = crate::db::begin_write(target.db).await?;
-    counts.imported = insert_new(
+    counts.imported = crate::db::insert_new(
         &txn,
         rows.iter()
             .cloned()
@@ -1510,7 +1510,7 @@ async fn write(
         ($table:literal, $rows:expr) => {{
             let rows = $rows;
             let n = rows.len() as u64;
-            let inserted = insert_new(&txn, rows).await?;
+            let inserted = crate::db::insert_new(&txn, rows).await?;
             written += inserted;
             let c = report.tables.entry($table).or_default();
             c.imported += inserted;
@@ -1574,13 +1574,13 @@ pub async fn import_global(
             "api_tokens",
             legacy.global_tokens.len() as u64,
             tokens.len() as u64,
-            insert_new(&txn, tokens).await?,
+            crate::db::insert_new(&txn, tokens).await?,
         ),
         (
             "audit_events",
             legacy.global_audit.len() as u64,
             audit.len() as u64,
-            insert_new(&txn, audit).await?,
+            crate::db::insert_new(&txn, audit).await?,
         ),
     ] {
         counts.insert(
