@@ -198,6 +198,16 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// Export package MB/s against a plain tar of the same files, and peak
+    /// memory for two project sizes.
+    Export {
+        #[arg(long, default_value_t = 800)]
+        files: u32,
+        #[arg(long, default_value_t = 256)]
+        size_kib: usize,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
     /// Legacy import in rows/s against a plain bulk insert of the same rows.
     Import {
         #[arg(long, default_value_t = 400)]
@@ -343,6 +353,17 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 },
             )
             .await
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Export {
+                    files,
+                    size_kib,
+                    rounds,
+                },
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::bench::export::run(settings, files, size_kib, rounds).await
         }
         Command::Bench {
             what:

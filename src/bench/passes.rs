@@ -103,7 +103,7 @@ pub fn run(side: u32) -> Result<(), CliError> {
 }
 
 /// Peak resident memory of this process so far, from /proc (Linux).
-fn peak_rss_bytes() -> Option<u64> {
+pub(crate) fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
