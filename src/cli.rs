@@ -90,11 +90,42 @@ pub enum Command {
         #[arg(long = "run", value_name = "RUN_ID")]
         runs: Vec<String>,
     },
+    /// Copy a project's files to its bucket (push) or back (pull),
+    /// incrementally by SHA-256 (docs/operations.md "S3 sync").
+    Sync {
+        #[command(subcommand)]
+        direction: SyncDirection,
+    },
     /// Move in from elsewhere (README "Moving in").
     Import {
         #[command(subcommand)]
         what: ImportWhat,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// The project's slug.
+    #[arg(long, value_name = "SLUG")]
+    project: String,
+    /// Say what would move; move nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace what someone else changed on the other side (default: refuse
+    /// and report it).
+    #[arg(long)]
+    overwrite: bool,
+    /// Transfers in flight at most.
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SyncDirection {
+    /// Local files to the bucket.
+    Push(SyncArgs),
+    /// The bucket's objects back into the local root.
+    Pull(SyncArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -490,6 +521,24 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 println!("UNKNOWN  {name} (applied by a newer Atelier)");
             }
             Ok(())
+        }
+        Command::Sync { direction } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            let (direction, args) = match direction {
+                SyncDirection::Push(a) => (domain::sync::Direction::Push, a),
+                SyncDirection::Pull(a) => (domain::sync::Direction::Pull, a),
+            };
+            crate::syncing::run(
+                settings,
+                crate::syncing::SyncArgs {
+                    project: args.project,
+                    direction,
+                    dry_run: args.dry_run,
+                    overwrite: args.overwrite,
+                    concurrency: args.concurrency,
+                },
+            )
+            .await
         }
         Command::Export {
             check: Some(ExportCheck::Verify { package }),

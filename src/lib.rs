@@ -16,4 +16,5 @@ pub mod moving_in;
 pub mod packages;
 pub mod settings;
 pub mod startup;
+pub mod syncing;
 pub mod telemetry;

@@ -17,6 +17,9 @@ fn main() -> ExitCode {
     if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
         tracing::debug!(%err, "cannot turn transparent huge pages off");
     }
+    // Every command may reach S3 or a provider (TLS needs its crypto
+    // provider installed first).
+    atelier::startup::install_runtime_defaults();
     let cli = atelier::cli::Cli::parse();
     // Actors live on the system thread (a LocalSet); job pipelines and the
     // row writer are `tokio::spawn`ed onto this multi-threaded runtime, so

@@ -36,6 +36,7 @@ pub mod reference_items;
 pub mod runs;
 pub mod secrets;
 pub mod status;
+pub mod sync;
 pub mod time;
 pub mod webhooks;
 

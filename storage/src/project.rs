@@ -153,6 +153,24 @@ impl ProjectFiles {
         Ok(self.local.backend())
     }
 
+    /// The project's bucket (primary or not), for syncing.
+    pub fn bucket(&self) -> Result<&ObjectStore, StorageError> {
+        match &self.s3 {
+            S3Location::Ready { store, .. } => Ok(store),
+            S3Location::Unreachable { reason, .. } => {
+                Err(StorageError::Unavailable(reason.clone()))
+            }
+            S3Location::None => Err(StorageError::Unavailable(
+                "The project's storage policy names no bucket (PUT storage/s3)".into(),
+            )),
+        }
+    }
+
+    /// The local root's store.
+    pub fn local_store(&self) -> &ObjectStore {
+        &self.local
+    }
+
     /// The local root, where work files (a package being written) belong.
     pub fn local_root(&self) -> Option<&std::path::Path> {
         self.local.root()

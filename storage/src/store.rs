@@ -108,6 +108,21 @@ async fn through_a_link(root: &std::path::Path, key: &str) -> bool {
     false
 }
 
+/// An object as a listing or a `stat` shows it.
+#[derive(Clone, Debug)]
+pub struct RemoteObject {
+    /// Relative to the store's root.
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    /// Its content's SHA-256, when it was written with
+    /// [`ObjectStore::put_with_sha256`] (listings do not carry it).
+    pub sha256: Option<String>,
+}
+
+/// The user-metadata key holding an object's SHA-256 (`x-amz-meta-sha256`).
+const SHA256_METADATA: &str = "sha256";
+
 impl ObjectStore {
     pub fn local(root: &std::path::Path) -> Result<Self, StorageError> {
         let builder = services::Fs::default().root(&root.display().to_string());
@@ -246,6 +261,56 @@ impl ObjectStore {
         writer.close().await?;
         let _ = tokio::fs::remove_file(from).await;
         Ok(())
+    }
+
+    /// Writes an object carrying its content's SHA-256 as user metadata
+    /// (object stores only; a local root has no metadata).
+    pub async fn put_with_sha256(
+        &self,
+        key: &ObjectKey,
+        bytes: Vec<u8>,
+        sha256: &str,
+    ) -> Result<(), StorageError> {
+        self.guard(key.as_str()).await?;
+        self.op
+            .write_with(key.as_str(), bytes)
+            .user_metadata([(SHA256_METADATA.to_string(), sha256.to_string())])
+            .await?;
+        Ok(())
+    }
+
+    /// An object's size, ETag and recorded SHA-256; `None` if absent.
+    pub async fn stat(&self, key: &ObjectKey) -> Result<Option<RemoteObject>, StorageError> {
+        self.guard(key.as_str()).await?;
+        match self.op.stat(key.as_str()).await {
+            Ok(m) => Ok(Some(RemoteObject {
+                key: key.as_str().to_string(),
+                size: m.content_length(),
+                etag: m.etag().map(str::to_string),
+                sha256: m
+                    .user_metadata()
+                    .and_then(|u| u.get(SHA256_METADATA))
+                    .map(str::to_string),
+            })),
+            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every object under the store's root (sizes and ETags from the
+    /// listing itself: one request per page, not one per object).
+    pub async fn list_all(&self) -> Result<Vec<RemoteObject>, StorageError> {
+        let entries = self.op.list_with("").recursive(true).await?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| e.metadata().is_file())
+            .map(|e| RemoteObject {
+                key: e.path().to_string(),
+                size: e.metadata().content_length(),
+                etag: e.metadata().etag().map(str::to_string),
+                sha256: None,
+            })
+            .collect())
     }
 
     pub async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StorageError> {

@@ -121,6 +121,25 @@ impl Deployment {
         )
     }
 
+    /// Starts an `atelier` command like [`Self::cli`], without waiting.
+    pub fn cli_child(&self, args: &[&str]) -> Child {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_atelier"));
+        cmd.arg("--data-dir")
+            .arg(self.dir.path())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        match &self.db.url {
+            Some(url) => cmd.env("DATABASE_URL", url),
+            None => cmd.env_remove("DATABASE_URL"),
+        };
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().unwrap()
+    }
+
     /// A connection to the deployment's database, for inspecting it.
     pub async fn connect(&self) -> DatabaseConnection {
         let url = match &self.db.url {

@@ -40,6 +40,7 @@ mod runs;
 mod secrets;
 mod spend;
 mod storage;
+mod sync;
 mod traces;
 mod v1;
 mod webhooks;
