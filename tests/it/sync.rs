@@ -214,3 +214,53 @@ fn walk(root: &std::path::Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A project whose primary storage is its bucket exports into the bucket:
+/// the package is streamed there in parts and served back whole.
+#[actix_web::test]
+async fn an_export_of_a_project_on_s3_is_stored_in_its_bucket() {
+    let mut deploy = Deployment::new(&[]).await;
+    let (server, token, endpoint, bucket, prefix) = project_with_a_bucket(&mut deploy).await;
+    let client = deploy.client.clone();
+    let (s, b) = server
+        .call(&client, Method::PUT, "/api/projects/book/storage/s3", Some(&token),
+            Some(json!({"enabled": true, "bucket": bucket, "prefix": "studio", "endpoint_url": endpoint})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, started) = server
+        .call(&client, Method::POST, "/api/projects/book/exports", Some(&token), Some(json!({"format": "zip"})))
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let id = started["export"]["id"].as_str().unwrap().to_string();
+    let done = eventually("the export completes", Duration::from_secs(30), || async {
+        let (_, b) = server
+            .call(&client, Method::GET, &format!("/api/projects/book/exports/{id}"), Some(&token), None)
+            .await;
+        (b["export"]["status"] != "running").then_some(b)
+    })
+    .await;
+    let export = &done["export"];
+    assert_eq!(export["status"], "completed", "{done}");
+    let rel = export["rel_path"].as_str().unwrap();
+    let in_bucket = bucket_store(&endpoint, &bucket)
+        .get(&key(&format!("{prefix}{rel}")))
+        .await
+        .unwrap();
+    use sha2::Digest;
+    assert_eq!(json!(hex::encode(sha2::Sha256::digest(&in_bucket))), export["checksum_sha256"]);
+    assert!(
+        !deploy.dir.path().join("projects/book").join(rel).exists(),
+        "the package went to the bucket, not the local root"
+    );
+    let asset = export["export_asset_id"].as_str().unwrap();
+    let served = client
+        .get(format!("{}/api/projects/book/assets/{asset}/content", server.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(served.as_ref() == in_bucket.as_slice());
+}
