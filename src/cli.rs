@@ -239,6 +239,16 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// A second push of an unchanged project against the first (needs an
+    /// S3-compatible server, e.g. `moto_server -p 5000`).
+    Sync {
+        #[arg(long, value_name = "URL")]
+        endpoint: String,
+        #[arg(long, default_value_t = 2000)]
+        files: u32,
+        #[arg(long, default_value_t = 64)]
+        size_kib: usize,
+    },
     /// Legacy import in rows/s against a plain bulk insert of the same rows.
     Import {
         #[arg(long, default_value_t = 400)]
@@ -395,6 +405,17 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         } => {
             let settings = Settings::load(&overrides).map_err(StartupError::from)?;
             crate::bench::export::run(settings, files, size_kib, rounds).await
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Sync {
+                    endpoint,
+                    files,
+                    size_kib,
+                },
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::bench::sync::run(settings, endpoint, files, size_kib).await
         }
         Command::Bench {
             what:

@@ -120,7 +120,6 @@ struct Local {
 
 async fn local_files(
     db: &DatabaseConnection,
-    files: &ProjectFiles,
     project: &projects::Model,
     report: &mut SyncReport,
 ) -> Result<BTreeMap<String, Local>, ServiceError> {
@@ -131,12 +130,12 @@ async fn local_files(
         .await?;
     let mut out = BTreeMap::new();
     for a in rows {
-        let key = ObjectKey::parse(&a.storage_key)?;
-        let present = files.exists_in("local", &key).await.unwrap_or(false);
-        match (a.sha256, a.byte_size, present) {
-            (Some(sha256), Some(size), true) => {
+        // Presence is checked when (and only if) the file has to move: an
+        // unchanged project costs a listing, not a stat per file.
+        match (a.sha256, a.byte_size) {
+            (Some(sha256), Some(size)) => {
                 out.insert(
-                    a.storage_key.clone(),
+                    a.storage_key,
                     Local {
                         sha256,
                         size: size as u64,
@@ -167,6 +166,14 @@ async fn remote_sha(
     Ok(bucket.stat(&key).await?.and_then(|o| o.sha256))
 }
 
+/// One transfer's outcome.
+enum Moved {
+    /// (key, SHA-256, (size, ETag)).
+    Done(String, String, (u64, Option<String>)),
+    /// The local file named by a row is gone: not pushed.
+    Missing(String),
+}
+
 /// Pushes or pulls the project's files (see the module docs).
 pub async fn sync(
     db: &DatabaseConnection,
@@ -182,7 +189,7 @@ pub async fn sync(
         ..SyncReport::default()
     };
     let mut state = load_state(files);
-    let local = local_files(db, files, project, &mut report).await?;
+    let local = local_files(db, project, &mut report).await?;
     let remote: BTreeMap<String, RemoteObject> = bucket
         .list_all()
         .await?
@@ -265,7 +272,11 @@ pub async fn sync(
             let sha = sha.unwrap_or_default();
             let size = match options.direction {
                 Direction::Push => {
-                    let bytes = local_store.get(&object).await?;
+                    let bytes = match local_store.get(&object).await {
+                        Ok(bytes) => bytes,
+                        Err(e) if e.is_not_found() => return Ok(Moved::Missing(key)),
+                        Err(e) => return Err(e.into()),
+                    };
                     if crate::assets::sha256_hex(&bytes) != sha {
                         return Err(ServiceError::Conflict {
                             code: "sync_file_changed",
@@ -304,7 +315,7 @@ pub async fn sync(
                     (size, etag)
                 }
             };
-            Ok::<_, ServiceError>((key, sha, size))
+            Ok::<_, ServiceError>(Moved::Done(key, sha, size))
         }
     }))
     .buffer_unordered(options.concurrency.max(1));
@@ -312,7 +323,8 @@ pub async fn sync(
     let mut since_save = 0;
     while let Some(done) = moves.next().await {
         match done {
-            Ok((key, sha256, (size, etag))) => {
+            Ok(Moved::Missing(key)) => report.skipped.push(key),
+            Ok(Moved::Done(key, sha256, (size, etag))) => {
                 progress.moved(&key, size);
                 state
                     .objects

@@ -37,7 +37,7 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 }
 
 /// A project of `files` files of `size` bytes each, registered as assets.
-async fn project(
+pub(crate) async fn project(
     db: &database::Db,
     roots: &domain::StorageRoots,
     slug: &str,

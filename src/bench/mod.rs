@@ -15,6 +15,7 @@ pub mod feed;
 pub mod import;
 pub mod paid;
 pub mod passes;
+pub mod sync;
 
 use std::time::{Duration, Instant};
 

@@ -228,13 +228,25 @@ async fn an_export_of_a_project_on_s3_is_stored_in_its_bucket() {
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     let (s, started) = server
-        .call(&client, Method::POST, "/api/projects/book/exports", Some(&token), Some(json!({"format": "zip"})))
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects/book/exports",
+            Some(&token),
+            Some(json!({"format": "zip"})),
+        )
         .await;
     assert_eq!(s, StatusCode::ACCEPTED, "{started}");
     let id = started["export"]["id"].as_str().unwrap().to_string();
     let done = eventually("the export completes", Duration::from_secs(30), || async {
         let (_, b) = server
-            .call(&client, Method::GET, &format!("/api/projects/book/exports/{id}"), Some(&token), None)
+            .call(
+                &client,
+                Method::GET,
+                &format!("/api/projects/book/exports/{id}"),
+                Some(&token),
+                None,
+            )
             .await;
         (b["export"]["status"] != "running").then_some(b)
     })
@@ -247,14 +259,20 @@ async fn an_export_of_a_project_on_s3_is_stored_in_its_bucket() {
         .await
         .unwrap();
     use sha2::Digest;
-    assert_eq!(json!(hex::encode(sha2::Sha256::digest(&in_bucket))), export["checksum_sha256"]);
+    assert_eq!(
+        json!(hex::encode(sha2::Sha256::digest(&in_bucket))),
+        export["checksum_sha256"]
+    );
     assert!(
         !deploy.dir.path().join("projects/book").join(rel).exists(),
         "the package went to the bucket, not the local root"
     );
     let asset = export["export_asset_id"].as_str().unwrap();
     let served = client
-        .get(format!("{}/api/projects/book/assets/{asset}/content", server.base))
+        .get(format!(
+            "{}/api/projects/book/assets/{asset}/content",
+            server.base
+        ))
         .bearer_auth(&token)
         .send()
         .await
