@@ -34,7 +34,7 @@ ensure_moto() {
   # Schemathesis checks the served API description (scripts/api-conformance.sh).
   if [ ! -x "$TOOLS_DIR/s3venv/bin/st" ]; then
     log "installing schemathesis into $TOOLS_DIR/s3venv"
-    "$TOOLS_DIR/s3venv/bin/pip" install -q schemathesis
+    "$TOOLS_DIR/s3venv/bin/pip" install -q 'schemathesis==4.32.5'
   fi
   local port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
