@@ -31,7 +31,8 @@ ensure_moto() {
     python3 -m venv "$TOOLS_DIR/s3venv"
     "$TOOLS_DIR/s3venv/bin/pip" install -q 'moto[server]'
   fi
-  # Schemathesis checks the served API description (scripts/api-conformance.sh).
+  # Schemathesis checks the served API description (scripts/api-conformance.sh);
+  # pinned to the version the checks were last seen passing with.
   if [ ! -x "$TOOLS_DIR/s3venv/bin/st" ]; then
     log "installing schemathesis into $TOOLS_DIR/s3venv"
     "$TOOLS_DIR/s3venv/bin/pip" install -q 'schemathesis==4.32.5'
