@@ -21,7 +21,12 @@
 mod files;
 pub mod fixture;
 mod project;
+mod read;
+mod records;
+mod run_graph;
+mod settings;
 pub mod source;
+mod users;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -205,9 +210,9 @@ pub async fn import(
     progress: &dyn Progress,
 ) -> Result<ImportReport, ServiceError> {
     let mut ids = IdMap::default();
-    let legacy = project::Legacy::read(source, &mut ids).await?;
+    let legacy = read::Legacy::read(source, &mut ids).await?;
     drop(ids);
-    let users = project::import_users(&target, &legacy, options.dry_run).await?;
+    let users = users::import_users(&target, &legacy, options.dry_run).await?;
     let mut report = ImportReport {
         source: source.path.display().to_string(),
         dry_run: options.dry_run,
@@ -217,7 +222,7 @@ pub async fn import(
         global: BTreeMap::new(),
         id_map: BTreeMap::new(),
     };
-    let chosen: Vec<&project::LegacyProject> = legacy
+    let chosen: Vec<&read::LegacyProject> = legacy
         .projects
         .iter()
         .filter(|p| options.projects.is_empty() || options.projects.contains(&p.slug))
@@ -235,7 +240,7 @@ pub async fn import(
         report.projects.push(outcome);
     }
     if options.projects.is_empty() {
-        report.global = project::import_global(&target, &legacy, &users, options.dry_run).await?;
+        report.global = records::import_global(&target, &legacy, &users, options.dry_run).await?;
         // Rows whose project (or run, or job) does not exist.
         for (table, n) in &legacy.unassigned {
             let c = report.global.entry(table).or_default();
