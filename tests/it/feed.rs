@@ -454,3 +454,72 @@ async fn read_events(ws: &mut Ws, n: usize) -> Vec<Value> {
     }
     out
 }
+
+/// An export started through the API reports its progress and its end on
+/// the project's live feed (not on a run's).
+#[actix_web::test]
+async fn an_export_reports_progress_and_its_end_on_the_project_feed() {
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Book", "book").await;
+    let (s, b) = app
+        .post(
+            "/api/projects/book/runs/trigger",
+            &token,
+            json!({"mode": "run", "scene_refs": ["sample:1", "sample:2"], "stage": "time", "candidates": 2, "wait": true}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::OK, "{b}");
+    let mut ws = connect(&app, "/api/projects/book/events/ws", Some(&token))
+        .await
+        .unwrap();
+    let (s, started) = app
+        .post(
+            "/api/projects/book/exports",
+            &token,
+            json!({"format": "zip"}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{started}");
+    let id = started["export"]["id"].as_str().unwrap().to_string();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Text(text) = msg.unwrap() {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["run_id"] == json!(id) {
+                let done = v["event_type"] == "export.finished";
+                events.push(v);
+                if done {
+                    break;
+                }
+            }
+        }
+    }
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.last(), Some(&"export.finished"), "{events:?}");
+    let progress: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "export.progress")
+        .collect();
+    let last = progress.last().expect("progress before the end");
+    assert_eq!(
+        last["payload"]["files_written"], last["payload"]["files"],
+        "{last}"
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "in order, no gap"
+    );
+    let end = &events.last().unwrap()["payload"];
+    assert_eq!(end["status"], "completed");
+    let (_, detail) = app
+        .get(&format!("/api/projects/book/exports/{id}"), &token)
+        .await;
+    assert_eq!(end["checksum_sha256"], detail["export"]["checksum_sha256"]);
+}

@@ -2,7 +2,7 @@
 //! them: routes 27 and 28, in `ledger.rs`) and canceling one being built.
 
 use actix_web::{HttpResponse, post, web};
-use domain::exports::{Cancellable, ExportRequest, PackageFormat};
+use domain::exports::{Cancellable, ExportRequest, FeedProgress, PackageFormat};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -78,8 +78,9 @@ pub async fn create_export(
         let files = domain::projects::project_files(&state.db, state.file_access(), &project).await;
         let outcome = match files {
             Ok(files) => {
-                let progress = Cancellable { flag, inner: &() };
-                domain::exports::run(
+                let feed = FeedProgress::new(state.engine.hub().clone(), project.id, id);
+                let progress = Cancellable { flag, inner: &feed };
+                let outcome = domain::exports::run(
                     &state.db,
                     &files,
                     &project,
@@ -88,8 +89,14 @@ pub async fn create_export(
                     crate::CONTRACT_VERSION,
                     &progress,
                 )
-                .await
-                .map(|_| ())
+                .await;
+                // Completed, failed or canceled: the row says which.
+                if let Ok(row) =
+                    domain::ledger::export(&state.db, project.id, &id.to_string()).await
+                {
+                    feed.finished(&row);
+                }
+                outcome.map(|_| ())
             }
             Err(e) => Err(e),
         };

@@ -94,6 +94,82 @@ impl PackageProgress for Cancellable<'_> {
     }
 }
 
+/// Tells the project's live feed how an export goes: `export.progress`
+/// (files written of all, at most every 200 ms, and at the end) and
+/// `export.finished` (status, checksum, asset). Not persisted: the feed
+/// carries them live only. Exports are not runs; the event's `run_id` is
+/// the export's id, with its own sequence numbers from 1.
+pub struct FeedProgress {
+    hub: crate::runs::events::EventHub,
+    project_id: Uuid,
+    export_id: Uuid,
+    seq: std::sync::atomic::AtomicI64,
+    last: Mutex<Option<std::time::Instant>>,
+}
+
+impl FeedProgress {
+    pub fn new(hub: crate::runs::events::EventHub, project_id: Uuid, export_id: Uuid) -> Self {
+        Self {
+            hub,
+            project_id,
+            export_id,
+            seq: std::sync::atomic::AtomicI64::new(0),
+            last: Mutex::new(None),
+        }
+    }
+
+    fn publish(&self, event_type: &str, payload: serde_json::Value) {
+        let seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.hub.publish(crate::runs::events::RunEvent {
+            run_id: self.export_id,
+            project_id: self.project_id,
+            seq,
+            event_type: event_type.into(),
+            job_id: None,
+            payload,
+            created_at: time::now(),
+        });
+    }
+
+    /// The last event: how the export ended.
+    pub fn finished(&self, export: &project_exports::Model) {
+        self.publish(
+            "export.finished",
+            json!({
+                "export_id": export.id,
+                "status": export.status,
+                "checksum_sha256": export.checksum_sha256,
+                "export_asset_id": export.export_asset_id,
+            }),
+        );
+    }
+}
+
+impl PackageProgress for FeedProgress {
+    fn file_written(&self, done: u64, total: u64) {
+        let now = std::time::Instant::now();
+        let due = match self.last.lock() {
+            Ok(mut last) => {
+                let due = done == total
+                    || last.is_none_or(|t| {
+                        now.duration_since(t) >= std::time::Duration::from_millis(200)
+                    });
+                if due {
+                    *last = Some(now);
+                }
+                due
+            }
+            Err(_) => false,
+        };
+        if due {
+            self.publish(
+                "export.progress",
+                json!({ "export_id": self.export_id, "files_written": done, "files": total }),
+            );
+        }
+    }
+}
+
 /// At startup: the exports this node was building when it stopped cannot
 /// be finished (their work file went with the process); they end `failed`.
 /// Other nodes' exports are left to them.
