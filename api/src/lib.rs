@@ -72,6 +72,8 @@ pub struct AppState {
     pub engine: actors::engine::Engine,
     /// Export packages this process is building (to cancel them).
     pub exports: domain::exports::Running,
+    /// Projects whose files this process is syncing (one sync at a time).
+    pub syncs: domain::background::Running,
 }
 
 impl AppState {
@@ -105,6 +107,7 @@ impl AppState {
             project_rows: cache::RowCache::new(std::time::Duration::from_millis(read_cache_ms)),
             engine,
             exports: domain::exports::Running::default(),
+            syncs: domain::background::Running::default(),
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod asset_links;
 pub mod assets;
 pub mod audit;
 pub mod auth;
+pub mod background;
 pub mod bootstrap;
 pub mod catalog;
 pub mod copilot;

@@ -56,7 +56,7 @@ impl SyncProgress for () {
     fn moved(&self, _: &str, _: u64) {}
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct SyncReport {
     pub direction: Option<Direction>,
     pub dry_run: bool,
@@ -344,4 +344,38 @@ pub async fn sync(
         Some(e) => Err(e),
         None => Ok(report),
     }
+}
+
+/// Records how a sync ended in the audit log (counts, not keys).
+pub async fn record_finished(
+    db: &DatabaseConnection,
+    principal: &crate::Principal,
+    project: &projects::Model,
+    outcome: &Result<SyncReport, ServiceError>,
+) -> Result<(), ServiceError> {
+    let payload = match outcome {
+        Ok(r) => serde_json::json!({
+            "direction": r.direction, "dry_run": r.dry_run, "transferred": r.transferred.len(),
+            "bytes": r.bytes, "unchanged": r.unchanged, "conflicts": r.conflicts.len(),
+            "skipped": r.skipped.len(),
+        }),
+        Err(e) => serde_json::json!({ "error": e.public_message() }),
+    };
+    let txn = crate::db::begin_write(db).await?;
+    crate::audit::record(
+        &txn,
+        crate::audit::AuditEntry {
+            principal,
+            project_id: Some(project.id),
+            event_code: if outcome.is_ok() {
+                "sync.finished"
+            } else {
+                "sync.failed"
+            },
+            payload,
+        },
+    )
+    .await?;
+    crate::db::commit(txn).await?;
+    Ok(())
 }

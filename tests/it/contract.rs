@@ -141,6 +141,8 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/projects/{slug}/exports/{exportId}"),
     ("POST", "/api/projects/{slug}/exports"),
     ("POST", "/api/projects/{slug}/exports/{exportId}/cancel"),
+    ("POST", "/api/projects/{slug}/sync"),
+    ("GET", "/api/projects/{slug}/sync"),
     ("GET", "/api/projects/{slug}/provider-accounts"),
     ("POST", "/api/projects/{slug}/provider-accounts"),
     (
@@ -211,6 +213,7 @@ const ADDITIONS: &[&str] = &[
     "/api/projects/{slug}/webhooks/{webhookId}",
     "/api/projects/{slug}/webhooks/{webhookId}/deliveries",
     "/api/projects/{slug}/exports/{exportId}/cancel",
+    "/api/projects/{slug}/sync",
 ];
 
 /// New methods on frozen v1 paths (see docs/api.md).

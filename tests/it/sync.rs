@@ -282,3 +282,102 @@ async fn an_export_of_a_project_on_s3_is_stored_in_its_bucket() {
         .unwrap();
     assert!(served.as_ref() == in_bucket.as_slice());
 }
+
+/// The API runs a sync in the background, one per project at a time, and
+/// reports its end on the project's live feed.
+#[actix_web::test]
+async fn the_api_syncs_in_the_background_and_reports_on_the_feed() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut deploy = Deployment::new(&[]).await;
+    let (server, token, endpoint, bucket, prefix) = project_with_a_bucket(&mut deploy).await;
+    let client = deploy.client.clone();
+    let mut request = format!(
+        "{}/api/projects/book/events/ws",
+        server.base.replace("http://", "ws://")
+    )
+    .into_client_request()
+    .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    let (s, e) = server
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects/book/sync",
+            Some(&token),
+            Some(json!({"direction": "sideways"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert_eq!(e["error_detail"]["code"], "invalid_direction");
+    let (s, started) = server
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects/book/sync",
+            Some(&token),
+            Some(json!({"direction": "push"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{started}");
+    let sync_id = started["sync_id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut end = serde_json::Value::Null;
+    while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
+        if let Message::Text(t) = msg {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["run_id"] == json!(sync_id) && v["event_type"] == "sync.finished" {
+                end = v;
+                break;
+            }
+        }
+    }
+    assert_eq!(end["payload"]["status"], "completed", "{end}");
+    let moved = end["payload"]["transferred"].as_u64().unwrap();
+    assert!(moved > 0);
+    assert_eq!(
+        bucket_keys(&endpoint, &bucket, &prefix).await.len() as u64,
+        moved
+    );
+    let (s, state) = server
+        .call(
+            &client,
+            Method::GET,
+            "/api/projects/book/sync",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, state["running"].clone()),
+        (StatusCode::OK, json!(false)),
+        "{state}"
+    );
+    // Without a bucket there is nothing to sync with: refused at once.
+    let (s, b) = server
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects",
+            Some(&token),
+            Some(json!({"name": "Other", "slug": "other"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, e) = server
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects/other/sync",
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["error_detail"]["code"], "storage_unavailable");
+}

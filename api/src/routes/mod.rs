@@ -23,6 +23,7 @@ mod run_control;
 mod runs;
 mod secrets;
 mod storage;
+mod sync;
 mod webhooks;
 
 use utoipa_actix_web::service_config::ServiceConfig;
@@ -104,6 +105,8 @@ pub fn configure(cfg: &mut ServiceConfig) {
         .service(ledger::list_exports)
         .service(exports::create_export)
         .service(exports::cancel_export)
+        .service(sync::start_sync)
+        .service(sync::sync_state)
         .service(ledger::get_export)
         .service(provider_accounts::list_accounts)
         .service(provider_accounts::upsert_account)

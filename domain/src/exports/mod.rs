@@ -13,7 +13,6 @@ pub mod restore;
 mod snapshot;
 pub mod verify;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -46,38 +45,7 @@ fn media_type(format: PackageFormat) -> &'static str {
     }
 }
 
-/// The exports this process is building, each with its cancel flag.
-#[derive(Default)]
-pub struct Running {
-    flags: Mutex<HashMap<Uuid, Arc<AtomicBool>>>,
-}
-
-impl Running {
-    /// Registers an export; its flag is raised by [`Self::cancel`].
-    pub fn track(&self, id: Uuid) -> Arc<AtomicBool> {
-        let flag = Arc::new(AtomicBool::new(false));
-        if let Ok(mut m) = self.flags.lock() {
-            m.insert(id, flag.clone());
-        }
-        flag
-    }
-
-    pub fn done(&self, id: Uuid) {
-        if let Ok(mut m) = self.flags.lock() {
-            m.remove(&id);
-        }
-    }
-
-    /// `false`: not being built here.
-    pub fn cancel(&self, id: Uuid) -> bool {
-        self.flags
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&id).cloned())
-            .map(|f| f.store(true, Ordering::SeqCst))
-            .is_some()
-    }
-}
+pub use crate::background::Running;
 
 /// Reports progress to `inner` and stops the export once `flag` is raised.
 pub struct Cancellable<'a> {
