@@ -227,6 +227,13 @@ async fn an_export_of_a_project_on_s3_is_stored_in_its_bucket() {
             Some(json!({"enabled": true, "bucket": bucket, "prefix": "studio", "endpoint_url": endpoint})))
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
+    // Files of a run made now live in the bucket.
+    let (s, b) = server
+        .call(&client, Method::POST, "/api/projects/book/runs/trigger", Some(&token),
+            Some(json!({"mode": "run", "scene_refs": ["sample:4"], "stage": "style", "candidates": 2, "wait": true})))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
     let (s, started) = server
         .call(
             &client,
@@ -281,6 +288,30 @@ async fn an_export_of_a_project_on_s3_is_stored_in_its_bucket() {
         .await
         .unwrap();
     assert!(served.as_ref() == in_bucket.as_slice());
+    // Every file is in it, those in the bucket and those in the local root.
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(in_bucket)).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_reader(zip.by_name("manifest.json").unwrap()).unwrap();
+    assert_eq!(
+        manifest["missing_files"],
+        json!([]),
+        "{}",
+        manifest["missing_files"]
+    );
+    let db = deploy.connect().await;
+    let rows = <entities::assets::Entity as sea_orm::EntityTrait>::find()
+        .all(&db)
+        .await
+        .unwrap();
+    let kept: Vec<_> = rows.iter().filter(|a| a.kind != "export").collect();
+    let backends: Vec<&str> = kept.iter().map(|a| a.storage_backend.as_str()).collect();
+    assert!(
+        backends.contains(&"s3") && backends.contains(&"local"),
+        "{backends:?}"
+    );
+    let keys: std::collections::BTreeSet<&str> =
+        kept.iter().map(|a| a.storage_key.as_str()).collect();
+    assert_eq!(manifest["files"].as_array().unwrap().len(), keys.len());
 }
 
 /// The API runs a sync in the background, one per project at a time, and

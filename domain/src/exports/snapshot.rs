@@ -148,14 +148,35 @@ pub async fn take(
     txn.commit().await?;
 
     let mut package_files = Vec::with_capacity(asset_rows.len());
+    // What the bucket holds, from one listing (a request per thousand
+    // objects rather than one per file).
+    let in_bucket: Option<HashSet<String>> = if asset_rows.iter().any(|a| a.storage_backend == "s3")
+    {
+        match files.bucket() {
+            Ok(bucket) => Some(
+                bucket
+                    .list_all()
+                    .await?
+                    .into_iter()
+                    .map(|o| o.key)
+                    .collect(),
+            ),
+            Err(_) => Some(HashSet::new()),
+        }
+    } else {
+        None
+    };
     for a in asset_rows {
         let key = ObjectKey::parse(&a.storage_key)?;
         let (sha256, size, present) = match (&a.sha256, a.byte_size) {
             (Some(sha), Some(size)) => {
-                let present = files
-                    .exists_in(&a.storage_backend, &key)
-                    .await
-                    .unwrap_or(false);
+                let present = match (&in_bucket, a.storage_backend.as_str()) {
+                    (Some(listed), "s3") => listed.contains(&a.storage_key),
+                    _ => files
+                        .exists_in(&a.storage_backend, &key)
+                        .await
+                        .unwrap_or(false),
+                };
                 (sha.clone(), size, present)
             }
             _ => match files.get_in(&a.storage_backend, &key).await {
