@@ -15,7 +15,7 @@ pub struct Running {
 }
 
 impl Running {
-    /// Registers an export; its flag is raised by [`Self::cancel`].
+    /// Registers `id`; its flag is raised by [`Self::cancel`].
     pub fn track(&self, id: Uuid) -> Arc<AtomicBool> {
         let flag = Arc::new(AtomicBool::new(false));
         if let Ok(mut m) = self.flags.lock() {
