@@ -25,6 +25,42 @@ impl PackageProgress for Bar {
     }
 }
 
+/// The database, a project found by its slug, and its files, as the server
+/// would open them (its storage policy, secrets and outbound policy).
+pub(crate) async fn open_project(
+    settings: &Settings,
+    slug: &str,
+) -> Result<
+    (
+        database::Db,
+        entities::projects::Model,
+        storage::ProjectFiles,
+    ),
+    CliError,
+> {
+    let db = database::open(settings).await.map_err(StartupError::from)?;
+    let slug = domain::projects::parse_slug(slug).map_err(service)?;
+    let project = domain::projects::find_by_slug(&db.conn, &slug)
+        .await
+        .map_err(service)?
+        .ok_or_else(|| CliError::Service(format!("no project '{slug}'")))?;
+    let roots = domain::StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
+    let keys = crate::startup::secret_keys(settings);
+    let outbound = crate::startup::outbound_policy(settings)?;
+    let files = domain::projects::project_files(
+        &db.conn,
+        domain::projects::FileAccess {
+            roots: &roots,
+            keys: Some(&keys),
+            outbound: &outbound,
+        },
+        &project,
+    )
+    .await
+    .map_err(service)?;
+    Ok((db, project, files))
+}
+
 pub struct ExportArgs {
     pub project: String,
     pub format: String,
@@ -41,28 +77,7 @@ pub async fn export(settings: Settings, args: ExportArgs) -> Result<(), CliError
                 .map_err(|_| CliError::Service(format!("'{r}' is not a run id")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let db = database::open(&settings)
-        .await
-        .map_err(StartupError::from)?;
-    let slug = domain::projects::parse_slug(&args.project).map_err(service)?;
-    let project = domain::projects::find_by_slug(&db.conn, &slug)
-        .await
-        .map_err(service)?
-        .ok_or_else(|| CliError::Service(format!("no project '{slug}'")))?;
-    let roots = domain::StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
-    let keys = crate::startup::secret_keys(&settings);
-    let outbound = crate::startup::outbound_policy(&settings)?;
-    let files = domain::projects::project_files(
-        &db.conn,
-        domain::projects::FileAccess {
-            roots: &roots,
-            keys: Some(&keys),
-            outbound: &outbound,
-        },
-        &project,
-    )
-    .await
-    .map_err(service)?;
+    let (db, project, files) = open_project(&settings, &args.project).await?;
     let request = ExportRequest { format, run_ids };
     let node = crate::startup::node_id(&settings)?;
     let started = domain::exports::start(

@@ -5,9 +5,7 @@ use domain::sync::{Direction, SyncOptions, SyncProgress};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::CliError;
-use crate::database;
 use crate::settings::Settings;
-use crate::startup::StartupError;
 
 fn service(e: domain::ServiceError) -> CliError {
     CliError::Service(e.to_string())
@@ -34,28 +32,7 @@ pub struct SyncArgs {
 }
 
 pub async fn run(settings: Settings, args: SyncArgs) -> Result<(), CliError> {
-    let db = database::open(&settings)
-        .await
-        .map_err(StartupError::from)?;
-    let slug = domain::projects::parse_slug(&args.project).map_err(service)?;
-    let project = domain::projects::find_by_slug(&db.conn, &slug)
-        .await
-        .map_err(service)?
-        .ok_or_else(|| CliError::Service(format!("no project '{slug}'")))?;
-    let roots = domain::StorageRoots::new(&settings.data_dir, &settings.storage.allowed_roots);
-    let keys = crate::startup::secret_keys(&settings);
-    let outbound = crate::startup::outbound_policy(&settings)?;
-    let files = domain::projects::project_files(
-        &db.conn,
-        domain::projects::FileAccess {
-            roots: &roots,
-            keys: Some(&keys),
-            outbound: &outbound,
-        },
-        &project,
-    )
-    .await
-    .map_err(service)?;
+    let (db, project, files) = crate::packages::open_project(&settings, &args.project).await?;
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("objects [{bar:40}] {pos}/{len} {msg}")

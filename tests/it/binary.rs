@@ -140,6 +140,28 @@ impl Deployment {
         cmd.spawn().unwrap()
     }
 
+    /// Waits until the run answered in `trigger` (a `wait: true` trigger's
+    /// body) has its run log registered: it lands just after the run is
+    /// marked done, so an export or a listing right after could miss it.
+    pub async fn wait_for_run_log(&self, trigger: &Value) {
+        let run_id: uuid::Uuid = trigger["run_id"].as_str().unwrap().parse().unwrap();
+        let db = self.connect().await;
+        eventually(
+            "the run log registered",
+            Duration::from_secs(20),
+            || async {
+                <entities::assets::Entity as sea_orm::EntityTrait>::find()
+                    .all(&db)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|a| a.run_id == Some(run_id) && a.kind == "run_log")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+
     /// A connection to the deployment's database, for inspecting it.
     pub async fn connect(&self) -> DatabaseConnection {
         let url = match &self.db.url {

@@ -39,24 +39,7 @@ async fn project_with_a_run(deploy: &mut Deployment) -> (Server, String) {
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["run"]["status"], "done", "{b}");
-    // The run log is written just after the run is marked done: wait for it,
-    // or two exports could see two different projects.
-    let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
-    let db = deploy.connect().await;
-    crate::binary::eventually(
-        "the run log registered",
-        std::time::Duration::from_secs(20),
-        || async {
-            <entities::assets::Entity as sea_orm::EntityTrait>::find()
-                .all(&db)
-                .await
-                .unwrap()
-                .iter()
-                .any(|a| a.run_id == Some(run_id) && a.kind == "run_log")
-                .then_some(())
-        },
-    )
-    .await;
+    deploy.wait_for_run_log(&b).await;
     (server, token)
 }
 

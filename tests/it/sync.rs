@@ -59,23 +59,7 @@ async fn project_with_a_bucket(
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    // The run log is written just after the run is marked done.
-    let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
-    let db = deploy.connect().await;
-    eventually(
-        "the run log registered",
-        Duration::from_secs(20),
-        || async {
-            <entities::assets::Entity as sea_orm::EntityTrait>::find()
-                .all(&db)
-                .await
-                .unwrap()
-                .iter()
-                .any(|a| a.run_id == Some(run_id) && a.kind == "run_log")
-                .then_some(())
-        },
-    )
-    .await;
+    deploy.wait_for_run_log(&b).await;
     let prefix = format!("studio/{project_id}/");
     (server, token, endpoint, bucket, prefix)
 }
@@ -251,23 +235,7 @@ async fn an_export_of_a_project_on_s3_is_stored_in_its_bucket() {
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["run"]["status"], "done", "{b}");
-    // The run log is written just after the run is marked done.
-    let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
-    let db = deploy.connect().await;
-    eventually(
-        "the run log registered",
-        Duration::from_secs(20),
-        || async {
-            <entities::assets::Entity as sea_orm::EntityTrait>::find()
-                .all(&db)
-                .await
-                .unwrap()
-                .iter()
-                .any(|a| a.run_id == Some(run_id) && a.kind == "run_log")
-                .then_some(())
-        },
-    )
-    .await;
+    deploy.wait_for_run_log(&b).await;
     let (s, started) = server
         .call(
             &client,
@@ -332,6 +300,7 @@ async fn an_export_of_a_project_on_s3_is_stored_in_its_bucket() {
         "{}",
         manifest["missing_files"]
     );
+    let db = deploy.connect().await;
     let rows = <entities::assets::Entity as sea_orm::EntityTrait>::find()
         .all(&db)
         .await

@@ -158,7 +158,10 @@ pub async fn restore(
     let now = time::now();
     let mut asset_rows = Vec::new();
     let mut asset_ids = HashSet::new();
-    for f in list(&m, "files") {
+    // Missing files have no mime, size or hash in the manifest: those stay
+    // empty, and the row says the file was missing.
+    let listed = list(&m, "files").iter().map(|f| (f, false));
+    for (f, missing) in listed.chain(list(&m, "missing_files").iter().map(|f| (f, true))) {
         let (Some(id), Some(path)) = (uuid(&f["asset_id"]), f["path"].as_str()) else {
             continue;
         };
@@ -179,32 +182,11 @@ pub async fn restore(
             run_id: None,
             job_id: None,
             candidate_id: None,
-            metadata_json: json!({ "restored": true }),
-            created_at: now,
-        });
-    }
-    for f in list(&m, "missing_files") {
-        let (Some(id), Some(path)) = (uuid(&f["asset_id"]), f["path"].as_str()) else {
-            continue;
-        };
-        let key = &path["files/".len().min(path.len())..];
-        asset_ids.insert(id);
-        asset_rows.push(assets::Model {
-            id,
-            project_id,
-            kind: text(&f["role"]).unwrap_or_else(|| "asset".into()),
-            storage_backend: "local".into(),
-            storage_key: key.into(),
-            storage_uri: key.into(),
-            mime_type: None,
-            width: None,
-            height: None,
-            byte_size: None,
-            sha256: None,
-            run_id: None,
-            job_id: None,
-            candidate_id: None,
-            metadata_json: json!({ "restored": true, "file_missing_at_export": true }),
+            metadata_json: if missing {
+                json!({ "restored": true, "file_missing_at_export": true })
+            } else {
+                json!({ "restored": true })
+            },
             created_at: now,
         });
     }
