@@ -213,6 +213,10 @@ pub struct HttpSettings {
 pub struct StorageSettings {
     /// Extra directories project storage may live under, besides `{data_dir}/projects`.
     pub allowed_roots: Vec<PathBuf>,
+    /// Push every project whose storage policy names a bucket to it this
+    /// often, in the background (incremental: unchanged files do not move).
+    /// 0: only when asked (`POST /api/projects/{slug}/sync`, `atelier sync`).
+    pub sync_push_every_seconds: u64,
 }
 
 impl Default for Settings {

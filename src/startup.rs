@@ -253,6 +253,8 @@ pub fn engine_config(settings: &Settings) -> actors::engine::EngineConfig {
         adaptive_governors: e.adaptive_rate_limits,
         event_buffer: e.event_buffer.max(16),
         pass_memory_mib: e.pass_memory_mb.max(64),
+        sync_push_every: (settings.storage.sync_push_every_seconds > 0)
+            .then(|| Duration::from_secs(settings.storage.sync_push_every_seconds)),
     }
 }
 

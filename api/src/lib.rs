@@ -26,9 +26,7 @@ use utoipa_actix_web::AppExt;
 
 use crate::error::{ApiError, ErrorKind};
 
-/// Version of the HTTP contract (paths, fields, envelopes). Sent on every
-/// response as `x-atelier-contract` and reported by `/health`.
-pub const CONTRACT_VERSION: &str = "v1";
+pub use domain::CONTRACT_VERSION;
 pub const CONTRACT_HEADER: &str = "x-atelier-contract";
 pub const SERVICE_NAME: &str = "atelier";
 
@@ -70,10 +68,6 @@ pub struct AppState {
     /// Project rows by slug for read requests (see `extract::ProjectAccess`).
     pub project_rows: cache::RowCache<entities::projects::Model>,
     pub engine: actors::engine::Engine,
-    /// Export packages this process is building (to cancel them).
-    pub exports: domain::exports::Running,
-    /// Projects whose files this process is syncing (one sync at a time).
-    pub syncs: domain::background::Running,
 }
 
 impl AppState {
@@ -106,8 +100,6 @@ impl AppState {
             renders: cache::RenderCache::new(std::time::Duration::from_millis(read_cache_ms)),
             project_rows: cache::RowCache::new(std::time::Duration::from_millis(read_cache_ms)),
             engine,
-            exports: domain::exports::Running::default(),
-            syncs: domain::background::Running::default(),
         }
     }
 }

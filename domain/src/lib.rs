@@ -42,6 +42,10 @@ pub mod time;
 pub mod webhooks;
 
 pub use error::{ErrorClass, ServiceError};
+
+/// Version of the HTTP contract (paths, fields, envelopes): sent on every
+/// response, reported by `/health`, written into export manifests.
+pub const CONTRACT_VERSION: &str = "v1";
 // Handles the domain's callers hold, re-exported so the HTTP layer needs no
 // direct dependency on the database, storage or imaging crates.
 pub use imaging::DecodeLimits;

@@ -17,6 +17,8 @@ pub enum Principal {
     DevBypass,
     /// The first-token bootstrap request (no active token exists yet).
     Bootstrap,
+    /// The service's own scheduled work (a sync on a timer).
+    Scheduler,
 }
 
 impl Principal {

@@ -19,6 +19,9 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
 
 use entities::{assets, projects};
 use futures_util::StreamExt;
@@ -344,6 +347,114 @@ pub async fn sync(
         Some(e) => Err(e),
         None => Ok(report),
     }
+}
+
+/// Tells the project's live feed how a sync goes: `sync.progress` (at most
+/// every 200 ms, and at the end) and `sync.finished` (the counts, or why it
+/// failed). Live only, like an export's: the event's `run_id` is the
+/// sync's id, with its own sequence numbers from 1.
+pub struct FeedProgress {
+    hub: crate::runs::events::EventHub,
+    project_id: uuid::Uuid,
+    sync_id: uuid::Uuid,
+    seq: AtomicI64,
+    moved: AtomicU64,
+    planned: AtomicU64,
+    last: Mutex<Option<Instant>>,
+}
+
+impl FeedProgress {
+    pub fn new(
+        hub: crate::runs::events::EventHub,
+        project_id: uuid::Uuid,
+        sync_id: uuid::Uuid,
+    ) -> Self {
+        Self {
+            hub,
+            project_id,
+            sync_id,
+            seq: AtomicI64::new(0),
+            moved: AtomicU64::new(0),
+            planned: AtomicU64::new(0),
+            last: Mutex::new(None),
+        }
+    }
+
+    fn publish(&self, event_type: &str, payload: serde_json::Value) {
+        self.hub.publish(crate::runs::events::RunEvent {
+            run_id: self.sync_id,
+            project_id: self.project_id,
+            seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            event_type: event_type.into(),
+            job_id: None,
+            payload,
+            created_at: crate::time::now(),
+        });
+    }
+
+    /// The last event: the counts, or why the sync failed.
+    pub fn finished(&self, outcome: &Result<SyncReport, ServiceError>) {
+        let sync_id = self.sync_id;
+        let payload = match outcome {
+            Ok(r) => serde_json::json!({
+                "sync_id": sync_id, "status": "completed", "dry_run": r.dry_run,
+                "transferred": r.transferred.len(), "bytes": r.bytes, "unchanged": r.unchanged,
+                "conflicts": r.conflicts, "skipped": r.skipped.len(),
+            }),
+            Err(e) => serde_json::json!({
+                "sync_id": sync_id, "status": "failed", "error": e.public_message(), "code": e.code(),
+            }),
+        };
+        self.publish("sync.finished", payload);
+    }
+}
+
+impl SyncProgress for FeedProgress {
+    fn planned(&self, objects: u64) {
+        self.planned.store(objects, Ordering::SeqCst);
+    }
+
+    fn moved(&self, _: &str, _: u64) {
+        let moved = self.moved.fetch_add(1, Ordering::SeqCst) + 1;
+        let planned = self.planned.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let due = self.last.lock().is_ok_and(|mut last| {
+            let due =
+                moved == planned || last.is_none_or(|t| now.duration_since(t).as_millis() >= 200);
+            if due {
+                *last = Some(now);
+            }
+            due
+        });
+        if due {
+            self.publish(
+                "sync.progress",
+                serde_json::json!({ "sync_id": self.sync_id, "moved": moved, "planned": planned }),
+            );
+        }
+    }
+}
+
+/// The projects whose storage policy names a bucket (scheduled pushes go
+/// to each of them).
+pub async fn projects_with_a_bucket(
+    db: &DatabaseConnection,
+) -> Result<Vec<projects::Model>, ServiceError> {
+    let ids: Vec<uuid::Uuid> = entities::project_storage::Entity::find()
+        .filter(entities::project_storage::Column::S3Bucket.is_not_null())
+        .all(db)
+        .await?
+        .into_iter()
+        .filter(|s| s.s3_bucket.as_deref().is_some_and(|b| !b.trim().is_empty()))
+        .map(|s| s.project_id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(projects::Entity::find()
+        .filter(projects::Column::Id.is_in(ids))
+        .all(db)
+        .await?)
 }
 
 /// Records how a sync ended in the audit log (counts, not keys).

@@ -110,6 +110,23 @@ async fn packages_are_reproducible_verified_and_stored_as_assets() {
         );
         let (ok, out) = verify(&deploy, &first);
         assert!(ok, "{format}: {out}");
+        if format == "tar.gz" {
+            // Other tools read it as well: GNU tar lists the manifest first,
+            // then the files.
+            let out = std::process::Command::new("tar")
+                .arg("-tzf")
+                .arg(&first)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let listed = String::from_utf8(out.stdout).unwrap();
+            assert_eq!(listed.lines().next(), Some("manifest.json"), "{listed}");
+            assert!(listed.lines().count() > 2, "{listed}");
+        }
     }
 
     // The zip: the manifest first, then every file, each as the manifest says.

@@ -414,3 +414,103 @@ async fn the_api_syncs_in_the_background_and_reports_on_the_feed() {
     assert_eq!(s, StatusCode::CONFLICT, "{e}");
     assert_eq!(e["error_detail"]["code"], "storage_unavailable");
 }
+
+/// Files of the project kept in its local root (what a push moves).
+async fn local_files(db: &sea_orm::DatabaseConnection) -> usize {
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    entities::assets::Entity::find()
+        .filter(entities::assets::Column::StorageBackend.eq("local"))
+        .count(db)
+        .await
+        .unwrap() as usize
+}
+
+#[actix_web::test]
+async fn scheduled_pushes_keep_the_bucket_current_across_a_restart_of_their_actor() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let mut deploy = Deployment::new(&[("ATELIER_STORAGE__SYNC_PUSH_EVERY_SECONDS", "1")]).await;
+    let (server, token, endpoint, bucket, prefix) = project_with_a_bucket(&mut deploy).await;
+    let client = deploy.client.clone();
+    let db = deploy.connect().await;
+
+    // Every local file reaches the bucket without anyone asking.
+    let expected = local_files(&db).await;
+    assert!(expected > 3, "{expected}");
+    eventually("the scheduled push", Duration::from_secs(30), || async {
+        (bucket_keys(&endpoint, &bucket, &prefix).await.len() == expected).then_some(())
+    })
+    .await;
+    // Audited as the service's own work (no user, no token); the pushes
+    // that follow find nothing to move and leave no trace.
+    let audits = || async {
+        entities::audit_events::Entity::find()
+            .filter(entities::audit_events::Column::EventCode.eq("sync.finished"))
+            .all(&db)
+            .await
+            .unwrap()
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = audits().await;
+    assert!(!before.is_empty());
+    assert!(before.iter().all(|a| a.actor_token_id.is_none()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        audits().await.len(),
+        before.len(),
+        "idle pushes are not audited"
+    );
+
+    // The actor is restarted through its supervisor; the schedule goes on
+    // and moves only what is new.
+    let (s, r) = server
+        .call(
+            &client,
+            Method::POST,
+            "/admin/actors/background/restart",
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["restarts"], 1, "{r}");
+    let (s, b) = server
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects/book/runs/trigger",
+            Some(&token),
+            Some(
+                json!({"mode": "run", "scene_refs": ["sample:4"], "stage": "time",
+                        "candidates": 2, "wait": true}),
+            ),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    deploy.wait_for_run_log(&b).await;
+    let more = local_files(&db).await;
+    assert!(more > expected);
+    eventually(
+        "the push after the restart",
+        Duration::from_secs(30),
+        || async { (bucket_keys(&endpoint, &bucket, &prefix).await.len() == more).then_some(()) },
+    )
+    .await;
+    let (_, snap) = server
+        .call(
+            &client,
+            Method::GET,
+            "/admin/supervision",
+            Some(&token),
+            None,
+        )
+        .await;
+    let actor = snap["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "background")
+        .cloned()
+        .unwrap();
+    assert_eq!(actor["status"], "running", "{actor}");
+    assert_eq!(actor["restarts"], 1, "{actor}");
+}

@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! SystemSupervisor (actix Supervisor + SupervisionRegistry)
-//! └── ProjectActor      queue per project, pause/resume, run admission, recovery at start
-//!     └── RunActor      one per active run: leases jobs, chains stages, finishes the run
-//!         └── WorkerActor  one per job: runs `runs::pipeline::run_job`, heartbeats the lease
+//! ├── ProjectActor      queue per project, pause/resume, run admission, recovery at start
+//! │   └── RunActor      one per active run: leases jobs, chains stages, finishes the run
+//! │       └── WorkerActor  one per job: runs `runs::pipeline::run_job`, heartbeats the lease
+//! ├── CostActor, AuditActor, WebhookActor
+//! └── BackgroundActor   export packages and S3 syncs, scheduled pushes
 //! ```
 //!
 //! All run/job/candidate state lives in the database; actors hold only caches
@@ -13,6 +15,7 @@
 //! contained (it runs in its own task) and becomes a retry or a failed job.
 
 mod audit;
+mod background;
 mod cost;
 mod project;
 mod registry;
@@ -27,6 +30,7 @@ use actix::{Addr, Supervisor};
 use uuid::Uuid;
 
 pub use audit::{AuditActor, PaidCall};
+pub use background::{BackgroundActor, Work};
 pub use cost::{CostActor, ReserveSpend};
 pub use project::ProjectActor;
 pub use registry::{ActorInfo, Counted, SupervisionRegistry};
@@ -71,11 +75,12 @@ pub struct Engine {
     cost: Addr<CostActor>,
     audit: Addr<AuditActor>,
     webhooks: Addr<WebhookActor>,
+    background: Addr<BackgroundActor>,
     pub deps: Arc<Shared>,
 }
 
 /// Actors an operator can restart through their supervisor.
-pub const RESTARTABLE: &[&str] = &["project", "cost", "audit", "webhooks"];
+pub const RESTARTABLE: &[&str] = &["project", "cost", "audit", "webhooks", "background"];
 
 const MAILBOX_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -145,11 +150,14 @@ impl Engine {
         });
         let for_actor = deps.clone();
         let project = Supervisor::start(move |_| ProjectActor::new(for_actor));
+        let (for_actor, work) = (deps.clone(), Arc::new(Work::default()));
+        let background = Supervisor::start(move |_| BackgroundActor::new(for_actor, work));
         Self {
             project,
             cost,
             audit,
             webhooks,
+            background,
             deps,
         }
     }
@@ -245,6 +253,50 @@ impl Engine {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Builds the package of an export already recorded `running`, in the
+    /// background; its progress and end come on the project's feed.
+    pub async fn start_export(
+        &self,
+        project: entities::projects::Model,
+        export: entities::project_exports::Model,
+        request: domain::exports::ExportRequest,
+    ) -> Result<(), ServiceError> {
+        let start = background::StartExport {
+            project,
+            export,
+            request,
+        };
+        self.ask("background", &self.background, start).await
+    }
+
+    /// Raises an export's cancel flag; `false`: it is not being built on
+    /// this node.
+    pub async fn cancel_export(&self, export_id: Uuid) -> Result<bool, ServiceError> {
+        let cancel = background::CancelExport(export_id);
+        self.ask("background", &self.background, cancel).await
+    }
+
+    /// Starts a sync of the project's files with its bucket (one per project
+    /// at a time: `sync_running`); answers the sync's id.
+    pub async fn start_sync(
+        &self,
+        project: entities::projects::Model,
+        principal: domain::Principal,
+        options: domain::sync::SyncOptions,
+    ) -> Result<Uuid, ServiceError> {
+        let start = background::StartSync {
+            project,
+            principal,
+            options,
+        };
+        self.ask("background", &self.background, start).await?
+    }
+
+    pub async fn is_syncing(&self, project_id: Uuid) -> Result<bool, ServiceError> {
+        let ask = background::IsSyncing(project_id);
+        self.ask("background", &self.background, ask).await
+    }
+
     /// Stops the named actor so its supervisor restarts it (see [`RESTARTABLE`]).
     pub async fn restart_actor(&self, name: &str) -> Result<(), ServiceError> {
         match name {
@@ -252,6 +304,7 @@ impl Engine {
             "cost" => self.ask(name, &self.cost, project::Restart).await,
             "audit" => self.ask(name, &self.audit, project::Restart).await,
             "webhooks" => self.ask(name, &self.webhooks, project::Restart).await,
+            "background" => self.ask(name, &self.background, project::Restart).await,
             _ => Err(ServiceError::not_found(format!(
                 "No restartable actor '{name}'"
             ))),

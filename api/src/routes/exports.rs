@@ -2,7 +2,7 @@
 //! them: routes 27 and 28, in `ledger.rs`) and canceling one being built.
 
 use actix_web::{HttpResponse, post, web};
-use domain::exports::{Cancellable, ExportRequest, FeedProgress, PackageFormat};
+use domain::exports::{ExportRequest, PackageFormat};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -69,42 +69,15 @@ pub async fn create_export(
         &state.engine.deps.node_id,
     )
     .await?;
-    let flag = state.exports.track(export.id);
-    let task_state = state.clone();
-    let started = export.clone();
-    actix_web::rt::spawn(async move {
-        let state = task_state;
-        let id = started.id;
-        let files = domain::projects::project_files(&state.db, state.file_access(), &project).await;
-        let outcome = match files {
-            Ok(files) => {
-                let feed = FeedProgress::new(state.engine.hub().clone(), project.id, id);
-                let progress = Cancellable { flag, inner: &feed };
-                let outcome = domain::exports::run(
-                    &state.db,
-                    &files,
-                    &project,
-                    started,
-                    &request,
-                    crate::CONTRACT_VERSION,
-                    &progress,
-                )
-                .await;
-                // Completed, failed or canceled: the row says which.
-                if let Ok(row) =
-                    domain::ledger::export(&state.db, project.id, &id.to_string()).await
-                {
-                    feed.finished(&row);
-                }
-                outcome.map(|_| ())
-            }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = outcome {
-            tracing::info!(export = %id, error = %e, "export ended without a package");
-        }
-        state.exports.done(id);
-    });
+    if let Err(e) = state
+        .engine
+        .start_export(project, export.clone(), request)
+        .await
+    {
+        // Recorded but never started: it ends failed, not running forever.
+        domain::exports::fail(&state.db, export.id, &e.public_message()).await?;
+        return Err(e.into());
+    }
     Ok(HttpResponse::Accepted().json(ExportStarted {
         ok: true,
         export: Export::from(export),
@@ -133,7 +106,7 @@ pub async fn cancel_export(
 ) -> ApiResult<web::Json<ExportCanceled>> {
     let (_, export_id) = path.into_inner();
     let export = domain::ledger::export(&state.db, project.id, &export_id).await?;
-    if export.status != "running" || !state.exports.cancel(export.id) {
+    if export.status != "running" || !state.engine.cancel_export(export.id).await? {
         return Err(ApiError::new(
             actix_web::http::StatusCode::CONFLICT,
             crate::error::ErrorKind::Validation,

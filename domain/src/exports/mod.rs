@@ -8,6 +8,7 @@
 //! stored file in memory at a time, then moved (local) or streamed in parts
 //! (S3) into storage: a large project exports in bounded memory.
 
+mod gzip;
 mod package;
 pub mod restore;
 mod snapshot;
@@ -168,6 +169,35 @@ pub async fn fail_interrupted(db: &DatabaseConnection, node: &str) -> Result<u64
         .rows_affected;
     crate::db::commit(txn).await?;
     Ok(n)
+}
+
+/// Ends a `running` export `failed` with `reason` (its build could not
+/// start, or stopped unexpectedly); an export already ended is left as it is.
+pub async fn fail(
+    db: &DatabaseConnection,
+    id: Uuid,
+    reason: &str,
+) -> Result<project_exports::Model, ServiceError> {
+    let txn = crate::db::begin_write(db).await?;
+    project_exports::Entity::update_many()
+        .col_expr(project_exports::Column::Status, Expr::value("failed"))
+        .col_expr(
+            project_exports::Column::CompletedAt,
+            Expr::value(time::now()),
+        )
+        .col_expr(
+            project_exports::Column::ManifestJson,
+            Expr::value(json!({ "error": reason })),
+        )
+        .filter(project_exports::Column::Id.eq(id))
+        .filter(project_exports::Column::Status.eq("running"))
+        .exec(&txn)
+        .await?;
+    crate::db::commit(txn).await?;
+    project_exports::Entity::find_by_id(id)
+        .one(db)
+        .await?
+        .ok_or_else(|| ServiceError::not_found("Export not found"))
 }
 
 /// Records a new export as `running` (so lists show it at once).

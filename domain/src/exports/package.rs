@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::gzip::{self, LeveledGz};
 use super::snapshot::{PackageFile, Snapshot};
 use crate::ServiceError;
 
@@ -87,7 +88,7 @@ impl<W: Write> Write for Hashing<W> {
 /// An archive being written, entry by entry.
 enum Archive {
     Zip(Box<zip::ZipWriter<zip::write::StreamWriter<Hashing<std::fs::File>>>>),
-    Tar(Box<tar::Builder<flate2::write::GzEncoder<Hashing<std::fs::File>>>>),
+    Tar(Box<tar::Builder<LeveledGz<Hashing<std::fs::File>>>>),
 }
 
 fn io(e: impl std::fmt::Display) -> ServiceError {
@@ -106,11 +107,7 @@ impl Archive {
                 Self::Zip(Box::new(zip::ZipWriter::new_stream(out)))
             }
             PackageFormat::TarGz => {
-                // No name and no time in the gzip header. The fastest level:
-                // a project's files are images, which deflate cannot shrink.
-                let gz = flate2::GzBuilder::new()
-                    .mtime(0)
-                    .write(out, flate2::Compression::fast());
+                let gz = LeveledGz::new(out, gzip::COMPRESS)?;
                 let mut tar = tar::Builder::new(gz);
                 tar.mode(tar::HeaderMode::Deterministic);
                 Self::Tar(Box::new(tar))
@@ -136,6 +133,11 @@ impl Archive {
                 z.write_all(bytes)?;
             }
             Self::Tar(t) => {
+                t.get_mut().set_level(if compress {
+                    gzip::COMPRESS
+                } else {
+                    gzip::STORE
+                })?;
                 let mut header = tar::Header::new_ustar();
                 header.set_size(bytes.len() as u64);
                 header.set_mode(0o644);

@@ -46,6 +46,9 @@ pub struct EngineConfig {
     /// Memory the post-process passes of all candidates may hold at once
     /// (see `runs::memory`).
     pub pass_memory_mib: u32,
+    /// Push every project whose storage names a bucket this often (the
+    /// background actor's schedule); `None`: syncs run only on request.
+    pub sync_push_every: Option<Duration>,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +71,7 @@ impl Default for EngineConfig {
             adaptive_governors: true,
             event_buffer: 4096,
             pass_memory_mib: 768,
+            sync_push_every: None,
         }
     }
 }
