@@ -118,6 +118,10 @@ pub struct SyncArgs {
     /// Transfers in flight at most.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
+    /// Push: list the bucket even when the last sync's record may be
+    /// trusted (finds objects someone else deleted or changed since).
+    #[arg(long)]
+    full: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -557,6 +561,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     dry_run: args.dry_run,
                     overwrite: args.overwrite,
                     concurrency: args.concurrency,
+                    full: args.full,
                 },
             )
             .await

@@ -29,6 +29,7 @@ pub struct SyncArgs {
     pub dry_run: bool,
     pub overwrite: bool,
     pub concurrency: usize,
+    pub full: bool,
 }
 
 pub async fn run(settings: Settings, args: SyncArgs) -> Result<(), CliError> {
@@ -44,6 +45,7 @@ pub async fn run(settings: Settings, args: SyncArgs) -> Result<(), CliError> {
         dry_run: args.dry_run,
         overwrite: args.overwrite,
         concurrency: args.concurrency,
+        full: args.full,
     };
     let report = domain::sync::sync(&db.conn, &files, &project, &options, &Bar(bar.clone())).await;
     bar.finish_and_clear();
@@ -61,6 +63,9 @@ pub async fn run(settings: Settings, args: SyncArgs) -> Result<(), CliError> {
         report.conflicts.len(),
         report.skipped.len()
     );
+    if !report.listed {
+        println!("(trusted the last sync's record for unchanged files; --full lists the bucket)");
+    }
     for key in &report.conflicts {
         println!("CONFLICT {key} (changed on the other side; --overwrite replaces it)");
     }

@@ -5,8 +5,17 @@
 //! - **Incremental by SHA-256**: each object carries its content's SHA-256
 //!   as user metadata (`x-amz-meta-sha256`), and the project keeps what it
 //!   last synced (`.sync/state.json` in its local root: key, SHA-256, size,
-//!   ETag). A push lists the bucket once and moves only what changed, so a
-//!   second push of an unchanged project moves nothing.
+//!   ETag). A push moves only what changed, so a second push of an
+//!   unchanged project moves nothing.
+//! - **Checking the bucket**: a push lists the bucket (one request per
+//!   thousand objects) when asked (`full`), when it has no recent listing
+//!   (older than [`FULL_CHECK_EVERY`]) or when many files are new to it;
+//!   otherwise it trusts its record for files that have not changed since
+//!   they were pushed, and asks the bucket (`stat`) only about the others —
+//!   an unchanged project costs no request at all. What the trust defers
+//!   to the next listing: noticing an object someone else deleted (pushed
+//!   again then) or changed (reported then). It never overwrites one: a
+//!   file about to move is always checked against the bucket first.
 //! - **Resumable**: an object is either whole in the bucket or absent (a
 //!   PUT or multipart upload completes or is discarded), and state is saved
 //!   as objects complete. After a crash, an object found in the bucket but
@@ -46,7 +55,17 @@ pub struct SyncOptions {
     pub overwrite: bool,
     /// Transfers in flight at most.
     pub concurrency: usize,
+    /// Push: list the bucket even if a recent listing lets the record be
+    /// trusted (see the module docs).
+    pub full: bool,
 }
+
+/// A push lists the bucket at least this often (see the module docs).
+pub const FULL_CHECK_EVERY: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// A push with more files than this that its record does not vouch for
+/// lists the bucket (one request per thousand) instead of asking per file.
+const STAT_AT_MOST: usize = 100;
 
 /// Told after each object transferred.
 pub trait SyncProgress: Send + Sync {
@@ -73,12 +92,32 @@ pub struct SyncReport {
     /// Local rows whose file is gone (push), or objects without a checksum
     /// to verify them by (pull): not moved.
     pub skipped: Vec<String>,
+    /// The bucket was listed (a pull, or a push that did not trust its
+    /// record: see the module docs).
+    pub listed: bool,
 }
 
 /// What the project last synced, per key.
 #[derive(Default, Serialize, Deserialize)]
 struct State {
     objects: BTreeMap<String, Synced>,
+    /// When a push last listed the bucket.
+    #[serde(default)]
+    listed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl State {
+    /// Pushed with this content, per the record.
+    fn vouches(&self, key: &str, local: &Local) -> bool {
+        self.objects
+            .get(key)
+            .is_some_and(|s| s.sha256 == local.sha256 && s.size == local.size)
+    }
+
+    fn listed_recently(&self) -> bool {
+        self.listed_at
+            .is_some_and(|t| crate::time::now() - t < FULL_CHECK_EVERY)
+    }
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -158,6 +197,9 @@ async fn remote_sha(
     remote: &RemoteObject,
     state: &State,
 ) -> Result<Option<String>, ServiceError> {
+    if remote.sha256.is_some() {
+        return Ok(remote.sha256.clone());
+    }
     if let Some(s) = state.objects.get(&remote.key)
         && remote.etag.is_some()
         && s.etag == remote.etag
@@ -193,18 +235,36 @@ pub async fn sync(
     };
     let mut state = load_state(files);
     let local = local_files(db, project, &mut report).await?;
-    let remote: BTreeMap<String, RemoteObject> = bucket
-        .list_all()
-        .await?
-        .into_iter()
-        .map(|o| (o.key.clone(), o))
-        .collect();
+    let unvouched = local.iter().filter(|(k, l)| !state.vouches(k, l)).count();
+    report.listed = options.direction == Direction::Pull
+        || options.full
+        || !state.listed_recently()
+        || unvouched > STAT_AT_MOST;
+    let remote: BTreeMap<String, RemoteObject> = if report.listed {
+        let listing = bucket.list_all().await?;
+        if options.direction == Direction::Push {
+            state.listed_at = Some(crate::time::now());
+        }
+        listing.into_iter().map(|o| (o.key.clone(), o)).collect()
+    } else {
+        BTreeMap::new()
+    };
     // The plan: what to move, decided before anything moves.
     let mut plan: Vec<(String, u64, Option<String>)> = Vec::new();
     match options.direction {
         Direction::Push => {
             for (key, l) in &local {
-                let Some(r) = remote.get(key) else {
+                let asked;
+                let r = if report.listed {
+                    remote.get(key)
+                } else if state.vouches(key, l) {
+                    report.unchanged += 1;
+                    continue;
+                } else {
+                    asked = bucket.stat(&ObjectKey::parse(key)?).await?;
+                    asked.as_ref()
+                };
+                let Some(r) = r else {
                     plan.push((key.clone(), l.size, Some(l.sha256.clone())));
                     continue;
                 };
@@ -397,7 +457,7 @@ impl FeedProgress {
         let sync_id = self.sync_id;
         let payload = match outcome {
             Ok(r) => serde_json::json!({
-                "sync_id": sync_id, "status": "completed", "dry_run": r.dry_run,
+                "sync_id": sync_id, "status": "completed", "dry_run": r.dry_run, "listed": r.listed,
                 "transferred": r.transferred.len(), "bytes": r.bytes, "unchanged": r.unchanged,
                 "conflicts": r.conflicts, "skipped": r.skipped.len(),
             }),

@@ -463,3 +463,71 @@ async fn a_package_restores_into_another_installation_and_exports_the_same() {
             .is_empty()
     );
 }
+
+/// The files under `dir`, recursively (sorted).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[actix_web::test]
+async fn a_file_changed_behind_the_services_back_stops_the_export() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+    let mut deploy = Deployment::new(&[]).await;
+    let (_server, _token) = project_with_a_run(&mut deploy).await;
+    let root = deploy.dir.path().join("projects/book");
+    // The last image in package order: the files before it are already
+    // queued for (or written by) the package writer when it is read.
+    let victim = files_under(&root)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .next_back()
+        .unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&victim, &bytes).unwrap();
+
+    for format in ["zip", "tar.gz"] {
+        let (ok, out, err) = deploy.cli(&["export", "--project", "book", "--format", format]);
+        assert!(!ok, "{format}: {out}");
+        assert!(err.contains("does not match its recorded hash"), "{err}");
+    }
+    let db = deploy.connect().await;
+    let exports = entities::project_exports::Entity::find()
+        .order_by_asc(entities::project_exports::Column::CreatedAt)
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(exports.len(), 2);
+    assert!(
+        exports
+            .iter()
+            .all(|e| e.status == "failed" && e.export_asset_id.is_none()),
+        "{exports:?}"
+    );
+    let packages = entities::assets::Entity::find()
+        .filter(entities::assets::Column::Kind.eq("export"))
+        .all(&db)
+        .await
+        .unwrap();
+    assert!(packages.is_empty(), "nothing stored: {packages:?}");
+    // No work file left behind.
+    assert!(
+        files_under(&root.join(".exports")).is_empty(),
+        "{:?}",
+        files_under(&root.join(".exports"))
+    );
+}

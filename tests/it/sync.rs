@@ -145,9 +145,11 @@ async fn push_is_incremental_resumable_verified_and_refuses_conflicts() {
         );
     }
 
-    // Again: nothing moves.
+    // Again: nothing moves, and the bucket is not even listed (the record
+    // of the last push vouches for every file).
     let (ok, out) = sync(&deploy, &["push"]);
     assert!(ok && moved(&out) == 0, "{out}");
+    assert!(out.contains("trusted the last sync's record"), "{out}");
 
     // The sync state lost and half the objects gone (a crash at its worst):
     // the objects still there are checked by their SHA-256 and kept.
@@ -160,20 +162,29 @@ async fn push_is_incremental_resumable_verified_and_refuses_conflicts() {
     assert!(ok, "{out}");
     assert_eq!(moved(&out), gone.len(), "{out}");
 
-    // Someone else changes an object: refused, then replaced on request.
-    let victim = &all[0];
+    // Someone else deletes one object and changes another. A push that
+    // trusts its record notices neither and overwrites nothing; one that
+    // lists the bucket (`--full`, or the first after an hour) pushes the
+    // deleted one again and refuses the changed one, replaced on request.
+    let (victim, deleted) = (&all[0], &all[1]);
     remote
         .put(&key(victim), b"not ours".to_vec())
         .await
         .unwrap();
+    remote.delete(&key(deleted)).await.unwrap();
     let (ok, out) = sync(&deploy, &["push"]);
+    assert!(ok && moved(&out) == 0, "{out}");
+    assert_eq!(remote.get(&key(victim)).await.unwrap(), b"not ours");
+    let (ok, out) = sync(&deploy, &["push", "--full"]);
     assert!(!ok && out.contains("CONFLICT"), "{out}");
+    assert_eq!(moved(&out), 1, "the deleted object, again: {out}");
+    assert!(remote.exists(&key(deleted)).await.unwrap());
     assert_eq!(
         remote.get(&key(victim)).await.unwrap(),
         b"not ours",
         "a conflict is left alone"
     );
-    let (ok, out) = sync(&deploy, &["push", "--overwrite"]);
+    let (ok, out) = sync(&deploy, &["push", "--full", "--overwrite"]);
     assert!(ok && moved(&out) == 1, "{out}");
 
     // Pull: a file lost locally comes back with its bytes; a file changed

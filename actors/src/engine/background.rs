@@ -80,6 +80,7 @@ impl BackgroundActor {
                     dry_run: false,
                     overwrite: false,
                     concurrency: SYNC_CONCURRENCY,
+                    full: false,
                 };
                 let principal = domain::Principal::Scheduler;
                 let sync = run_sync(

@@ -20,6 +20,9 @@ pub struct SyncBody {
     dry_run: Option<bool>,
     /// Replace what someone else changed on the other side.
     overwrite: Option<bool>,
+    /// Push: list the bucket even when the last sync's record may be
+    /// trusted (finds objects someone else deleted or changed).
+    full: Option<bool>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -72,6 +75,7 @@ pub async fn start_sync(
         dry_run: body.dry_run.unwrap_or(false),
         overwrite: body.overwrite.unwrap_or(false),
         concurrency: 4,
+        full: body.full.unwrap_or(false),
     };
     let sync_id = state.engine.start_sync(project, principal, options).await?;
     Ok(HttpResponse::Accepted().json(SyncStarted {

@@ -1,12 +1,16 @@
 //! A gzip stream (RFC 1952) whose deflate level can change between tar
 //! entries: the manifest is compressed, images (PNG, JPEG, WebP: already
-//! compressed, deflate cannot shrink them) are stored as deflate's raw
+//! compressed, deflate cannot shrink them) are written as deflate's stored
 //! blocks, which costs a copy and a CRC instead of a search for matches
 //! that never pay off.
 //!
-//! flate2's encoder keeps one level for the whole stream; miniz_oxide's
-//! compressor (the one flate2 uses) may change it mid-stream, so the package
-//! stays one gzip member that every gunzip reads — including decoders that
+//! flate2's encoder keeps one level for the whole stream. Here compressed
+//! stretches go through miniz_oxide's compressor (the one flate2 uses) and
+//! stored stretches are framed directly (RFC 1951 §3.2.4: a byte-aligned
+//! header, LEN, NLEN, the bytes). Before a stored stretch the compressor
+//! does a full flush — byte-aligned, and its dictionary reset, so nothing
+//! it writes afterwards refers back across bytes it never saw. The package
+//! stays one gzip member that every gunzip reads, including decoders that
 //! stop after the first member. Reproducible: no name and no time in the
 //! header, and the same input with the same levels gives the same bytes.
 
@@ -16,11 +20,13 @@ use miniz_oxide::deflate::core::{
     CompressorOxide, TDEFLFlush, TDEFLStatus, compress, create_comp_flags_from_zip_params,
 };
 
-/// Deflate levels: what is worth compressing, and what is only stored.
+/// Levels: deflate's, and 0 for stored blocks.
 pub const COMPRESS: u8 = 6;
 pub const STORE: u8 = 0;
 
 const OUT_CHUNK: usize = 128 * 1024;
+/// A stored block holds at most this many bytes (LEN is 16 bits).
+const STORED_MAX: usize = 65_535;
 
 /// Header: magic, deflate, no flags, mtime 0, no extra flags, OS unknown.
 const HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
@@ -39,7 +45,8 @@ impl<W: Write> LeveledGz<W> {
     pub fn new(mut inner: W, level: u8) -> io::Result<Self> {
         inner.write_all(&HEADER)?;
         // Negative window bits: raw deflate (gzip has its own framing).
-        let flags = create_comp_flags_from_zip_params(i32::from(level), -15, 0);
+        let compress_level = if level == STORE { COMPRESS } else { level };
+        let flags = create_comp_flags_from_zip_params(i32::from(compress_level), -15, 0);
         Ok(Self {
             inner,
             deflate: Box::new(CompressorOxide::new(flags)),
@@ -50,15 +57,18 @@ impl<W: Write> LeveledGz<W> {
         })
     }
 
-    /// Applies to what is written from now on. What was written before is
-    /// flushed first (a block boundary: the compressor's pending input
-    /// belongs to the old level; a few bytes per change).
+    /// Applies to what is written from now on.
     pub fn set_level(&mut self, level: u8) -> io::Result<()> {
-        if level != self.level {
-            self.pump(&[], TDEFLFlush::Sync)?;
-            self.deflate.set_compression_level_raw(level);
-            self.level = level;
+        if level == self.level {
+            return Ok(());
         }
+        if level == STORE {
+            // Aligned, and the dictionary forgotten (see the module docs).
+            self.pump(&[], TDEFLFlush::Full)?;
+        } else {
+            self.deflate.set_compression_level_raw(level);
+        }
+        self.level = level;
         Ok(())
     }
 
@@ -84,6 +94,18 @@ impl<W: Write> LeveledGz<W> {
         }
     }
 
+    /// Stored blocks, not final (the compressor ends the stream).
+    fn store(&mut self, input: &[u8]) -> io::Result<()> {
+        for block in input.chunks(STORED_MAX) {
+            let len = block.len() as u16;
+            let [l0, l1] = len.to_le_bytes();
+            let [n0, n1] = (!len).to_le_bytes();
+            self.inner.write_all(&[0, l0, l1, n0, n1])?;
+            self.inner.write_all(block)?;
+        }
+        Ok(())
+    }
+
     /// Ends the stream (the trailer: CRC-32 and length) and gives the
     /// writer back.
     pub fn finish(mut self) -> io::Result<W> {
@@ -97,7 +119,11 @@ impl<W: Write> LeveledGz<W> {
 
 impl<W: Write> Write for LeveledGz<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.pump(buf, TDEFLFlush::None)?;
+        if self.level == STORE {
+            self.store(buf)?;
+        } else {
+            self.pump(buf, TDEFLFlush::None)?;
+        }
         self.crc.update(buf);
         self.len = self.len.wrapping_add(buf.len() as u32);
         Ok(buf.len())
@@ -105,7 +131,9 @@ impl<W: Write> Write for LeveledGz<W> {
 
     /// Writes what the compressor has so far (a sync flush: a few bytes).
     fn flush(&mut self) -> io::Result<()> {
-        self.pump(&[], TDEFLFlush::Sync)?;
+        if self.level != STORE {
+            self.pump(&[], TDEFLFlush::Sync)?;
+        }
         self.inner.flush()
     }
 }

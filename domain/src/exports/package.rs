@@ -1,5 +1,5 @@
 //! Writing a package: `manifest.json` first, then every file, to a local
-//! file — one stored file in memory at a time. Reproducible: the same
+//! file — a few stored files in memory at a time. Reproducible: the same
 //! content gives the same bytes (entries sorted, timestamps fixed at the
 //! format's epoch, modes 0644, owner 0, no export id or date inside).
 
@@ -185,6 +185,54 @@ fn comic_info(title: &str, pages: usize) -> String {
     xml
 }
 
+/// Files read ahead of the package writer, at most.
+const QUEUED_FILES: usize = 2;
+
+/// Reads every entry's file, checks it against its recorded hash, and
+/// queues it for the package writer; stops at a cancel or a mismatch.
+async fn feed<R, RF>(
+    entries: Vec<(String, &PackageFile)>,
+    read: &mut R,
+    queue: &tokio::sync::mpsc::Sender<(String, Vec<u8>)>,
+    progress: &dyn PackageProgress,
+    total: u64,
+) -> Result<(), ServiceError>
+where
+    R: FnMut(&PackageFile) -> RF,
+    RF: std::future::Future<Output = Result<Vec<u8>, ServiceError>>,
+{
+    for (done, (name, file)) in entries.into_iter().enumerate() {
+        if progress.canceled() {
+            return Err(ServiceError::Conflict {
+                code: "export_canceled",
+                message: "The export was canceled".into(),
+            });
+        }
+        let bytes = read(file).await?;
+        let (bytes, sha256) = tokio::task::spawn_blocking(move || {
+            let sha256 = crate::assets::sha256_hex(&bytes);
+            (bytes, sha256)
+        })
+        .await
+        .map_err(io)?;
+        if sha256 != file.sha256 {
+            return Err(ServiceError::Conflict {
+                code: "export_file_changed",
+                message: format!(
+                    "The file of asset {} does not match its recorded hash; nothing was exported",
+                    file.asset_id
+                ),
+            });
+        }
+        if queue.send((name, bytes)).await.is_err() {
+            // The writer stopped: its error is reported.
+            return Ok(());
+        }
+        progress.file_written(done as u64 + 1, total);
+    }
+    Ok(())
+}
+
 /// Writes the package of `snapshot` to `path`; `read` gives a file's bytes.
 /// A file whose bytes no longer match its recorded hash stops the export.
 pub async fn write<R, RF>(
@@ -208,32 +256,21 @@ where
     }
     let entries = snapshot.entries(format);
     let total = entries.len() as u64;
-    for (done, (name, file)) in entries.into_iter().enumerate() {
-        if progress.canceled() {
-            return Err(ServiceError::Conflict {
-                code: "export_canceled",
-                message: "The export was canceled".into(),
-            });
-        }
-        let bytes = read(file).await?;
-        if crate::assets::sha256_hex(&bytes) != file.sha256 {
-            return Err(ServiceError::Conflict {
-                code: "export_file_changed",
-                message: format!(
-                    "The file of asset {} does not match its recorded hash; nothing was exported",
-                    file.asset_id
-                ),
-            });
-        }
-        // Compression and file writes off the async threads.
-        archive = tokio::task::spawn_blocking(move || {
+    // Two stages on two threads: this task reads each file and checks its
+    // hash while a blocking thread writes (and hashes) the package; a
+    // short queue between them keeps memory to a few files.
+    let (queue, mut next) = tokio::sync::mpsc::channel::<(String, Vec<u8>)>(QUEUED_FILES);
+    let writer = tokio::task::spawn_blocking(move || {
+        while let Some((name, bytes)) = next.blocking_recv() {
             archive.add(&name, &bytes, false)?;
-            Ok::<_, ServiceError>(archive)
-        })
-        .await
-        .map_err(io)??;
-        progress.file_written(done as u64 + 1, total);
-    }
+        }
+        Ok::<_, ServiceError>(archive)
+    });
+    let fed = feed(entries, &mut read, &queue, progress, total).await;
+    drop(queue);
+    // The writer's own failure (a full disk) is the one to report.
+    let archive = writer.await.map_err(io)??;
+    fed?;
     let (size, sha256) = tokio::task::spawn_blocking(move || archive.finish())
         .await
         .map_err(io)??;
