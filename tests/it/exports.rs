@@ -492,8 +492,7 @@ async fn a_file_changed_behind_the_services_back_stops_the_export() {
     // queued for (or written by) the package writer when it is read.
     let victim = files_under(&root)
         .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "png"))
-        .next_back()
+        .rfind(|p| p.extension().is_some_and(|e| e == "png"))
         .unwrap();
     let mut bytes = std::fs::read(&victim).unwrap();
     let at = bytes.len() / 2;
