@@ -25,6 +25,10 @@ pub struct Applied {
     pub notes: Vec<Value>,
     /// The image of `final_asset_id`.
     pub final_image: RgbaImage,
+    /// The local passes' files, not durable yet: synced by the row writer
+    /// with the rest of the batch, before the rows pointing at them commit
+    /// (they are free to make again if a crash loses them).
+    pub files: Vec<storage::Unsynced>,
 }
 
 pub fn any_enabled(pp: &Postprocess) -> bool {
@@ -65,6 +69,7 @@ pub async fn apply(
         links: Vec::new(),
         notes: Vec::new(),
         final_image: RgbaImage::new(0, 0),
+        files: Vec::new(),
     };
     let profile = color::ColorProfile::find(&pp.color_profile, &pp.color_profiles)
         .ok_or_else(|| ServiceError::missing("colour profile", &pp.color_profile))?;
@@ -198,6 +203,7 @@ fn chain(applied: &mut Applied, run: &runs::Model, stored: Stored) {
         .links
         .push(link(run, applied.final_asset_id, id, LinkType::DerivedFrom));
     applied.final_asset_id = id;
+    applied.files.extend(stored.unsynced);
     if stored.fresh {
         applied.assets.push(stored.row);
     }
@@ -206,18 +212,34 @@ fn chain(applied: &mut Applied, run: &runs::Model, stored: Stored) {
 /// Longest side of a thumbnail; smaller images are their own thumbnail.
 pub const THUMBNAIL_SIDE: u32 = 256;
 
+/// A candidate's thumbnail: its asset, and what to record with the
+/// candidate's rows.
+pub struct Thumbnail {
+    pub id: Uuid,
+    /// Its row, when it is new.
+    pub assets: Vec<assets::Model>,
+    pub links: Vec<asset_links::Model>,
+    /// Its file, not durable yet (synced with the batch, like a pass's).
+    pub files: Vec<storage::Unsynced>,
+}
+
 /// The candidate's thumbnail for the feed and the console (WebP, a
-/// `variant_of` its final file): the asset id, plus the row and link to
-/// insert when it is new. An image no larger than a thumbnail is its own.
+/// `variant_of` its final file). An image no larger than a thumbnail is
+/// its own.
 pub async fn thumbnail(
     env: &JobEnv,
     run: &runs::Model,
     job: &run_jobs::Model,
     index: i32,
     (final_id, img): (Uuid, &RgbaImage),
-) -> Result<(Uuid, Vec<assets::Model>, Vec<asset_links::Model>), ServiceError> {
+) -> Result<Thumbnail, ServiceError> {
     if img.width().max(img.height()) <= THUMBNAIL_SIDE {
-        return Ok((final_id, Vec::new(), Vec::new()));
+        return Ok(Thumbnail {
+            id: final_id,
+            assets: Vec::new(),
+            links: Vec::new(),
+            files: Vec::new(),
+        });
     }
     let owned = img.clone();
     let (webp, sha, (w, h)) = imaging::cpu::run(move || {
@@ -227,7 +249,7 @@ pub async fn thumbnail(
         })
     })
     .await??;
-    let stored = crate::assets::put(
+    let stored = crate::assets::put_unsynced(
         &env.db,
         &env.store,
         NewAsset {
@@ -247,12 +269,12 @@ pub async fn thumbnail(
     )
     .await?;
     let id = stored.row.id;
-    let edge = link(run, final_id, id, LinkType::VariantOf);
-    Ok((
+    Ok(Thumbnail {
         id,
-        stored.fresh.then_some(stored.row).into_iter().collect(),
-        vec![edge],
-    ))
+        links: vec![link(run, final_id, id, LinkType::VariantOf)],
+        files: stored.unsynced.into_iter().collect(),
+        assets: stored.fresh.then_some(stored.row).into_iter().collect(),
+    })
 }
 
 /// Encodes and writes a pass output file (or finds the project's identical one).
@@ -272,7 +294,7 @@ async fn store_pass(
         })
     })
     .await??;
-    crate::assets::put(
+    crate::assets::put_unsynced(
         &env.db,
         &env.store,
         NewAsset {

@@ -26,20 +26,28 @@ pub(super) async fn recorded(
     // The passes' frames are admitted by memory and held until the
     // thumbnail has been made from the last of them.
     let mut memory = None;
-    let (final_asset_id, notes, final_image, mut assets, mut links) = match ctx.postprocess {
-        Some(pp) if report.hard_failures == 0 => {
-            let peak = super::memory::pass_peak_bytes(img.width(), img.height(), pp);
-            memory = Some(ctx.env.pass_budget.admit(peak).await?);
-            match passes::apply(ctx.env, pp, ctx.run, ctx.job, index, img, output).await? {
-                Some(d) => (d.final_asset_id, d.notes, d.final_image, d.assets, d.links),
-                // Shutting down: a paid pass's result is stored; the
-                // candidate is decided again at the next start.
-                None => return Ok(None),
+    let (final_asset_id, notes, final_image, mut assets, mut links, mut files) =
+        match ctx.postprocess {
+            Some(pp) if report.hard_failures == 0 => {
+                let peak = super::memory::pass_peak_bytes(img.width(), img.height(), pp);
+                memory = Some(ctx.env.pass_budget.admit(peak).await?);
+                match passes::apply(ctx.env, pp, ctx.run, ctx.job, index, img, output).await? {
+                    Some(d) => (
+                        d.final_asset_id,
+                        d.notes,
+                        d.final_image,
+                        d.assets,
+                        d.links,
+                        d.files,
+                    ),
+                    // Shutting down: a paid pass's result is stored; the
+                    // candidate is decided again at the next start.
+                    None => return Ok(None),
+                }
             }
-        }
-        _ => (output, Vec::new(), img, Vec::new(), Vec::new()),
-    };
-    let (thumbnail_id, thumb_assets, thumb_links) = passes::thumbnail(
+            _ => (output, Vec::new(), img, Vec::new(), Vec::new(), Vec::new()),
+        };
+    let thumb = passes::thumbnail(
         ctx.env,
         ctx.run,
         ctx.job,
@@ -49,15 +57,16 @@ pub(super) async fn recorded(
     .await?;
     drop(final_image);
     drop(memory);
-    assets.extend(thumb_assets);
-    links.extend(thumb_links);
+    assets.extend(thumb.assets);
+    links.extend(thumb.links);
+    files.extend(thumb.files);
     let (mut rows, result) = candidate_rows(
         ctx,
         index,
         Produced {
             output,
             final_asset_id,
-            thumbnail_id,
+            thumbnail_id: thumb.id,
             passes: notes,
         },
         report,
@@ -66,6 +75,7 @@ pub(super) async fn recorded(
     // Files in foreign-key order: the pass outputs, the thumbnail, their links.
     rows.assets.extend(assets);
     rows.links.extend(links);
+    rows.files.extend(files);
     Ok(Some((rows, result)))
 }
 
