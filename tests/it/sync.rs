@@ -525,3 +525,88 @@ async fn scheduled_pushes_keep_the_bucket_current_across_a_restart_of_their_acto
     assert_eq!(actor["status"], "running", "{actor}");
     assert_eq!(actor["restarts"], 1, "{actor}");
 }
+
+#[actix_web::test]
+async fn a_scheduled_push_that_keeps_failing_is_recorded_once_until_it_succeeds() {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+    let mut deploy = Deployment::new(&[("ATELIER_STORAGE__SYNC_PUSH_EVERY_SECONDS", "1")]).await;
+    let server = deploy.start().await;
+    let client = deploy.client.clone();
+    let token = server.bootstrap(&client).await;
+    let call = |m: Method, path: &str, body: serde_json::Value| {
+        let (server, client, token) = (&server, &client, &token);
+        let path = path.to_string();
+        async move { server.call(client, m, &path, Some(token), Some(body)).await }
+    };
+    let (s, p) = call(
+        Method::POST,
+        "/api/projects",
+        json!({"name": "Book", "slug": "book"}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+    for (name, value) in [
+        ("access_key_id", "testing"),
+        ("secret_access_key", "testing"),
+    ] {
+        let (s, b) = call(
+            Method::POST,
+            "/api/projects/book/secrets",
+            json!({"provider_code": "s3", "secret_name": name, "secret_value": value}),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    // A bucket that does not exist (yet): every push fails.
+    let (endpoint, _) = fresh_bucket().await;
+    let bucket = format!("atelier-later-{}", uuid::Uuid::new_v4().simple());
+    let (s, b) = call(
+        Method::PUT,
+        "/api/projects/book/storage/s3",
+        json!({"enabled": false, "bucket": bucket, "prefix": "studio", "endpoint_url": endpoint}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let db = deploy.connect().await;
+    let audited = |code: &'static str| {
+        let db = db.clone();
+        async move {
+            entities::audit_events::Entity::find()
+                .filter(entities::audit_events::Column::EventCode.eq(code))
+                .all(&db)
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    eventually(
+        "a failed scheduled push",
+        Duration::from_secs(20),
+        || async { (audited("sync.failed").await > 0).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(audited("sync.failed").await, 1, "the same failure, once");
+
+    // The bucket appears and there is work to push: the next push says so.
+    let created = reqwest::Client::new()
+        .put(format!("{endpoint}/{bucket}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status().is_success());
+    let (s, b) = call(
+        Method::POST,
+        "/api/projects/book/runs/trigger",
+        json!({"mode": "run", "scene_refs": ["sample:1"], "stage": "style", "candidates": 1, "wait": true}),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    eventually(
+        "a successful scheduled push",
+        Duration::from_secs(20),
+        || async { (audited("sync.finished").await > 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(audited("sync.failed").await, 1);
+}

@@ -33,6 +33,25 @@ pub struct Work {
     pub exports: Running,
     /// Projects being synced, by project id (one sync per project).
     pub syncs: Running,
+    /// Projects whose last scheduled push failed: the same failure again is
+    /// not recorded again at every tick (the next success clears it).
+    failing: std::sync::Mutex<std::collections::HashSet<Uuid>>,
+}
+
+impl Work {
+    /// Whether a scheduled push's outcome is news: anything but a failure
+    /// following a failure.
+    fn scheduled_outcome_is_news(&self, project_id: Uuid, failed: bool) -> bool {
+        let Ok(mut failing) = self.failing.lock() else {
+            return true;
+        };
+        if failed {
+            failing.insert(project_id)
+        } else {
+            failing.remove(&project_id);
+            true
+        }
+    }
 }
 
 pub struct BackgroundActor {
@@ -270,7 +289,8 @@ impl Handler<StartSync> for BackgroundActor {
 enum Origin {
     Request,
     /// A scheduled push: one that found nothing to do leaves no trace (no
-    /// audit row, no feed event), or every tick would write one.
+    /// audit row, no feed event), or every tick would write one; nor does
+    /// a failure that repeats the last one (a bucket down for a day).
     Schedule,
 }
 
@@ -308,17 +328,25 @@ async fn run_sync(
             "the sync stopped unexpectedly".into(),
         ))
     });
-    let idle = origin == Origin::Schedule
-        && outcome
-            .as_ref()
-            .is_ok_and(|r| r.transferred.is_empty() && r.conflicts.is_empty());
-    if !idle {
+    let quiet = match origin {
+        Origin::Request => false,
+        Origin::Schedule => {
+            let news = work.scheduled_outcome_is_news(project.id, outcome.is_err());
+            let idle = outcome
+                .as_ref()
+                .is_ok_and(|r| r.transferred.is_empty() && r.conflicts.is_empty());
+            idle || !news
+        }
+    };
+    if !quiet {
         let recorded =
             domain::sync::record_finished(&shared.db, &principal, &project, &outcome).await;
         if let Err(e) = recorded {
             tracing::warn!(error = %e, "cannot record the sync's end");
         }
         feed.finished(&outcome);
+    } else if let Err(e) = &outcome {
+        tracing::debug!(project = %project.slug, error = %e, "a scheduled push failed again");
     }
     work.syncs.done(project.id);
 }
