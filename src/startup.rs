@@ -169,6 +169,33 @@ pub async fn embedded_engine_with(
     Ok((engine, roots))
 }
 
+/// Exports this node was building when it last stopped are built again
+/// (see `domain::exports::take_back_interrupted`).
+async fn resume_interrupted_exports(
+    db: &sea_orm::DatabaseConnection,
+    engine: &actors::engine::Engine,
+    node: &str,
+) -> Result<(), StartupError> {
+    let interrupted = domain::exports::take_back_interrupted(db, node)
+        .await
+        .map_err(|e| StartupError::Io {
+            path: "project_exports".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    for again in interrupted {
+        let id = again.export.id;
+        tracing::warn!(export = %id, "an export interrupted by the last stop is built again");
+        if let Err(e) = engine
+            .start_export(again.project, again.export, again.request)
+            .await
+        {
+            tracing::error!(export = %id, error = %e, "cannot build an interrupted export again");
+            let _ = domain::exports::fail(db, id, &e.public_message()).await;
+        }
+    }
+    Ok(())
+}
+
 /// The operator's allow-list for outbound requests to internal addresses.
 pub fn outbound_policy(
     settings: &Settings,
@@ -281,18 +308,6 @@ impl Application {
             schema = status.current_version().unwrap_or("none"),
             "database ready"
         );
-        let interrupted = domain::exports::fail_interrupted(&db.conn, &node_id(&settings)?)
-            .await
-            .map_err(|e| StartupError::Io {
-                path: "project_exports".into(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-        if interrupted > 0 {
-            tracing::warn!(
-                interrupted,
-                "exports interrupted by the last stop were marked failed"
-            );
-        }
 
         let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
             bind: settings.bind.clone(),
@@ -330,6 +345,7 @@ impl Application {
         )));
         let (engine, roots) =
             embedded_engine(&settings, &db.conn, engine_config(&settings)).await?;
+        resume_interrupted_exports(&db.conn, &engine, &node_id(&settings)?).await?;
         let state = web::Data::new(api::AppState::new(
             db.conn.clone(),
             tokens,

@@ -4,11 +4,12 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::binary::{Deployment, Server};
+use crate::binary::{Deployment, Server, eventually};
 
 /// A project with one finished run of two scenes through three stages.
 async fn project_with_a_run(deploy: &mut Deployment) -> (Server, String) {
@@ -360,12 +361,13 @@ async fn the_api_builds_an_export_in_the_background() {
 /// An export a node was building when it was killed ends `failed` when that
 /// node starts again (its work file went with the process).
 #[actix_web::test]
-async fn an_export_interrupted_by_a_kill_ends_failed_at_the_next_start() {
+async fn an_export_interrupted_by_a_kill_is_built_again_at_the_next_start() {
+    use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
     let mut deploy = Deployment::new(&[]).await;
     let (mut server, _) = project_with_a_run(&mut deploy).await;
     let node = std::fs::read_to_string(deploy.dir.path().join("backend/node-id")).unwrap();
     let db = deploy.connect().await;
-    let project = <entities::projects::Entity as sea_orm::EntityTrait>::find()
+    let project = entities::projects::Entity::find()
         .one(&db)
         .await
         .unwrap()
@@ -374,40 +376,63 @@ async fn an_export_interrupted_by_a_kill_ends_failed_at_the_next_start() {
         format: domain::exports::PackageFormat::Zip,
         run_ids: vec![],
     };
-    let mine = domain::exports::start(
-        &db,
-        &domain::Principal::DevBypass,
-        &project,
-        &request,
-        node.trim(),
-    )
-    .await
-    .unwrap();
-    let theirs = domain::exports::start(
-        &db,
-        &domain::Principal::DevBypass,
-        &project,
-        &request,
-        "another-node",
-    )
-    .await
-    .unwrap();
+    let start = |node: String| {
+        let (db, project) = (db.clone(), project.clone());
+        let request = domain::exports::ExportRequest {
+            format: request.format,
+            run_ids: vec![],
+        };
+        async move {
+            domain::exports::start(
+                &db,
+                &domain::Principal::DevBypass,
+                &project,
+                &request,
+                &node,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // Being built here when the process died; another node's; and one
+    // that has already stopped this node as often as it may.
+    let mine = start(node.trim().to_string()).await;
+    let theirs = start("another-node".into()).await;
+    let stubborn = start(node.trim().to_string()).await;
+    let mut manifest = stubborn.manifest_json.clone();
+    manifest["resumes"] = json!(domain::exports::RESUMES);
+    let mut row = stubborn.clone().into_active_model();
+    row.manifest_json = Set(manifest);
+    row.update(&db).await.unwrap();
     server.kill9();
     let _server = deploy.start().await;
     let status = |id: uuid::Uuid| {
         let db = db.clone();
         async move {
-            <entities::project_exports::Entity as sea_orm::EntityTrait>::find_by_id(id)
+            entities::project_exports::Entity::find_by_id(id)
                 .one(&db)
                 .await
                 .unwrap()
                 .unwrap()
         }
     };
-    let mine = status(mine.id).await;
-    assert_eq!(mine.status, "failed");
+    let rebuilt = eventually(
+        "the export built again",
+        Duration::from_secs(30),
+        || async {
+            let row = status(mine.id).await;
+            (row.status != "running").then_some(row)
+        },
+    )
+    .await;
+    assert_eq!(rebuilt.status, "completed", "{:?}", rebuilt.manifest_json);
+    // The package it would have been: the same bytes as a fresh export.
+    let (_, sha) = export(&deploy, "zip");
+    assert_eq!(rebuilt.checksum_sha256.as_deref(), Some(sha.as_str()));
+    let given_up = status(stubborn.id).await;
+    assert_eq!(given_up.status, "failed");
     assert!(
-        mine.manifest_json["error"]
+        given_up.manifest_json["error"]
             .as_str()
             .unwrap()
             .contains("interrupted")
@@ -464,24 +489,6 @@ async fn a_package_restores_into_another_installation_and_exports_the_same() {
     );
 }
 
-/// The files under `dir`, recursively (sorted).
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 #[actix_web::test]
 async fn a_file_changed_behind_the_services_back_stops_the_export() {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
@@ -490,7 +497,7 @@ async fn a_file_changed_behind_the_services_back_stops_the_export() {
     let root = deploy.dir.path().join("projects/book");
     // The last image in package order: the files before it are already
     // queued for (or written by) the package writer when it is read.
-    let victim = files_under(&root)
+    let victim = crate::helpers::files_under(&root)
         .into_iter()
         .rfind(|p| p.extension().is_some_and(|e| e == "png"))
         .unwrap();
@@ -524,9 +531,6 @@ async fn a_file_changed_behind_the_services_back_stops_the_export() {
         .unwrap();
     assert!(packages.is_empty(), "nothing stored: {packages:?}");
     // No work file left behind.
-    assert!(
-        files_under(&root.join(".exports")).is_empty(),
-        "{:?}",
-        files_under(&root.join(".exports"))
-    );
+    let left = crate::helpers::files_under(&root.join(".exports"));
+    assert!(left.is_empty(), "{left:?}");
 }

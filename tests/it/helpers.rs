@@ -247,3 +247,21 @@ pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_cod
 /// Starts an HTTP server on a free loopback port (the stand-ins for paid
 /// providers and webhook receivers) and returns the port.
 pub use stubs::serve_loopback;
+
+/// The files under `dir`, recursively (sorted).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}

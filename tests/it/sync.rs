@@ -9,11 +9,13 @@ use serde_json::json;
 use crate::binary::{Deployment, Server, eventually};
 use crate::storage::{bucket_keys, fresh_bucket};
 
-/// A project with finished work in its local root and a bucket configured
-/// (not as its primary storage): (server, token, bucket endpoint, bucket,
-/// the project's prefix in the bucket).
-async fn project_with_a_bucket(
+/// A started server with project `book`, S3 credentials among its secrets
+/// and its storage naming `bucket` (a fresh one when `None`) on the test S3
+/// server, not as its primary storage: (server, token, endpoint, bucket,
+/// the project's id).
+async fn project_using_a_bucket(
     deploy: &mut Deployment,
+    bucket: Option<String>,
 ) -> (Server, String, String, String, String) {
     let server = deploy.start().await;
     let client = deploy.client.clone();
@@ -43,7 +45,8 @@ async fn project_with_a_bucket(
         .await;
         assert_eq!(s, StatusCode::OK, "{b}");
     }
-    let (endpoint, bucket) = fresh_bucket().await;
+    let (endpoint, fresh) = fresh_bucket().await;
+    let bucket = bucket.unwrap_or(fresh);
     let (s, b) = call(
         Method::PUT,
         "/api/projects/book/storage/s3",
@@ -51,17 +54,51 @@ async fn project_with_a_bucket(
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{b}");
-    let (s, b) = call(
-        Method::POST,
-        "/api/projects/book/runs/trigger",
-        json!({"mode": "run", "scene_refs": ["sample:1", "sample:2", "sample:3"], "stage": "time",
-               "candidates": 3, "wait": true}),
+    (server, token, endpoint, bucket, project_id)
+}
+
+/// A project with finished work in its local root and a bucket configured
+/// (not as its primary storage): (server, token, bucket endpoint, bucket,
+/// the project's prefix in the bucket).
+async fn project_with_a_bucket(
+    deploy: &mut Deployment,
+) -> (Server, String, String, String, String) {
+    let (server, token, endpoint, bucket, project_id) = project_using_a_bucket(deploy, None).await;
+    finished_run(
+        deploy,
+        &server,
+        &token,
+        &["sample:1", "sample:2", "sample:3"],
+        "time",
+        3,
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    deploy.wait_for_run_log(&b).await;
     let prefix = format!("studio/{project_id}/");
     (server, token, endpoint, bucket, prefix)
+}
+
+/// Runs `scenes` of project `book` through `stage` and waits until the
+/// run is done and its log registered.
+async fn finished_run(
+    deploy: &Deployment,
+    server: &Server,
+    token: &str,
+    scenes: &[&str],
+    stage: &str,
+    candidates: u32,
+) {
+    let (s, b) = server
+        .call(
+            &deploy.client,
+            Method::POST,
+            "/api/projects/book/runs/trigger",
+            Some(token),
+            Some(json!({"mode": "run", "scene_refs": scenes, "stage": stage,
+                        "candidates": candidates, "wait": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    deploy.wait_for_run_log(&b).await;
 }
 
 /// The bucket, as another client of it sees it (requests signed).
@@ -203,28 +240,16 @@ async fn push_is_incremental_resumable_verified_and_refuses_conflicts() {
 
 /// The files under `root` (relative, `/`-separated), work folders excluded.
 fn walk(root: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            let rel = path
-                .strip_prefix(root)
+    crate::helpers::files_under(root)
+        .iter()
+        .map(|p| {
+            p.strip_prefix(root)
                 .unwrap()
                 .to_string_lossy()
-                .replace('\\', "/");
-            if rel.starts_with('.') {
-                continue;
-            }
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                out.push(rel);
-            }
-        }
-    }
-    out.sort();
-    out
+                .replace('\\', "/")
+        })
+        .filter(|rel| !rel.starts_with('.'))
+        .collect()
 }
 
 /// A project whose primary storage is its bucket exports into the bucket:
@@ -484,20 +509,7 @@ async fn scheduled_pushes_keep_the_bucket_current_across_a_restart_of_their_acto
         .await;
     assert_eq!(s, StatusCode::OK, "{r}");
     assert_eq!(r["restarts"], 1, "{r}");
-    let (s, b) = server
-        .call(
-            &client,
-            Method::POST,
-            "/api/projects/book/runs/trigger",
-            Some(&token),
-            Some(
-                json!({"mode": "run", "scene_refs": ["sample:4"], "stage": "time",
-                        "candidates": 2, "wait": true}),
-            ),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
-    deploy.wait_for_run_log(&b).await;
+    finished_run(&deploy, &server, &token, &["sample:4"], "time", 2).await;
     let more = local_files(&db).await;
     assert!(more > expected);
     eventually(
@@ -530,43 +542,10 @@ async fn scheduled_pushes_keep_the_bucket_current_across_a_restart_of_their_acto
 async fn a_scheduled_push_that_keeps_failing_is_recorded_once_until_it_succeeds() {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
     let mut deploy = Deployment::new(&[("ATELIER_STORAGE__SYNC_PUSH_EVERY_SECONDS", "1")]).await;
-    let server = deploy.start().await;
-    let client = deploy.client.clone();
-    let token = server.bootstrap(&client).await;
-    let call = |m: Method, path: &str, body: serde_json::Value| {
-        let (server, client, token) = (&server, &client, &token);
-        let path = path.to_string();
-        async move { server.call(client, m, &path, Some(token), Some(body)).await }
-    };
-    let (s, p) = call(
-        Method::POST,
-        "/api/projects",
-        json!({"name": "Book", "slug": "book"}),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{p}");
-    for (name, value) in [
-        ("access_key_id", "testing"),
-        ("secret_access_key", "testing"),
-    ] {
-        let (s, b) = call(
-            Method::POST,
-            "/api/projects/book/secrets",
-            json!({"provider_code": "s3", "secret_name": name, "secret_value": value}),
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK, "{b}");
-    }
     // A bucket that does not exist (yet): every push fails.
-    let (endpoint, _) = fresh_bucket().await;
-    let bucket = format!("atelier-later-{}", uuid::Uuid::new_v4().simple());
-    let (s, b) = call(
-        Method::PUT,
-        "/api/projects/book/storage/s3",
-        json!({"enabled": false, "bucket": bucket, "prefix": "studio", "endpoint_url": endpoint}),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    let missing = format!("atelier-later-{}", uuid::Uuid::new_v4().simple());
+    let (server, token, endpoint, bucket, _) =
+        project_using_a_bucket(&mut deploy, Some(missing)).await;
     let db = deploy.connect().await;
     let audited = |code: &'static str| {
         let db = db.clone();
@@ -595,13 +574,7 @@ async fn a_scheduled_push_that_keeps_failing_is_recorded_once_until_it_succeeds(
         .await
         .unwrap();
     assert!(created.status().is_success());
-    let (s, b) = call(
-        Method::POST,
-        "/api/projects/book/runs/trigger",
-        json!({"mode": "run", "scene_refs": ["sample:1"], "stage": "style", "candidates": 1, "wait": true}),
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    finished_run(&deploy, &server, &token, &["sample:1"], "style", 1).await;
     eventually(
         "a successful scheduled push",
         Duration::from_secs(20),

@@ -139,36 +139,81 @@ impl PackageProgress for FeedProgress {
     }
 }
 
-/// At startup: the exports this node was building when it stopped cannot
-/// be finished (their work file went with the process); they end `failed`.
-/// Other nodes' exports are left to them.
-pub async fn fail_interrupted(db: &DatabaseConnection, node: &str) -> Result<u64, ServiceError> {
-    let mine: Vec<Uuid> = project_exports::Entity::find()
+/// Times an interrupted export is built again at its node's next start;
+/// one that keeps stopping its node ends `failed` instead.
+pub const RESUMES: i64 = 2;
+
+/// An export to build again: its project, its row, what was asked.
+pub struct Interrupted {
+    pub project: projects::Model,
+    pub export: project_exports::Model,
+    pub request: ExportRequest,
+}
+
+/// At startup: the exports this node was building when it stopped (their
+/// work file went with the process). Each is to be built again from the
+/// start — the package is the same if the project is — unless it was
+/// already resumed [`RESUMES`] times (it ends `failed`). Other nodes'
+/// exports are left to them.
+pub async fn take_back_interrupted(
+    db: &DatabaseConnection,
+    node: &str,
+) -> Result<Vec<Interrupted>, ServiceError> {
+    let mine: Vec<project_exports::Model> = project_exports::Entity::find()
         .filter(project_exports::Column::Status.eq("running"))
         .all(db)
         .await?
         .into_iter()
         .filter(|e| e.manifest_json["node"] == node)
-        .map(|e| e.id)
         .collect();
-    if mine.is_empty() {
-        return Ok(0);
+    let mut again = Vec::new();
+    for mut export in mine {
+        let resumes = export.manifest_json["resumes"].as_i64().unwrap_or(0);
+        let request = request_of(&export);
+        let project = projects::Entity::find_by_id(export.project_id)
+            .one(db)
+            .await?;
+        let (Some(project), Ok(request), true) = (project, request, resumes < RESUMES) else {
+            fail(
+                db,
+                export.id,
+                "interrupted: the service stopped while it was being built; export again",
+            )
+            .await?;
+            continue;
+        };
+        export.manifest_json["resumes"] = json!(resumes + 1);
+        let txn = crate::db::begin_write(db).await?;
+        project_exports::Entity::update_many()
+            .col_expr(
+                project_exports::Column::ManifestJson,
+                Expr::value(export.manifest_json.clone()),
+            )
+            .filter(project_exports::Column::Id.eq(export.id))
+            .exec(&txn)
+            .await?;
+        crate::db::commit(txn).await?;
+        again.push(Interrupted {
+            project,
+            export,
+            request,
+        });
     }
-    let txn = crate::db::begin_write(db).await?;
-    let n = project_exports::Entity::update_many()
-        .col_expr(project_exports::Column::Status, Expr::value("failed"))
-        .col_expr(project_exports::Column::CompletedAt, Expr::value(time::now()))
-        .col_expr(
-            project_exports::Column::ManifestJson,
-            Expr::value(json!({ "error": "interrupted: the service stopped while it was being built; export again" })),
-        )
-        .filter(project_exports::Column::Id.is_in(mine))
-        .filter(project_exports::Column::Status.eq("running"))
-        .exec(&txn)
-        .await?
-        .rows_affected;
-    crate::db::commit(txn).await?;
-    Ok(n)
+    Ok(again)
+}
+
+/// What was asked of an export, from its row.
+fn request_of(export: &project_exports::Model) -> Result<ExportRequest, ServiceError> {
+    let format = PackageFormat::parse(&export.export_format)?;
+    let run_ids = export.manifest_json["run_ids"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|id| id.as_str().and_then(|s| Uuid::parse_str(s).ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(ExportRequest { format, run_ids })
 }
 
 /// Ends a `running` export `failed` with `reason` (its build could not
