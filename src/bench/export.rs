@@ -14,14 +14,10 @@ use sea_orm::EntityTrait;
 use storage::{ObjectKey, ObjectStore};
 use uuid::Uuid;
 
+use super::err;
 use crate::cli::CliError;
 use crate::database;
 use crate::settings::Settings;
-use crate::startup::StartupError;
-
-fn err(e: impl std::fmt::Display) -> CliError {
-    CliError::Service(e.to_string())
-}
 
 /// Incompressible bytes (like the PNGs a project holds), distinct per file.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
@@ -164,11 +160,7 @@ pub async fn run(
     // Under --data-dir, so the disk measured is the one asked for.
     std::fs::create_dir_all(&settings.data_dir)?;
     let work = tempfile::tempdir_in(&settings.data_dir)?;
-    let mut s = settings.clone();
-    s.data_dir = work.path().join("atelier");
-    s.database_url = None;
-    let db = database::open(&s).await.map_err(StartupError::from)?;
-    let roots = domain::StorageRoots::new(&s.data_dir, &[]);
+    let (_, db, roots) = super::sqlite_installation(&settings, work.path().join("atelier")).await?;
     let size = size_kib * 1024;
     let mb = |n: u64| n as f64 / (1 << 20) as f64;
     let small_files = (files / 4).max(1);

@@ -28,6 +28,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
+use super::err;
 use crate::cli::CliError;
 use crate::settings::Settings;
 use crate::startup::Application;
@@ -37,10 +38,6 @@ pub struct FeedOptions {
     pub rate: u32,
     pub seconds: u64,
     pub stall_seconds: u64,
-}
-
-fn err(e: impl std::fmt::Display) -> CliError {
-    CliError::Service(e.to_string())
 }
 
 /// Wall-clock microseconds: comparable across the two processes.

@@ -10,14 +10,9 @@ use std::time::Instant;
 use domain::legacy::{ImportOptions, ImportTarget, LegacySource, Quiet, fixture};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 
+use super::err;
 use crate::cli::CliError;
-use crate::database;
 use crate::settings::Settings;
-use crate::startup::StartupError;
-
-fn err(e: impl std::fmt::Display) -> CliError {
-    CliError::Service(e.to_string())
-}
 
 const T: &str = "2026-03-01T10:00:00Z";
 
@@ -127,12 +122,10 @@ pub async fn run(
     for round in 1..=rounds.max(1) {
         let source = LegacySource::open(&legacy_path).await.map_err(err)?;
         // The importer, into a fresh installation.
-        let mut s = settings.clone();
-        s.data_dir = work.path().join(format!("atelier-{round}"));
-        s.database_url = None;
-        let db = database::open(&s).await.map_err(StartupError::from)?;
+        let (s, db, roots) =
+            super::sqlite_installation(&settings, work.path().join(format!("atelier-{round}")))
+                .await?;
         let keys = crate::startup::secret_keys(&s).load(true).map_err(err)?;
-        let roots = domain::StorageRoots::new(&s.data_dir, &[]);
         let began = Instant::now();
         let report = domain::legacy::import(
             &source,

@@ -45,6 +45,26 @@ pub struct BenchOptions {
     pub rounds: u32,
 }
 
+/// A benchmark's own step failed (as the CLI reports it).
+pub(crate) fn err(e: impl std::fmt::Display) -> CliError {
+    CliError::Service(e.to_string())
+}
+
+/// A fresh SQLite installation with its data in `dir` (under `--data-dir`,
+/// so the disk measured is the one asked for): its settings, database and
+/// storage roots.
+pub(crate) async fn sqlite_installation(
+    settings: &Settings,
+    dir: std::path::PathBuf,
+) -> Result<(Settings, database::Db, StorageRoots), CliError> {
+    let mut s = settings.clone();
+    s.data_dir = dir;
+    s.database_url = None;
+    let db = database::open(&s).await.map_err(StartupError::from)?;
+    let roots = StorageRoots::new(&s.data_dir, &[]);
+    Ok((s, db, roots))
+}
+
 fn service(e: domain::ServiceError) -> CliError {
     CliError::Service(e.to_string())
 }

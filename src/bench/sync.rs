@@ -7,12 +7,9 @@ use std::time::Instant;
 use domain::sync::{Direction, SyncOptions};
 use storage::{ObjectStore, ProjectFiles, S3Config, S3Location};
 
+use super::err;
 use crate::cli::CliError;
 use crate::settings::Settings;
-
-fn err(e: impl std::fmt::Display) -> CliError {
-    CliError::Service(e.to_string())
-}
 
 pub async fn run(
     settings: Settings,
@@ -22,13 +19,7 @@ pub async fn run(
 ) -> Result<(), CliError> {
     std::fs::create_dir_all(&settings.data_dir)?;
     let work = tempfile::tempdir_in(&settings.data_dir)?;
-    let mut s = settings.clone();
-    s.data_dir = work.path().join("atelier");
-    s.database_url = None;
-    let db = crate::database::open(&s)
-        .await
-        .map_err(crate::startup::StartupError::from)?;
-    let roots = domain::StorageRoots::new(&s.data_dir, &[]);
+    let (_, db, roots) = super::sqlite_installation(&settings, work.path().join("atelier")).await?;
     let (project, local, _) =
         super::export::project(&db, &roots, "bench-sync", files, size_kib * 1024).await?;
     let bucket = format!("atelier-bench-{}", uuid::Uuid::new_v4().simple());
