@@ -46,8 +46,6 @@ fn media_type(format: PackageFormat) -> &'static str {
     }
 }
 
-pub use crate::background::Running;
-
 /// Reports progress to `inner` and stops the export once `flag` is raised.
 pub struct Cancellable<'a> {
     pub flag: Arc<AtomicBool>,
