@@ -93,12 +93,13 @@ pub struct ObjectStore {
 
 /// Whether any existing part of `root/key` (below `root`) is a symbolic
 /// link. A link planted inside a project tree could otherwise lead reads
-/// and writes anywhere on the server.
-async fn through_a_link(root: &std::path::Path, key: &str) -> bool {
+/// and writes anywhere on the server. Blocking: one walk per call, on a
+/// blocking thread (not one hop per path segment).
+fn through_a_link(root: &std::path::Path, key: &str) -> bool {
     let mut path = root.to_path_buf();
     for segment in key.split('/') {
         path.push(segment);
-        match tokio::fs::symlink_metadata(&path).await {
+        match std::fs::symlink_metadata(&path) {
             Ok(m) if m.file_type().is_symlink() => return true,
             Ok(_) => {}
             // The rest does not exist yet: nothing to follow.
@@ -176,10 +177,19 @@ impl ObjectStore {
     /// not exist (so nothing is revealed about what the link points at).
     async fn guard(&self, key: &str) -> Result<(), StorageError> {
         match &self.root {
-            Some(root) if through_a_link(root, key).await => {
-                Err(StorageError::NotFound(key.to_string()))
+            Some(root) => {
+                let (root, owned) = (root.clone(), key.to_string());
+                // A walk that could not finish counts as a link: refused.
+                let linked = tokio::task::spawn_blocking(move || through_a_link(&root, &owned))
+                    .await
+                    .unwrap_or(true);
+                if linked {
+                    Err(StorageError::NotFound(key.to_string()))
+                } else {
+                    Ok(())
+                }
             }
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
@@ -210,10 +220,14 @@ impl ObjectStore {
             self.put(key, bytes).await?;
             return Ok(None);
         };
-        self.guard(key.as_str()).await?;
         let root = root.clone();
-        let path = root.join(key.as_str());
+        let key = key.as_str().to_string();
+        // The link check and the write on one blocking thread, one hop.
         tokio::task::spawn_blocking(move || {
+            if through_a_link(&root, &key) {
+                return Err(StorageError::NotFound(key));
+            }
+            let path = root.join(&key);
             crate::deferred::write_in_place(&path, &bytes)?;
             Ok(Some(crate::Unsynced::new(&root, path)))
         })
@@ -314,7 +328,31 @@ impl ObjectStore {
     }
 
     pub async fn get(&self, key: &ObjectKey) -> Result<Vec<u8>, StorageError> {
-        self.guard(key.as_str()).await?;
+        if let Some(root) = &self.root {
+            // A local file in one blocking hop: the link check and a plain
+            // read of its known length (opendal's reader zeroes a buffer
+            // per read first).
+            let (root, key) = (root.clone(), key.as_str().to_string());
+            return tokio::task::spawn_blocking(move || {
+                if through_a_link(&root, &key) {
+                    return Err(StorageError::NotFound(key));
+                }
+                match std::fs::read(root.join(&key)) {
+                    Ok(bytes) => Ok(bytes),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::IsADirectory
+                        ) =>
+                    {
+                        Err(StorageError::NotFound(key))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?;
+        }
         match self.op.read(key.as_str()).await {
             Ok(buf) => Ok(buf.to_vec()),
             Err(e) if e.kind() == opendal::ErrorKind::NotFound => {
