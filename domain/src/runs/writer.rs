@@ -332,13 +332,23 @@ async fn complete_job<C: ConnectionTrait>(db: &C, c: &JobCompletion) -> Result<b
     Ok(true)
 }
 
+/// `rows` in statement-sized chunks: full ones of [`ROWS_PER_STATEMENT`],
+/// then the rest in powers of two. Each distinct row count is a statement
+/// of its own for SQLite to compile, so a few shapes keep every insert in
+/// the connection's statement cache.
 fn chunks<'a, M: Clone + 'a>(rows: impl Iterator<Item = &'a M>) -> Vec<Vec<M>> {
-    let mut out: Vec<Vec<M>> = Vec::new();
-    for row in rows {
-        match out.last_mut() {
-            Some(chunk) if chunk.len() < ROWS_PER_STATEMENT => chunk.push(row.clone()),
-            _ => out.push(vec![row.clone()]),
-        }
+    let rows: Vec<&M> = rows.collect();
+    let mut out = Vec::new();
+    let mut rest = rows.as_slice();
+    while !rest.is_empty() {
+        let n = if rest.len() >= ROWS_PER_STATEMENT {
+            ROWS_PER_STATEMENT
+        } else {
+            1 << rest.len().ilog2()
+        };
+        let (chunk, tail) = rest.split_at(n);
+        out.push(chunk.iter().map(|&r| r.clone()).collect());
+        rest = tail;
     }
     out
 }
@@ -473,5 +483,27 @@ fn writer_unavailable() -> ServiceError {
     ServiceError::Unavailable {
         code: "writer_unavailable",
         message: "The row writer is not running; try again".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(n: usize) -> Vec<usize> {
+        let rows: Vec<usize> = (0..n).collect();
+        let chunks = chunks(rows.iter());
+        // Every row once, in order.
+        assert_eq!(chunks.concat(), rows);
+        chunks.iter().map(Vec::len).collect()
+    }
+
+    #[test]
+    fn chunks_take_few_shapes() {
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), [1]);
+        assert_eq!(sizes(7), [4, 2, 1]);
+        assert_eq!(sizes(200), [200]);
+        assert_eq!(sizes(457), [200, 200, 32, 16, 8, 1]);
     }
 }
