@@ -96,6 +96,16 @@ pub enum Command {
         #[command(subcommand)]
         direction: SyncDirection,
     },
+    /// Send confirmed agent instructions to their agent endpoint (what
+    /// `serve` does in the background), until interrupted.
+    AgentWorker {
+        /// Handle at most one due instruction, then exit.
+        #[arg(long)]
+        once: bool,
+        /// This worker's name in an instruction's lock (default: worker-<hex>).
+        #[arg(long)]
+        worker_id: Option<String>,
+    },
     /// Move in from elsewhere (README "Moving in").
     Import {
         #[command(subcommand)]
@@ -546,6 +556,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 println!("UNKNOWN  {name} (applied by a newer Atelier)");
             }
             Ok(())
+        }
+        Command::AgentWorker { once, worker_id } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::agent_worker::run(settings, once, worker_id).await
         }
         Command::Sync { direction } => {
             let settings = Settings::load(&overrides).map_err(StartupError::from)?;

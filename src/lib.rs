@@ -8,6 +8,7 @@
 //! - `api/` the actix-web facade: routes, envelopes, auth, OpenAPI;
 //! - this crate: settings, telemetry, startup ([`startup::Application`]) and the CLI.
 
+pub mod agent_worker;
 pub mod bench;
 pub mod cli;
 pub mod database;

@@ -32,6 +32,7 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub secrets: SecretsSettings,
     pub network: NetworkSettings,
+    pub agent: AgentSettings,
 }
 
 /// Where the service may send requests on a user's behalf (webhooks, S3
@@ -66,6 +67,42 @@ impl Default for SecretsSettings {
             master_key_file: None,
             key_ref: "local-master".into(),
             previous_keys_env: "ATELIER_MASTER_KEY_PREVIOUS".into(),
+        }
+    }
+}
+
+/// The agent worker: where confirmed agent instructions go when a project
+/// names no endpoint in its secrets (`agent_api/url`, `agent_api/token`),
+/// and how they are retried. The token is read from the environment
+/// variable named here, never from the file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSettings {
+    /// `serve` runs the worker (the AgentActor).
+    pub enabled: bool,
+    pub url: Option<String>,
+    pub token_env: String,
+    pub poll_ms: u64,
+    /// An instruction locked longer than this is taken over (its worker died).
+    pub lease_seconds: u64,
+    /// Attempts before an instruction fails (at least its own `max_attempts`).
+    pub max_attempts: i32,
+    /// The n-th retry waits n times this.
+    pub retry_backoff_ms: u64,
+    pub timeout_ms: u64,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: None,
+            token_env: "ATELIER_AGENT_TOKEN".into(),
+            poll_ms: 2_000,
+            lease_seconds: 120,
+            max_attempts: 3,
+            retry_backoff_ms: 10_000,
+            timeout_ms: 20_000,
         }
     }
 }
@@ -234,6 +271,7 @@ impl Default for Settings {
             webhooks: WebhookSettings::default(),
             secrets: SecretsSettings::default(),
             network: NetworkSettings::default(),
+            agent: AgentSettings::default(),
         }
     }
 }

@@ -282,6 +282,22 @@ pub fn engine_config(settings: &Settings) -> actors::engine::EngineConfig {
         pass_memory_mib: e.pass_memory_mb.max(64),
         sync_push_every: (settings.storage.sync_push_every_seconds > 0)
             .then(|| Duration::from_secs(settings.storage.sync_push_every_seconds)),
+        agent: settings.agent.enabled.then(|| agent_config(settings)),
+    }
+}
+
+/// The agent worker's settings (for `serve` and `agent-worker`).
+pub fn agent_config(settings: &Settings) -> domain::agent::AgentConfig {
+    let a = &settings.agent;
+    domain::agent::AgentConfig {
+        url: a.url.clone().filter(|u| !u.trim().is_empty()),
+        token: std::env::var(&a.token_env).ok().filter(|t| !t.is_empty()),
+        poll: Duration::from_millis(a.poll_ms.max(10)),
+        lease: Duration::from_secs(a.lease_seconds.max(1)),
+        default_max_attempts: a.max_attempts.max(1),
+        retry_backoff: Duration::from_millis(a.retry_backoff_ms.max(10)),
+        timeout: Duration::from_millis(a.timeout_ms.max(100)),
+        ..domain::agent::AgentConfig::default()
     }
 }
 

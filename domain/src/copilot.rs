@@ -209,7 +209,7 @@ pub async fn events<C: ConnectionTrait>(
         .await?)
 }
 
-async fn record_event<C: ConnectionTrait>(
+pub(crate) async fn record_event<C: ConnectionTrait>(
     db: &C,
     i: &agent_instructions::Model,
     event_type: &str,
@@ -283,8 +283,10 @@ pub enum Transition {
 }
 
 /// Confirms or cancels, guarded on the state read: repeating the same
-/// transition is a no-op; the other terminal choice is refused; nothing
-/// moves an instruction that has left `pending`/`confirmed`.
+/// transition is a no-op; the other terminal choice is refused; a `running`
+/// instruction (the agent worker is sending it) can still be canceled, and
+/// the worker then records nothing over the cancel; nothing else moves an
+/// instruction that has left `pending`/`confirmed`.
 pub async fn transition(
     db: &DatabaseConnection,
     principal: &Principal,
@@ -322,7 +324,8 @@ pub async fn transition(
         (Transition::Cancel, Some(InstructionStatus::Confirmed)) => {
             return refuse("Instruction is already confirmed");
         }
-        (_, Some(InstructionStatus::Pending)) => {
+        (_, Some(from @ InstructionStatus::Pending))
+        | (Transition::Cancel, Some(from @ InstructionStatus::Running)) => {
             let now = time::now();
             let mut update = agent_instructions::Entity::update_many()
                 .col_expr(agent_instructions::Column::Status, Expr::value(target))
@@ -331,13 +334,20 @@ pub async fn transition(
                 Transition::Confirm => {
                     update.col_expr(agent_instructions::Column::ConfirmedAt, Expr::value(now))
                 }
-                Transition::Cancel => {
-                    update.col_expr(agent_instructions::Column::CanceledAt, Expr::value(now))
-                }
+                Transition::Cancel => update
+                    .col_expr(agent_instructions::Column::CanceledAt, Expr::value(now))
+                    .col_expr(
+                        agent_instructions::Column::LockedBy,
+                        Expr::value(Option::<String>::None),
+                    )
+                    .col_expr(
+                        agent_instructions::Column::LockedAt,
+                        Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
+                    ),
             };
             let rows = update
                 .filter(agent_instructions::Column::Id.eq(current.id))
-                .filter(agent_instructions::Column::Status.eq(InstructionStatus::Pending))
+                .filter(agent_instructions::Column::Status.eq(from))
                 .exec(&txn)
                 .await?
                 .rows_affected;
@@ -409,6 +419,10 @@ pub fn instruction_view(i: &agent_instructions::Model) -> Value {
         "id": i.id, "project_id": i.project_id, "instruction_text": i.instruction_text,
         "status": i.status, "created_at": ts(&i.created_at), "updated_at": ts(&i.updated_at),
         "confirmed_at": opt_ts(&i.confirmed_at), "canceled_at": opt_ts(&i.canceled_at),
+        // Additions: the agent worker's record of it.
+        "attempts": i.attempts, "max_attempts": i.max_attempts,
+        "next_attempt_at": i.next_attempt_at.as_ref().map(ts), "last_error": i.last_error,
+        "agent_response": i.agent_response_json,
     })
 }
 

@@ -12,6 +12,7 @@
 //! - [`runs`]: planning, persistence, leasing, the job pipeline, events.
 //! - [`audit`]: the append-only audit log.
 
+pub mod agent;
 pub mod asset_links;
 pub mod assets;
 pub mod audit;

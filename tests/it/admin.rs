@@ -26,7 +26,14 @@ async fn supervision_snapshot_and_forced_restart() {
             .cloned()
             .unwrap_or_else(|| panic!("no actor {name} in {snap}"))
     };
-    for name in ["project", "cost", "audit", "webhooks", "background"] {
+    for name in [
+        "project",
+        "cost",
+        "audit",
+        "webhooks",
+        "background",
+        "agent",
+    ] {
         assert_eq!(actor(&snap, name)["status"], "running");
         assert_eq!(actor(&snap, name)["restarts"], 0);
         // Idle: nothing waiting (counting is unit-tested in the registry).

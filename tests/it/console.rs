@@ -55,7 +55,14 @@ async fn console_follows_a_run_to_done_and_shows_a_restart() {
     let actors = browser
         .eval("[...document.querySelectorAll('#actors tr[data-actor]')].map(r => r.dataset.actor)")
         .await;
-    for name in ["project", "cost", "audit", "webhooks", "background"] {
+    for name in [
+        "project",
+        "cost",
+        "audit",
+        "webhooks",
+        "background",
+        "agent",
+    ] {
         assert!(
             actors.as_array().unwrap().contains(&json!(name)),
             "{actors}"

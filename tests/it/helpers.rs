@@ -131,6 +131,11 @@ impl TestApp {
         }
     }
 
+    /// The PostgreSQL URL of this app's database (`None`: SQLite in its data dir).
+    pub fn database_url(&self) -> Option<String> {
+        self._db_guard.url.clone()
+    }
+
     pub fn data_path(&self) -> PathBuf {
         self.data_dir.path().to_path_buf()
     }

@@ -14,6 +14,7 @@ use stubs::openai as openai_stub;
 use stubs::removal as bg_stub;
 
 mod admin;
+mod agent;
 mod assets;
 mod auth;
 mod catalog;

@@ -6,7 +6,8 @@
 //! │   └── RunActor      one per active run: leases jobs, chains stages, finishes the run
 //! │       └── WorkerActor  one per job: runs `runs::pipeline::run_job`, heartbeats the lease
 //! ├── CostActor, AuditActor, WebhookActor
-//! └── BackgroundActor   export packages and S3 syncs, scheduled pushes
+//! ├── BackgroundActor   export packages and S3 syncs, scheduled pushes
+//! └── AgentActor        sends confirmed agent instructions to their agent
 //! ```
 //!
 //! All run/job/candidate state lives in the database; actors hold only caches
@@ -14,6 +15,7 @@
 //! reclaims jobs whose lease expired; a job body that panics or errors is
 //! contained (it runs in its own task) and becomes a retry or a failed job.
 
+mod agent;
 mod audit;
 mod background;
 mod cost;
@@ -29,6 +31,7 @@ use std::time::Duration;
 use actix::{Addr, Supervisor};
 use uuid::Uuid;
 
+pub use agent::AgentActor;
 pub use audit::{AuditActor, PaidCall};
 pub use background::{BackgroundActor, Work};
 pub use cost::{CostActor, ReserveSpend};
@@ -76,11 +79,19 @@ pub struct Engine {
     audit: Addr<AuditActor>,
     webhooks: Addr<WebhookActor>,
     background: Addr<BackgroundActor>,
+    agent: Addr<AgentActor>,
     pub deps: Arc<Shared>,
 }
 
 /// Actors an operator can restart through their supervisor.
-pub const RESTARTABLE: &[&str] = &["project", "cost", "audit", "webhooks", "background"];
+pub const RESTARTABLE: &[&str] = &[
+    "project",
+    "cost",
+    "audit",
+    "webhooks",
+    "background",
+    "agent",
+];
 
 const MAILBOX_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -131,6 +142,17 @@ impl Engine {
         let webhooks = Supervisor::start(move |_| {
             WebhookActor::new(db, config, keys, outbound.clone(), reg.clone())
         });
+        let (db, reg, config) = (deps.db.clone(), registry.clone(), deps.config.agent.clone());
+        let (keys, outbound) = (deps.secret_keys.clone(), deps.outbound.clone());
+        let agent = Supervisor::start(move |_| {
+            AgentActor::new(
+                db.clone(),
+                config.clone(),
+                keys.clone(),
+                outbound.clone(),
+                reg.clone(),
+            )
+        });
         let writer_db = deps.writer_db.clone().unwrap_or_else(|| deps.db.clone());
         deps.writer = Some(RowWriter::start(writer_db, deps.hub.clone()));
         let deps = Arc::new(Shared { deps, registry });
@@ -158,6 +180,7 @@ impl Engine {
             audit,
             webhooks,
             background,
+            agent,
             deps,
         }
     }
@@ -305,6 +328,7 @@ impl Engine {
             "audit" => self.ask(name, &self.audit, project::Restart).await,
             "webhooks" => self.ask(name, &self.webhooks, project::Restart).await,
             "background" => self.ask(name, &self.background, project::Restart).await,
+            "agent" => self.ask(name, &self.agent, project::Restart).await,
             _ => Err(ServiceError::not_found(format!(
                 "No restartable actor '{name}'"
             ))),

@@ -49,6 +49,8 @@ pub struct EngineConfig {
     /// Push every project whose storage names a bucket this often (the
     /// background actor's schedule); `None`: syncs run only on request.
     pub sync_push_every: Option<Duration>,
+    /// The agent worker (`None`: confirmed instructions wait).
+    pub agent: Option<crate::agent::AgentConfig>,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +74,7 @@ impl Default for EngineConfig {
             event_buffer: 4096,
             pass_memory_mib: 768,
             sync_push_every: None,
+            agent: None,
         }
     }
 }
