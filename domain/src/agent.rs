@@ -37,8 +37,6 @@ pub const SECRETS: &str = "agent_api";
 
 /// The most of an agent's answer that is read; a longer one is refused.
 const MAX_ANSWER: usize = 64 * 1024;
-/// What of a remote message is kept in records.
-const MAX_MESSAGE_CHARS: usize = 300;
 
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
@@ -315,20 +313,10 @@ fn transport_error(e: &reqwest::Error, timeout: Duration) -> String {
     }
 }
 
-/// A remote message fit for records: the token removed, one line, short.
+/// A remote message fit for records: the token removed, one line, at most
+/// 300 characters.
 fn scrub(message: &str, token: &str) -> String {
-    let cleaned = if token.is_empty() {
-        message.to_string()
-    } else {
-        message.replace(token, "***")
-    };
-    cleaned
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_MESSAGE_CHARS)
-        .collect::<String>()
-        .trim()
-        .to_string()
+    providers::scrub_remote_message(message, token)
 }
 
 /// The remote status in our state machine: `done`, `failed`, `running`
@@ -439,6 +427,6 @@ mod tests {
         let s = scrub(&long, "tok-123");
         assert!(!s.contains("tok-123"));
         assert!(!s.contains('\n'));
-        assert!(s.chars().count() <= MAX_MESSAGE_CHARS);
+        assert!(s.chars().count() <= 300);
     }
 }

@@ -69,7 +69,7 @@ pub(crate) async fn read_error_body(resp: reqwest::Response, max: usize) -> Vec<
 
 /// Keeps what a provider says fit for records: the key scrubbed, one line,
 /// at most 300 characters.
-pub(crate) fn scrub(message: &str, key: &str) -> String {
+pub fn scrub(message: &str, key: &str) -> String {
     let cleaned = if key.is_empty() {
         message.to_string()
     } else {

@@ -9,7 +9,7 @@ pub mod governor;
 mod http;
 pub mod rate;
 
-pub use http::client as http_client;
+pub use http::{client as http_client, scrub as scrub_remote_message};
 pub mod local;
 pub mod openai;
 

@@ -23,6 +23,8 @@ enum Reply {
     Raw(u16, Vec<u8>),
     /// Answers `done` after this long.
     Slow(Duration),
+    /// Sends the worker elsewhere.
+    Redirect(&'static str),
 }
 
 #[derive(Default)]
@@ -50,6 +52,9 @@ async fn answer(req: HttpRequest, body: web::Bytes, agent: web::Data<Agent>) -> 
     match reply {
         Reply::Json(c, v) => HttpResponse::build(status(c)).json(v),
         Reply::Raw(c, bytes) => HttpResponse::build(status(c)).body(bytes),
+        Reply::Redirect(to) => HttpResponse::Found()
+            .insert_header(("location", to))
+            .finish(),
         Reply::Slow(d) => {
             tokio::time::sleep(d).await;
             HttpResponse::Ok().json(json!({"status": "done"}))
@@ -278,7 +283,7 @@ async fn a_cancel_while_the_agent_works_is_never_overwritten() {
 }
 
 #[actix_web::test]
-async fn an_agent_url_pointing_inward_is_refused_without_retrying() {
+async fn inward_agent_urls_are_refused_and_redirects_never_followed() {
     let (url, agent) = agent_endpoint(vec![]).await;
     // No allow-list: loopback is an internal address.
     let (app, token) = app_with_agent(|s| s.network.outbound_allow.clear()).await;
@@ -294,6 +299,30 @@ async fn an_agent_url_pointing_inward_is_refused_without_retrying() {
         "{failed}"
     );
     assert!(agent.received.lock().unwrap().is_empty());
+
+    // Allowed, but redirecting inward: the worker never follows a redirect.
+    let (url, agent) = agent_endpoint(vec![
+        Reply::Redirect("http://169.254.169.254/latest/meta-data/"),
+        Reply::Redirect("http://10.0.0.1/agent"),
+        Reply::Redirect("http://169.254.169.254/latest/meta-data/"),
+    ])
+    .await;
+    let (app, token) = app_with_agent(|_| {}).await;
+    point_at(&app, &token, &url).await;
+    let id = confirmed(&app, &token, "follow me").await;
+    let failed = until_status(&app, &token, &id, "failed").await;
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("http_302"),
+        "{failed}"
+    );
+    assert_eq!(
+        agent.received.lock().unwrap().len(),
+        3,
+        "one request per attempt, none followed"
+    );
 
     // No endpoint at all: the attempts are used up, then it fails clearly.
     let (app, token) = app_with_agent(|_| {}).await;
