@@ -83,7 +83,8 @@ pub struct AgentSettings {
     pub url: Option<String>,
     pub token_env: String,
     pub poll_ms: u64,
-    /// An instruction locked longer than this is taken over (its worker died).
+    /// An instruction locked longer than this is taken over (its worker
+    /// died); at least twice `timeout_ms`.
     pub lease_seconds: u64,
     /// Attempts before an instruction fails (at least its own `max_attempts`).
     pub max_attempts: i32,

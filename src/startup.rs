@@ -289,14 +289,17 @@ pub fn engine_config(settings: &Settings) -> actors::engine::EngineConfig {
 /// The agent worker's settings (for `serve` and `agent-worker`).
 pub fn agent_config(settings: &Settings) -> domain::agent::AgentConfig {
     let a = &settings.agent;
+    let timeout = Duration::from_millis(a.timeout_ms.max(100));
     domain::agent::AgentConfig {
         url: a.url.clone().filter(|u| !u.trim().is_empty()),
         token: std::env::var(&a.token_env).ok().filter(|t| !t.is_empty()),
         poll: Duration::from_millis(a.poll_ms.max(10)),
-        lease: Duration::from_secs(a.lease_seconds.max(1)),
+        // A lease outlives any one attempt, so no second worker takes an
+        // instruction over while its answer may still come.
+        lease: Duration::from_secs(a.lease_seconds.max(1)).max(2 * timeout),
         default_max_attempts: a.max_attempts.max(1),
         retry_backoff: Duration::from_millis(a.retry_backoff_ms.max(10)),
-        timeout: Duration::from_millis(a.timeout_ms.max(100)),
+        timeout,
         ..domain::agent::AgentConfig::default()
     }
 }
