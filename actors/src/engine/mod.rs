@@ -380,14 +380,34 @@ impl Engine {
             {
                 return Ok(run);
             }
-            // Re-check on any event of this run, or every second at most.
+            // Re-check on this run's own run-level events, or every second
+            // at most (not on every candidate of every run: each check
+            // reads the whole run row).
             let wait = tokio::time::sleep_until(
                 deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)),
             );
             tokio::select! {
                 _ = wait => {}
-                _ = rx.recv() => {}
+                _ = run_level_event(&mut rx, run_id) => {}
             }
+        }
+    }
+}
+
+/// Returns at the next run-level event (`run.*`) of `run_id`, or when
+/// events were missed (the run may have ended meanwhile).
+async fn run_level_event(
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<domain::runs::events::LiveEvent>>,
+    run_id: Uuid,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match rx.recv().await {
+            Ok(e) if e.event.run_id == run_id && e.event.event_type.starts_with("run.") => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) => return,
+            // No more events: only the timer re-checks.
+            Err(RecvError::Closed) => std::future::pending::<()>().await,
         }
     }
 }
