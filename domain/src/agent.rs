@@ -183,7 +183,7 @@ enum Outcome {
     },
     /// This attempt failed; another may succeed.
     Failed(String),
-    /// No attempt can succeed (the URL is refused by policy).
+    /// No attempt can succeed (the URL is malformed or refused by policy).
     Refused(String),
 }
 
@@ -203,8 +203,11 @@ async fn dispatch(
     let token = token.unwrap_or_default();
     // Checked at every attempt: a name may resolve elsewhere now (the client
     // checks every connection again).
-    if let Err(e) = outbound.check_url("agent_api/url", &url).await {
-        return Outcome::Refused(e.to_string());
+    match outbound.check_url("agent_api/url", &url).await {
+        Ok(()) => {}
+        // A name that does not resolve now may later: an attempt failed.
+        Err(e) if e.code() == "url_unresolvable" => return Outcome::Failed(e.to_string()),
+        Err(e) => return Outcome::Refused(e.to_string()),
     }
     let slug = projects::Entity::find_by_id(i.project_id)
         .select_only()

@@ -6,8 +6,8 @@
 //! hands it to [`sync_files`] with the other files of the same batch before it
 //! commits any row that points at one of them: the batch's files and each
 //! directory once are synced together, several at a time, instead of one
-//! fsync-and-rename after another on the hot path. A crash before the sync loses at most files
-//! no committed row refers to.
+//! fsync-and-rename after another on the hot path. A crash before the sync
+//! loses at most files no committed row refers to.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
