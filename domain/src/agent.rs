@@ -38,7 +38,7 @@ pub const SECRETS: &str = "agent_api";
 /// The most of an agent's answer that is read; a longer one is refused.
 const MAX_ANSWER: usize = 64 * 1024;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// This worker's name in `locked_by`.
     pub worker_id: String,
@@ -55,6 +55,22 @@ pub struct AgentConfig {
     pub retry_backoff: Duration,
     /// Per attempt, connection included.
     pub timeout: Duration,
+}
+
+/// Never shows the token (the engine's configuration may be logged).
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("worker_id", &self.worker_id)
+            .field("url", &self.url)
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("poll", &self.poll)
+            .field("lease", &self.lease)
+            .field("default_max_attempts", &self.default_max_attempts)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Default for AgentConfig {
@@ -422,6 +438,19 @@ mod tests {
         assert_eq!(mapped("needs_input"), InstructionStatus::Pending);
         assert_eq!(mapped("rejected"), InstructionStatus::Failed);
         assert_eq!(mapped(""), InstructionStatus::Failed);
+    }
+
+    #[test]
+    fn the_configuration_never_shows_its_token() {
+        let config = AgentConfig {
+            token: Some("tok-9f3".into()),
+            ..AgentConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("tok-9f3") && shown.contains("***"),
+            "{shown}"
+        );
     }
 
     #[test]
