@@ -179,9 +179,16 @@ async fn lease_next(
             .rows_affected
             == 1;
         if won {
-            return Ok(agent_instructions::Entity::find_by_id(due.id)
-                .one(db)
-                .await?);
+            // The row as the guarded update left it (nothing else changed it).
+            return Ok(Some(agent_instructions::Model {
+                status: InstructionStatus::Running.as_str().to_string(),
+                locked_by: Some(config.worker_id.clone()),
+                locked_at: Some(now),
+                attempts: due.attempts + 1,
+                next_attempt_at: None,
+                updated_at: now,
+                ..due
+            }));
         }
     }
     Ok(None)
