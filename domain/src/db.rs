@@ -44,6 +44,19 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTxn, DbErr> {
     Ok(WriteTxn { txn, _turn: turn })
 }
 
+/// Whether PostgreSQL aborted the statement's transaction to break a
+/// deadlock (SQLSTATE 40P01): the whole transaction may be tried again.
+pub fn is_deadlock(e: &DbErr) -> bool {
+    let (DbErr::Exec(sea_orm::RuntimeErr::SqlxError(err))
+    | DbErr::Query(sea_orm::RuntimeErr::SqlxError(err))) = e
+    else {
+        return false;
+    };
+    err.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|code| code == "40P01")
+}
+
 /// Serialises, across every process on the database, the transactions that
 /// call this with the same `name` until they end: a check-then-insert
 /// inside is atomic (e.g. admission against a limit). PostgreSQL takes a

@@ -663,6 +663,77 @@ async fn paused_queue_holds_runs_until_resumed() {
     wait_status(&app, &token, &run_id, &["done"]).await;
 }
 
+/// A cancel takes its row locks in the order every job transition does (the
+/// run's jobs, then the run's row for the event's number), so on PostgreSQL
+/// it waits for a transaction holding a job instead of deadlocking with it.
+/// On SQLite (one writer at a time) the same cancel just settles the run.
+#[actix_web::test]
+async fn a_cancel_waits_for_a_job_transition_instead_of_deadlocking() {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    let app = TestApp::spawn().await;
+    let token = project(&app).await;
+    let (s, q) = app
+        .post("/api/projects/book/queue/pause", &token, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{q}");
+    let (_, b) = trigger(
+        &app,
+        &token,
+        json!({"mode": "run", "scene_refs": ["sample:1", "sample:2"]}),
+    )
+    .await;
+    let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
+    let url = format!("{}/api/projects/book/runs/{run_id}/cancel", app.base);
+    let cancel = |client: reqwest::Client| {
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            let r = client.post(url).bearer_auth(token).json(&json!({})).send();
+            let r = r.await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = if crate::helpers::on_postgres() {
+        // A job transition in flight: the run's jobs locked, its run row next.
+        let txn = app.db.begin().await.unwrap();
+        entities::run_jobs::Entity::update_many()
+            .col_expr(
+                entities::run_jobs::Column::UpdatedAt,
+                Expr::value(chrono::Utc::now()),
+            )
+            .filter(entities::run_jobs::Column::RunId.eq(run_id))
+            .exec(&txn)
+            .await
+            .unwrap();
+        let canceling = actix_web::rt::spawn(cancel(app.client.clone()));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let numbered = txn
+            .execute_unprepared(&format!(
+                "UPDATE runs SET last_event_seq = last_event_seq WHERE id = '{run_id}'"
+            ))
+            .await;
+        assert!(numbered.is_ok(), "the job transition lost: {numbered:?}");
+        txn.commit().await.unwrap();
+        canceling.await.unwrap()
+    } else {
+        cancel(app.client.clone()).await
+    };
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let run = entities::runs::Entity::find_by_id(run_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.status.as_str(), "canceled");
+    let jobs = entities::run_jobs::Entity::find()
+        .filter(entities::run_jobs::Column::RunId.eq(run_id))
+        .all(&app.db)
+        .await
+        .unwrap();
+    assert!(!jobs.is_empty());
+    assert!(jobs.iter().all(|j| j.status.as_str() == "canceled"), "{jobs:#?}");
+}
+
 #[actix_web::test]
 async fn canceling_one_job_skips_its_chain_only() {
     let app = TestApp::spawn_with(|s| {

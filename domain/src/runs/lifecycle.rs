@@ -421,8 +421,38 @@ pub async fn cancel(
     run_id: Uuid,
     principal: &crate::Principal,
 ) -> Result<(), ServiceError> {
+    // Each try is one transaction that commits whole or not at all, so a
+    // try PostgreSQL aborted to break a deadlock is simply made again.
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match try_cancel(deps, run_id, principal).await {
+            Err(ServiceError::Db(e)) if tries < 3 && crate::db::is_deadlock(&e) => {
+                tracing::debug!(tries, "cancel met a deadlock; trying again");
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+async fn try_cancel(
+    deps: &EngineDeps,
+    run_id: Uuid,
+    principal: &crate::Principal,
+) -> Result<(), ServiceError> {
     let txn = crate::db::begin_write(&deps.db).await?;
     let now = Utc::now();
+    // Jobs first, then the run's row: the order every job transition takes
+    // (a job's change, then its event's number on the run's row), so a
+    // cancel does not deadlock with a lease or an outcome on PostgreSQL.
+    // A run that turns out not to be cancelable rolls the jobs back.
+    run_jobs::Entity::update_many()
+        .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Canceled))
+        .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.is_in([JobStatus::Pending, JobStatus::Blocked]))
+        .exec(&txn)
+        .await?;
     let changed = runs::Entity::update_many()
         .col_expr(runs::Column::Status, Expr::value(RunStatus::Canceled))
         .col_expr(runs::Column::FinishedAt, Expr::value(now))
@@ -433,15 +463,9 @@ pub async fn cancel(
         .await?
         .rows_affected;
     if changed == 0 {
+        crate::db::rollback(txn).await?;
         return Ok(());
     }
-    run_jobs::Entity::update_many()
-        .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Canceled))
-        .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
-        .filter(run_jobs::Column::RunId.eq(run_id))
-        .filter(run_jobs::Column::Status.is_in([JobStatus::Pending, JobStatus::Blocked]))
-        .exec(&txn)
-        .await?;
     let run = runs::Entity::find_by_id(run_id).one(&txn).await?;
     let project_id = run.map(|r| r.project_id).unwrap_or_default();
     let event = events::append(&txn, run_id, project_id, "run.canceled", None, json!({})).await?;
