@@ -731,7 +731,10 @@ async fn a_cancel_waits_for_a_job_transition_instead_of_deadlocking() {
         .await
         .unwrap();
     assert!(!jobs.is_empty());
-    assert!(jobs.iter().all(|j| j.status.as_str() == "canceled"), "{jobs:#?}");
+    assert!(
+        jobs.iter().all(|j| j.status.as_str() == "canceled"),
+        "{jobs:#?}"
+    );
 }
 
 #[actix_web::test]
