@@ -3,7 +3,8 @@
 # PostgreSQL, with a real S3-compatible server (moto) for object storage.
 # Starts what it needs: PostgreSQL on 127.0.0.1:5432 if it is down, moto on a
 # free loopback port (installed into a cached virtualenv on first use), and
-# Chromium for the browser test (installed with apt if missing).
+# Chromium for the browser test and the desktop shell's build packages
+# (scripts/desktop-deps.sh), installed with apt if missing.
 # Usage: scripts/test.sh [extra nextest args, e.g. a test name filter]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +67,7 @@ ensure_chromium() {
 ensure_postgres
 ensure_moto
 ensure_chromium
+scripts/desktop-deps.sh
 
 if cargo nextest --version >/dev/null 2>&1; then
   runner=(cargo nextest run --workspace --no-fail-fast)
@@ -76,7 +78,8 @@ fi
 log "tests on SQLite"
 ATELIER_TEST_DATABASE=sqlite "${runner[@]}" "$@"
 log "tests on PostgreSQL ($PG_URL, one database per test)"
-ATELIER_TEST_DATABASE=postgres "${runner[@]}" "$@"
+# The desktop shell embeds the service on SQLite only: its tests ran above.
+ATELIER_TEST_DATABASE=postgres "${runner[@]}" --exclude atelier-desktop "$@"
 
 # The served OpenAPI document against the running binary, on both stores
 # (skipped when a test filter was given).

@@ -427,12 +427,22 @@ impl Application {
     /// at once, lets calls in flight finish and stores their results,
     /// releases this node's leases; HTTP requests in flight finish.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Like [`Self::run_until_stopped`], and also drains and stops when
+    /// `stop` resolves (an embedding shell closing its window).
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> std::io::Result<()> {
         let handle = self.server.handle();
         let mut signals = self.signals;
         let mut server = std::pin::pin!(self.server);
         tokio::select! {
             result = &mut server => return result,
             signal = signals.recv() => tracing::info!(signal, "shutdown requested: draining"),
+            () = stop => tracing::info!("shutdown requested by the embedding shell: draining"),
         }
         // The server keeps being polled while the engine drains (reads are
         // still answered), then stops gracefully.
