@@ -134,6 +134,10 @@ async fn connect_sqlite_pool(
     let mut opts = ConnectOptions::new(url);
     opts.max_connections(size)
         .min_connections(1)
+        // An idle connection holds a thread, its page cache and its
+        // statements; a burst's extra connections close after a minute
+        // without work (reopening one takes about a millisecond).
+        .idle_timeout(Duration::from_secs(60))
         .sqlx_logging(false)
         // A ping before every checkout doubles the round trips of the hot path;
         // a broken SQLite connection surfaces on the query itself anyway.

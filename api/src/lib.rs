@@ -202,7 +202,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let (_, mut doc) = App::new()
         .into_utoipa_app()
         .openapi(ApiDoc::openapi())
-        .configure(routes::configure)
+        .configure(routes::configure_documented)
         .split_for_parts();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc
@@ -223,14 +223,12 @@ pub fn app(
 > {
     let limit = state.config.json_limit_bytes;
     App::new()
-        .into_utoipa_app()
         .app_data(state)
         .app_data(web::PayloadConfig::new(limit))
         .app_data(web::QueryConfig::default().error_handler(extract::query_error_handler))
         .app_data(web::PathConfig::default().error_handler(extract::path_error_handler))
         .configure(routes::configure)
         .default_service(web::to(unmatched))
-        .into_app()
         .configure(routes::console::configure)
         // The API explorer (Swagger UI, assets compiled in) on the served
         // document, so it shows exactly what /openapi.json says.

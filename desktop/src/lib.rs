@@ -49,7 +49,13 @@ pub fn run() -> Result<(), RunError> {
     let app = builder(tauri::Builder::default())
         .setup(|app| {
             let app_data = app.path().app_data_dir()?;
-            let service = EmbeddedService::start(service::data_dir_in(&app_data))?;
+            // The service drains on SIGTERM/SIGINT by itself; the window
+            // then closes with it.
+            let handle = app.handle().clone();
+            let service =
+                EmbeddedService::start_with(service::data_dir_in(&app_data), move || {
+                    handle.exit(0)
+                })?;
             // The console reads its token from the fragment, which never
             // leaves the window (not sent to the server, not logged).
             let console = format!("{}/console#token={}", service.base_url(), service.token());

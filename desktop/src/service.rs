@@ -64,6 +64,16 @@ impl EmbeddedService {
     /// default, whatever the environment says), mints the shell's token and
     /// starts serving; returns once it answers.
     pub fn start(data_dir: PathBuf) -> Result<Self, ServiceError> {
+        Self::start_with(data_dir, || {})
+    }
+
+    /// Like [`Self::start`]; `on_own_stop` runs (on the service's thread)
+    /// when the service stops without the shell asking — SIGTERM or SIGINT,
+    /// which the service handles by draining — so the shell can exit too.
+    pub fn start_with(
+        data_dir: PathBuf,
+        on_own_stop: impl FnOnce() + Send + 'static,
+    ) -> Result<Self, ServiceError> {
         atelier::startup::install_runtime_defaults();
         let mut settings = Settings::load(&Overrides {
             data_dir: Some(data_dir.clone()),
@@ -77,7 +87,11 @@ impl EmbeddedService {
         let thread = std::thread::Builder::new()
             .name("atelier-service".into())
             .spawn(move || {
-                actix_web::rt::System::new().block_on(serve(settings, ready_tx, stop_rx));
+                let asked =
+                    actix_web::rt::System::new().block_on(serve(settings, ready_tx, stop_rx));
+                if !asked {
+                    on_own_stop();
+                }
             })?;
         let (addr, token) = ready_rx
             .recv()
@@ -137,14 +151,14 @@ impl Drop for EmbeddedService {
 
 type Ready = std::sync::mpsc::Sender<Result<(SocketAddr, String), String>>;
 
-/// The service thread's life: build, mint, serve until told to stop, drain,
-/// revoke.
-async fn serve(settings: Settings, ready: Ready, stop: oneshot::Receiver<()>) {
+/// The service thread's life: build, mint, serve until told to stop (or a
+/// signal), drain, revoke; returns whether the shell asked for the stop.
+async fn serve(settings: Settings, ready: Ready, stop: oneshot::Receiver<()>) -> bool {
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
             let _ = ready.send(Err(e.to_string()));
-            return;
+            return true;
         }
     };
     let db = app.db().clone();
@@ -152,13 +166,16 @@ async fn serve(settings: Settings, ready: Ready, stop: oneshot::Receiver<()>) {
         Ok(minted) => minted,
         Err(e) => {
             let _ = ready.send(Err(format!("cannot mint the shell's token: {e}")));
-            return;
+            return true;
         }
     };
     let _ = ready.send(Ok((app.addr(), minted.token)));
+    let asked = std::cell::Cell::new(false);
     let stopped = app
         .run_until(async {
+            // A dropped sender (the shell gone) is a request too.
             let _ = stop.await;
+            asked.set(true);
         })
         .await;
     if let Err(e) = stopped {
@@ -167,6 +184,7 @@ async fn serve(settings: Settings, ready: Ready, stop: oneshot::Receiver<()>) {
     if let Err(e) = revoke(&db, minted.row.id).await {
         tracing::warn!(error = %e, "cannot revoke the shell's token");
     }
+    asked.get()
 }
 
 /// Revokes the tokens earlier shells left (a crash skips the revocation),
