@@ -61,8 +61,8 @@ pub fn data_dir_in(app_data: &Path) -> PathBuf {
 
 impl EmbeddedService {
     /// Builds the service on `data_dir` (SQLite and local files: the embedded
-    /// default, whatever the environment says), mints the shell's token and
-    /// starts serving; returns once it answers.
+    /// default, whatever the environment says; one HTTP worker), mints the
+    /// shell's token and starts serving; returns once it answers.
     pub fn start(data_dir: PathBuf) -> Result<Self, ServiceError> {
         Self::start_with(data_dir, || {})
     }
@@ -82,6 +82,10 @@ impl EmbeddedService {
         })
         .map_err(|e| ServiceError::Start(e.to_string()))?;
         settings.database_url = None;
+        // One person, one window: one HTTP worker answers the shell's calls
+        // and the console, and an idle second one would cost ~6 MiB
+        // (docs/performance.md, "Idle footprint").
+        settings.http.workers = 1;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::Builder::new()
