@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tauri::{AppHandle, Emitter, Runtime};
+use tauri::{AppHandle, Emitter, Manager, Runtime};
 use tokio_tungstenite::tungstenite::{self, Message, client::IntoClientRequest};
 
 use crate::commands::{Shell, segment};
@@ -84,6 +84,11 @@ pub async fn subscribe<R: Runtime>(
         .await
         .map_err(refused)?;
     let id = shell.feeds.next.fetch_add(1, Ordering::Relaxed) + 1;
+    // Held while the task is spawned and registered, so a feed that ends at
+    // once still finds its entry to remove.
+    let Ok(mut live) = shell.feeds.live.lock() else {
+        return Err(ShellError::unavailable("the shell's feed registry is unusable").into());
+    };
     let forward = tauri::async_runtime::spawn(async move {
         let closed = loop {
             match socket.next().await {
@@ -109,10 +114,13 @@ pub async fn subscribe<R: Runtime>(
             }
         };
         emit(&app, id, closed);
+        if let Some(shell) = app.try_state::<Shell>()
+            && let Ok(mut live) = shell.feeds.live.lock()
+        {
+            live.remove(&id);
+        }
     });
-    if let Ok(mut live) = shell.feeds.live.lock() {
-        live.insert(id, forward);
-    }
+    live.insert(id, forward);
     Ok(id)
 }
 

@@ -353,6 +353,8 @@ fn feed_events_arrive_on_the_event_channel_in_order() {
     assert_eq!(seqs_of(replay, &rx), stored[3..].to_vec());
     let stopped = s.typed("feed_unsubscribe", json!({"subscription": replay}));
     assert_eq!(stopped["stopped"], true);
+    let again = s.typed("feed_unsubscribe", json!({"subscription": replay}));
+    assert_eq!(again["stopped"], false);
 
     // A refused handshake is the service's envelope.
     let refused = s
