@@ -102,6 +102,40 @@ async fn trigger(
     b["run_id"].as_str().unwrap().parse().unwrap()
 }
 
+/// Waits until the run's calls are settled and its jobs closed (a cancel
+/// settles both after the run's row flips), and gives its calls.
+async fn settled(db: &DatabaseConnection, run_id: Uuid) -> Vec<entities::provider_calls::Model> {
+    eventually(
+        "every call settled and no job left open",
+        Duration::from_secs(30),
+        || async {
+            let all = calls(db, run_id).await;
+            let jobs = entities::run_jobs::Entity::find()
+                .filter(entities::run_jobs::Column::RunId.eq(run_id))
+                .all(db)
+                .await
+                .unwrap();
+            let calls_done = all.iter().all(|c| c.status != "pending");
+            let jobs_closed = jobs
+                .iter()
+                .all(|j| !["pending", "running", "blocked"].contains(&j.status.as_str()));
+            (calls_done && jobs_closed).then_some(all)
+        },
+    )
+    .await
+}
+
+/// How many `run.finished` events the run has.
+async fn finished_events(db: &DatabaseConnection, run_id: Uuid) -> usize {
+    entities::run_events::Entity::find()
+        .filter(entities::run_events::Column::RunId.eq(run_id))
+        .filter(entities::run_events::Column::EventType.eq("run.finished"))
+        .all(db)
+        .await
+        .unwrap()
+        .len()
+}
+
 async fn calls(db: &DatabaseConnection, run_id: Uuid) -> Vec<entities::provider_calls::Model> {
     entities::provider_calls::Entity::find()
         .filter(entities::provider_calls::Column::RunId.eq(run_id))
@@ -528,26 +562,7 @@ async fn cancel_right_after_a_crash_settles_every_reservation_and_job() {
     assert_eq!(s, StatusCode::OK, "{b}");
     let run = finished(&db, run_id, Duration::from_secs(30)).await;
     assert_eq!(run.status, "canceled");
-    // Cancellation settles calls and jobs asynchronously after the run row
-    // flips; wait for both rather than sampling once.
-    let settled = eventually(
-        "every call settled and no job left open",
-        Duration::from_secs(30),
-        || async {
-            let all = calls(&db, run_id).await;
-            let jobs = entities::run_jobs::Entity::find()
-                .filter(entities::run_jobs::Column::RunId.eq(run_id))
-                .all(&db)
-                .await
-                .unwrap();
-            let calls_done = all.iter().all(|c| c.status != "pending");
-            let jobs_closed = jobs
-                .iter()
-                .all(|j| !["pending", "running", "blocked"].contains(&j.status.as_str()));
-            (calls_done && jobs_closed).then_some(all)
-        },
-    )
-    .await;
+    let settled = settled(&db, run_id).await;
     // The call in flight at the kill is possibly billed; reserved-but-unsent
     // ones are released.
     let in_flight: Vec<_> = settled.iter().filter(|c| c.status == "unknown").collect();
@@ -572,4 +587,196 @@ async fn cancel_right_after_a_crash_settles_every_reservation_and_job() {
         .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["run"]["status"], "done", "{b}");
+}
+
+/// The cancel committed, then the process died before its workers settled
+/// (here: the cancel's own writes, made while the service was down). The
+/// next start drives the canceled run only to settle what it left: the call
+/// in flight is possibly billed, the reserved ones released, every job
+/// closed, nothing sent again, and the run is told finished once.
+#[actix_web::test]
+async fn a_cancel_that_landed_just_before_a_crash_is_settled_at_the_next_start() {
+    let stub = OpenAiStub::start().await;
+    stub.set_latency(Duration::from_millis(1000));
+    let mut deploy = deployment(
+        &stub,
+        &[
+            ("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "2"),
+            ("ATELIER_ENGINE__PROVIDER_CONCURRENCY", "1"),
+            ("ATELIER_ENGINE__LEASE_SECONDS", "120"),
+        ],
+    )
+    .await;
+    let client = deploy.client.clone();
+    let mut first = deploy.start().await;
+    let token = first.bootstrap(&client).await;
+    let run_id = trigger(
+        &first,
+        &client,
+        &token,
+        json!({
+            "mode": "run", "provider": "openai", "confirm_spend": true,
+            "scene_refs": ["sample:1", "sample:2"], "stage": "time", "candidates": 2,
+        }),
+    )
+    .await;
+    let db = deploy.connect().await;
+    eventually(
+        "one call in flight and others reserved",
+        Duration::from_secs(30),
+        || async {
+            let pending = calls(&db, run_id)
+                .await
+                .into_iter()
+                .filter(|c| c.status == "pending" && c.attempt > 0)
+                .count();
+            (stub.calls().len() == 1 && pending >= 2).then_some(())
+        },
+    )
+    .await;
+    first.kill9();
+    // What `POST .../cancel` writes: waiting jobs and the run canceled; the
+    // jobs the dead workers held are still `running` under their lease.
+    use sea_orm::sea_query::Expr;
+    entities::run_jobs::Entity::update_many()
+        .col_expr(entities::run_jobs::Column::Status, Expr::value("canceled"))
+        .filter(entities::run_jobs::Column::RunId.eq(run_id))
+        .filter(entities::run_jobs::Column::Status.is_in(["pending", "blocked"]))
+        .exec(&db)
+        .await
+        .unwrap();
+    entities::runs::Entity::update_many()
+        .col_expr(entities::runs::Column::Status, Expr::value("canceled"))
+        .filter(entities::runs::Column::Id.eq(run_id))
+        .exec(&db)
+        .await
+        .unwrap();
+    let _second = deploy.start().await;
+    let settled = settled(&db, run_id).await;
+    let unknown: Vec<_> = settled.iter().filter(|c| c.status == "unknown").collect();
+    assert_eq!(unknown.len(), 1, "{settled:#?}");
+    assert!(unknown[0].possibly_billed_usd > 0.0, "{settled:#?}");
+    assert!(
+        settled
+            .iter()
+            .filter(|c| c.status != "unknown")
+            .all(|c| c.status == "failed" && c.actual_cost_usd.is_none()),
+        "{settled:#?}"
+    );
+    assert_eq!(
+        stub.calls().values().sum::<u32>(),
+        1,
+        "nothing is sent after a cancel"
+    );
+    eventually("the run told finished", Duration::from_secs(10), || async {
+        (finished_events(&db, run_id).await >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(finished_events(&db, run_id).await, 1);
+    let run = entities::runs::Entity::find_by_id(run_id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.status, "canceled");
+}
+
+/// A node that died left a job of a run running under its lease; on the
+/// node that takes over, the run waits in its project's queue behind
+/// another. Canceling it there settles that job and its call once the dead
+/// node's lease runs out, without waiting for the run ahead of it.
+#[actix_web::test]
+async fn canceling_a_queued_run_settles_the_job_a_dead_node_held() {
+    let stub = OpenAiStub::start().await;
+    stub.set_latency(Duration::from_millis(2000));
+    let mut deploy = deployment(
+        &stub,
+        &[
+            ("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "1"),
+            ("ATELIER_ENGINE__MAX_RUNS_PER_PROJECT", "2"),
+            ("ATELIER_ENGINE__PROVIDER_CONCURRENCY", "2"),
+            ("ATELIER_ENGINE__LEASE_SECONDS", "3"),
+            ("ATELIER_ENGINE__NODE_ID", "node-a"),
+        ],
+    )
+    .await;
+    let client = deploy.client.clone();
+    let mut first = deploy.start().await;
+    let token = first.bootstrap(&client).await;
+    // The run ahead: one job in flight, another waiting for it.
+    let ahead = trigger(
+        &first,
+        &client,
+        &token,
+        json!({
+            "mode": "run", "provider": "openai", "confirm_spend": true,
+            "scene_refs": ["sample:1", "sample:2"], "stage": "style", "candidates": 1,
+        }),
+    )
+    .await;
+    let (s, b) = first
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects/crash/runs/trigger",
+            Some(&token),
+            Some(json!({
+                "mode": "run", "provider": "openai", "confirm_spend": true,
+                "scene_refs": ["sample:3"], "stage": "style", "candidates": 1,
+            })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let behind: Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
+    let db = deploy.connect().await;
+    eventually(
+        "both runs with a call in flight",
+        Duration::from_secs(30),
+        || async {
+            let sent = |calls: Vec<entities::provider_calls::Model>| {
+                calls.iter().filter(|c| c.sent_at.is_some()).count()
+            };
+            (stub.calls().len() == 2
+                && sent(calls(&db, ahead).await) == 1
+                && sent(calls(&db, behind).await) == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    first.kill9();
+    // Another node, with room for one run per project: the later run waits.
+    deploy.env.extend([
+        ("ATELIER_ENGINE__MAX_RUNS_PER_PROJECT".into(), "1".into()),
+        ("ATELIER_ENGINE__NODE_ID".into(), "node-b".into()),
+    ]);
+    let second = deploy.start().await;
+    let (s, b) = second
+        .call(
+            &client,
+            Method::POST,
+            &format!("/api/projects/crash/runs/{behind}/cancel"),
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let settled = settled(&db, behind).await;
+    assert_eq!(settled.len(), 1, "{settled:#?}");
+    assert_eq!(settled[0].status, "unknown", "{settled:#?}");
+    assert!(settled[0].possibly_billed_usd > 0.0);
+    assert_eq!(
+        stub.calls().get(&settled[0].idempotency_key),
+        Some(&1),
+        "the canceled run's call is not sent again"
+    );
+    eventually(
+        "the canceled run told finished",
+        Duration::from_secs(10),
+        || async { (finished_events(&db, behind).await == 1).then_some(()) },
+    )
+    .await;
+    // The run ahead is untouched by it and finishes.
+    let run = finished(&db, ahead, Duration::from_secs(30)).await;
+    assert_ne!(run.status, "canceled");
+    assert_eq!(finished_events(&db, behind).await, 1);
 }

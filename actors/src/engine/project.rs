@@ -185,20 +185,59 @@ pub struct CancelRun {
 impl Handler<CancelRun> for ProjectActor {
     type Result = ResponseFuture<Result<(), ServiceError>>;
 
-    fn handle(&mut self, msg: CancelRun, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: CancelRun, ctx: &mut Context<Self>) -> Self::Result {
         self.queue.retain(|q| q.run_id != msg.run_id);
         let active = self.active.get(&msg.run_id).map(|(_, a)| a.clone());
-        let deps = self.deps.clone();
+        let (deps, me) = (self.deps.clone(), ctx.address());
         Box::pin(
             async move {
                 lifecycle::cancel(&deps, msg.run_id, &msg.principal).await?;
                 if let Some(addr) = active {
                     addr.do_send(CancelActiveRun);
+                } else if let Some(project_id) =
+                    lifecycle::left_open_by_cancel(&deps.db, msg.run_id).await?
+                {
+                    // Not driven here (e.g. queued behind its project's
+                    // limit after a restart), yet a job is still open, held
+                    // by a worker that may be gone: settle what it left.
+                    me.do_send(SettleCanceled {
+                        run_id: msg.run_id,
+                        project_id,
+                    });
                 }
                 Ok(())
             }
             .instrument(msg.span),
         )
+    }
+}
+
+/// Drives a canceled run that is not driven on this node until what its
+/// jobs left is settled. Outside the queue's limits: such a run leases
+/// nothing and calls no provider.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SettleCanceled {
+    run_id: Uuid,
+    project_id: Uuid,
+}
+
+impl Handler<SettleCanceled> for ProjectActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SettleCanceled, ctx: &mut Context<Self>) {
+        if self.active.contains_key(&msg.run_id) {
+            return;
+        }
+        let addr = RunActor::new(
+            self.deps.clone(),
+            msg.run_id,
+            msg.project_id,
+            &Span::none(),
+            ctx.address().recipient(),
+        )
+        .start();
+        self.active.insert(msg.run_id, (msg.project_id, addr));
     }
 }
 

@@ -20,6 +20,9 @@ use crate::status::{JobStatus, RunStatus};
 /// Marks a queued run as running (with its `run.started` event). `false`:
 /// the run is already finished (a duplicate submission that raced with
 /// recovery, or a cancel that came first) and there is nothing to drive.
+/// A canceled run with a job still open is driven (`true`): its scheduling
+/// passes lease nothing and settle what the jobs left once no live worker
+/// holds one.
 #[tracing::instrument(skip(deps))]
 pub async fn start(
     deps: &EngineDeps,
@@ -34,9 +37,14 @@ pub async fn start(
         .one(&txn)
         .await?;
     // Already finished (a duplicate submission that raced with
-    // recovery, or a cancel that came first): nothing to drive.
-    if current.is_none_or(|s| crate::status::RunStatus::is_terminal(&s)) {
-        return Ok(false);
+    // recovery, or a cancel that came first): nothing to drive, unless a
+    // cancel left jobs open (e.g. held by this node's previous process).
+    if current
+        .as_deref()
+        .is_none_or(crate::status::RunStatus::is_terminal)
+    {
+        let canceled = current.is_some_and(|s| s == RunStatus::Canceled);
+        return Ok(canceled && store::has_open_jobs(&txn, run_id).await?);
     }
     let changed = runs::Entity::update_many()
         .col_expr(runs::Column::Status, Expr::value(RunStatus::Running))
@@ -274,20 +282,40 @@ pub async fn finish(deps: &EngineDeps, run_id: Uuid, project_id: Uuid) -> Result
         crate::webhooks::enqueue_run_outcome(&txn, run, jobs.len(), done).await?;
     }
     let status_now = run.map(|r| r.status).unwrap_or_default();
-    let event = events::append(
-        &txn,
-        run_id,
-        project_id,
-        "run.finished",
-        None,
-        json!({
-            "status": if changed > 0 { final_status.as_str() } else { status_now.as_str() },
-            "jobs": jobs.len(), "jobs_done": done,
-        }),
-    )
-    .await?;
+    // A canceled run driven again only to settle what a gone worker left
+    // was already told finished: it is told once.
+    let told = changed == 0
+        && entities::run_events::Entity::find()
+            .select_only()
+            .column(entities::run_events::Column::Id)
+            .filter(entities::run_events::Column::RunId.eq(run_id))
+            .filter(entities::run_events::Column::EventType.eq("run.finished"))
+            .into_tuple::<Uuid>()
+            .one(&txn)
+            .await?
+            .is_some();
+    let event = if told {
+        None
+    } else {
+        Some(
+            events::append(
+                &txn,
+                run_id,
+                project_id,
+                "run.finished",
+                None,
+                json!({
+                    "status": if changed > 0 { final_status.as_str() } else { status_now.as_str() },
+                    "jobs": jobs.len(), "jobs_done": done,
+                }),
+            )
+            .await?,
+        )
+    };
     crate::db::commit(txn).await?;
-    deps.hub.publish(event);
+    if let Some(event) = event {
+        deps.hub.publish(event);
+    }
     tracing::info!(
         status = if changed > 0 {
             final_status.as_str()
@@ -482,6 +510,23 @@ async fn try_cancel(
     crate::db::commit(txn).await?;
     deps.hub.publish(event);
     Ok(())
+}
+
+/// The project of a canceled run that still has a job open, which a RunActor
+/// must drive to settle it (`None`: nothing left to settle).
+pub async fn left_open_by_cancel(
+    db: &sea_orm::DatabaseConnection,
+    run_id: Uuid,
+) -> Result<Option<Uuid>, ServiceError> {
+    let run = runs::Entity::find_by_id(run_id).one(db).await?;
+    Ok(match run {
+        Some(run)
+            if run.status == RunStatus::Canceled && store::has_open_jobs(db, run_id).await? =>
+        {
+            Some(run.project_id)
+        }
+        _ => None,
+    })
 }
 
 /// What an engine resumes when it starts: the projects whose queue is

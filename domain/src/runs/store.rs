@@ -331,13 +331,46 @@ pub async fn count_runs<C: ConnectionTrait>(
         .await?)
 }
 
-/// Runs that were queued or running when the service stopped.
+/// Runs the engine must still drive: those queued or running when the
+/// service stopped, and canceled ones with a job still open (the cancel came
+/// while a worker that is now gone held it; driving such a run only settles
+/// what it left, nothing is leased).
 pub async fn unfinished_runs<C: ConnectionTrait>(db: &C) -> Result<Vec<runs::Model>, ServiceError> {
+    use sea_orm::sea_query::Query;
+    let with_open_jobs = Query::select()
+        .column(run_jobs::Column::RunId)
+        .from(run_jobs::Entity)
+        .and_where(run_jobs::Column::Status.is_in(OPEN_JOB))
+        .to_owned();
     Ok(runs::Entity::find()
-        .filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
+        .filter(
+            sea_orm::Condition::any()
+                .add(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
+                .add(
+                    sea_orm::Condition::all()
+                        .add(runs::Column::Status.eq(RunStatus::Canceled))
+                        .add(runs::Column::Id.in_subquery(with_open_jobs)),
+                ),
+        )
         .order_by_asc(runs::Column::CreatedAt)
         .all(db)
         .await?)
+}
+
+/// Job states something may still happen in.
+const OPEN_JOB: [JobStatus; 3] = [JobStatus::Pending, JobStatus::Blocked, JobStatus::Running];
+
+/// Whether a job of the run is still open.
+pub async fn has_open_jobs<C: ConnectionTrait>(db: &C, run_id: Uuid) -> Result<bool, ServiceError> {
+    Ok(run_jobs::Entity::find()
+        .select_only()
+        .column(run_jobs::Column::Id)
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.is_in(OPEN_JOB))
+        .into_tuple::<Uuid>()
+        .one(db)
+        .await?
+        .is_some())
 }
 
 /// Work in progress across every project, as an operator sees it.
