@@ -182,3 +182,21 @@ pub async fn quality_summary<C: ConnectionTrait>(
     }
     Ok(s)
 }
+
+/// What the project's ledger says it spent (billed and possibly billed).
+pub async fn project_spend<C: ConnectionTrait>(
+    db: &C,
+    project_id: Uuid,
+) -> Result<f64, ServiceError> {
+    use sea_orm::sea_query::Expr;
+    use sea_orm::sea_query::ExprTrait;
+    let spent: Option<f64> = cost_events::Entity::find()
+        .select_only()
+        .column_as(Expr::col(cost_events::Column::TotalCostUsd).sum(), "spent")
+        .filter(cost_events::Column::ProjectId.eq(project_id))
+        .into_tuple()
+        .one(db)
+        .await?
+        .flatten();
+    Ok(spent.unwrap_or(0.0))
+}

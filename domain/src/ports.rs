@@ -13,7 +13,8 @@ use crate::ServiceError;
 pub struct SpendRequest {
     pub call_id: Uuid,
     pub project_id: Uuid,
-    pub run_id: Uuid,
+    /// `None`: a call outside any run (voice); only the project's budget applies.
+    pub run_id: Option<Uuid>,
     pub attempt: i32,
     pub amount: f64,
     pub run_budget: Option<f64>,

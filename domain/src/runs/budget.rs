@@ -75,11 +75,11 @@ pub async fn reserve(
                 "project",
                 msg.project_budget,
                 "project_id",
-                msg.project_id,
+                Some(msg.project_id),
             ),
         ];
         for (code, what, budget, column, scope) in checks {
-            if let Some(budget) = budget {
+            if let (Some(budget), Some(scope)) = (budget, scope) {
                 let used = committed(db, column, scope, msg.call_id).await?;
                 if used + msg.amount > budget + 1e-9 {
                     return Err(ServiceError::Policy {

@@ -1,8 +1,7 @@
 //! `POST …/runs/trigger`: plan, check policy, persist, hand to the engine.
 
-use entities::{cost_events, projects, runs};
-use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
+use entities::{projects, runs};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 
 use super::plan::{self, Mode, Plan, ValidTrigger};
 use super::scenes;
@@ -146,15 +145,7 @@ pub async fn trigger(
             });
         }
         if let Some(cap) = plan.manifest.policy.project_budget_usd {
-            let spent: Option<f64> = cost_events::Entity::find()
-                .select_only()
-                .column_as(Expr::col(cost_events::Column::TotalCostUsd).sum(), "spent")
-                .filter(cost_events::Column::ProjectId.eq(project.id))
-                .into_tuple()
-                .one(db)
-                .await?
-                .flatten();
-            let spent = spent.unwrap_or(0.0);
+            let spent = crate::ledger::project_spend(db, project.id).await?;
             if spent + plan.estimated_cost_usd > cap {
                 return Err(ServiceError::Policy {
                     code: "project_budget_exceeded",

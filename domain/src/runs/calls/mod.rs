@@ -35,9 +35,10 @@ use crate::{ServiceError, time};
 
 mod records;
 
+use records::release;
 pub use records::settle_abandoned;
-pub(super) use records::{Delivered, completion, fail};
-use records::{release, settle_unknown};
+pub(super) use records::{Delivered, completion};
+pub(crate) use records::{cost_event, fail, settle_abandoned_call, settle_unknown};
 
 /// How one call may be attempted.
 #[derive(Clone)]
@@ -147,7 +148,7 @@ where
                     ServiceError::Policy { code, .. } => *code,
                     _ => "reservation_failed",
                 };
-                fail(env, call.id, code, &refused.to_string(), false).await?;
+                fail(&env.db, call.id, code, &refused.to_string(), false).await?;
                 emit(
                     env,
                     run,
@@ -191,7 +192,7 @@ where
             }
         };
         if paid {
-            mark_sent(env, call.id).await?;
+            mark_sent(&env.db, call.id).await?;
         }
         let _calling = env.drain.call_started();
         let began = std::time::Instant::now();
@@ -226,10 +227,10 @@ where
             && (outcome != CallOutcome::Unknown || plan.retry_unknown);
         let possibly_billed = match outcome {
             CallOutcome::Unknown => {
-                Some(settle_unknown(env, call, attempt, plan.bound_usd, &err).await?)
+                Some(settle_unknown(&env.db, call, attempt, plan.bound_usd, &err).await?)
             }
             _ => {
-                fail(env, call.id, err.code(), &err.to_string(), !paid).await?;
+                fail(&env.db, call.id, err.code(), &err.to_string(), !paid).await?;
                 None
             }
         };
@@ -316,7 +317,7 @@ async fn reserve(
                 .reserve(crate::ports::SpendRequest {
                     call_id,
                     project_id: run.project_id,
-                    run_id: run.id,
+                    run_id: Some(run.id),
                     attempt: attempt as i32,
                     amount,
                     run_budget: run.budget_usd,
@@ -348,8 +349,11 @@ async fn reserve(
 }
 
 /// The attempt is going out now: from here a crash leaves an unknown outcome.
-async fn mark_sent(env: &JobEnv, call_id: Uuid) -> Result<(), ServiceError> {
-    let txn = crate::db::begin_write(&env.db).await?;
+pub(crate) async fn mark_sent(
+    db: &sea_orm::DatabaseConnection,
+    call_id: Uuid,
+) -> Result<(), ServiceError> {
+    let txn = crate::db::begin_write(db).await?;
     provider_calls::Entity::update_many()
         .col_expr(provider_calls::Column::SentAt, Expr::value(time::now()))
         .col_expr(

@@ -16,14 +16,14 @@ use crate::{ServiceError, time};
 /// The attempt failed without a bill (refused, or never sent): the record
 /// says why and the reservation is released. `count_attempt`: the attempt
 /// was not counted by [`super::mark_sent`] (free calls).
-pub(in crate::runs) async fn fail(
-    env: &JobEnv,
+pub(crate) async fn fail(
+    db: &sea_orm::DatabaseConnection,
     call_id: Uuid,
     code: &str,
     message: &str,
     count_attempt: bool,
 ) -> Result<(), ServiceError> {
-    let txn = crate::db::begin_write(&env.db).await?;
+    let txn = crate::db::begin_write(db).await?;
     let mut update = provider_calls::Entity::update_many()
         .col_expr(
             provider_calls::Column::Status,
@@ -84,8 +84,8 @@ pub(super) async fn release(
 /// billed. What the provider reported it charged, else the reservation, is
 /// kept as spent (`possibly_billed_usd`) and recorded in the ledger. Returns
 /// the amount.
-pub(super) async fn settle_unknown(
-    env: &JobEnv,
+pub(crate) async fn settle_unknown(
+    db: &sea_orm::DatabaseConnection,
     call: &provider_calls::Model,
     attempt: u32,
     reserved: f64,
@@ -99,7 +99,7 @@ pub(super) async fn settle_unknown(
             json!({ "basis": "reservation", "reason": err.code() }),
         ),
     };
-    let txn = crate::db::begin_write(&env.db).await?;
+    let txn = crate::db::begin_write(db).await?;
     provider_calls::Entity::update_many()
         .col_expr(
             provider_calls::Column::Status,
@@ -154,72 +154,81 @@ pub async fn settle_abandoned<C: ConnectionTrait>(
         .filter(provider_calls::Column::Status.eq(CallStatus::Pending))
         .all(db)
         .await?;
-    let now = time::now();
     for call in pending {
-        if call.sent_at.is_some() {
-            let amount = call.reserved_cost_usd;
-            provider_calls::Entity::update_many()
-                .col_expr(
-                    provider_calls::Column::Status,
-                    Expr::value(CallStatus::Unknown),
-                )
-                .col_expr(
-                    provider_calls::Column::PossiblyBilledUsd,
-                    Expr::col(provider_calls::Column::PossiblyBilledUsd).add(amount),
-                )
-                .col_expr(
-                    provider_calls::Column::ErrorCode,
-                    Expr::value("provider_outcome_unknown"),
-                )
-                .col_expr(
-                    provider_calls::Column::ErrorMessage,
-                    Expr::value("the call was in flight when its worker stopped"),
-                )
-                .col_expr(
-                    provider_calls::Column::SentAt,
-                    Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
-                )
-                .col_expr(provider_calls::Column::FinishedAt, Expr::value(now))
-                .col_expr(provider_calls::Column::UpdatedAt, Expr::value(now))
-                .filter(provider_calls::Column::Id.eq(call.id))
-                .filter(provider_calls::Column::Status.eq(CallStatus::Pending))
-                .exec(db)
-                .await?;
-            if amount > 0.0 {
-                cost_events::Entity::insert(cost_events::ActiveModel::from(cost_event(
-                    &call,
-                    amount,
-                    None,
-                    "possibly_billed",
-                    json!({ "attempt": call.attempt, "outcome": "unknown",
-                        "cost": { "basis": "reservation", "reason": "worker_stopped" } }),
-                )))
-                .exec_without_returning(db)
-                .await?;
-            }
-        } else {
-            provider_calls::Entity::update_many()
-                .col_expr(
-                    provider_calls::Column::Status,
-                    Expr::value(CallStatus::Failed),
-                )
-                .col_expr(provider_calls::Column::ErrorCode, Expr::value("not_sent"))
-                .col_expr(
-                    provider_calls::Column::ErrorMessage,
-                    Expr::value("reserved but not sent when its worker stopped"),
-                )
-                .col_expr(provider_calls::Column::UpdatedAt, Expr::value(now))
-                .filter(provider_calls::Column::Id.eq(call.id))
-                .filter(provider_calls::Column::Status.eq(CallStatus::Pending))
-                .exec(db)
-                .await?;
+        settle_abandoned_call(db, &call).await?;
+    }
+    Ok(())
+}
+
+/// Settles one pending call whose worker is gone (see [`settle_abandoned`]).
+pub(crate) async fn settle_abandoned_call<C: ConnectionTrait>(
+    db: &C,
+    call: &provider_calls::Model,
+) -> Result<(), ServiceError> {
+    let now = time::now();
+    if call.sent_at.is_some() {
+        let amount = call.reserved_cost_usd;
+        provider_calls::Entity::update_many()
+            .col_expr(
+                provider_calls::Column::Status,
+                Expr::value(CallStatus::Unknown),
+            )
+            .col_expr(
+                provider_calls::Column::PossiblyBilledUsd,
+                Expr::col(provider_calls::Column::PossiblyBilledUsd).add(amount),
+            )
+            .col_expr(
+                provider_calls::Column::ErrorCode,
+                Expr::value("provider_outcome_unknown"),
+            )
+            .col_expr(
+                provider_calls::Column::ErrorMessage,
+                Expr::value("the call was in flight when its worker stopped"),
+            )
+            .col_expr(
+                provider_calls::Column::SentAt,
+                Expr::value(Option::<chrono::DateTime<chrono::Utc>>::None),
+            )
+            .col_expr(provider_calls::Column::FinishedAt, Expr::value(now))
+            .col_expr(provider_calls::Column::UpdatedAt, Expr::value(now))
+            .filter(provider_calls::Column::Id.eq(call.id))
+            .filter(provider_calls::Column::Status.eq(CallStatus::Pending))
+            .exec(db)
+            .await?;
+        if amount > 0.0 {
+            cost_events::Entity::insert(cost_events::ActiveModel::from(cost_event(
+                call,
+                amount,
+                None,
+                "possibly_billed",
+                json!({ "attempt": call.attempt, "outcome": "unknown",
+                    "cost": { "basis": "reservation", "reason": "worker_stopped" } }),
+            )))
+            .exec_without_returning(db)
+            .await?;
         }
+    } else {
+        provider_calls::Entity::update_many()
+            .col_expr(
+                provider_calls::Column::Status,
+                Expr::value(CallStatus::Failed),
+            )
+            .col_expr(provider_calls::Column::ErrorCode, Expr::value("not_sent"))
+            .col_expr(
+                provider_calls::Column::ErrorMessage,
+                Expr::value("reserved but not sent when its worker stopped"),
+            )
+            .col_expr(provider_calls::Column::UpdatedAt, Expr::value(now))
+            .filter(provider_calls::Column::Id.eq(call.id))
+            .filter(provider_calls::Column::Status.eq(CallStatus::Pending))
+            .exec(db)
+            .await?;
     }
     Ok(())
 }
 
 /// A ledger row for `call`.
-pub(in crate::runs) fn cost_event(
+pub(crate) fn cost_event(
     call: &provider_calls::Model,
     usd: f64,
     model: Option<String>,
@@ -240,6 +249,8 @@ pub(in crate::runs) fn cost_event(
         model_name: model.or_else(|| call.model_name.clone()),
         event_type: match call.operation.as_str() {
             "bg_remove" => "background_removal",
+            "transcription" => "transcription",
+            "speech" => "speech",
             _ => "image_generation",
         }
         .into(),
