@@ -12,6 +12,7 @@ pub mod rate;
 pub use http::{client as http_client, scrub as scrub_remote_message};
 pub mod local;
 pub mod openai;
+pub mod voice;
 
 use std::time::Duration;
 

@@ -240,7 +240,12 @@ struct ErrorBody {
 
 /// Maps a non-2xx answer to the taxonomy. `key` is scrubbed from any message
 /// the provider echoes back.
-fn classify(status: u16, body: &[u8], signal: RateSignal, key: &Secret) -> ProviderError {
+pub(crate) fn classify(
+    status: u16,
+    body: &[u8],
+    signal: RateSignal,
+    key: &Secret,
+) -> ProviderError {
     let err = serde_json::from_slice::<ErrorResponse>(body)
         .ok()
         .map(|r| r.error);

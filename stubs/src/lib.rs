@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod audio;
 pub mod openai;
 pub mod removal;
 
@@ -97,6 +98,8 @@ pub(crate) fn hash(s: &str) -> u64 {
 pub(crate) struct Form {
     pub text: Vec<(String, String)>,
     pub files: Vec<(String, Vec<u8>)>,
+    /// Each file part's field name and file name.
+    pub file_names: Vec<(String, String)>,
 }
 
 pub(crate) async fn parse_multipart(content_type: &str, body: web::Bytes) -> Result<Form, String> {
@@ -106,12 +109,14 @@ pub(crate) async fn parse_multipart(content_type: &str, body: web::Bytes) -> Res
     let mut form = Form {
         text: Vec::new(),
         files: Vec::new(),
+        file_names: Vec::new(),
     };
     while let Some(field) = parts.next_field().await.map_err(|e| e.to_string())? {
         let name = field.name().unwrap_or_default().to_string();
-        let is_file = field.file_name().is_some();
+        let file_name = field.file_name().map(str::to_string);
         let bytes = field.bytes().await.map_err(|e| e.to_string())?;
-        if is_file {
+        if let Some(file_name) = file_name {
+            form.file_names.push((name.clone(), file_name));
             form.files.push((name, bytes.to_vec()));
         } else {
             form.text
