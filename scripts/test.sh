@@ -3,8 +3,8 @@
 # PostgreSQL, with a real S3-compatible server (moto) for object storage.
 # Starts what it needs: PostgreSQL on 127.0.0.1:5432 if it is down, moto on a
 # free loopback port (installed into a cached virtualenv on first use), and
-# Chromium for the browser test and the desktop shell's build packages
-# (scripts/desktop-deps.sh), installed with apt if missing.
+# Chromium for the browser test, espeak-ng for offline speech and the desktop
+# shell's build packages (scripts/desktop-deps.sh), installed with apt if missing.
 # Usage: scripts/test.sh [extra nextest args, e.g. a test name filter]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -64,9 +64,21 @@ ensure_chromium() {
   command -v "${ATELIER_CHROMIUM:-chromium}" >/dev/null || { echo "chromium is required (apt install chromium)" >&2; exit 1; }
 }
 
+# Offline text to speech is tested with the real espeak-ng (Debian's package).
+ensure_espeak() {
+  if command -v espeak-ng >/dev/null; then return; fi
+  log "installing espeak-ng (offline text to speech)"
+  if command -v apt-get >/dev/null; then
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+  fi
+  command -v espeak-ng >/dev/null || { echo "espeak-ng is required (apt install espeak-ng)" >&2; exit 1; }
+}
+
 ensure_postgres
 ensure_moto
 ensure_chromium
+ensure_espeak
 scripts/desktop-deps.sh
 
 if cargo nextest --version >/dev/null 2>&1; then

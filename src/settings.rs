@@ -33,6 +33,30 @@ pub struct Settings {
     pub secrets: SecretsSettings,
     pub network: NetworkSettings,
     pub agent: AgentSettings,
+    pub voice: VoiceSettings,
+}
+
+/// Limits of voice requests (the providers are under `providers`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VoiceSettings {
+    /// Audio to transcribe: at most this many bytes (OpenAI takes 25 MB).
+    pub max_audio_bytes: usize,
+    /// ... and at most this long, when its container says.
+    pub max_audio_secs: f64,
+    /// Text to speak (OpenAI takes 4,096 characters).
+    pub max_text_chars: usize,
+}
+
+impl Default for VoiceSettings {
+    fn default() -> Self {
+        let d = domain::voice::VoiceLimits::default();
+        Self {
+            max_audio_bytes: d.max_audio_bytes,
+            max_audio_secs: d.max_audio_secs,
+            max_text_chars: d.max_text_chars,
+        }
+    }
 }
 
 /// Where the service may send requests on a user's behalf (webhooks, S3
@@ -197,6 +221,10 @@ pub struct ProvidersSettings {
     pub removebg: providers::bg_remote::RemoteRemoverSettings,
     /// PhotoRoom background removal (a `postprocess.bg_remove_backends` entry).
     pub photoroom: providers::bg_remote::RemoteRemoverSettings,
+    /// OpenAI (or an OpenAI-compatible server) for speech to text and text to speech.
+    pub openai_voice: providers::voice::OpenAiVoiceSettings,
+    /// Offline text to speech through espeak-ng.
+    pub espeak: providers::voice::EspeakSettings,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -273,6 +301,7 @@ impl Default for Settings {
             secrets: SecretsSettings::default(),
             network: NetworkSettings::default(),
             agent: AgentSettings::default(),
+            voice: VoiceSettings::default(),
         }
     }
 }

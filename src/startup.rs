@@ -162,6 +162,25 @@ pub async fn embedded_engine_with(
             );
         }
     }
+    deps.voice = domain::voice::VoiceSetup {
+        openai: match settings.providers.openai_voice.enabled {
+            true => Some(Arc::new(providers::voice::OpenAiVoice::new(
+                settings.providers.openai_voice.clone(),
+                credentials.clone(),
+            )?)),
+            false => None,
+        },
+        espeak: settings.providers.espeak.enabled.then(|| {
+            Arc::new(providers::voice::Espeak::new(
+                settings.providers.espeak.clone(),
+            ))
+        }),
+        limits: domain::voice::VoiceLimits {
+            max_audio_bytes: settings.voice.max_audio_bytes,
+            max_audio_secs: settings.voice.max_audio_secs,
+            max_text_chars: settings.voice.max_text_chars,
+        },
+    };
     deps.writer_db = crate::database::writer_connection(settings).await?;
     deps.node_id = node_id(settings)?;
     deps.outbound = outbound_policy(settings)?;

@@ -40,6 +40,7 @@ pub mod secrets;
 pub mod status;
 pub mod sync;
 pub mod time;
+pub mod voice;
 pub mod webhooks;
 
 pub use error::{ErrorClass, ServiceError};

@@ -185,6 +185,10 @@ const EXPECTED_ROUTES: &[(&str, &str)] = &[
     ("GET", "/metrics"),
     ("POST", "/admin/pause"),
     ("POST", "/admin/resume"),
+    ("POST", "/api/projects/{slug}/voice/speech"),
+    ("POST", "/api/projects/{slug}/voice/transcriptions"),
+    ("GET", "/api/projects/{slug}/voice/requests"),
+    ("GET", "/api/projects/{slug}/voice/requests/{requestId}"),
 ];
 
 /// Routes added to the v1 contract (new endpoints only; see docs/api.md).
@@ -214,6 +218,10 @@ const ADDITIONS: &[&str] = &[
     "/api/projects/{slug}/webhooks/{webhookId}/deliveries",
     "/api/projects/{slug}/exports/{exportId}/cancel",
     "/api/projects/{slug}/sync",
+    "/api/projects/{slug}/voice/speech",
+    "/api/projects/{slug}/voice/transcriptions",
+    "/api/projects/{slug}/voice/requests",
+    "/api/projects/{slug}/voice/requests/{requestId}",
 ];
 
 /// New methods on frozen v1 paths (see docs/api.md).

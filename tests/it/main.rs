@@ -44,4 +44,5 @@ mod storage;
 mod sync;
 mod traces;
 mod v1;
+mod voice;
 mod webhooks;

@@ -780,3 +780,92 @@ async fn canceling_a_queued_run_settles_the_job_a_dead_node_held() {
     assert_ne!(run.status, "canceled");
     assert_eq!(finished_events(&db, behind).await, 1);
 }
+
+/// `kill -9` while a paid speech call is in flight: at the next start the
+/// request ends failed with its call possibly billed, and nothing is sent
+/// again.
+#[actix_web::test]
+async fn a_voice_call_in_flight_at_a_crash_is_possibly_billed_and_never_sent_again() {
+    use stubs::audio::{AudioStub, KEY, Reply};
+    let stub = AudioStub::start().await;
+    stub.script([Reply::Slow(Duration::from_secs(3))]);
+    let mut deploy = Deployment::new(&[
+        ("ATELIER_PROVIDERS__OPENAI_VOICE__ENABLED", "true"),
+        (
+            "ATELIER_PROVIDERS__OPENAI_VOICE__BASE_URL",
+            stub.base_url.as_str(),
+        ),
+        ("OPENAI_API_KEY", KEY),
+    ])
+    .await;
+    let client = deploy.client.clone();
+    let mut first = deploy.start().await;
+    let token = first.bootstrap(&client).await;
+    let (s, b) = first
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects",
+            Some(&token),
+            Some(json!({"name": "Crash", "slug": "crash"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let (s, b) = first
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects/crash/voice/speech",
+            Some(&token),
+            Some(json!({"text": "Lost in transit.", "confirm_spend": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{b}");
+    let id: Uuid = b["voice_request"]["id"].as_str().unwrap().parse().unwrap();
+    let db = deploy.connect().await;
+    let in_flight = || async {
+        entities::provider_calls::Entity::find()
+            .filter(entities::provider_calls::Column::Operation.eq("speech"))
+            .one(&db)
+            .await
+            .unwrap()
+    };
+    eventually(
+        "the speech call in flight",
+        Duration::from_secs(30),
+        || async {
+            in_flight()
+                .await
+                .filter(|c| c.sent_at.is_some())
+                .map(|_| ())
+        },
+    )
+    .await;
+    first.kill9();
+    let _second = deploy.start().await;
+    let request = eventually("the request settled", Duration::from_secs(30), || async {
+        entities::voice_requests::Entity::find_by_id(id)
+            .one(&db)
+            .await
+            .unwrap()
+            .filter(|r| r.status == "failed")
+    })
+    .await;
+    assert_eq!(
+        request.meta_json["error_code"], "provider_outcome_unknown",
+        "{request:?}"
+    );
+    let call = in_flight().await.unwrap();
+    assert_eq!(call.status, "unknown", "{call:?}");
+    assert!(call.possibly_billed_usd > 0.0, "{call:?}");
+    let ledger = entities::cost_events::Entity::find()
+        .filter(entities::cost_events::Column::ProviderCallId.eq(call.id))
+        .all(&db)
+        .await
+        .unwrap();
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0].billing, "possibly_billed");
+    // Give a wrongly resumed request time to call again: it must not.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(stub.requests().len(), 1, "sent again after the crash");
+}

@@ -194,6 +194,40 @@ impl Handler<StartExport> for BackgroundActor {
     }
 }
 
+/// Run a queued voice request (speech to text or text to speech).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RunVoice(pub Uuid);
+
+impl Handler<RunVoice> for BackgroundActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RunVoice, _: &mut Context<Self>) {
+        let shared = self.shared.clone();
+        let id = msg.0;
+        let task = tokio::spawn({
+            let shared = shared.clone();
+            async move { domain::voice::execute(&shared, id).await }
+        });
+        actix::spawn(async move {
+            let failure = match task.await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            // An error of our own or a panic: the request ends failed, not
+            // running (its call's record says whether anything was sent).
+            tracing::error!(voice_request = %id, error = %failure, "a voice request's task failed");
+            shared
+                .registry
+                .record_error(NAME, format!("voice request {id}: {failure}"));
+            if let Err(e) = domain::voice::abandon(&shared.db, id).await {
+                tracing::error!(voice_request = %id, error = %e, "cannot settle a failed voice request");
+            }
+        });
+    }
+}
+
 async fn build_export(
     shared: Arc<Shared>,
     msg: StartExport,

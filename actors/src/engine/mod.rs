@@ -174,6 +174,16 @@ impl Engine {
         let project = Supervisor::start(move |_| ProjectActor::new(for_actor));
         let (for_actor, work) = (deps.clone(), Arc::new(Work::default()));
         let background = Supervisor::start(move |_| BackgroundActor::new(for_actor, work));
+        // Voice requests a stopped process left: settled, or run again.
+        let (db, to) = (deps.db.clone(), background.clone());
+        actix::spawn(async move {
+            match domain::voice::recover(&db).await {
+                Ok(queued) => queued
+                    .into_iter()
+                    .for_each(|id| to.do_send(background::RunVoice(id))),
+                Err(e) => tracing::warn!(error = %e, "cannot recover voice requests"),
+            }
+        });
         Self {
             project,
             cost,
@@ -290,6 +300,12 @@ impl Engine {
             request,
         };
         self.ask("background", &self.background, start).await
+    }
+
+    /// Runs a recorded voice request in the background.
+    pub async fn run_voice(&self, id: Uuid) -> Result<(), ServiceError> {
+        self.ask("background", &self.background, background::RunVoice(id))
+            .await
     }
 
     /// Raises an export's cancel flag; `false`: it is not being built on

@@ -24,6 +24,7 @@ mod runs;
 mod secrets;
 mod storage;
 mod sync;
+mod voice;
 mod webhooks;
 
 /// Every route, once: registered on a plain actix `ServiceConfig` by the
@@ -109,6 +110,10 @@ macro_rules! every_route {
             .service(exports::cancel_export)
             .service(sync::start_sync)
             .service(sync::sync_state)
+            .service(voice::create_speech)
+            .service(voice::create_transcription)
+            .service(voice::list_voice)
+            .service(voice::get_voice)
             .service(ledger::get_export)
             .service(provider_accounts::list_accounts)
             .service(provider_accounts::upsert_account)

@@ -117,6 +117,8 @@ pub struct EngineDeps {
     pub outbound: crate::netpolicy::OutboundPolicy,
     /// Admission of pass work by memory.
     pub pass_budget: Arc<super::memory::PassBudget>,
+    /// Speech to text and text to speech.
+    pub voice: crate::voice::VoiceSetup,
 }
 
 impl EngineDeps {
@@ -162,6 +164,7 @@ impl EngineDeps {
             secret_keys: None,
             drain: Arc::new(Drain::default()),
             outbound: crate::netpolicy::OutboundPolicy::default(),
+            voice: crate::voice::VoiceSetup::default(),
         }
     }
 
