@@ -128,6 +128,26 @@ async fn populate(app: &TestApp, admin: &str, slug: &str) -> BTreeMap<&'static s
         .await);
     ids.insert("secretName", "api_key".into());
     ids.insert("exportId", uuid::Uuid::now_v7().to_string());
+    let (s, voice) = app
+        .post(
+            &format!("{p}/voice/speech"),
+            admin,
+            json!({"text": "beta's line", "provider": "espeak"}),
+        )
+        .await;
+    assert_eq!(s, reqwest::StatusCode::ACCEPTED, "{voice}");
+    let request = voice["voice_request"]["id"].as_str().unwrap().to_string();
+    // Finished before the snapshot, so it does not change under the checks.
+    for _ in 0..600 {
+        let (_, r) = app
+            .get(&format!("{p}/voice/requests/{request}"), admin)
+            .await;
+        if r["voice_request"]["status"] != "queued" && r["voice_request"]["status"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    ids.insert("requestId", request);
     ids
 }
 
