@@ -507,8 +507,19 @@ async fn sigterm_drains_finishes_calls_in_flight_and_resumes_at_once() {
     every_served_image_is_accounted_for(&db, &stub, run_id).await;
 }
 
-#[actix_web::test]
-async fn cancel_right_after_a_crash_settles_every_reservation_and_job() {
+/// What the crash-and-cancel tests start from: a paid run with one call in
+/// flight (1 s latency, one call at a time) and others reserved, then
+/// `kill -9`. The dead server is kept for its log.
+struct Crashed {
+    stub: OpenAiStub,
+    deploy: Deployment,
+    first: Server,
+    token: String,
+    run_id: Uuid,
+    db: DatabaseConnection,
+}
+
+async fn crash_with_calls_in_flight() -> Crashed {
     let stub = OpenAiStub::start().await;
     stub.set_latency(Duration::from_millis(1000));
     let mut deploy = deployment(
@@ -549,6 +560,27 @@ async fn cancel_right_after_a_crash_settles_every_reservation_and_job() {
     )
     .await;
     first.kill9();
+    Crashed {
+        stub,
+        deploy,
+        first,
+        token,
+        run_id,
+        db,
+    }
+}
+
+#[actix_web::test]
+async fn cancel_right_after_a_crash_settles_every_reservation_and_job() {
+    let Crashed {
+        stub: _stub,
+        mut deploy,
+        first: _first,
+        token,
+        run_id,
+        db,
+    } = crash_with_calls_in_flight().await;
+    let client = deploy.client.clone();
     let second = deploy.start().await;
     let (s, b) = second
         .call(
@@ -596,45 +628,14 @@ async fn cancel_right_after_a_crash_settles_every_reservation_and_job() {
 /// closed, nothing sent again, and the run is told finished once.
 #[actix_web::test]
 async fn a_cancel_that_landed_just_before_a_crash_is_settled_at_the_next_start() {
-    let stub = OpenAiStub::start().await;
-    stub.set_latency(Duration::from_millis(1000));
-    let mut deploy = deployment(
-        &stub,
-        &[
-            ("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "2"),
-            ("ATELIER_ENGINE__PROVIDER_CONCURRENCY", "1"),
-            ("ATELIER_ENGINE__LEASE_SECONDS", "120"),
-        ],
-    )
-    .await;
-    let client = deploy.client.clone();
-    let mut first = deploy.start().await;
-    let token = first.bootstrap(&client).await;
-    let run_id = trigger(
-        &first,
-        &client,
-        &token,
-        json!({
-            "mode": "run", "provider": "openai", "confirm_spend": true,
-            "scene_refs": ["sample:1", "sample:2"], "stage": "time", "candidates": 2,
-        }),
-    )
-    .await;
-    let db = deploy.connect().await;
-    eventually(
-        "one call in flight and others reserved",
-        Duration::from_secs(30),
-        || async {
-            let pending = calls(&db, run_id)
-                .await
-                .into_iter()
-                .filter(|c| c.status == "pending" && c.attempt > 0)
-                .count();
-            (stub.calls().len() == 1 && pending >= 2).then_some(())
-        },
-    )
-    .await;
-    first.kill9();
+    let Crashed {
+        stub,
+        mut deploy,
+        first: _first,
+        token: _,
+        run_id,
+        db,
+    } = crash_with_calls_in_flight().await;
     // What `POST .../cancel` writes: waiting jobs and the run canceled; the
     // jobs the dead workers held are still `running` under their lease.
     use sea_orm::sea_query::Expr;
@@ -830,13 +831,14 @@ async fn a_voice_call_in_flight_at_a_crash_is_possibly_billed_and_never_sent_aga
             .await
             .unwrap()
     };
+    // Sent, and arrived at the provider (which answers after 3 s).
     eventually(
         "the speech call in flight",
         Duration::from_secs(30),
         || async {
             in_flight()
                 .await
-                .filter(|c| c.sent_at.is_some())
+                .filter(|c| c.sent_at.is_some() && stub.requests().len() == 1)
                 .map(|_| ())
         },
     )
