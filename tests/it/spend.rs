@@ -371,3 +371,90 @@ async fn a_call_that_succeeds_after_a_failed_attempt_carries_no_old_error() {
     assert_eq!(call.error_code, None, "{call:?}");
     assert_eq!(call.error_message, None);
 }
+
+/// Reservations racing from many tasks at once — as from several nodes,
+/// each with its own CostActor, on one database — never take more than the
+/// budget: the check and the reservation are one atomic step in the
+/// database, not in a process.
+#[actix_web::test]
+async fn racing_reservations_never_take_more_than_the_budget_whoever_asks() {
+    use domain::ports::SpendRequest;
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    let project = app.create_project(&token, "Race", "race").await;
+    let project_id: uuid::Uuid = project["project"]["id"].as_str().unwrap().parse().unwrap();
+    // Twenty calls of 0.05 USD each, outside any run, against 0.50 USD.
+    let now = chrono::Utc::now();
+    let calls: Vec<entities::provider_calls::Model> = (0..20)
+        .map(|i| entities::provider_calls::Model {
+            id: uuid::Uuid::now_v7(),
+            project_id,
+            idempotency_key: format!("race:{i}"),
+            run_id: None,
+            job_id: None,
+            candidate_id: None,
+            provider_code: "openai".into(),
+            operation: "speech".into(),
+            model_name: None,
+            status: "pending".into(),
+            attempt: 0,
+            reserved_cost_usd: 0.0,
+            actual_cost_usd: None,
+            request_json: json!({}),
+            response_json: json!({}),
+            result_asset_id: None,
+            provider_request_id: None,
+            error_code: None,
+            error_message: None,
+            started_at: None,
+            sent_at: None,
+            sent_attempts: 0,
+            possibly_billed_usd: 0.0,
+            finished_at: None,
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    entities::provider_calls::Entity::insert_many(
+        calls
+            .iter()
+            .cloned()
+            .map(entities::provider_calls::ActiveModel::from),
+    )
+    .exec(&app.db)
+    .await
+    .unwrap();
+    let outcomes = futures_util::future::join_all(calls.iter().map(|c| {
+        let db = app.db.clone();
+        let request = SpendRequest {
+            call_id: c.id,
+            project_id,
+            run_id: None,
+            attempt: 1,
+            amount: 0.05,
+            run_budget: None,
+            project_budget: Some(0.50),
+        };
+        // Each on a task of its own, so the transactions truly overlap.
+        tokio::spawn(async move { domain::runs::budget::reserve(&db, &request).await })
+    }))
+    .await;
+    let granted = outcomes.iter().filter(|o| matches!(o, Ok(Ok(())))).count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| {
+            matches!(o, Ok(Err(domain::ServiceError::Policy { code, .. })) if *code == "project_budget_exceeded")
+        })
+        .count();
+    assert_eq!((granted, refused), (10, 10), "{outcomes:?}");
+    let reserved: f64 = entities::provider_calls::Entity::find()
+        .filter(entities::provider_calls::Column::ProjectId.eq(project_id))
+        .filter(entities::provider_calls::Column::Attempt.gt(0))
+        .all(&app.db)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.reserved_cost_usd)
+        .sum();
+    assert!((reserved - 0.50).abs() < 1e-9, "reserved {reserved}");
+}

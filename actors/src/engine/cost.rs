@@ -1,8 +1,10 @@
 //! CostActor: the one place that says yes or no to spending. Before every
 //! paid provider attempt it checks the run's and the project's budget against
 //! what is already spent plus what is reserved by calls in flight, and only
-//! then marks the call as in flight (its reservation). Its handler is atomic,
-//! so two workers cannot both take the last of a budget in this process.
+//! then marks the call as in flight (its reservation). The check and the
+//! reservation are one step in the database (`budget::reserve` holds the
+//! project's budget lock), so workers of this node and of other nodes on
+//! the same database cannot both take the last of a budget.
 //! The actual cost is recorded with the result; a failed call's reservation
 //! is released by marking it failed.
 

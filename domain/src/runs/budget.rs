@@ -19,8 +19,8 @@ use crate::status::CallStatus;
 /// counted once, either as reserved or as spent. (Three separate sums let a
 /// completion fall between the "spent" and the "reserved" read and be
 /// counted in neither, which let a race spend one call past the budget.)
-async fn committed(
-    db: &sea_orm::DatabaseConnection,
+async fn committed<C: ConnectionTrait>(
+    db: &C,
     column: &'static str,
     scope: Uuid,
     exclude: Uuid,
@@ -53,35 +53,40 @@ async fn committed(
 
 /// Reserves `msg.amount` for the next attempt of the call and marks it in
 /// flight, unless the run's or the project's budget would be exceeded by
-/// what is spent, possibly billed and reserved. Callers serialise these
-/// (the engine's CostActor), so two attempts cannot both take the last of
-/// a budget.
+/// what is spent, possibly billed and reserved. The sums and the reservation
+/// are one step for every process on the database: the transaction holds the
+/// project's budget lock (PostgreSQL: an advisory lock; SQLite: its single
+/// writer), so two attempts — on one node or on several — cannot both take
+/// the last of a budget.
 #[tracing::instrument(level = "debug", skip_all, fields(call_id = %msg.call_id, attempt = msg.attempt, amount = msg.amount))]
 pub async fn reserve(
     db: &sea_orm::DatabaseConnection,
     msg: &SpendRequest,
 ) -> Result<(), ServiceError> {
-    if msg.amount > 0.0 {
-        let checks = [
-            (
-                "budget_exceeded",
-                "run",
-                msg.run_budget,
-                "run_id",
-                msg.run_id,
-            ),
-            (
-                "project_budget_exceeded",
-                "project",
-                msg.project_budget,
-                "project_id",
-                Some(msg.project_id),
-            ),
-        ];
+    let checks = [
+        (
+            "budget_exceeded",
+            "run",
+            msg.run_budget,
+            "run_id",
+            msg.run_id,
+        ),
+        (
+            "project_budget_exceeded",
+            "project",
+            msg.project_budget,
+            "project_id",
+            Some(msg.project_id),
+        ),
+    ];
+    let txn = crate::db::begin_write(db).await?;
+    if msg.amount > 0.0 && checks.iter().any(|c| c.2.is_some() && c.4.is_some()) {
+        crate::db::serialize(&txn, &format!("budget:{}", msg.project_id)).await?;
         for (code, what, budget, column, scope) in checks {
             if let (Some(budget), Some(scope)) = (budget, scope) {
-                let used = committed(db, column, scope, msg.call_id).await?;
+                let used = committed(&txn, column, scope, msg.call_id).await?;
                 if used + msg.amount > budget + 1e-9 {
+                    crate::db::rollback(txn).await?;
                     return Err(ServiceError::Policy {
                         code,
                         message: format!(
@@ -93,7 +98,6 @@ pub async fn reserve(
             }
         }
     }
-    let txn = crate::db::begin_write(db).await?;
     provider_calls::Entity::update_many()
         .col_expr(
             provider_calls::Column::Status,
