@@ -232,6 +232,7 @@ async fn applied_migrations(conn: &DatabaseConnection) -> Result<Vec<String>, Db
 /// Brings the schema up to date: refuses a newer schema, backs up an existing
 /// SQLite file when something is pending, then applies the pending migrations.
 pub async fn migrate_up(db: &Db, settings: &Settings) -> Result<SchemaStatus, DatabaseError> {
+    let _turn = MigrationTurn::take(settings).await?;
     let status = known_schema(db).await?;
     if !status.pending.is_empty() {
         if settings.database_url.is_none()
@@ -249,6 +250,84 @@ pub async fn migrate_up(db: &Db, settings: &Settings) -> Result<SchemaStatus, Da
     schema_status(&db.conn)
         .await
         .map_err(DatabaseError::Migrate)
+}
+
+/// One process at a time changes a database's schema: nodes that start
+/// together on one PostgreSQL database (or processes on one SQLite file) take
+/// turns, and each reads what is pending only once it holds the turn — the
+/// first applies the migrations, the others find none left. PostgreSQL: a
+/// transaction-scoped advisory lock on a connection of its own (the
+/// migrations run on the pool); SQLite: a lock on `backend/migrate.lock`.
+/// Released when dropped.
+struct MigrationTurn {
+    _lock: TurnLock,
+}
+
+/// What holds the turn, kept only to be dropped.
+enum TurnLock {
+    Postgres {
+        _txn: sea_orm::DatabaseTransaction,
+        _conn: DatabaseConnection,
+    },
+    File {
+        _file: std::fs::File,
+    },
+}
+
+impl MigrationTurn {
+    async fn take(settings: &Settings) -> Result<Self, DatabaseError> {
+        match &settings.database_url {
+            Some(url) => {
+                use sea_orm::TransactionTrait;
+                let target = redact_url(url);
+                let mut opts = ConnectOptions::new(url.clone());
+                opts.max_connections(1)
+                    .connect_timeout(Duration::from_secs(10))
+                    .sqlx_logging(false);
+                let conn =
+                    Database::connect(opts)
+                        .await
+                        .map_err(|source| DatabaseError::Connect {
+                            target,
+                            source: redact_err(source, url),
+                        })?;
+                let txn = conn.begin().await.map_err(DatabaseError::Migrate)?;
+                txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    "SELECT pg_advisory_xact_lock(hashtext($1))",
+                    ["atelier:migrations".into()],
+                ))
+                .await
+                .map_err(DatabaseError::Migrate)?;
+                Ok(Self {
+                    _lock: TurnLock::Postgres {
+                        _txn: txn,
+                        _conn: conn,
+                    },
+                })
+            }
+            None => {
+                let path = settings.backend_dir().join("migrate.lock");
+                let io = |source| DatabaseError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io)?;
+                let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+                    .await
+                    .map_err(|e| io(std::io::Error::other(e.to_string())))?
+                    .map_err(io)?;
+                Ok(Self {
+                    _lock: TurnLock::File { _file: file },
+                })
+            }
+        }
+    }
 }
 
 /// Connects and brings the schema up to date (what every command that works
@@ -280,6 +359,7 @@ pub async fn migrate_down(
     settings: &Settings,
     steps: Option<u32>,
 ) -> Result<SchemaStatus, DatabaseError> {
+    let _turn = MigrationTurn::take(settings).await?;
     let status = known_schema(db).await?;
     if settings.database_url.is_none()
         && settings.database.backup_before_migrate

@@ -405,3 +405,43 @@ async fn real_data_decodes_and_survives_down_steps_and_up() {
     let after = all_tables!(count_every_table, &db);
     assert_eq!(after, before, "rows were lost across down and up");
 }
+
+/// Nodes that start together on one fresh database take turns to migrate
+/// it: every one comes up and the migrations are applied once (without the
+/// turn, concurrent `CREATE TABLE`s made all but one fail on PostgreSQL).
+#[actix_web::test]
+async fn processes_starting_together_migrate_a_fresh_database_once() {
+    let deploy = crate::binary::Deployment::new(&[]).await;
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_atelier"));
+            cmd.arg("--data-dir")
+                .arg(deploy.dir.path())
+                .args(["migrate", "up"])
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped());
+            match &deploy.db.url {
+                Some(url) => cmd.env("DATABASE_URL", url),
+                None => cmd.env_remove("DATABASE_URL"),
+            };
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (ok, out, err) = deploy.cli(&["migrate", "status"]);
+    assert!(ok, "{err}");
+    assert!(!out.contains("pending"), "{out}");
+    assert_eq!(
+        out.matches("applied  ").count(),
+        migration::known_migration_names().len(),
+        "{out}"
+    );
+}
