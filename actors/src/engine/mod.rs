@@ -175,9 +175,10 @@ impl Engine {
         let (for_actor, work) = (deps.clone(), Arc::new(Work::default()));
         let background = Supervisor::start(move |_| BackgroundActor::new(for_actor, work));
         // Voice requests a stopped process left: settled, or run again.
-        let (db, to) = (deps.db.clone(), background.clone());
+        let (db, to, node) = (deps.db.clone(), background.clone(), deps.node_id.clone());
+        let started = chrono::Utc::now();
         actix::spawn(async move {
-            match domain::voice::recover(&db).await {
+            match domain::voice::recover(&db, &node, started).await {
                 Ok(queued) => queued
                     .into_iter()
                     .for_each(|id| to.do_send(background::RunVoice(id))),

@@ -37,10 +37,21 @@ pub async fn execute(deps: &EngineDeps, id: Uuid) -> Result<(), ServiceError> {
     if claimed == 0 {
         return Ok(());
     }
-    let request = voice_requests::Entity::find_by_id(id)
+    let mut request = voice_requests::Entity::find_by_id(id)
         .one(&deps.db)
         .await?
         .ok_or_else(|| ServiceError::missing("voice request", id))?;
+    // Which node runs it: only that node's next start settles it if it
+    // stops mid-call (another node's running requests are not its to touch).
+    request.meta_json["node_id"] = json!(deps.node_id);
+    voice_requests::Entity::update_many()
+        .col_expr(
+            voice_requests::Column::MetaJson,
+            Expr::value(request.meta_json.clone()),
+        )
+        .filter(voice_requests::Column::Id.eq(id))
+        .exec(&deps.db)
+        .await?;
     let call_id = call_of(&request)
         .ok_or_else(|| ServiceError::Internal("a voice request without its call".into()))?;
     let call = provider_calls::Entity::find_by_id(call_id)
@@ -542,16 +553,24 @@ async fn complete(
     Ok(())
 }
 
-/// At start: what a stopped process left. A request whose call was sent had
-/// an unknown outcome — kept as possibly billed, the request failed, nothing
-/// sent again; one that was claimed but not sent is queued again. Returns
-/// the queued requests, to run.
-pub async fn recover(db: &DatabaseConnection) -> Result<Vec<Uuid>, ServiceError> {
+/// At start: what this node's stopped process left (requests it claimed
+/// before `started`). A request whose call was sent had an unknown outcome —
+/// kept as possibly billed, the request failed, nothing sent again; one that
+/// was claimed but not sent is queued again. Returns the queued requests, to
+/// run.
+pub async fn recover(
+    db: &DatabaseConnection,
+    node_id: &str,
+    started: chrono::DateTime<chrono::Utc>,
+) -> Result<Vec<Uuid>, ServiceError> {
     let running = voice_requests::Entity::find()
         .filter(voice_requests::Column::Status.eq(status::RUNNING))
+        .filter(voice_requests::Column::UpdatedAt.lt(started))
         .all(db)
         .await?;
-    for r in running {
+    let mine =
+        |r: &voice_requests::Model| r.meta_json["node_id"].as_str().is_none_or(|n| n == node_id);
+    for r in running.into_iter().filter(mine) {
         let call_id = call_of(&r);
         let call = match call_id {
             Some(id) => provider_calls::Entity::find_by_id(id).one(db).await?,
