@@ -245,6 +245,29 @@ impl OpenAiVoice {
         format!("{}/{path}", self.settings.base_url.trim_end_matches('/'))
     }
 
+    /// Sends `request` with the key: the answer when it is a success (and
+    /// the provider's request id), else the failure classified the way the
+    /// image adapter classifies OpenAI's errors.
+    async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+        key: &Secret,
+    ) -> Result<(reqwest::Response, Option<String>), ProviderError> {
+        let resp = request
+            .bearer_auth(key.expose())
+            .send()
+            .await
+            .map_err(|e| transport(&e))?;
+        let status = resp.status().as_u16();
+        let request_id = request_id(&resp);
+        let signal = RateSignal::from_headers(resp.headers());
+        if !(200..300).contains(&status) {
+            let body = read_error_body(resp, 64 * 1024).await;
+            return Err(crate::openai::classify(status, &body, signal, key));
+        }
+        Ok((resp, request_id))
+    }
+
     pub async fn transcribe(&self, req: TranscribeRequest) -> Result<Transcript, ProviderError> {
         let price = self.transcription_price(&req.model).ok_or_else(|| {
             ProviderError::NotConfigured(format!("no price for model {}", req.model))
@@ -267,21 +290,14 @@ impl OpenAiVoice {
         if let Some(prompt) = req.prompt {
             form = form.text("prompt", prompt);
         }
-        let resp = self
-            .http
-            .post(self.url("audio/transcriptions"))
-            .bearer_auth(key.expose())
-            .multipart(form)
-            .send()
-            .await
-            .map_err(|e| transport(&e))?;
-        let status = resp.status().as_u16();
-        let request_id = request_id(&resp);
-        let signal = RateSignal::from_headers(resp.headers());
-        if !(200..300).contains(&status) {
-            let body = read_error_body(resp, 64 * 1024).await;
-            return Err(crate::openai::classify(status, &body, signal, &key));
-        }
+        let (resp, request_id) = self
+            .send(
+                self.http
+                    .post(self.url("audio/transcriptions"))
+                    .multipart(form),
+                &key,
+            )
+            .await?;
         let body = read_limited(resp, 4 * 1024 * 1024).await?;
         let parsed: TranscriptionResponse = serde_json::from_slice(&body).map_err(|e| {
             ProviderError::malformed(format!(
@@ -336,21 +352,9 @@ impl OpenAiVoice {
             "model": req.model, "input": req.text, "voice": req.voice,
             "response_format": req.format, "speed": req.speed,
         });
-        let resp = self
-            .http
-            .post(self.url("audio/speech"))
-            .bearer_auth(key.expose())
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport(&e))?;
-        let status = resp.status().as_u16();
-        let request_id = request_id(&resp);
-        let signal = RateSignal::from_headers(resp.headers());
-        if !(200..300).contains(&status) {
-            let body = read_error_body(resp, 64 * 1024).await;
-            return Err(crate::openai::classify(status, &body, signal, &key));
-        }
+        let (resp, request_id) = self
+            .send(self.http.post(self.url("audio/speech")).json(&body), &key)
+            .await?;
         let cost = Cost {
             usd,
             detail: json!({ "basis": "characters", "characters": chars, "model": req.model }),

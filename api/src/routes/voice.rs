@@ -95,6 +95,15 @@ pub struct VoiceAccepted {
     created: bool,
 }
 
+/// Hands a new request to the engine and answers: `202` for a new request,
+/// `200` for an earlier one with the same idempotency key.
+async fn start(state: &AppState, submitted: Submitted) -> ApiResult<HttpResponse> {
+    if submitted.created {
+        state.engine.run_voice(submitted.request.id).await?;
+    }
+    Ok(accepted(submitted))
+}
+
 fn accepted(submitted: Submitted) -> HttpResponse {
     let body = VoiceAccepted {
         ok: true,
@@ -166,10 +175,7 @@ pub async fn create_speech(
         },
     )
     .await?;
-    if submitted.created {
-        state.engine.run_voice(submitted.request.id).await?;
-    }
-    Ok(accepted(submitted))
+    start(&state, submitted).await
 }
 
 #[derive(Deserialize, IntoParams, Default)]
@@ -247,10 +253,7 @@ pub async fn create_transcription(
         },
     )
     .await?;
-    if submitted.created {
-        state.engine.run_voice(submitted.request.id).await?;
-    }
-    Ok(accepted(submitted))
+    start(&state, submitted).await
 }
 
 #[derive(Deserialize, IntoParams, Default)]
