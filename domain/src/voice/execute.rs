@@ -415,28 +415,18 @@ async fn complete(
                 .ok_or_else(|| ServiceError::missing("project", request.project_id))?;
             let files =
                 crate::projects::project_files(&deps.db, deps.file_access(), &project).await?;
-            let stored = crate::assets::put(
+            let key = format!("voice/{}.{}", request.id, format.name());
+            let stored = super::put_audio(
                 &deps.db,
                 &files,
-                crate::assets::NewAsset {
-                    project_id: request.project_id,
-                    kind: "voice_output",
-                    key: &format!("voice/{}.{}", request.id, format.name()),
-                    bytes: audio,
-                    mime: format.mime(),
-                    width: 0,
-                    height: 0,
-                    run_id: None,
-                    job_id: None,
-                    candidate_id: None,
-                    metadata: json!({ "voice_request_id": request.id, "duration_secs": duration_secs }),
-                },
+                (request.project_id, "voice_output", &key),
+                audio,
+                format,
+                json!({ "voice_request_id": request.id, "duration_secs": duration_secs }),
                 None,
             )
             .await?;
-            let mut row = stored.row;
-            row.width = None;
-            row.height = None;
+            let row = stored.row;
             meta["duration_secs"] = json!(duration_secs);
             (cost, request_id, Some((row, stored.fresh)))
         }

@@ -181,3 +181,40 @@ fn publish(hub: &EventHub, request: &voice_requests::Model, seq: i64, kind: &str
         created_at: time::now(),
     });
 }
+
+/// Writes an audio file (durable when this returns) unless the project holds
+/// the same bytes in this role already; the row, without a pixel size, is
+/// for the caller to insert with the request's rows when `fresh`. `sha256`:
+/// the content hash, when the caller has it already.
+async fn put_audio(
+    db: &sea_orm::DatabaseConnection,
+    files: &storage::ProjectFiles,
+    (project_id, kind, key): (Uuid, &'static str, &str),
+    bytes: Vec<u8>,
+    format: audio::AudioFormat,
+    metadata: Value,
+    sha256: Option<String>,
+) -> Result<crate::assets::Stored, ServiceError> {
+    let mut stored = crate::assets::put(
+        db,
+        files,
+        crate::assets::NewAsset {
+            project_id,
+            kind,
+            key,
+            bytes,
+            mime: format.mime(),
+            width: 0,
+            height: 0,
+            run_id: None,
+            job_id: None,
+            candidate_id: None,
+            metadata,
+        },
+        sha256,
+    )
+    .await?;
+    stored.row.width = None;
+    stored.row.height = None;
+    Ok(stored)
+}

@@ -378,29 +378,18 @@ async fn record(
         Some((InputAsset::Existing(a), _)) => (Some(*a), false),
         Some((InputAsset::New(bytes, format), files)) => {
             let sha = crate::assets::sha256_hex(&bytes);
-            let stored = crate::assets::put(
+            let key = format!("voice/{sha}.{}", format.name());
+            let stored = super::put_audio(
                 &deps.db,
                 &files,
-                crate::assets::NewAsset {
-                    project_id: project.id,
-                    kind: "voice_input",
-                    key: &format!("voice/{sha}.{}", format.name()),
-                    bytes,
-                    mime: format.mime(),
-                    width: 0,
-                    height: 0,
-                    run_id: None,
-                    job_id: None,
-                    candidate_id: None,
-                    metadata: json!({ "voice_request_id": id }),
-                },
+                (project.id, "voice_input", &key),
+                bytes,
+                format,
+                json!({ "voice_request_id": id }),
                 Some(sha),
             )
             .await?;
-            let mut row = stored.row;
-            row.width = None;
-            row.height = None;
-            (Some(row), stored.fresh)
+            (Some(stored.row), stored.fresh)
         }
         None => (None, false),
     };
