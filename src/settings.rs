@@ -168,6 +168,9 @@ pub struct EngineSettings {
     pub max_queued_runs: usize,
     pub lease_seconds: u64,
     pub heartbeat_ms: u64,
+    /// A node whose heartbeat (every `heartbeat_ms`) is older than this is
+    /// dead to the others (`GET /admin/nodes`).
+    pub node_timeout_ms: u64,
     /// Provider attempts per candidate (retryable errors only).
     pub provider_max_attempts: u32,
     pub retry_base_ms: u64,
@@ -200,6 +203,7 @@ impl Default for EngineSettings {
             max_queued_runs: 256,
             lease_seconds: 30,
             heartbeat_ms: 5_000,
+            node_timeout_ms: 15_000,
             provider_max_attempts: 3,
             retry_base_ms: 200,
             retry_max_ms: 5_000,

@@ -283,6 +283,7 @@ pub fn engine_config(settings: &Settings) -> actors::engine::EngineConfig {
         max_queued_runs: e.max_queued_runs.max(1),
         lease: Duration::from_secs(e.lease_seconds.max(1)),
         heartbeat: Duration::from_millis(e.heartbeat_ms.max(50)),
+        node_timeout: Duration::from_millis(e.node_timeout_ms.max(e.heartbeat_ms.max(50) * 2)),
         retry: domain::runs::pipeline::RetryPolicy {
             max_attempts: e.provider_max_attempts.max(1),
             base_delay: Duration::from_millis(e.retry_base_ms),
@@ -384,6 +385,15 @@ impl Application {
         let (engine, roots) =
             embedded_engine(&settings, &db.conn, engine_config(&settings)).await?;
         resume_interrupted_exports(&db.conn, &engine, &node_id(&settings)?).await?;
+        engine
+            .announce(domain::cluster::NodeInfo {
+                id: node_id(&settings)?,
+                address: local.to_string(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                database_backend: database::backend_name(&db.conn).into(),
+                started_at: chrono::Utc::now(),
+            })
+            .await;
         let state = web::Data::new(api::AppState::new(
             db.conn.clone(),
             tokens,

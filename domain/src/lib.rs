@@ -20,6 +20,7 @@ pub mod auth;
 pub mod background;
 pub mod bootstrap;
 pub mod catalog;
+pub mod cluster;
 pub mod copilot;
 pub mod cursor;
 pub mod db;

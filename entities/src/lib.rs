@@ -14,6 +14,7 @@ pub mod characters;
 pub mod chat_messages;
 pub mod chat_sessions;
 pub mod cost_events;
+pub mod nodes;
 pub mod project_exports;
 pub mod project_secrets;
 pub mod project_storage;
@@ -47,6 +48,7 @@ pub mod prelude {
     pub use super::chat_messages::Entity as ChatMessage;
     pub use super::chat_sessions::Entity as ChatSession;
     pub use super::cost_events::Entity as CostEvent;
+    pub use super::nodes::Entity as Node;
     pub use super::project_exports::Entity as ProjectExport;
     pub use super::project_secrets::Entity as ProjectSecret;
     pub use super::project_storage::Entity as ProjectStorage;

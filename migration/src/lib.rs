@@ -16,6 +16,7 @@ mod m20261126_000006_webhooks;
 mod m20261130_000007_call_outcomes;
 mod m20261130_000008_token_lineage;
 mod m20261201_000009_candidates_from_one;
+mod m20261201_000010_nodes;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000007_call_outcomes::Migration),
             Box::new(m20261130_000008_token_lineage::Migration),
             Box::new(m20261201_000009_candidates_from_one::Migration),
+            Box::new(m20261201_000010_nodes::Migration),
         ]
     }
 }

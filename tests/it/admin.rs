@@ -177,3 +177,80 @@ async fn pausing_all_processing_holds_runs_until_resumed() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// Every node serving from one database records itself and beats its heart
+/// there; the others see one that stops beating as dead once the timeout
+/// has passed. Operators only.
+#[actix_web::test]
+async fn nodes_on_one_database_see_each_other_and_a_dead_one() {
+    use crate::binary::{Deployment, eventually};
+    use reqwest::Method;
+    use std::time::Duration;
+    let mut deploy = Deployment::new(&[
+        ("ATELIER_ENGINE__HEARTBEAT_MS", "200"),
+        ("ATELIER_ENGINE__NODE_TIMEOUT_MS", "1000"),
+    ])
+    .await;
+    deploy
+        .env
+        .push(("ATELIER_ENGINE__NODE_ID".into(), "node-a".into()));
+    let mut a = deploy.start().await;
+    deploy
+        .env
+        .push(("ATELIER_ENGINE__NODE_ID".into(), "node-b".into()));
+    let b = deploy.start().await;
+    let client = deploy.client.clone();
+    let token = a.bootstrap(&client).await;
+    let nodes = |alive_a: bool| {
+        let (b, client, token) = (&b, &client, &token);
+        async move {
+            let (s, body) = b
+                .call(client, Method::GET, "/admin/nodes", Some(token), None)
+                .await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            let list = body["nodes"].as_array().unwrap().clone();
+            let find = |id: &str| list.iter().find(|n| n["id"] == id).cloned();
+            match (find("node-a"), find("node-b")) {
+                (Some(na), Some(nb)) if na["alive"] == alive_a && nb["alive"] == true => {
+                    Some((na, nb))
+                }
+                _ => None,
+            }
+        }
+    };
+    let (na, nb) = eventually("both nodes alive", Duration::from_secs(10), || nodes(true)).await;
+    assert_eq!(nb["this_node"], true, "{nb}");
+    assert_eq!(na["this_node"], false, "{na}");
+    assert_eq!(na["address"], a.base.trim_start_matches("http://"), "{na}");
+    assert_eq!(nb["address"], b.base.trim_start_matches("http://"), "{nb}");
+    assert_eq!(nb["version"], env!("CARGO_PKG_VERSION"));
+    a.kill9();
+    let (na, _) = eventually("node-a seen dead", Duration::from_secs(10), || nodes(false)).await;
+    assert_eq!(na["alive"], false, "{na}");
+    // Operators only.
+    let (s, body) = b
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects",
+            Some(&token),
+            Some(json!({"name": "Scoped", "slug": "scoped"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = b
+        .call(
+            &client,
+            Method::POST,
+            "/auth/token",
+            Some(&token),
+            Some(json!({"project_slug": "scoped"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let scoped = body["auth_token"]["token"].as_str().unwrap().to_string();
+    let (s, body) = b
+        .call(&client, Method::GET, "/admin/nodes", Some(&scoped), None)
+        .await;
+    assert_error(s, &body, 403, "forbidden");
+}

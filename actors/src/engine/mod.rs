@@ -303,6 +303,27 @@ impl Engine {
         self.ask("background", &self.background, start).await
     }
 
+    /// Records this node in the database and keeps its heartbeat there
+    /// every `heartbeat` while the engine runs (a failed beat is logged and
+    /// tried again at the next).
+    pub async fn announce(&self, node: domain::cluster::NodeInfo) {
+        if let Err(e) = domain::cluster::heartbeat(&self.deps.db, &node).await {
+            tracing::warn!(error = %e, "cannot record this node in the database");
+        }
+        let (db, every) = (self.deps.db.clone(), self.deps.config.heartbeat);
+        actix::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                if let Err(e) = domain::cluster::heartbeat(&db, &node).await {
+                    tracing::warn!(error = %e, "cannot record this node's heartbeat");
+                }
+            }
+        });
+    }
+
     /// Runs a recorded voice request in the background.
     pub async fn run_voice(&self, id: Uuid) -> Result<(), ServiceError> {
         self.ask("background", &self.background, background::RunVoice(id))

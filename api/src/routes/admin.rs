@@ -1,5 +1,5 @@
-//! Operator endpoints (unscoped tokens only): the supervision tree and
-//! restarts through the real supervisor path.
+//! Operator endpoints (unscoped tokens only): the supervision tree,
+//! restarts through the real supervisor path, and the cluster's nodes.
 
 use actix_web::{get, post, web};
 use serde::Serialize;
@@ -164,4 +164,63 @@ pub async fn resume_all(
     _admin: Admin,
 ) -> ApiResult<web::Json<PauseResponse>> {
     set_paused(&state, false).await
+}
+
+/// A node serving from this database.
+#[derive(Serialize, ToSchema)]
+pub struct Node {
+    /// Its name in job leases (`engine.node_id`).
+    id: String,
+    /// Where it serves HTTP.
+    address: String,
+    version: String,
+    database_backend: String,
+    started_at: String,
+    heartbeat_at: String,
+    /// Its last heartbeat is within `engine.node_timeout_ms`.
+    alive: bool,
+    /// The node answering this request.
+    this_node: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct NodesResponse {
+    ok: bool,
+    /// Live nodes first.
+    nodes: Vec<Node>,
+}
+
+/// **New.** The nodes serving from this database: each records itself at
+/// start and beats its heart every `engine.heartbeat_ms`; one silent for
+/// longer than `engine.node_timeout_ms` is dead.
+#[utoipa::path(
+    tag = "admin",
+    responses(
+        (status = 200, body = NodesResponse),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+    )
+)]
+#[get("/admin/nodes")]
+pub async fn nodes(
+    state: web::Data<AppState>,
+    _admin: Admin,
+) -> ApiResult<web::Json<NodesResponse>> {
+    let deps = &state.engine.deps;
+    let members = domain::cluster::members(&state.db, deps.config.node_timeout).await?;
+    Ok(web::Json(NodesResponse {
+        ok: true,
+        nodes: members
+            .into_iter()
+            .map(|m| Node {
+                this_node: m.node.id == deps.node_id,
+                id: m.node.id,
+                address: m.node.address,
+                version: m.node.version,
+                database_backend: m.node.database_backend,
+                started_at: domain::time::format(&m.node.started_at),
+                heartbeat_at: domain::time::format(&m.node.heartbeat_at),
+                alive: m.alive,
+            })
+            .collect(),
+    }))
 }

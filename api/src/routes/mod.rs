@@ -135,6 +135,7 @@ macro_rules! every_route {
             .service(queue::resume_queue)
             .service(feed::events_ws)
             .service(admin::supervision)
+            .service(admin::nodes)
             .service(admin::restart_actor)
             .service(admin::pause_all)
             .service(admin::resume_all)

@@ -32,6 +32,8 @@ pub struct EngineConfig {
     pub max_queued_runs: usize,
     pub lease: Duration,
     pub heartbeat: Duration,
+    /// A node whose heartbeat is older than this is dead (see `cluster`).
+    pub node_timeout: Duration,
     pub retry: RetryPolicy,
     /// Attempts per job (a panic or internal error consumes one).
     pub job_max_attempts: i32,
@@ -62,6 +64,7 @@ impl Default for EngineConfig {
             max_queued_runs: 256,
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(5),
+            node_timeout: Duration::from_secs(15),
             retry: RetryPolicy {
                 max_attempts: 3,
                 base_delay: Duration::from_millis(200),
