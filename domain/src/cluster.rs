@@ -1,14 +1,18 @@
 //! Cluster membership: every node serving from this database records itself
 //! and beats its heart there; a node whose heartbeat is older than the
-//! timeout is dead. What the others do about a dead node's work (adopting
-//! its runs, reclaiming its leases) builds on this.
+//! timeout is dead. Each run has an owner, the node that drives it; a live
+//! node adopts the runs of a dead one (and reclaims its job leases at once,
+//! see `runs::lifecycle::next_step`), so a node's death costs about one
+//! timeout, not a lease's length.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use entities::nodes;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{DatabaseConnection, EntityTrait, QueryOrder};
+use entities::{nodes, run_owners, runs};
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use uuid::Uuid;
 
 use crate::ServiceError;
 
@@ -79,4 +83,116 @@ pub async fn members(
         .collect();
     out.sort_by_key(|m| !m.alive);
     Ok(out)
+}
+
+/// Nodes other than `me` whose heartbeat is older than `timeout`.
+pub async fn dead_nodes(
+    db: &DatabaseConnection,
+    me: &str,
+    timeout: Duration,
+) -> Result<HashSet<String>, ServiceError> {
+    Ok(members(db, timeout)
+        .await?
+        .into_iter()
+        .filter(|m| !m.alive && m.node.id != me)
+        .map(|m| m.node.id)
+        .collect())
+}
+
+/// `node` drives the run (it took the submission).
+pub async fn claim_run(
+    db: &DatabaseConnection,
+    run_id: Uuid,
+    node: &str,
+) -> Result<(), ServiceError> {
+    let txn = crate::db::begin_write(db).await?;
+    run_owners::Entity::insert(run_owners::ActiveModel::from(run_owners::Model {
+        run_id,
+        node_id: node.to_string(),
+        claimed_at: crate::time::now(),
+    }))
+    .on_conflict(
+        OnConflict::column(run_owners::Column::RunId)
+            .update_columns([run_owners::Column::NodeId, run_owners::Column::ClaimedAt])
+            .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    crate::db::commit(txn).await?;
+    Ok(())
+}
+
+/// The unfinished runs `me` must start driving: at its start, its own (from
+/// its previous process); at start and on every tick after, those whose
+/// owner is dead, which it takes over — one conditional update each, so two
+/// nodes never both adopt a run. A run with no owner (submitted by a node
+/// that died before claiming it, or before ownership was recorded) is taken
+/// at start, and on a tick once it is older than the timeout.
+pub async fn runs_to_drive(
+    db: &DatabaseConnection,
+    me: &str,
+    timeout: Duration,
+    at_start: bool,
+) -> Result<Vec<runs::Model>, ServiceError> {
+    let unowned_after = if at_start { Duration::ZERO } else { timeout };
+    let unfinished = crate::runs::store::unfinished_runs(db).await?;
+    if unfinished.is_empty() {
+        return Ok(Vec::new());
+    }
+    let owners: HashMap<Uuid, String> = run_owners::Entity::find()
+        .filter(run_owners::Column::RunId.is_in(unfinished.iter().map(|r| r.id)))
+        .all(db)
+        .await?
+        .into_iter()
+        .map(|o| (o.run_id, o.node_id))
+        .collect();
+    let dead = dead_nodes(db, me, timeout).await?;
+    let now = crate::time::now();
+    let old_enough = chrono::Duration::from_std(unowned_after).unwrap_or(chrono::Duration::MAX);
+    let mut mine = Vec::new();
+    for run in unfinished {
+        let taken = match owners.get(&run.id) {
+            Some(owner) if owner == me => at_start,
+            Some(owner) if dead.contains(owner) => {
+                let txn = crate::db::begin_write(db).await?;
+                let moved = run_owners::Entity::update_many()
+                    .col_expr(run_owners::Column::NodeId, Expr::value(me))
+                    .col_expr(run_owners::Column::ClaimedAt, Expr::value(now))
+                    .filter(run_owners::Column::RunId.eq(run.id))
+                    .filter(run_owners::Column::NodeId.eq(owner.as_str()))
+                    .exec(&txn)
+                    .await?
+                    .rows_affected;
+                crate::db::commit(txn).await?;
+                if moved > 0 {
+                    tracing::warn!(run_id = %run.id, dead_node = %owner, "adopted the run of a dead node");
+                }
+                moved > 0
+            }
+            Some(_) => false,
+            None if now.signed_duration_since(run.created_at) >= old_enough => {
+                let txn = crate::db::begin_write(db).await?;
+                let inserted =
+                    run_owners::Entity::insert(run_owners::ActiveModel::from(run_owners::Model {
+                        run_id: run.id,
+                        node_id: me.to_string(),
+                        claimed_at: now,
+                    }))
+                    .on_conflict(
+                        OnConflict::column(run_owners::Column::RunId)
+                            .do_nothing()
+                            .to_owned(),
+                    )
+                    .exec_without_returning(&txn)
+                    .await?;
+                crate::db::commit(txn).await?;
+                inserted > 0
+            }
+            None => false,
+        };
+        if taken {
+            mine.push(run);
+        }
+    }
+    Ok(mine)
 }

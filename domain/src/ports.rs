@@ -65,7 +65,10 @@ pub struct RunEngine<'a> {
 }
 
 impl RunEngine<'_> {
+    /// Hands a recorded run to this node's queue; this node owns it from now
+    /// on (another node adopts it only if this one dies).
     pub async fn submit(&self, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
+        crate::cluster::claim_run(&self.deps.db, run_id, &self.deps.node_id).await?;
         self.queue.submit(run_id, project_id).await
     }
 

@@ -29,6 +29,7 @@ pub mod reference_sets;
 pub mod run_candidates;
 pub mod run_events;
 pub mod run_jobs;
+pub mod run_owners;
 pub mod runs;
 pub mod style_guides;
 pub mod voice_requests;
@@ -63,6 +64,7 @@ pub mod prelude {
     pub use super::run_candidates::Entity as RunCandidate;
     pub use super::run_events::Entity as RunEvent;
     pub use super::run_jobs::Entity as RunJob;
+    pub use super::run_owners::Entity as RunOwner;
     pub use super::runs::Entity as Run;
     pub use super::style_guides::Entity as StyleGuide;
     pub use super::voice_requests::Entity as VoiceRequest;

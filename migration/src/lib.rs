@@ -17,6 +17,7 @@ mod m20261130_000007_call_outcomes;
 mod m20261130_000008_token_lineage;
 mod m20261201_000009_candidates_from_one;
 mod m20261201_000010_nodes;
+mod m20261201_000011_run_owners;
 
 pub struct Migrator;
 
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000008_token_lineage::Migration),
             Box::new(m20261201_000009_candidates_from_one::Migration),
             Box::new(m20261201_000010_nodes::Migration),
+            Box::new(m20261201_000011_run_owners::Migration),
         ]
     }
 }

@@ -30,6 +30,8 @@ pub struct ProjectActor {
     queue: VecDeque<Queued>,
     active: HashMap<Uuid, (Uuid, Addr<RunActor>)>,
     paused: HashSet<Uuid>,
+    /// An adoption pass is running (ticks meanwhile are skipped).
+    adopting: bool,
 }
 
 impl ProjectActor {
@@ -39,6 +41,7 @@ impl ProjectActor {
             queue: VecDeque::new(),
             active: HashMap::new(),
             paused: HashSet::new(),
+            adopting: false,
         }
     }
 
@@ -47,6 +50,38 @@ impl ProjectActor {
             .values()
             .filter(|(p, _)| *p == project_id)
             .count()
+    }
+
+    /// Queues the runs of dead nodes that this node took over.
+    fn adopt(&mut self, ctx: &mut Context<Self>) {
+        if self.adopting {
+            return;
+        }
+        self.adopting = true;
+        let deps = self.deps.clone();
+        async move { lifecycle::to_adopt(&deps).await }
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                act.adopting = false;
+                match result {
+                    Ok(runs) => {
+                        for r in runs {
+                            if !act.queue.iter().any(|q| q.run_id == r.id)
+                                && !act.active.contains_key(&r.id)
+                            {
+                                act.queue.push_back(Queued {
+                                    run_id: r.id,
+                                    project_id: r.project_id,
+                                    origin: Span::none(),
+                                });
+                            }
+                        }
+                        act.pump(ctx);
+                    }
+                    Err(e) => act.deps.registry.record_error(NAME, e.to_string()),
+                }
+            })
+            .spawn(ctx);
     }
 
     /// Starts queued runs while their project has room, oldest first.
@@ -97,10 +132,10 @@ impl Actor for ProjectActor {
         // Recovery: resume what was queued or running when we last stopped.
         // Runs created from now on arrive with their SubmitRun (and the span
         // of the request that made them), so recovery leaves them to it.
-        let db = self.deps.db.clone();
+        let deps = self.deps.clone();
         let started = chrono::Utc::now();
         ctx.wait(
-            async move { lifecycle::to_resume(&db).await }
+            async move { lifecycle::to_resume(&deps).await }
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     match result {
@@ -121,6 +156,9 @@ impl Actor for ProjectActor {
                     act.pump(ctx);
                 }),
         );
+        // A dead node's runs are taken over by a live one.
+        let every = self.deps.config.heartbeat;
+        ctx.run_interval(every, |act, ctx| act.adopt(ctx));
     }
 }
 

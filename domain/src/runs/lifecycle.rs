@@ -100,23 +100,40 @@ pub async fn next_step(
     // Each pass reads only what it needs (running leases, up to `room` ready
     // jobs), never the whole run: the cost of a pass must not grow with the
     // run's size.
-    let running: Vec<(Uuid, Option<chrono::DateTime<Utc>>)> = run_jobs::Entity::find()
-        .select_only()
-        .column(run_jobs::Column::Id)
-        .column(run_jobs::Column::LeaseExpiresAt)
-        .filter(run_jobs::Column::RunId.eq(run_id))
-        .filter(run_jobs::Column::Status.eq(JobStatus::Running))
-        .into_tuple()
-        .all(&deps.db)
-        .await?;
-    // Reclaim jobs leased by a worker that is gone (its lease ran out); the
-    // write happens only when there is something to reclaim.
-    let (expired, others_live): (Vec<_>, Vec<_>) = running
+    let running: Vec<(Uuid, Option<chrono::DateTime<Utc>>, Option<String>)> =
+        run_jobs::Entity::find()
+            .select_only()
+            .column(run_jobs::Column::Id)
+            .column(run_jobs::Column::LeaseExpiresAt)
+            .column(run_jobs::Column::LeaseOwner)
+            .filter(run_jobs::Column::RunId.eq(run_id))
+            .filter(run_jobs::Column::Status.eq(JobStatus::Running))
+            .into_tuple()
+            .all(&deps.db)
+            .await?;
+    let others: Vec<_> = running
         .into_iter()
-        .filter(|(id, _)| !mine.contains(id))
-        .partition(|(_, until)| until.is_none_or(|t| t < now));
+        .filter(|(id, _, _)| !mine.contains(id))
+        .collect();
+    // Leases of a dead node are taken back at once, not when they run out.
+    let dead = if others
+        .iter()
+        .any(|(_, _, owner)| owner.as_deref().is_some_and(|o| o != deps.node_id.as_str()))
+    {
+        crate::cluster::dead_nodes(&deps.db, &deps.node_id, deps.config.node_timeout).await?
+    } else {
+        Default::default()
+    };
+    // Reclaim jobs leased by a worker that is gone (its lease ran out, or
+    // its node died); the write happens only when there is something to
+    // reclaim.
+    let (expired, others_live): (Vec<_>, Vec<_>) =
+        others.into_iter().partition(|(_, until, owner)| {
+            until.is_none_or(|t| t < now) || owner.as_ref().is_some_and(|o| dead.contains(o))
+        });
     if !expired.is_empty() {
-        let ids: Vec<Uuid> = expired.into_iter().map(|(id, _)| id).collect();
+        let dead_owners: Vec<String> = dead.into_iter().collect();
+        let ids: Vec<Uuid> = expired.into_iter().map(|(id, _, _)| id).collect();
         let txn = crate::db::begin_write(&deps.db).await?;
         let reclaimed = run_jobs::Entity::update_many()
             .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Pending))
@@ -129,7 +146,8 @@ pub async fn next_step(
             .filter(
                 sea_orm::Condition::any()
                     .add(run_jobs::Column::LeaseExpiresAt.is_null())
-                    .add(run_jobs::Column::LeaseExpiresAt.lt(now)),
+                    .add(run_jobs::Column::LeaseExpiresAt.lt(now))
+                    .add(run_jobs::Column::LeaseOwner.is_in(dead_owners)),
             )
             .exec_with_returning(&txn)
             .await?;
@@ -529,17 +547,25 @@ pub async fn left_open_by_cancel(
     })
 }
 
+/// Runs of dead nodes this node takes over (a tick of the ProjectActor).
+pub async fn to_adopt(deps: &EngineDeps) -> Result<Vec<runs::Model>, ServiceError> {
+    crate::cluster::runs_to_drive(&deps.db, &deps.node_id, deps.config.node_timeout, false).await
+}
+
 /// What an engine resumes when it starts: the projects whose queue is
-/// paused, and every run still queued or running.
-pub async fn to_resume(
-    db: &sea_orm::DatabaseConnection,
-) -> Result<(Vec<Uuid>, Vec<runs::Model>), ServiceError> {
+/// paused, and the unfinished runs this node drives — its own and those of
+/// dead nodes (see `cluster::runs_to_drive`; a run nobody owns yet is taken
+/// at once).
+pub async fn to_resume(deps: &EngineDeps) -> Result<(Vec<Uuid>, Vec<runs::Model>), ServiceError> {
     let paused = projects::Entity::find()
-        .all(db)
+        .all(&deps.db)
         .await?
         .iter()
         .filter(|p| super::control::is_paused(p))
         .map(|p| p.id)
         .collect();
-    Ok((paused, store::unfinished_runs(db).await?))
+    let runs =
+        crate::cluster::runs_to_drive(&deps.db, &deps.node_id, deps.config.node_timeout, true)
+            .await?;
+    Ok((paused, runs))
 }
