@@ -196,3 +196,23 @@ pub async fn runs_to_drive(
     }
     Ok(mine)
 }
+
+/// Whether a live node other than `me` owns the run (and drives it).
+pub async fn driven_elsewhere(
+    db: &DatabaseConnection,
+    run_id: Uuid,
+    me: &str,
+    timeout: Duration,
+) -> Result<bool, ServiceError> {
+    let Some(owner) = run_owners::Entity::find_by_id(run_id).one(db).await? else {
+        return Ok(false);
+    };
+    if owner.node_id == me {
+        return Ok(false);
+    }
+    Ok(!dead_nodes(db, me, timeout).await?.contains(&owner.node_id)
+        && nodes::Entity::find_by_id(owner.node_id)
+            .one(db)
+            .await?
+            .is_some())
+}

@@ -233,7 +233,7 @@ impl Handler<CancelRun> for ProjectActor {
                 if let Some(addr) = active {
                     addr.do_send(CancelActiveRun);
                 } else if let Some(project_id) =
-                    lifecycle::left_open_by_cancel(&deps.db, msg.run_id).await?
+                    lifecycle::left_open_by_cancel(&deps, msg.run_id).await?
                 {
                     // Not driven here (e.g. queued behind its project's
                     // limit after a restart), yet a job is still open, held

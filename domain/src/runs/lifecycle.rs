@@ -532,19 +532,23 @@ async fn try_cancel(
 
 /// The project of a canceled run that still has a job open, which a RunActor
 /// must drive to settle it (`None`: nothing left to settle).
+/// A run another live node drives is left to it: that node sees the cancel.
 pub async fn left_open_by_cancel(
-    db: &sea_orm::DatabaseConnection,
+    deps: &EngineDeps,
     run_id: Uuid,
 ) -> Result<Option<Uuid>, ServiceError> {
+    let db = &deps.db;
     let run = runs::Entity::find_by_id(run_id).one(db).await?;
-    Ok(match run {
-        Some(run)
-            if run.status == RunStatus::Canceled && store::has_open_jobs(db, run_id).await? =>
-        {
-            Some(run.project_id)
-        }
-        _ => None,
-    })
+    let Some(run) = run.filter(|r| r.status == RunStatus::Canceled) else {
+        return Ok(None);
+    };
+    if !store::has_open_jobs(db, run_id).await?
+        || crate::cluster::driven_elsewhere(db, run_id, &deps.node_id, deps.config.node_timeout)
+            .await?
+    {
+        return Ok(None);
+    }
+    Ok(Some(run.project_id))
 }
 
 /// Runs of dead nodes this node takes over (a tick of the ProjectActor).
