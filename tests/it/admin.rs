@@ -191,14 +191,8 @@ async fn nodes_on_one_database_see_each_other_and_a_dead_one() {
         ("ATELIER_ENGINE__NODE_TIMEOUT_MS", "1000"),
     ])
     .await;
-    deploy
-        .env
-        .push(("ATELIER_ENGINE__NODE_ID".into(), "node-a".into()));
-    let mut a = deploy.start().await;
-    deploy
-        .env
-        .push(("ATELIER_ENGINE__NODE_ID".into(), "node-b".into()));
-    let b = deploy.start().await;
+    let mut a = deploy.start_node("node-a").await;
+    let b = deploy.start_node("node-b").await;
     let client = deploy.client.clone();
     let token = a.bootstrap(&client).await;
     let nodes = |alive_a: bool| {

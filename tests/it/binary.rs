@@ -49,6 +49,15 @@ impl Deployment {
         }
     }
 
+    /// Starts another node of this deployment under its own
+    /// `engine.node_id` (same data directory and database).
+    pub async fn start_node(&mut self, node_id: &str) -> Server {
+        self.env.retain(|(k, _)| k != "ATELIER_ENGINE__NODE_ID");
+        self.env
+            .push(("ATELIER_ENGINE__NODE_ID".into(), node_id.into()));
+        self.start().await
+    }
+
     /// Starts `atelier serve` and waits until it answers `/health`.
     pub async fn start(&mut self) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")

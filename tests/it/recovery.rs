@@ -698,12 +698,11 @@ async fn canceling_a_queued_run_settles_the_job_a_dead_node_held() {
             ("ATELIER_ENGINE__PROVIDER_CONCURRENCY", "2"),
             ("ATELIER_ENGINE__LEASE_SECONDS", "3"),
             ("ATELIER_ENGINE__NODE_TIMEOUT_MS", "1000"),
-            ("ATELIER_ENGINE__NODE_ID", "node-a"),
         ],
     )
     .await;
     let client = deploy.client.clone();
-    let mut first = deploy.start().await;
+    let mut first = deploy.start_node("node-a").await;
     let token = first.bootstrap(&client).await;
     // The run ahead: one job in flight, another waiting for it.
     let ahead = trigger(
@@ -747,11 +746,10 @@ async fn canceling_a_queued_run_settles_the_job_a_dead_node_held() {
     .await;
     first.kill9();
     // Another node, with room for one run per project: the later run waits.
-    deploy.env.extend([
-        ("ATELIER_ENGINE__MAX_RUNS_PER_PROJECT".into(), "1".into()),
-        ("ATELIER_ENGINE__NODE_ID".into(), "node-b".into()),
-    ]);
-    let second = deploy.start().await;
+    deploy
+        .env
+        .push(("ATELIER_ENGINE__MAX_RUNS_PER_PROJECT".into(), "1".into()));
+    let second = deploy.start_node("node-b").await;
     let (s, b) = second
         .call(
             &client,
@@ -892,14 +890,8 @@ async fn a_live_node_adopts_the_runs_of_a_dead_one_within_seconds() {
         ],
     )
     .await;
-    deploy
-        .env
-        .push(("ATELIER_ENGINE__NODE_ID".into(), "node-a".into()));
-    let mut a = deploy.start().await;
-    deploy
-        .env
-        .push(("ATELIER_ENGINE__NODE_ID".into(), "node-b".into()));
-    let _b = deploy.start().await;
+    let mut a = deploy.start_node("node-a").await;
+    let _b = deploy.start_node("node-b").await;
     let client = deploy.client.clone();
     let token = a.bootstrap(&client).await;
     let run_id = trigger(
@@ -973,14 +965,8 @@ async fn a_cancel_on_one_node_stops_the_run_another_node_drives() {
         ],
     )
     .await;
-    deploy
-        .env
-        .push(("ATELIER_ENGINE__NODE_ID".into(), "node-a".into()));
-    let a = deploy.start().await;
-    deploy
-        .env
-        .push(("ATELIER_ENGINE__NODE_ID".into(), "node-b".into()));
-    let b = deploy.start().await;
+    let a = deploy.start_node("node-a").await;
+    let b = deploy.start_node("node-b").await;
     let client = deploy.client.clone();
     let token = a.bootstrap(&client).await;
     let scenes: Vec<String> = (1..=10).map(|i| format!("sample:{i}")).collect();
