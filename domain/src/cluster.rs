@@ -64,20 +64,24 @@ pub struct Member {
     pub alive: bool,
 }
 
+/// Whether the node's last heartbeat is within the timeout.
+fn beats(node: &nodes::Model, timeout: Duration) -> bool {
+    let limit = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+    crate::time::now().signed_duration_since(node.heartbeat_at) <= limit
+}
+
 /// Every node that ever served from this database, the live ones first.
 pub async fn members(
     db: &DatabaseConnection,
     timeout: Duration,
 ) -> Result<Vec<Member>, ServiceError> {
-    let now = crate::time::now();
-    let limit = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
     let mut out: Vec<Member> = nodes::Entity::find()
         .order_by_asc(nodes::Column::Id)
         .all(db)
         .await?
         .into_iter()
         .map(|node| Member {
-            alive: now.signed_duration_since(node.heartbeat_at) <= limit,
+            alive: beats(&node, timeout),
             node,
         })
         .collect();
@@ -210,9 +214,8 @@ pub async fn driven_elsewhere(
     if owner.node_id == me {
         return Ok(false);
     }
-    Ok(!dead_nodes(db, me, timeout).await?.contains(&owner.node_id)
-        && nodes::Entity::find_by_id(owner.node_id)
-            .one(db)
-            .await?
-            .is_some())
+    Ok(nodes::Entity::find_by_id(owner.node_id)
+        .one(db)
+        .await?
+        .is_some_and(|node| beats(&node, timeout)))
 }

@@ -531,8 +531,8 @@ async fn try_cancel(
 }
 
 /// The project of a canceled run that still has a job open, which a RunActor
-/// must drive to settle it (`None`: nothing left to settle).
-/// A run another live node drives is left to it: that node sees the cancel.
+/// must drive to settle it (`None`: nothing left to settle). A run another
+/// live node drives is left to it: that node sees the cancel.
 pub async fn left_open_by_cancel(
     deps: &EngineDeps,
     run_id: Uuid,

@@ -112,20 +112,18 @@ pub struct Submitted {
     pub created: bool,
 }
 
-fn invalid(code: &'static str, message: impl Into<String>) -> ServiceError {
-    ServiceError::validation(code, message)
-}
-
 fn audio_error(e: AudioError) -> ServiceError {
     match e {
-        AudioError::Empty => invalid("empty_audio", e.to_string()),
-        AudioError::Unsupported => invalid("unsupported_audio_format", e.to_string()),
-        AudioError::Corrupt(..) => invalid("invalid_audio", e.to_string()),
+        AudioError::Empty => ServiceError::validation("empty_audio", e.to_string()),
+        AudioError::Unsupported => {
+            ServiceError::validation("unsupported_audio_format", e.to_string())
+        }
+        AudioError::Corrupt(..) => ServiceError::validation("invalid_audio", e.to_string()),
     }
 }
 
 fn not_configured(code: &str) -> ServiceError {
-    invalid(
+    ServiceError::validation(
         "provider_not_configured",
         format!("The voice provider '{code}' is not configured on this node"),
     )

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::audio::{self, AudioFormat};
 use super::{
     Common, SPEECH, SpeechInput, Submitted, TRANSCRIPTION, TranscriptionInput, audio_error,
-    invalid, not_configured, project_budget, status,
+    not_configured, project_budget, status,
 };
 use crate::audit::{self, AuditEntry};
 use crate::runs::deps::EngineDeps;
@@ -30,7 +30,7 @@ pub async fn submit_speech(
         .filter(|t| !t.trim().is_empty())
         .ok_or_else(|| ServiceError::required("text"))?;
     if text.chars().count() > setup.limits.max_text_chars {
-        return Err(invalid(
+        return Err(ServiceError::validation(
             "text_too_long",
             format!(
                 "Field 'text' is longer than {} characters",
@@ -40,7 +40,7 @@ pub async fn submit_speech(
     }
     let speed = input.speed.unwrap_or(1.0);
     if !(0.25..=4.0).contains(&speed) {
-        return Err(invalid(
+        return Err(ServiceError::validation(
             "invalid_speed",
             "Field 'speed' must be between 0.25 and 4.0",
         ));
@@ -60,7 +60,7 @@ pub async fn submit_speech(
             let s = openai.settings();
             let model = input.model.unwrap_or_else(|| s.speech_model.clone());
             let estimate = openai.speech_cost(&model, chars).ok_or_else(|| {
-                invalid(
+                ServiceError::validation(
                     "invalid_model",
                     format!(
                         "Field 'model' must be one of: {}",
@@ -74,7 +74,7 @@ pub async fn submit_speech(
             })?;
             let voice = input.voice.unwrap_or_else(|| s.voice.clone());
             if !providers::voice::VOICES.contains(&voice.as_str()) {
-                return Err(invalid(
+                return Err(ServiceError::validation(
                     "invalid_voice",
                     format!(
                         "Field 'voice' must be one of: {}",
@@ -84,7 +84,7 @@ pub async fn submit_speech(
             }
             let format = input.format.unwrap_or_else(|| "mp3".into());
             if !providers::voice::SPEECH_FORMATS.contains(&format.as_str()) {
-                return Err(invalid(
+                return Err(ServiceError::validation(
                     "invalid_format",
                     format!(
                         "Field 'format' must be one of: {}",
@@ -100,7 +100,7 @@ pub async fn submit_speech(
                 .as_ref()
                 .ok_or_else(|| not_configured("espeak"))?;
             if input.model.is_some() {
-                return Err(invalid(
+                return Err(ServiceError::validation(
                     "invalid_model",
                     "The espeak provider takes no 'model'",
                 ));
@@ -115,14 +115,14 @@ pub async fn submit_speech(
                 || voice.starts_with('-')
                 || !voice.chars().all(fine)
             {
-                return Err(invalid(
+                return Err(ServiceError::validation(
                     "invalid_voice",
                     "Field 'voice' must be an espeak-ng voice name (letters, digits, - _ +)",
                 ));
             }
             let format = input.format.unwrap_or_else(|| "wav".into());
             if format != "wav" {
-                return Err(invalid(
+                return Err(ServiceError::validation(
                     "invalid_format",
                     "The espeak provider speaks 'wav' only",
                 ));
@@ -137,7 +137,7 @@ pub async fn submit_speech(
             ("espeak-ng".to_string(), voice, format, 0.0)
         }
         other => {
-            return Err(invalid(
+            return Err(ServiceError::validation(
                 "unknown_voice_provider",
                 format!("Field 'provider' must be one of: openai, espeak (not '{other}')"),
             ));
@@ -186,12 +186,17 @@ pub async fn submit_transcription(
             (bytes, Some(asset))
         }
         (Some(_), Some(_)) => {
-            return Err(invalid(
+            return Err(ServiceError::validation(
                 "invalid_body",
                 "Send the audio as the body or name an asset_id, not both",
             ));
         }
-        (None, None) => return Err(invalid("empty_audio", "the audio file is empty")),
+        (None, None) => {
+            return Err(ServiceError::validation(
+                "empty_audio",
+                "the audio file is empty",
+            ));
+        }
     };
     if bytes.len() > setup.limits.max_audio_bytes {
         return Err(audio_too_large(setup.limits.max_audio_bytes));
@@ -200,7 +205,7 @@ pub async fn submit_transcription(
     if let Some(secs) = info.duration_secs
         && secs > setup.limits.max_audio_secs
     {
-        return Err(invalid(
+        return Err(ServiceError::validation(
             "audio_too_long",
             format!(
                 "The audio lasts {secs:.1} s; at most {:.0} s are transcribed",
@@ -216,7 +221,7 @@ pub async fn submit_transcription(
         .model
         .unwrap_or_else(|| openai.settings().transcription_model.clone());
     let price = openai.transcription_price(&model).ok_or_else(|| {
-        invalid(
+        ServiceError::validation(
             "invalid_model",
             format!(
                 "Field 'model' must be one of: {}",
@@ -239,7 +244,7 @@ pub async fn submit_transcription(
             Some(l.to_ascii_lowercase())
         }
         Some(_) => {
-            return Err(invalid(
+            return Err(ServiceError::validation(
                 "invalid_language",
                 "Field 'language' must be an ISO-639-1 code such as 'en'",
             ));
@@ -282,7 +287,7 @@ pub async fn submit_transcription(
 }
 
 fn audio_too_large(max: usize) -> ServiceError {
-    invalid(
+    ServiceError::validation(
         "audio_too_large",
         format!("The audio is larger than {max} bytes"),
     )
@@ -316,7 +321,7 @@ async fn record(
     let key = match p.common.idempotency_key.as_deref().map(str::trim) {
         Some(k) if !k.is_empty() && k.len() <= 128 => Some(format!("voice:{}:{k}", project.id)),
         Some(_) => {
-            return Err(invalid(
+            return Err(ServiceError::validation(
                 "invalid_idempotency_key",
                 "Field 'idempotency_key' must be 1 to 128 characters",
             ));
@@ -343,7 +348,7 @@ async fn record(
     }
     if let Some(budget) = p.common.budget_usd {
         if !(budget.is_finite() && budget >= 0.0) {
-            return Err(invalid(
+            return Err(ServiceError::validation(
                 "invalid_budget",
                 "Field 'budget_usd' must be a number of at least 0",
             ));
