@@ -394,6 +394,7 @@ impl Application {
                 started_at: chrono::Utc::now(),
             })
             .await;
+        engine.relay_feed(settings.database_url.clone(), node_id(&settings)?);
         let state = web::Data::new(api::AppState::new(
             db.conn.clone(),
             tokens,

@@ -11,6 +11,9 @@ use crate::ServiceError;
 /// A paid attempt asking for its reservation.
 #[derive(Debug, Clone)]
 pub struct SpendRequest {
+    /// The lease of the job worker asking (`None`: a call outside any job):
+    /// a worker that lost its lease reserves nothing.
+    pub fence: Option<crate::runs::lease::Fence>,
     pub call_id: Uuid,
     pub project_id: Uuid,
     /// `None`: a call outside any run (voice); only the project's budget applies.

@@ -27,6 +27,9 @@ pub struct Model {
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<DateTimeUtc>,
     pub heartbeat_at: Option<DateTimeUtc>,
+    /// Raised at every claim and every reclaim: a lease holder's writes are
+    /// conditional on the epoch it claimed (fencing).
+    pub lease_epoch: i64,
     pub next_attempt_at: Option<DateTimeUtc>,
     #[sea_orm(column_type = "Text")]
     pub last_error: Option<String>,

@@ -18,6 +18,7 @@ mod m20261130_000008_token_lineage;
 mod m20261201_000009_candidates_from_one;
 mod m20261201_000010_nodes;
 mod m20261201_000011_run_owners;
+mod m20261201_000012_lease_epochs;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000009_candidates_from_one::Migration),
             Box::new(m20261201_000010_nodes::Migration),
             Box::new(m20261201_000011_run_owners::Migration),
+            Box::new(m20261201_000012_lease_epochs::Migration),
         ]
     }
 }

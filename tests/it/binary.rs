@@ -201,15 +201,20 @@ impl Server {
         self.child.wait().unwrap();
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`, …) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// SIGTERM, then waits for the exit; returns whether it exited cleanly
     /// and how long it took.
     pub fn terminate(&mut self, within: Duration) -> (bool, Duration) {
         let began = Instant::now();
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
+        self.signal("TERM");
         loop {
             if let Some(exit) = self.child.try_wait().unwrap() {
                 return (exit.success(), began.elapsed());

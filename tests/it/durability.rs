@@ -51,11 +51,14 @@ async fn a_batch_commits_only_after_its_files_are_durable_and_not_at_all_if_one_
         .unwrap();
     let row = asset_row(project_id, key.as_str());
     writer
-        .write(domain::runs::writer::Rows {
-            assets: vec![row.clone()],
-            files: vec![kept],
-            ..Default::default()
-        })
+        .write(
+            None,
+            domain::runs::writer::Rows {
+                assets: vec![row.clone()],
+                files: vec![kept],
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert!(
@@ -77,11 +80,14 @@ async fn a_batch_commits_only_after_its_files_are_durable_and_not_at_all_if_one_
     std::fs::remove_file(lost.path()).unwrap();
     let row = asset_row(project_id, key.as_str());
     let refused = writer
-        .write(domain::runs::writer::Rows {
-            assets: vec![row.clone()],
-            files: vec![lost],
-            ..Default::default()
-        })
+        .write(
+            None,
+            domain::runs::writer::Rows {
+                assets: vec![row.clone()],
+                files: vec![lost],
+                ..Default::default()
+            },
+        )
         .await;
     assert!(refused.is_err(), "{refused:?}");
     assert!(
@@ -112,16 +118,22 @@ async fn a_batch_commits_only_after_its_files_are_durable_and_not_at_all_if_one_
         asset_row(project_id, bad_key.as_str()),
     );
     let (good, bad) = futures_util::join!(
-        writer.write(domain::runs::writer::Rows {
-            assets: vec![good_row.clone()],
-            files: vec![good_file],
-            ..Default::default()
-        }),
-        writer.write(domain::runs::writer::Rows {
-            assets: vec![bad_row.clone()],
-            files: vec![bad_file],
-            ..Default::default()
-        }),
+        writer.write(
+            None,
+            domain::runs::writer::Rows {
+                assets: vec![good_row.clone()],
+                files: vec![good_file],
+                ..Default::default()
+            }
+        ),
+        writer.write(
+            None,
+            domain::runs::writer::Rows {
+                assets: vec![bad_row.clone()],
+                files: vec![bad_file],
+                ..Default::default()
+            }
+        ),
     );
     assert!(good.is_ok(), "{good:?}");
     assert!(bad.is_err());

@@ -8,7 +8,10 @@
 //!   never sent again, and the run finishes;
 //! - SIGTERM drains: no new call after it, calls in flight finish and are
 //!   stored, unsent work is released and resumes at once after a restart;
-//! - cancel right after a crash settles every reservation and job.
+//! - cancel right after a crash settles every reservation and job;
+//! - several nodes: a live node adopts a dead one's runs within seconds, a
+//!   cancel on one node stops work on another, and a node that wakes after
+//!   losing its lease (SIGSTOP, SIGCONT) has its late writes refused.
 
 use std::time::Duration;
 
@@ -57,7 +60,7 @@ async fn a_panicking_worker_is_recovered() {
 }
 
 /// A deployment whose `openai` provider is `stub`.
-async fn deployment(stub: &OpenAiStub, extra: &[(&str, &str)]) -> Deployment {
+pub(crate) async fn deployment(stub: &OpenAiStub, extra: &[(&str, &str)]) -> Deployment {
     let mut env = vec![
         ("ATELIER_PROVIDERS__OPENAI__ENABLED", "true"),
         (
@@ -1012,5 +1015,134 @@ async fn a_cancel_on_one_node_stops_the_run_another_node_drives() {
     assert!(
         settled.iter().all(|c| c.status != "pending"),
         "{settled:#?}"
+    );
+}
+
+/// The zombie writer: a node frozen (SIGSTOP) with a paid call in flight,
+/// for longer than the cluster's node timeout, is declared dead; another
+/// node adopts its run, reclaims the job (its lease epoch rises) and
+/// finishes the run. When the frozen node wakes (SIGCONT) and its call's
+/// answer arrives, every write it tries is refused by the job's lease
+/// epoch: no asset, no candidate, the call's record stays as the new owner
+/// settled it — and nothing is bought again.
+#[actix_web::test]
+async fn a_node_that_wakes_after_losing_its_lease_writes_nothing() {
+    let stub = OpenAiStub::start().await;
+    stub.set_latency(Duration::from_millis(2500));
+    let mut deploy = deployment(
+        &stub,
+        &[
+            ("ATELIER_ENGINE__HEARTBEAT_MS", "400"),
+            ("ATELIER_ENGINE__LEASE_SECONDS", "120"),
+            ("ATELIER_ENGINE__NODE_TIMEOUT_MS", "1200"),
+        ],
+    )
+    .await;
+    let a = deploy.start_node("node-a").await;
+    let _b = deploy.start_node("node-b").await;
+    let client = deploy.client.clone();
+    let token = a.bootstrap(&client).await;
+    let run_id = trigger(
+        &a,
+        &client,
+        &token,
+        json!({
+            "mode": "run", "provider": "openai", "confirm_spend": true,
+            "scene_refs": ["sample:1"], "stage": "style", "candidates": 1,
+        }),
+    )
+    .await;
+    let db = deploy.connect().await;
+    let (job, call) = eventually(
+        "a paid call in flight on node-a",
+        Duration::from_secs(30),
+        || async {
+            let call = calls(&db, run_id)
+                .await
+                .into_iter()
+                .find(|c| c.status == "pending" && c.sent_at.is_some())?;
+            let job = entities::run_jobs::Entity::find_by_id(call.job_id?)
+                .one(&db)
+                .await
+                .unwrap()?;
+            (stub.calls().len() == 1).then_some((job, call))
+        },
+    )
+    .await;
+    assert_eq!(job.lease_owner.as_deref(), Some("node-a"));
+    a.signal("STOP");
+    // node-b declares node-a dead, adopts the run, reclaims the job and
+    // finishes the run (the call's outcome is unknown: not sent again).
+    let run = finished(&db, run_id, Duration::from_secs(30)).await;
+    a.signal("CONT");
+    // node-a's worker ends (its answer arrived while it was frozen), then
+    // its RunActor sees the run is node-b's and stops driving it.
+    eventually(
+        "node-a to stop driving the run",
+        Duration::from_secs(20),
+        || async {
+            deploy
+                .logs()
+                .contains("another node drives this run now")
+                .then_some(())
+        },
+    )
+    .await;
+    let owner = entities::run_owners::Entity::find_by_id(run_id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(owner.node_id, "node-b");
+    let job_now = entities::run_jobs::Entity::find_by_id(job.id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(job_now.lease_epoch > job.lease_epoch, "{job_now:?}");
+    assert_eq!(job_now.status, "failed", "{job_now:?}");
+    let call_now = entities::provider_calls::Entity::find_by_id(call.id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(call_now.status, "unknown", "{call_now:?}");
+    assert!(call_now.result_asset_id.is_none(), "{call_now:?}");
+    let assets = entities::assets::Entity::find()
+        .filter(entities::assets::Column::JobId.eq(job.id))
+        .all(&db)
+        .await
+        .unwrap();
+    assert!(
+        assets.is_empty(),
+        "node-a's late delivery was recorded: {assets:#?}"
+    );
+    let candidates = entities::run_candidates::Entity::find()
+        .filter(entities::run_candidates::Column::JobId.eq(job.id))
+        .all(&db)
+        .await
+        .unwrap();
+    assert!(
+        candidates.iter().all(|c| c.final_asset_id.is_none()),
+        "{candidates:#?}"
+    );
+    // The run's outcome stands as node-b recorded it.
+    let after = entities::runs::Entity::find_by_id(run_id)
+        .one(&db)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.status, run.status);
+    assert_eq!(finished_events(&db, run_id).await, 1);
+    assert!(
+        stub.images_served().values().all(|n| *n <= 1),
+        "{:?}",
+        stub.images_served()
+    );
+    assert!(
+        deploy
+            .logs()
+            .contains("lease lost: a late write was refused"),
+        "node-a tried no write after waking?"
     );
 }

@@ -427,6 +427,7 @@ async fn racing_reservations_never_take_more_than_the_budget_whoever_asks() {
     let outcomes = futures_util::future::join_all(calls.iter().map(|c| {
         let db = app.db.clone();
         let request = SpendRequest {
+            fence: None,
             call_id: c.id,
             project_id,
             run_id: None,

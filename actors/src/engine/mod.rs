@@ -324,6 +324,29 @@ impl Engine {
         });
     }
 
+    /// On PostgreSQL, relays the feed between the nodes on the database:
+    /// this node's committed events are announced, the others' republished
+    /// on this node's hub (`domain::cluster::feed`). `url`: the database's,
+    /// for the listener's own connection.
+    pub fn relay_feed(&self, url: Option<String>, node_id: String) {
+        let Some(url) = url else { return };
+        if !domain::cluster::feed::relays(&self.deps.db) {
+            return;
+        }
+        let outbox = domain::cluster::feed::outbox(&self.deps.hub);
+        actix::spawn(domain::cluster::feed::announce(
+            self.deps.db.clone(),
+            node_id.clone(),
+            outbox,
+        ));
+        actix::spawn(domain::cluster::feed::listen(
+            url,
+            self.deps.db.clone(),
+            self.deps.hub.clone(),
+            node_id,
+        ));
+    }
+
     /// Runs a recorded voice request in the background.
     pub async fn run_voice(&self, id: Uuid) -> Result<(), ServiceError> {
         self.ask("background", &self.background, background::RunVoice(id))

@@ -14,6 +14,7 @@ use super::Shared;
 use super::project::RunFinished;
 use super::worker::WorkerActor;
 use domain::runs::job_outcome;
+use domain::runs::lease::Fence;
 use domain::runs::lifecycle::{self, Step};
 use domain::runs::pipeline::JobOutcome;
 
@@ -107,6 +108,7 @@ impl RunActor {
                         }
                     }
                     Ok(Step::Finish) if act.running.is_empty() => act.finish(ctx),
+                    Ok(Step::Yield) if act.running.is_empty() => act.give_up(ctx),
                     Ok(_) => {}
                     Err(e) => {
                         tracing::error!(run_id = %act.run_id, error = %e, "run scheduling failed");
@@ -118,6 +120,19 @@ impl RunActor {
                 }
             })
             .spawn(ctx);
+    }
+
+    /// Stops driving a run another node took over, without finishing it.
+    fn give_up(&mut self, ctx: &mut Context<Self>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        tracing::warn!(run_id = %self.run_id, "another node drives this run now: stopped driving it here");
+        self.owner.do_send(RunFinished {
+            run_id: self.run_id,
+        });
+        ctx.stop();
     }
 
     fn finish(&mut self, ctx: &mut Context<Self>) {
@@ -174,7 +189,8 @@ impl Actor for RunActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct JobFinished {
-    pub job_id: Uuid,
+    /// The job and the lease epoch its worker held.
+    pub fence: Fence,
     /// `Err`: the job body failed unexpectedly (panic or internal error).
     pub outcome: Result<JobOutcome, String>,
 }
@@ -187,14 +203,14 @@ impl Handler<JobFinished> for RunActor {
     fn handle(&mut self, msg: JobFinished, ctx: &mut Context<Self>) {
         let deps = self.deps.clone();
         let (run_id, project_id) = (self.run_id, self.project_id);
-        async move { job_outcome::settle_job(&deps, run_id, project_id, msg.job_id, msg.outcome).await }
+        async move { job_outcome::settle_job(&deps, run_id, project_id, msg.fence, msg.outcome).await }
             .instrument(self.span.clone())
             .into_actor(self)
             .map(move |result, act, ctx| {
                 if let Err(e) = result {
                     tracing::error!(run_id = %act.run_id, error = %e, "cannot settle job");
                 }
-                act.running.remove(&msg.job_id);
+                act.running.remove(&msg.fence.job_id);
                 act.schedule(ctx);
             })
             .spawn(ctx);

@@ -14,6 +14,7 @@ use tracing::{Instrument, Span};
 
 use super::Shared;
 use super::run::JobFinished;
+use domain::runs::lease::Fence;
 use domain::runs::pipeline::{self, JobEnv};
 
 pub struct WorkerActor {
@@ -60,14 +61,22 @@ impl WorkerActor {
 
     fn heartbeat(&self, ctx: &mut Context<Self>) {
         let db = self.deps.db.clone();
-        let job_id = self.job.id;
+        let fence = Fence::of(&self.job);
         let owner = self.deps.node_id.clone();
         let until =
             Utc::now() + chrono::Duration::from_std(self.deps.config.lease).unwrap_or_default();
         ctx.spawn(
             async move {
-                if let Err(e) = domain::runs::lease::renew(&db, job_id, &owner, until).await {
-                    tracing::warn!(%job_id, error = %e, "lease heartbeat failed");
+                match domain::runs::lease::renew(&db, &fence, &owner, until).await {
+                    Ok(true) => {}
+                    // Reclaimed (this node was unreachable for too long) or
+                    // ended: the job body's writes are fenced off from here.
+                    Ok(false) => {
+                        tracing::debug!(job_id = %fence.job_id, "lease not renewed: no longer held")
+                    }
+                    Err(e) => {
+                        tracing::warn!(job_id = %fence.job_id, error = %e, "lease heartbeat failed")
+                    }
                 }
             }
             .instrument(self.span.clone())
@@ -113,7 +122,7 @@ impl Actor for WorkerActor {
                 act.deps.registry.record_error("worker", e.clone());
             }
             act.owner.do_send(JobFinished {
-                job_id: act.job.id,
+                fence: Fence::of(&act.job),
                 outcome,
             });
             ctx.stop();

@@ -257,6 +257,7 @@ pub(super) async fn map_runs(m: &mut Mapper<'_>) -> Result<(), ServiceError> {
                 lease_owner: None,
                 lease_expires_at: None,
                 heartbeat_at: None,
+                lease_epoch: 0,
                 next_attempt_at: None,
                 last_error: None,
                 meta_json: meta,

@@ -80,6 +80,7 @@ pub async fn reserve(
         ),
     ];
     let txn = crate::db::begin_write(db).await?;
+    super::lease::hold(&txn, msg.fence.as_ref()).await?;
     if msg.amount > 0.0 && checks.iter().any(|c| c.2.is_some() && c.4.is_some()) {
         crate::db::serialize(&txn, &format!("budget:{}", msg.project_id)).await?;
         for (code, what, budget, column, scope) in checks {

@@ -171,6 +171,7 @@ pub async fn retry_failed(
             lease_owner: None,
             lease_expires_at: None,
             heartbeat_at: None,
+            lease_epoch: 0,
             next_attempt_at: None,
             last_error: None,
             started_at: None,

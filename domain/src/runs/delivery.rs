@@ -5,6 +5,7 @@
 //! between the answer's arrival and that commit (measured as
 //! `atelier_delivery_durable_seconds`).
 
+use crate::runs::lease::Fence;
 use entities::{assets, provider_calls, run_jobs, runs};
 use image::RgbaImage;
 use providers::bg_remote::Removed;
@@ -154,7 +155,7 @@ pub(super) async fn keep(
         rows.links
             .push(link(run, parent, asset.id, LinkType::DerivedFrom));
     }
-    env.writer()?.write(rows).await?;
+    env.writer()?.write(Some(Fence::of(job)), rows).await?;
     crate::metrics::observe_durable_window(&place.call.provider_code, place.arrived.elapsed());
     super::pipeline::audit_paid(env, place.call, cost.usd).await;
     Ok((asset, bytes, decoded))

@@ -65,24 +65,58 @@ impl std::ops::Deref for LiveEvent {
     }
 }
 
+/// An event this node committed, as announced to the other nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct Committed {
+    pub project_id: Uuid,
+    pub run_id: Uuid,
+    pub seq: i64,
+}
+
 /// Bounded fan-out of persisted events; a lagging subscriber loses messages
 /// (and is told so by the channel) instead of growing server memory.
 #[derive(Clone)]
 pub struct EventHub {
     tx: broadcast::Sender<std::sync::Arc<LiveEvent>>,
+    /// Where this node's committed events are announced to the other nodes
+    /// (`cluster::feed`; PostgreSQL only).
+    announce: std::sync::Arc<std::sync::OnceLock<tokio::sync::mpsc::Sender<Committed>>>,
 }
 
 impl EventHub {
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(16));
-        Self { tx }
+        Self {
+            tx,
+            announce: Default::default(),
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<std::sync::Arc<LiveEvent>> {
         self.tx.subscribe()
     }
 
+    /// From now on, every event published here is also handed to `to`.
+    pub fn announce_to(&self, to: tokio::sync::mpsc::Sender<Committed>) {
+        let _ = self.announce.set(to);
+    }
+
+    /// An event this node committed: to its subscribers and, in a cluster,
+    /// announced to the other nodes.
     pub fn publish(&self, event: RunEvent) {
+        if let Some(announce) = self.announce.get() {
+            // Full: the run's next events and the feeds' hole filling cover it.
+            let _ = announce.try_send(Committed {
+                project_id: event.project_id,
+                run_id: event.run_id,
+                seq: event.seq,
+            });
+        }
+        self.publish_relayed(event);
+    }
+
+    /// An event another node committed: to this node's subscribers only.
+    pub fn publish_relayed(&self, event: RunEvent) {
         // No subscriber is fine: the event is already persisted.
         let _ = self.tx.send(std::sync::Arc::new(LiveEvent {
             event,
@@ -164,18 +198,28 @@ pub async fn append<C: ConnectionTrait>(
         .ok_or_else(|| ServiceError::Internal("event not appended".into()))
 }
 
-/// Appends and commits one event on its own, then publishes it.
+/// Appends and commits one event of a job's worker on its own — if its
+/// lease (`fence`) still holds the job — then publishes it.
 pub async fn emit(
     db: &DatabaseConnection,
     hub: &EventHub,
+    fence: &super::lease::Fence,
     run_id: Uuid,
     project_id: Uuid,
     event_type: &str,
-    job_id: Option<Uuid>,
     payload: Value,
 ) -> Result<(), ServiceError> {
     let txn = crate::db::begin_write(db).await?;
-    let event = append(&txn, run_id, project_id, event_type, job_id, payload).await?;
+    super::lease::hold(&txn, Some(fence)).await?;
+    let event = append(
+        &txn,
+        run_id,
+        project_id,
+        event_type,
+        Some(fence.job_id),
+        payload,
+    )
+    .await?;
     crate::db::commit(txn).await?;
     hub.publish(event);
     Ok(())

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::deps::EngineDeps;
 use super::events;
+use super::lease::Fence;
 use super::pipeline::JobOutcome;
 use crate::ServiceError;
 use crate::status::JobStatus;
@@ -25,9 +26,10 @@ pub async fn settle_job(
     deps: &EngineDeps,
     run_id: Uuid,
     project_id: Uuid,
-    job_id: Uuid,
+    fence: Fence,
     outcome: Result<JobOutcome, String>,
 ) -> Result<(), ServiceError> {
+    let job_id = fence.job_id;
     // A winner was recorded with the job's verdict and already unblocked the
     // next stage (runs::writer): nothing left to write.
     if matches!(outcome, Ok(JobOutcome::Done { .. })) {
@@ -35,6 +37,16 @@ pub async fn settle_job(
     }
     let now = Utc::now();
     let txn = crate::db::begin_write(&deps.db).await?;
+    // Claimed again since (this node lost its lease while the job ran): the
+    // job is another worker's now; this outcome is not applied.
+    match super::lease::hold(&txn, Some(&fence)).await {
+        Ok(()) => {}
+        Err(e) if super::lease::is_lost(&e) => {
+            crate::db::rollback(txn).await?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    }
     let job = run_jobs::Entity::find_by_id(job_id).one(&txn).await?;
     let Some(job) = job else { return Ok(()) };
     let mut published = Vec::new();

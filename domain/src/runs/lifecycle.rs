@@ -80,6 +80,10 @@ pub enum Step {
     },
     Finish,
     Wait,
+    /// Another live node drives the run now (it adopted the run while this
+    /// node was unreachable): this node stops driving it once its own
+    /// workers have reported (their late writes are fenced off).
+    Yield,
 }
 
 /// One scheduling pass of a run: reclaims jobs whose lease ran out, then
@@ -96,6 +100,11 @@ pub async fn next_step(
     let Some(run) = runs::Entity::find_by_id(run_id).one(&deps.db).await? else {
         return Ok(Step::Finish);
     };
+    if crate::cluster::driven_elsewhere(&deps.db, run_id, &deps.node_id, deps.config.node_timeout)
+        .await?
+    {
+        return Ok(Step::Yield);
+    }
     let now = Utc::now();
     // Each pass reads only what it needs (running leases, up to `room` ready
     // jobs), never the whole run: the cost of a pass must not grow with the
@@ -140,6 +149,11 @@ pub async fn next_step(
             .col_expr(
                 run_jobs::Column::LeaseOwner,
                 Expr::value(Option::<String>::None),
+            )
+            // The worker that held it is fenced off from here on.
+            .col_expr(
+                run_jobs::Column::LeaseEpoch,
+                Expr::col(run_jobs::Column::LeaseEpoch).add(1),
             )
             .filter(run_jobs::Column::Id.is_in(ids.clone()))
             .filter(run_jobs::Column::Status.eq(JobStatus::Running))
@@ -207,6 +221,10 @@ pub async fn next_step(
         .col_expr(
             run_jobs::Column::Attempt,
             Expr::col(run_jobs::Column::Attempt).add(1),
+        )
+        .col_expr(
+            run_jobs::Column::LeaseEpoch,
+            Expr::col(run_jobs::Column::LeaseEpoch).add(1),
         )
         .col_expr(run_jobs::Column::StartedAt, Expr::value(now))
         .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))

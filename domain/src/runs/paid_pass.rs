@@ -4,6 +4,7 @@
 //! made durable as soon as it arrives, and a stored result reused instead of
 //! paid again.
 
+use crate::runs::lease::Fence;
 use std::sync::Arc;
 
 use entities::{assets, provider_calls, run_jobs, runs};
@@ -123,10 +124,13 @@ pub(super) async fn paid_pass(
                 ..new_call(run, job, code, &key, false, bound)
             };
             env.writer()?
-                .write(Rows {
-                    provider_calls: vec![c.clone()],
-                    ..Rows::default()
-                })
+                .write(
+                    Some(Fence::of(job)),
+                    Rows {
+                        provider_calls: vec![c.clone()],
+                        ..Rows::default()
+                    },
+                )
                 .await?;
             c
         }

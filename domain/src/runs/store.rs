@@ -191,6 +191,7 @@ pub async fn create_run(
                 lease_owner: None,
                 lease_expires_at: None,
                 heartbeat_at: None,
+                lease_epoch: 0,
                 next_attempt_at: None,
                 last_error: None,
                 meta_json: json!({

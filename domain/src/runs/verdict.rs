@@ -1,6 +1,7 @@
 //! A job's verdict: the best candidate that passed the output guard wins
 //! and becomes the input of the next stage; without one the job fails.
 
+use crate::runs::lease::Fence;
 use entities::{run_jobs, runs};
 use imaging::guard::GuardReport;
 use serde_json::json;
@@ -100,10 +101,13 @@ pub(super) async fn finish_job(
     };
     let applied = env
         .writer()?
-        .write(Rows {
-            completions: vec![completion],
-            ..Rows::default()
-        })
+        .write(
+            Some(Fence::of(job)),
+            Rows {
+                completions: vec![completion],
+                ..Rows::default()
+            },
+        )
         .await?;
     // Not applied: the job was canceled while it ran; the cancel stands.
     Ok(if applied.first().copied().unwrap_or(false) {

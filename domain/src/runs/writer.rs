@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::events::{EventHub, RunEvent};
+use super::lease::{self, Fence};
 use crate::status::JobStatus;
 use crate::{ServiceError, time};
 
@@ -80,6 +81,9 @@ pub type Applied = Vec<bool>;
 
 struct Request {
     rows: Rows,
+    /// The lease of the job worker writing them: if another claim took the
+    /// job since, none of these rows is written.
+    fence: Option<Fence>,
     done: oneshot::Sender<Result<Applied, ServiceError>>,
 }
 
@@ -104,11 +108,12 @@ impl RowWriter {
     }
 
     /// Commits `rows` (batched with whatever else is waiting) and returns
-    /// once they are durable.
-    pub async fn write(&self, rows: Rows) -> Result<Applied, ServiceError> {
+    /// once they are durable — if `fence` (a job worker's lease) still holds
+    /// its job; otherwise nothing is written and the error is `lease_lost`.
+    pub async fn write(&self, fence: Option<Fence>, rows: Rows) -> Result<Applied, ServiceError> {
         let (done, committed) = oneshot::channel();
         self.tx
-            .send(Request { rows, done })
+            .send(Request { rows, fence, done })
             .await
             .map_err(|_| writer_unavailable())?;
         committed.await.map_err(|_| writer_unavailable())?
@@ -155,14 +160,14 @@ async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, mut requests: Vec
             return;
         }
     }
-    let all: Vec<&Rows> = requests.iter().map(|r| &r.rows).collect();
+    let all: Vec<(&Rows, Option<Fence>)> = requests.iter().map(|r| (&r.rows, r.fence)).collect();
     match write_rows(db, &all).await {
         Ok((events, applied)) => {
             for e in events {
                 hub.publish(e);
             }
             for (r, applied) in requests.into_iter().zip(applied) {
-                let _ = r.done.send(Ok(applied));
+                let _ = r.done.send(applied);
             }
         }
         Err(e) if requests.len() == 1 => {
@@ -172,26 +177,36 @@ async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, mut requests: Vec
         }
         Err(_) => {
             for r in requests {
-                let result = write_rows(db, &[&r.rows])
-                    .await
-                    .map(|(events, mut applied)| {
+                let result = write_rows(db, &[(&r.rows, r.fence)]).await.and_then(
+                    |(events, mut applied)| {
                         for e in events {
                             hub.publish(e);
                         }
-                        applied.pop().unwrap_or_default()
-                    });
+                        applied.pop().unwrap_or_else(|| Ok(Vec::new()))
+                    },
+                );
                 let _ = r.done.send(result);
             }
         }
     }
 }
 
-/// Writes every request's rows in one transaction, foreign-key order.
+/// Writes every request's rows in one transaction, foreign-key order; the
+/// rows of a request whose worker lost its lease are left out (that request
+/// gets `lease_lost`).
 async fn write_rows(
     db: &DatabaseConnection,
-    all: &[&Rows],
-) -> Result<(Vec<RunEvent>, Vec<Applied>), ServiceError> {
+    requests: &[(&Rows, Option<Fence>)],
+) -> Result<(Vec<RunEvent>, Vec<Result<Applied, ServiceError>>), ServiceError> {
     let txn = crate::db::begin_write(db).await?;
+    let fences: Vec<Fence> = requests.iter().filter_map(|r| r.1).collect();
+    let held = lease::holding(&txn, &fences).await?;
+    let lost = |fence: Option<Fence>| fence.filter(|f| !held.contains(f));
+    let all: Vec<&Rows> = requests
+        .iter()
+        .filter(|(_, fence)| lost(*fence).is_none())
+        .map(|(rows, _)| *rows)
+        .collect();
     insert_chunked(&txn, all.iter().flat_map(|r| &r.assets), |m| {
         assets::Entity::insert_many(m.into_iter().map(assets::ActiveModel::from))
     })
@@ -251,9 +266,13 @@ async fn write_rows(
         quality_reports::Entity::insert_many(m.into_iter().map(quality_reports::ActiveModel::from))
     })
     .await?;
-    let mut applied = Vec::with_capacity(all.len());
+    let mut applied = Vec::with_capacity(requests.len());
     let mut pending: Vec<&PendingEvent> = all.iter().flat_map(|r| &r.events).collect();
-    for rows in all {
+    for (rows, fence) in requests {
+        if let Some(fence) = lost(*fence) {
+            applied.push(Err(lease::lost(&fence)));
+            continue;
+        }
         let mut mine = Vec::with_capacity(rows.completions.len());
         for c in &rows.completions {
             let ok = complete_job(&txn, c).await?;
@@ -262,7 +281,7 @@ async fn write_rows(
             }
             mine.push(ok);
         }
-        applied.push(mine);
+        applied.push(Ok(mine));
     }
     let progress = progress_of_runs(&txn, &pending).await?;
     let events = number_events(&txn, pending.into_iter(), &progress).await?;

@@ -156,6 +156,7 @@ async fn run(
             })?;
             if let Err(refused) = spend
                 .reserve(crate::ports::SpendRequest {
+                    fence: None,
                     call_id: call.id,
                     project_id: project.id,
                     run_id: None,
@@ -168,6 +169,7 @@ async fn run(
             {
                 calls::fail(
                     &deps.db,
+                    None,
                     call.id,
                     refused.code(),
                     &refused.to_string(),
@@ -176,7 +178,7 @@ async fn run(
                 .await?;
                 return Err(refused);
             }
-            calls::mark_sent(&deps.db, call.id).await?;
+            calls::mark_sent(&deps.db, None, call.id).await?;
         } else {
             start_free(&deps.db, call.id, attempt).await?;
         }
@@ -191,6 +193,7 @@ async fn run(
             Err(Failure::Ours(e)) => {
                 calls::fail(
                     &deps.db,
+                    None,
                     call.id,
                     e.code(),
                     &e.public_message(),
@@ -203,11 +206,12 @@ async fn run(
         };
         if err.outcome() == CallOutcome::Unknown {
             // Possibly billed: kept as spent, never sent again.
-            calls::settle_unknown(&deps.db, call, attempt, bound, &err).await?;
+            calls::settle_unknown(&deps.db, None, call, attempt, bound, &err).await?;
             return Err(provider_failed(&err));
         }
         calls::fail(
             &deps.db,
+            None,
             call.id,
             err.code(),
             &providers::scrub_remote_message(&err.to_string(), ""),

@@ -29,6 +29,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::events;
+use super::lease::Fence;
 use super::pipeline::JobEnv;
 use crate::status::{CallStatus, JobStatus, RunStatus};
 use crate::{ServiceError, time};
@@ -111,6 +112,9 @@ where
     Fut: Future<Output = Result<T, ProviderError>>,
 {
     let paid = plan.bound_usd > 0.0;
+    // Every record this worker writes is conditional on its lease.
+    let fence = Fence::of(job);
+    let fence = Some(&fence);
     let mut attempt = Ord::max(call.attempt, 0) as u32;
     let mut sent = Ord::max(call.sent_attempts, 0) as u32;
     if call.status == CallStatus::Unknown && !plan.retry_unknown {
@@ -132,6 +136,7 @@ where
         if env.drain.is_draining() {
             release(
                 env,
+                fence,
                 call.id,
                 "not_sent_shutdown",
                 "the service was shutting down",
@@ -143,12 +148,13 @@ where
         first = false;
         if !already_in_flight {
             attempt += 1;
-            if let Err(refused) = reserve(env, run, call.id, attempt, plan.bound_usd).await {
+            if let Err(refused) = reserve(env, fence, run, call.id, attempt, plan.bound_usd).await {
                 let code = match &refused {
+                    _ if super::lease::is_lost(&refused) => return Err(refused),
                     ServiceError::Policy { code, .. } => *code,
                     _ => "reservation_failed",
                 };
-                fail(&env.db, call.id, code, &refused.to_string(), false).await?;
+                fail(&env.db, fence, call.id, code, &refused.to_string(), false).await?;
                 emit(
                     env,
                     run,
@@ -171,6 +177,7 @@ where
                 if canceled(&env.db, run.id, job.id).await? {
                     release(
                         env,
+                        fence,
                         call.id,
                         CallStatus::Canceled.as_str(),
                         "canceled before the call was made",
@@ -181,6 +188,7 @@ where
                 if env.drain.is_draining() {
                     release(
                         env,
+                        fence,
                         call.id,
                         "not_sent_shutdown",
                         "the service was shutting down",
@@ -192,7 +200,9 @@ where
             }
         };
         if paid {
-            mark_sent(&env.db, call.id).await?;
+            // The last check before money is spent: a worker that lost its
+            // lease sends nothing.
+            mark_sent(&env.db, fence, call.id).await?;
         }
         let _calling = env.drain.call_started();
         let began = std::time::Instant::now();
@@ -227,10 +237,10 @@ where
             && (outcome != CallOutcome::Unknown || plan.retry_unknown);
         let possibly_billed = match outcome {
             CallOutcome::Unknown => {
-                Some(settle_unknown(&env.db, call, attempt, plan.bound_usd, &err).await?)
+                Some(settle_unknown(&env.db, fence, call, attempt, plan.bound_usd, &err).await?)
             }
             _ => {
-                fail(&env.db, call.id, err.code(), &err.to_string(), !paid).await?;
+                fail(&env.db, fence, call.id, err.code(), &err.to_string(), !paid).await?;
                 None
             }
         };
@@ -278,10 +288,10 @@ async fn emit(
     events::emit(
         &env.db,
         &env.hub,
+        &Fence::of(job),
         run.id,
         run.project_id,
         event_type,
-        Some(job.id),
         payload,
     )
     .await
@@ -306,6 +316,7 @@ fn retry_wait(
 /// CostActor, which refuses when a budget would be exceeded.
 async fn reserve(
     env: &JobEnv,
+    fence: Option<&Fence>,
     run: &runs::Model,
     call_id: Uuid,
     attempt: u32,
@@ -315,6 +326,7 @@ async fn reserve(
         (Some(spend), true) => {
             spend
                 .reserve(crate::ports::SpendRequest {
+                    fence: fence.copied(),
                     call_id,
                     project_id: run.project_id,
                     run_id: Some(run.id),
@@ -327,6 +339,7 @@ async fn reserve(
         }
         _ => {
             let txn = crate::db::begin_write(&env.db).await?;
+            super::lease::hold(&txn, fence).await?;
             provider_calls::Entity::update_many()
                 .col_expr(
                     provider_calls::Column::Status,
@@ -351,9 +364,11 @@ async fn reserve(
 /// The attempt is going out now: from here a crash leaves an unknown outcome.
 pub(crate) async fn mark_sent(
     db: &sea_orm::DatabaseConnection,
+    fence: Option<&Fence>,
     call_id: Uuid,
 ) -> Result<(), ServiceError> {
     let txn = crate::db::begin_write(db).await?;
+    super::lease::hold(&txn, fence).await?;
     provider_calls::Entity::update_many()
         .col_expr(provider_calls::Column::SentAt, Expr::value(time::now()))
         .col_expr(

@@ -9,6 +9,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use serde_json::json;
 use uuid::Uuid;
 
+use crate::runs::lease::{Fence, hold};
 use crate::runs::pipeline::JobEnv;
 use crate::status::CallStatus;
 use crate::{ServiceError, time};
@@ -18,12 +19,14 @@ use crate::{ServiceError, time};
 /// was not counted by [`super::mark_sent`] (free calls).
 pub(crate) async fn fail(
     db: &sea_orm::DatabaseConnection,
+    fence: Option<&Fence>,
     call_id: Uuid,
     code: &str,
     message: &str,
     count_attempt: bool,
 ) -> Result<(), ServiceError> {
     let txn = crate::db::begin_write(db).await?;
+    hold(&txn, fence).await?;
     let mut update = provider_calls::Entity::update_many()
         .col_expr(
             provider_calls::Column::Status,
@@ -54,11 +57,13 @@ pub(crate) async fn fail(
 /// Gives up a reserved attempt before it was sent (cancel, shutdown).
 pub(super) async fn release(
     env: &JobEnv,
+    fence: Option<&Fence>,
     call_id: Uuid,
     code: &str,
     message: &str,
 ) -> Result<(), ServiceError> {
     let txn = crate::db::begin_write(&env.db).await?;
+    hold(&txn, fence).await?;
     provider_calls::Entity::update_many()
         .col_expr(
             provider_calls::Column::Status,
@@ -86,6 +91,7 @@ pub(super) async fn release(
 /// the amount.
 pub(crate) async fn settle_unknown(
     db: &sea_orm::DatabaseConnection,
+    fence: Option<&Fence>,
     call: &provider_calls::Model,
     attempt: u32,
     reserved: f64,
@@ -100,6 +106,7 @@ pub(crate) async fn settle_unknown(
         ),
     };
     let txn = crate::db::begin_write(db).await?;
+    hold(&txn, fence).await?;
     provider_calls::Entity::update_many()
         .col_expr(
             provider_calls::Column::Status,

@@ -2,6 +2,7 @@
 //! stored result), its provider call attempted under the call plan, and its
 //! result taken through the guard and the passes into its rows.
 
+use crate::runs::lease::Fence;
 use entities::{assets, provider_calls, run_candidates};
 use imaging::guard::{self, GuardReport};
 use providers::GenerateRequest;
@@ -197,7 +198,7 @@ pub(super) async fn decide(
     if let Some(row) = archived_row {
         rows.assets.insert(0, row);
     }
-    env.writer()?.write(rows).await?;
+    env.writer()?.write(Some(Fence::of(ctx.job)), rows).await?;
     Ok(CandidateEnd::Decided(result))
 }
 
@@ -297,6 +298,6 @@ pub(super) async fn free_result(
     if stored.fresh {
         rows.assets.insert(0, stored.row);
     }
-    env.writer()?.write(rows).await?;
+    env.writer()?.write(Some(Fence::of(ctx.job)), rows).await?;
     Ok(CandidateEnd::Decided(result))
 }

@@ -6,6 +6,7 @@
 //! schedules it and heartbeats the job's lease; nothing here knows about
 //! actors.
 
+use crate::runs::lease::Fence;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -348,10 +349,13 @@ pub async fn run_job(
         .collect();
     if !fresh.is_empty() {
         env.writer()?
-            .write(Rows {
-                provider_calls: fresh,
-                ..Rows::default()
-            })
+            .write(
+                Some(Fence::of(job)),
+                Rows {
+                    provider_calls: fresh,
+                    ..Rows::default()
+                },
+            )
             .await?;
     }
     // `job.started` was recorded with the lease (engine::run).

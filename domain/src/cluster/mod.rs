@@ -5,6 +5,8 @@
 //! see `runs::lifecycle::next_step`), so a node's death costs about one
 //! timeout, not a lease's length.
 
+pub mod feed;
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
