@@ -13,6 +13,7 @@ pub mod audit_events;
 pub mod characters;
 pub mod chat_messages;
 pub mod chat_sessions;
+pub mod cluster_settings;
 pub mod cost_events;
 pub mod nodes;
 pub mod project_exports;
@@ -48,6 +49,7 @@ pub mod prelude {
     pub use super::characters::Entity as Character;
     pub use super::chat_messages::Entity as ChatMessage;
     pub use super::chat_sessions::Entity as ChatSession;
+    pub use super::cluster_settings::Entity as ClusterSetting;
     pub use super::cost_events::Entity as CostEvent;
     pub use super::nodes::Entity as Node;
     pub use super::project_exports::Entity as ProjectExport;

@@ -19,6 +19,7 @@ mod m20261201_000009_candidates_from_one;
 mod m20261201_000010_nodes;
 mod m20261201_000011_run_owners;
 mod m20261201_000012_lease_epochs;
+mod m20261201_000013_cluster_settings;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000010_nodes::Migration),
             Box::new(m20261201_000011_run_owners::Migration),
             Box::new(m20261201_000012_lease_epochs::Migration),
+            Box::new(m20261201_000013_cluster_settings::Migration),
         ]
     }
 }

@@ -248,3 +248,90 @@ async fn nodes_on_one_database_see_each_other_and_a_dead_one() {
         .await;
     assert_error(s, &body, 403, "forbidden");
 }
+
+/// A pause of all processing given to one node holds on every node on the
+/// database and across a restart, until it is resumed on any node; a
+/// project's paused queue likewise.
+#[actix_web::test]
+async fn a_pause_given_to_one_node_holds_on_every_node_and_across_restarts() {
+    use crate::binary::{Deployment, Server, eventually};
+    use reqwest::Method;
+    use std::time::Duration;
+    async fn paused_on(server: &Server, client: &reqwest::Client, token: &str) -> bool {
+        let (s, body) = server
+            .call(client, Method::GET, "/admin/supervision", Some(token), None)
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        body["paused_all"].as_bool().unwrap()
+    }
+    async fn post(
+        server: &Server,
+        client: &reqwest::Client,
+        token: &str,
+        path: &str,
+    ) -> serde_json::Value {
+        let body = (path == "/api/projects")
+            .then(|| json!({"name": "Book", "slug": "book"}))
+            .or_else(|| {
+                path.ends_with("/trigger").then(|| {
+                    json!({"mode": "run", "scene_refs": ["sample:1"], "stage": "style", "candidates": 1})
+                })
+            })
+            .unwrap_or_else(|| json!({}));
+        let (s, body) = server
+            .call(client, Method::POST, path, Some(token), Some(body))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{path}: {body}");
+        body
+    }
+    async fn status(server: &Server, client: &reqwest::Client, token: &str, run: &str) -> String {
+        let path = format!("/api/projects/book/runs/{run}");
+        let (_, body) = server
+            .call(client, Method::GET, &path, Some(token), None)
+            .await;
+        body["run"]["status"].as_str().unwrap().to_string()
+    }
+    let mut deploy = Deployment::new(&[("ATELIER_ENGINE__HEARTBEAT_MS", "200")]).await;
+    let a = deploy.start_node("node-a").await;
+    let mut b = deploy.start_node("node-b").await;
+    let client = deploy.client.clone();
+    let token = a.bootstrap(&client).await;
+    let (c, t) = (&client, token.as_str());
+    post(&a, c, t, "/api/projects").await;
+    post(&a, c, t, "/admin/pause").await;
+    eventually("node-b paused", Duration::from_secs(10), || async {
+        paused_on(&b, c, t).await.then_some(())
+    })
+    .await;
+    let triggered = post(&b, c, t, "/api/projects/book/runs/trigger").await;
+    let run = triggered["run_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(status(&b, c, t, &run).await, "queued");
+    // A restart of node-b keeps the pause: it is read before any run resumes.
+    let (clean, _) = b.terminate(Duration::from_secs(20));
+    assert!(clean);
+    let b = deploy.start_node("node-b").await;
+    assert!(paused_on(&b, c, t).await);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(status(&b, c, t, &run).await, "queued");
+    // A project's paused queue, given to node-a, holds on node-b too.
+    post(&a, c, t, "/api/projects/book/queue/pause").await;
+    // Other nodes follow within a heartbeat.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    post(&b, c, t, "/admin/resume").await;
+    eventually("node-a resumed", Duration::from_secs(10), || async {
+        (!paused_on(&a, c, t).await).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        status(&b, c, t, &run).await,
+        "queued",
+        "its project's queue is paused"
+    );
+    post(&a, c, t, "/api/projects/book/queue/resume").await;
+    eventually("the run done", Duration::from_secs(20), || async {
+        (status(&b, c, t, &run).await == "done").then_some(())
+    })
+    .await;
+}

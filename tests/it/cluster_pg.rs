@@ -133,3 +133,76 @@ async fn a_feed_client_on_one_node_follows_a_run_another_node_drives() {
     }
     assert!(took < Duration::from_secs(60));
 }
+
+/// A node cut off from its database says so: `/health` answers 503
+/// `database_unreachable` in the error envelope (instead of serving stale
+/// data) while its heartbeat cannot reach the database, and 200 again once
+/// it can. The database refuses every connection meanwhile (`ALLOW_CONNECTIONS
+/// false`, its sessions terminated).
+#[actix_web::test]
+async fn a_node_cut_off_from_its_database_answers_503_on_health_until_it_is_back() {
+    assert!(
+        crate::helpers::on_postgres(),
+        "PostgreSQL only: scripts/test.sh runs this module on PostgreSQL"
+    );
+    use sea_orm::ConnectionTrait;
+    let mut deploy =
+        crate::binary::Deployment::new(&[("ATELIER_ENGINE__HEARTBEAT_MS", "200")]).await;
+    let node = deploy.start().await;
+    let client = deploy.client.clone();
+    let health = || async {
+        let (s, body) = node.call(&client, Method::GET, "/health", None, None).await;
+        (s, body)
+    };
+    let (s, body) = health().await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let url = deploy.db.url.clone().unwrap();
+    let name = url.rsplit('/').next().unwrap().to_string();
+    let admin = sea_orm::Database::connect(
+        std::env::var("ATELIER_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+    )
+    .await
+    .unwrap();
+    let cut = |allow: bool| {
+        let (admin, name) = (&admin, &name);
+        async move {
+            admin
+                .execute_unprepared(&format!(
+                    "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allow}"
+                ))
+                .await
+                .unwrap();
+            if !allow {
+                admin
+                    .execute_unprepared(&format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    cut(false).await;
+    let body = crate::binary::eventually("health 503", Duration::from_secs(20), || async {
+        let (s, body) = health().await;
+        (s == StatusCode::SERVICE_UNAVAILABLE).then_some(body)
+    })
+    .await;
+    crate::helpers::assert_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &body,
+        503,
+        "database_unreachable",
+    );
+    cut(true).await;
+    crate::binary::eventually("health 200 again", Duration::from_secs(30), || async {
+        (health().await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(
+        deploy.logs().contains("the database is reachable again"),
+        "the outage and the recovery are logged"
+    );
+}

@@ -268,17 +268,14 @@ impl Engine {
             .await
     }
 
-    /// Pauses or resumes all processing in this process (see
-    /// [`EngineDeps::paused_all`]); running RunActors resume leasing on their
-    /// next heartbeat pass.
+    /// Pauses or resumes all processing (see [`EngineDeps::paused_all`]):
+    /// persisted, so every node follows it within a heartbeat and it holds
+    /// across restarts; here at once. Running RunActors resume leasing on
+    /// their next heartbeat pass.
     pub async fn set_all_paused(&self, paused: bool) -> Result<(), ServiceError> {
-        self.deps
-            .paused_all
-            .store(paused, std::sync::atomic::Ordering::SeqCst);
-        if !paused {
-            self.ask("project", &self.project, project::Pump).await?;
-        }
-        Ok(())
+        domain::cluster::set_paused_all(&self.deps.db, paused).await?;
+        self.ask("project", &self.project, project::SetAllPaused(paused))
+            .await
     }
 
     pub fn all_paused(&self) -> bool {
@@ -304,24 +301,52 @@ impl Engine {
     }
 
     /// Records this node in the database and keeps its heartbeat there
-    /// every `heartbeat` while the engine runs (a failed beat is logged and
-    /// tried again at the next).
+    /// every `heartbeat` while the engine runs. A beat that fails or takes
+    /// longer than two heartbeats (at least a second) marks the database
+    /// unreachable — this node leases nothing and `/health` answers 503 —
+    /// until a beat succeeds again.
     pub async fn announce(&self, node: domain::cluster::NodeInfo) {
         if let Err(e) = domain::cluster::heartbeat(&self.deps.db, &node).await {
             tracing::warn!(error = %e, "cannot record this node in the database");
         }
-        let (db, every) = (self.deps.db.clone(), self.deps.config.heartbeat);
+        let shared = self.deps.clone();
+        let every = shared.deps.config.heartbeat;
+        let limit = (every * 2).max(Duration::from_secs(1));
         actix::spawn(async move {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticks.tick().await;
             loop {
                 ticks.tick().await;
-                if let Err(e) = domain::cluster::heartbeat(&db, &node).await {
-                    tracing::warn!(error = %e, "cannot record this node's heartbeat");
+                let beat =
+                    tokio::time::timeout(limit, domain::cluster::heartbeat(&shared.deps.db, &node))
+                        .await;
+                let reachable = matches!(beat, Ok(Ok(())));
+                let was = shared
+                    .deps
+                    .database_reachable
+                    .swap(reachable, std::sync::atomic::Ordering::SeqCst);
+                match beat {
+                    Ok(Ok(())) if !was => tracing::warn!("the database is reachable again"),
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) if was => {
+                        tracing::error!(error = %e, "the database is unreachable: this node leases nothing until it is back")
+                    }
+                    Err(_) if was => tracing::error!(
+                        "the database did not answer a heartbeat in time: this node leases nothing until it does"
+                    ),
+                    _ => {}
                 }
             }
         });
+    }
+
+    /// Whether this node's last heartbeat reached the database.
+    pub fn database_reachable(&self) -> bool {
+        self.deps
+            .deps
+            .database_reachable
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// On PostgreSQL, relays the feed between the nodes on the database:

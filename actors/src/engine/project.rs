@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::Shared;
 use super::run::{CancelActiveRun, RunActor};
 use domain::ServiceError;
+use domain::cluster::Control;
 use domain::runs::lifecycle;
 
 const NAME: &str = "project";
@@ -32,6 +33,9 @@ pub struct ProjectActor {
     paused: HashSet<Uuid>,
     /// An adoption pass is running (ticks meanwhile are skipped).
     adopting: bool,
+    /// A pause or resume was given here while that pass was reading: the
+    /// control state it read is older, and is not applied.
+    control_stale: bool,
 }
 
 impl ProjectActor {
@@ -42,7 +46,20 @@ impl ProjectActor {
             active: HashMap::new(),
             paused: HashSet::new(),
             adopting: false,
+            control_stale: false,
         }
+    }
+
+    /// Follows the control state every node follows (read at start and at
+    /// every tick): a pause given to any node holds here too.
+    fn apply(&mut self, control: Control) {
+        if std::mem::take(&mut self.control_stale) {
+            return;
+        }
+        self.deps
+            .paused_all
+            .store(control.paused_all, std::sync::atomic::Ordering::SeqCst);
+        self.paused = control.paused_projects;
     }
 
     fn active_in(&self, project_id: Uuid) -> usize {
@@ -52,19 +69,21 @@ impl ProjectActor {
             .count()
     }
 
-    /// Queues the runs of dead nodes that this node took over.
+    /// A tick: follows the cluster's control state and queues the runs of
+    /// dead nodes that this node took over.
     fn adopt(&mut self, ctx: &mut Context<Self>) {
         if self.adopting {
             return;
         }
         self.adopting = true;
         let deps = self.deps.clone();
-        async move { lifecycle::to_adopt(&deps).await }
+        async move { lifecycle::to_drive(&deps, false).await }
             .into_actor(self)
             .map(|result, act, ctx| {
                 act.adopting = false;
                 match result {
-                    Ok(runs) => {
+                    Ok((control, runs)) => {
+                        act.apply(control);
                         for r in runs {
                             if !act.queue.iter().any(|q| q.run_id == r.id)
                                 && !act.active.contains_key(&r.id)
@@ -135,12 +154,12 @@ impl Actor for ProjectActor {
         let deps = self.deps.clone();
         let started = chrono::Utc::now();
         ctx.wait(
-            async move { lifecycle::to_resume(&deps).await }
+            async move { lifecycle::to_drive(&deps, true).await }
                 .into_actor(self)
                 .map(move |result, act, ctx| {
                     match result {
-                        Ok((paused, runs)) => {
-                            act.paused = paused.into_iter().collect();
+                        Ok((control, runs)) => {
+                            act.apply(control);
                             for r in runs.into_iter().filter(|r| r.created_at < started) {
                                 if !act.queue.iter().any(|q| q.run_id == r.id) {
                                     act.queue.push_back(Queued {
@@ -290,6 +309,7 @@ impl Handler<SetPaused> for ProjectActor {
     type Result = ();
 
     fn handle(&mut self, msg: SetPaused, ctx: &mut Context<Self>) {
+        self.control_stale = self.adopting;
         if msg.paused {
             self.paused.insert(msg.project_id);
         } else {
@@ -299,15 +319,21 @@ impl Handler<SetPaused> for ProjectActor {
     }
 }
 
-/// Starts whatever the queue allows (after a global resume).
+/// All processing paused or resumed here (already persisted for the other
+/// nodes): applied at once, and after a resume whatever the queue allows
+/// starts.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Pump;
+pub struct SetAllPaused(pub bool);
 
-impl Handler<Pump> for ProjectActor {
+impl Handler<SetAllPaused> for ProjectActor {
     type Result = ();
 
-    fn handle(&mut self, _: Pump, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: SetAllPaused, ctx: &mut Context<Self>) {
+        self.control_stale = self.adopting;
+        self.deps
+            .paused_all
+            .store(msg.0, std::sync::atomic::Ordering::SeqCst);
         self.pump(ctx);
     }
 }

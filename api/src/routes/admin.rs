@@ -139,8 +139,9 @@ async fn set_paused(state: &AppState, paused: bool) -> ApiResult<web::Json<Pause
     }))
 }
 
-/// Pauses all processing in this process: no queued run starts and no job
-/// is leased; running jobs finish. Not persisted (a restart resumes).
+/// Pauses all processing: no queued run starts and no job is leased;
+/// running jobs finish. Persisted: every node follows it within a heartbeat,
+/// and it holds across restarts until `POST /admin/resume`.
 #[utoipa::path(
     tag = "admin",
     responses((status = 200, body = PauseResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody))

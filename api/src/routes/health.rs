@@ -4,6 +4,7 @@ use actix_web::{HttpResponse, get, web};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::{AppState, CONTRACT_VERSION, SERVICE_NAME};
 
 #[derive(Serialize, ToSchema)]
@@ -26,15 +27,32 @@ pub struct HealthResponse {
 }
 
 /// Liveness and identity. Public; the only route that needs no token.
-#[utoipa::path(tag = "system", security(()), responses((status = 200, body = HealthResponse)))]
+/// **New**: 503 `database_unreachable` (the usual error shape) while this
+/// node's heartbeat cannot reach the database — it serves nothing stale and
+/// leases nothing until it is back.
+#[utoipa::path(
+    tag = "system",
+    security(()),
+    responses(
+        (status = 200, body = HealthResponse),
+        (status = 503, body = ErrorBody, description = "database_unreachable"),
+    )
+)]
 #[get("/health")]
-pub async fn health(state: web::Data<AppState>) -> web::Json<HealthResponse> {
+pub async fn health(state: web::Data<AppState>) -> ApiResult<web::Json<HealthResponse>> {
+    if !state.engine.database_reachable() {
+        return Err(ApiError::from(domain::ServiceError::Unavailable {
+            code: "database_unreachable",
+            message: "This node cannot reach its database; try another node or retry shortly"
+                .into(),
+        }));
+    }
     let started_unix_ms = state
         .started
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    web::Json(HealthResponse {
+    Ok(web::Json(HealthResponse {
         ok: true,
         status: "ok",
         service: SERVICE_NAME,
@@ -46,7 +64,7 @@ pub async fn health(state: web::Data<AppState>) -> web::Json<HealthResponse> {
         schema_version: state.config.schema_version.clone(),
         api_explorer: "/docs/",
         openapi: "/openapi.json",
-    })
+    }))
 }
 
 /// This OpenAPI document. Public.

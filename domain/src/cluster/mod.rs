@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use entities::{nodes, run_owners, runs};
+use entities::{cluster_settings, nodes, projects, run_owners, runs};
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
@@ -220,4 +220,66 @@ pub async fn driven_elsewhere(
         .one(db)
         .await?
         .is_some_and(|node| beats(&node, timeout)))
+}
+
+/// The `cluster_settings` name of the operator's pause of all processing.
+const PAUSED_ALL: &str = "paused_all";
+
+/// What every node follows: the operator's pause of all processing and the
+/// projects whose queue is paused. Read by each node at start and every
+/// heartbeat, so a pause given to one node holds on all of them and across
+/// restarts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Control {
+    pub paused_all: bool,
+    pub paused_projects: HashSet<Uuid>,
+}
+
+/// Persists the operator's pause (or resume) of all processing.
+pub async fn set_paused_all(db: &DatabaseConnection, paused: bool) -> Result<(), ServiceError> {
+    let txn = crate::db::begin_write(db).await?;
+    cluster_settings::Entity::insert(cluster_settings::ActiveModel::from(
+        cluster_settings::Model {
+            name: PAUSED_ALL.into(),
+            value_json: serde_json::Value::Bool(paused),
+            updated_at: crate::time::now(),
+        },
+    ))
+    .on_conflict(
+        OnConflict::column(cluster_settings::Column::Name)
+            .update_columns([
+                cluster_settings::Column::ValueJson,
+                cluster_settings::Column::UpdatedAt,
+            ])
+            .to_owned(),
+    )
+    .exec_without_returning(&txn)
+    .await?;
+    crate::db::commit(txn).await?;
+    Ok(())
+}
+
+/// The control state as persisted.
+pub async fn control(db: &DatabaseConnection) -> Result<Control, ServiceError> {
+    use sea_orm::QuerySelect;
+    let paused_all = cluster_settings::Entity::find_by_id(PAUSED_ALL)
+        .one(db)
+        .await?
+        .and_then(|s| s.value_json.as_bool())
+        .unwrap_or(false);
+    let projects: Vec<(Uuid, serde_json::Value)> = projects::Entity::find()
+        .select_only()
+        .column(projects::Column::Id)
+        .column(projects::Column::SettingsJson)
+        .into_tuple()
+        .all(db)
+        .await?;
+    Ok(Control {
+        paused_all,
+        paused_projects: projects
+            .into_iter()
+            .filter(|(_, settings)| crate::runs::control::paused_in(settings))
+            .map(|(id, _)| id)
+            .collect(),
+    })
 }

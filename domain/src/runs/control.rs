@@ -246,8 +246,12 @@ pub async fn retry_failed(
 }
 
 pub fn is_paused(project: &projects::Model) -> bool {
-    project
-        .settings_json
+    paused_in(&project.settings_json)
+}
+
+/// Whether a project's settings say its queue is paused.
+pub fn paused_in(settings: &serde_json::Value) -> bool {
+    settings
         .get(QUEUE_PAUSED_KEY)
         .and_then(|v| v.as_bool())
         .unwrap_or(false)

@@ -104,8 +104,12 @@ pub struct EngineDeps {
     /// Group commit for the job pipeline's rows, started with the engine.
     pub writer: Option<RowWriter>,
     /// Operator switch: while set, no queued run starts and no job is leased
-    /// (running jobs finish). In memory, per process.
+    /// (running jobs finish). This node's copy of the persisted setting
+    /// (`cluster::control`), refreshed every heartbeat.
     pub paused_all: std::sync::atomic::AtomicBool,
+    /// Whether this node's last heartbeat reached the database: while it
+    /// does not, the node leases nothing and `/health` answers 503.
+    pub database_reachable: std::sync::atomic::AtomicBool,
     /// Remote background-removal services by code (`removebg`, `photoroom`).
     pub removers: HashMap<String, Arc<providers::bg_remote::RemoteRemover>>,
     /// A connection of the row writer's own (SQLite), so it never queues
@@ -164,6 +168,7 @@ impl EngineDeps {
             writer_db: None,
             removers: HashMap::new(),
             paused_all: std::sync::atomic::AtomicBool::new(false),
+            database_reachable: std::sync::atomic::AtomicBool::new(true),
             secret_keys: None,
             drain: Arc::new(Drain::default()),
             outbound: crate::netpolicy::OutboundPolicy::default(),

@@ -97,6 +97,14 @@ pub async fn next_step(
     room: usize,
     cached_store: Option<storage::ProjectFiles>,
 ) -> Result<Step, ServiceError> {
+    if !deps
+        .database_reachable
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        // Cut off from the database: nothing is leased until it is back
+        // (another node may be adopting this node's runs meanwhile).
+        return Ok(Step::Wait);
+    }
     let Some(run) = runs::Entity::find_by_id(run_id).one(&deps.db).await? else {
         return Ok(Step::Finish);
     };
@@ -569,25 +577,18 @@ pub async fn left_open_by_cancel(
     Ok(Some(run.project_id))
 }
 
-/// Runs of dead nodes this node takes over (a tick of the ProjectActor).
-pub async fn to_adopt(deps: &EngineDeps) -> Result<Vec<runs::Model>, ServiceError> {
-    crate::cluster::runs_to_drive(&deps.db, &deps.node_id, deps.config.node_timeout, false).await
-}
-
-/// What an engine resumes when it starts: the projects whose queue is
-/// paused, and the unfinished runs this node drives — its own and those of
-/// dead nodes (see `cluster::runs_to_drive`; a run nobody owns yet is taken
-/// at once).
-pub async fn to_resume(deps: &EngineDeps) -> Result<(Vec<Uuid>, Vec<runs::Model>), ServiceError> {
-    let paused = projects::Entity::find()
-        .all(&deps.db)
-        .await?
-        .iter()
-        .filter(|p| super::control::is_paused(p))
-        .map(|p| p.id)
-        .collect();
+/// What the ProjectActor follows: the control state every node follows
+/// (paused processing, paused queues: `cluster::control`) and the
+/// unfinished runs this node must drive — at its start, its own and those
+/// nobody owns; at start and every tick, those of dead nodes, which it takes
+/// over (see `cluster::runs_to_drive`).
+pub async fn to_drive(
+    deps: &EngineDeps,
+    at_start: bool,
+) -> Result<(crate::cluster::Control, Vec<runs::Model>), ServiceError> {
+    let control = crate::cluster::control(&deps.db).await?;
     let runs =
-        crate::cluster::runs_to_drive(&deps.db, &deps.node_id, deps.config.node_timeout, true)
+        crate::cluster::runs_to_drive(&deps.db, &deps.node_id, deps.config.node_timeout, at_start)
             .await?;
-    Ok((paused, runs))
+    Ok((control, runs))
 }
