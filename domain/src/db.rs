@@ -101,7 +101,10 @@ impl ConnectionTrait for WriteTxn {
     }
 }
 
+/// Writes this process committed.
 static WRITE_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Writes other nodes announced (`cluster::feed`).
+static WRITES_ELSEWHERE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Commits a write transaction and records that this process changed data,
 /// so in-process read caches know to revalidate (see `api::cache`).
@@ -111,14 +114,33 @@ pub async fn commit(txn: WriteTxn) -> Result<(), DbErr> {
     Ok(())
 }
 
+/// Commits a write that no read cache shows (a node's heartbeat), without
+/// making this process's read caches revalidate.
+pub async fn commit_unseen(txn: WriteTxn) -> Result<(), DbErr> {
+    txn.txn.commit().await
+}
+
 /// Abandons a write transaction: nothing it did is kept (dry runs).
 pub async fn rollback(txn: WriteTxn) -> Result<(), DbErr> {
     txn.txn.rollback().await
 }
 
-/// Increases whenever this process commits a write.
+/// Increases whenever this process commits a write, or another node on the
+/// database announces that it did: a read cache that saw the same value
+/// twice saw no write in between that it could have been told of.
 pub fn write_generation() -> u64 {
     WRITE_GENERATION.load(std::sync::atomic::Ordering::Acquire)
+        + WRITES_ELSEWHERE.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Writes this process committed (what it announces to the other nodes).
+pub fn local_write_generation() -> u64 {
+    WRITE_GENERATION.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Another node on the database committed writes.
+pub fn note_writes_elsewhere() {
+    WRITES_ELSEWHERE.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
 }
 
 /// Inserts what is not there yet (conflicts on the id or a natural key are

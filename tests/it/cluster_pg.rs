@@ -206,3 +206,119 @@ async fn a_node_cut_off_from_its_database_answers_503_on_health_until_it_is_back
         "the outage and the recovery are logged"
     );
 }
+
+/// Other nodes' writes and revocations reach this node's caches at once
+/// (announced with NOTIFY), not after the caches' windows: a project renamed
+/// and a token revoked on node B show on node A within a second or two,
+/// though A's read caches revalidate only every ten minutes by themselves
+/// and its token cache keeps a token ten minutes.
+#[actix_web::test]
+async fn caches_follow_other_nodes_writes_and_revocations_at_once() {
+    assert!(
+        crate::helpers::on_postgres(),
+        "PostgreSQL only: scripts/test.sh runs this module on PostgreSQL"
+    );
+    let mut deploy = crate::binary::Deployment::new(&[
+        // Nothing else on node A revalidates its caches meanwhile.
+        ("ATELIER_ENGINE__HEARTBEAT_MS", "30000"),
+        ("ATELIER_HTTP__READ_CACHE_MS", "600000"),
+        ("ATELIER_AUTH__TOKEN_CACHE_SECONDS", "600"),
+    ])
+    .await;
+    let a = deploy.start_node("node-a").await;
+    let b = deploy.start_node("node-b").await;
+    let client = deploy.client.clone();
+    let token = a.bootstrap(&client).await;
+    async fn upsert(server: &Server, client: &reqwest::Client, token: &str, name: &str) {
+        let body = json!({"name": name, "slug": "shared"});
+        let (s, body) = server
+            .call(
+                client,
+                Method::POST,
+                "/api/projects",
+                Some(token),
+                Some(body),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+    let seen_on_a = || async {
+        let (_, detail) = a
+            .call(
+                &client,
+                Method::GET,
+                "/api/projects/shared",
+                Some(&token),
+                None,
+            )
+            .await;
+        let (_, list) = a
+            .call(&client, Method::GET, "/api/projects", Some(&token), None)
+            .await;
+        (
+            detail["project"]["name"].as_str().unwrap_or("").to_string(),
+            list["projects"][0]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+        )
+    };
+    upsert(&a, &client, &token, "Shared").await;
+    assert_eq!(seen_on_a().await, ("Shared".into(), "Shared".into()));
+    upsert(&b, &client, &token, "Shared Elsewhere").await;
+    let renamed = Instant::now();
+    crate::binary::eventually(
+        "node B's rename on node A",
+        Duration::from_secs(5),
+        || async {
+            (seen_on_a().await == ("Shared Elsewhere".into(), "Shared Elsewhere".into()))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(renamed.elapsed() < Duration::from_secs(5));
+
+    // A second token, used (and so cached) on node A, revoked on node B.
+    let (s, minted) = a
+        .call(
+            &client,
+            Method::POST,
+            "/auth/token",
+            Some(&token),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{minted}");
+    let second = minted["auth_token"]["token"].as_str().unwrap().to_string();
+    let second_id = minted["auth_token"]["id"].as_str().unwrap().to_string();
+    let on_a = |t: String| {
+        let (a, client) = (&a, &client);
+        async move {
+            a.call(client, Method::GET, "/api/projects", Some(&t), None)
+                .await
+                .0
+        }
+    };
+    assert_eq!(on_a(second.clone()).await, StatusCode::OK);
+    let (s, body) = b
+        .call(
+            &client,
+            Method::DELETE,
+            &format!("/auth/tokens/{second_id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    crate::binary::eventually(
+        "the revocation on node A",
+        Duration::from_secs(5),
+        || async { (on_a(second.clone()).await == StatusCode::UNAUTHORIZED).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        on_a(token.clone()).await,
+        StatusCode::OK,
+        "the other token stays valid"
+    );
+}

@@ -2,7 +2,9 @@
 //!
 //! The hot path (every authenticated request) hashes the presented token and
 //! looks it up here; the database is consulted only on a miss or once the entry
-//! is older than the TTL. Revocation through this process evicts at once.
+//! is older than the TTL. Revocation through this process evicts at once; a
+//! revocation on another node (announced by `cluster::feed`) makes every entry
+//! loaded before it stale.
 //! `last_used_at` is written at most once per TTL per token, off the request path.
 
 use std::collections::HashMap;
@@ -24,6 +26,27 @@ struct Entry {
     principal: TokenPrincipal,
     expires_at: Option<DateTime<Utc>>,
     loaded: Instant,
+    /// [`revocations`] when it was loaded.
+    revocations: u64,
+}
+
+/// Tokens revoked on other nodes of the database, as announced.
+static REVOKED_ELSEWHERE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Tokens revoked by this process (what it announces to the other nodes).
+static REVOKED_HERE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn revocations() -> u64 {
+    REVOKED_ELSEWHERE.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Another node revoked tokens: every cached entry must be read again.
+pub fn note_revoked_elsewhere() {
+    REVOKED_ELSEWHERE.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+}
+
+/// How many revocations this process made.
+pub fn local_revocations() -> u64 {
+    REVOKED_HERE.load(std::sync::atomic::Ordering::Acquire)
 }
 
 pub struct TokenVerifier {
@@ -61,12 +84,16 @@ impl TokenVerifier {
         let now = Utc::now();
         if let Some(entry) = self.cached(&hash)
             && entry.loaded.elapsed() < self.ttl
+            && entry.revocations == revocations()
         {
             return Ok(entry
                 .expires_at
                 .is_none_or(|e| e > now)
                 .then_some(entry.principal));
         }
+        // Read before the row: a revocation announced meanwhile makes this
+        // entry stale at once.
+        let revocations = revocations();
         let Some(row) = api_tokens::Entity::find()
             .filter(api_tokens::Column::TokenHash.eq(hash.as_str()))
             .one(db)
@@ -89,14 +116,16 @@ impl TokenVerifier {
                 principal: principal.clone(),
                 expires_at: row.expires_at,
                 loaded: Instant::now(),
+                revocations,
             },
         );
         touch_last_used(db.clone(), row.id);
         Ok(Some(principal))
     }
 
-    /// Forgets a token (after revocation).
+    /// Forgets a token (after its revocation here).
     pub fn evict(&self, token_id: Uuid) {
+        REVOKED_HERE.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         if let Ok(mut map) = self.entries.write() {
             map.retain(|_, e| e.principal.token_id != token_id);
         }

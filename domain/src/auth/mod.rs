@@ -19,7 +19,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-pub use cache::TokenVerifier;
+pub use cache::{TokenVerifier, local_revocations, note_revoked_elsewhere};
 
 use crate::audit::{self, AuditEntry};
 use crate::error::optional_text;

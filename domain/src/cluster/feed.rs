@@ -5,6 +5,10 @@
 //! is only the wake-up. A WebSocket client skips what it already sent and
 //! fills any hole from the table, so a lost notification delays an event
 //! until the run's next one, never loses it from a replay.
+//!
+//! The same notifications keep the other nodes' caches honest: `writes` (this
+//! node committed something) makes their read caches revalidate, `tokens`
+//! (it revoked tokens) makes their token caches read every token again.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -43,34 +47,77 @@ pub fn outbox(hub: &EventHub) -> mpsc::Receiver<Committed> {
     rx
 }
 
-/// Sends what this node committed, coalesced per run, one `NOTIFY` per
-/// batch: `node` on the first line, then `project run first last` per run.
+/// How often the announcer looks for writes this node committed without
+/// events (settings, tokens, assets…), so other nodes' read caches follow.
+const WRITES_EVERY: Duration = Duration::from_millis(25);
+
+/// Sends what this node committed, one `NOTIFY` per batch: `node` on the
+/// first line, then `project run first last` per run with new events,
+/// `writes` when it committed anything since the last notification, and
+/// `tokens` when it revoked tokens.
 pub async fn announce(db: DatabaseConnection, node: String, mut rx: mpsc::Receiver<Committed>) {
     let mut batch = Vec::with_capacity(512);
-    while rx.recv_many(&mut batch, 512).await > 0 {
-        let mut runs: BTreeMap<Uuid, (Uuid, i64, i64)> = BTreeMap::new();
+    let mut ticks = tokio::time::interval(WRITES_EVERY);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut writes, mut revocations) = (
+        crate::db::local_write_generation(),
+        crate::auth::local_revocations(),
+    );
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 512) => if n == 0 { return },
+            _ = ticks.tick() => {}
+        }
+        let mut news = News::default();
         for c in batch.drain(..) {
-            let e = runs.entry(c.run_id).or_insert((c.project_id, c.seq, c.seq));
+            let e = news
+                .runs
+                .entry(c.run_id)
+                .or_insert((c.project_id, c.seq, c.seq));
             e.1 = e.1.min(c.seq);
             e.2 = e.2.max(c.seq);
         }
-        for payload in payloads(&node, &runs) {
+        let (w, r) = (
+            crate::db::local_write_generation(),
+            crate::auth::local_revocations(),
+        );
+        news.writes = std::mem::replace(&mut writes, w) != w;
+        news.tokens = std::mem::replace(&mut revocations, r) != r;
+        if news.runs.is_empty() && !news.writes && !news.tokens {
+            continue;
+        }
+        for payload in payloads(&node, &news) {
             let notify = Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT pg_notify($1, $2)",
                 [CHANNEL.into(), payload.into()],
             );
             if let Err(e) = db.execute_raw(notify).await {
-                tracing::warn!(error = %e, "cannot announce events to the other nodes");
+                tracing::warn!(error = %e, "cannot announce to the other nodes");
             }
         }
     }
 }
 
-fn payloads(node: &str, runs: &BTreeMap<Uuid, (Uuid, i64, i64)>) -> Vec<String> {
+/// What one notification (or several, when too long for one) tells.
+#[derive(Debug, Default, PartialEq)]
+struct News {
+    /// Per run: its project, the first and last new sequence numbers.
+    runs: BTreeMap<Uuid, (Uuid, i64, i64)>,
+    writes: bool,
+    tokens: bool,
+}
+
+fn payloads(node: &str, news: &News) -> Vec<String> {
     let mut out = Vec::new();
     let mut current = String::from(node);
-    for (run, (project, first, last)) in runs {
+    if news.writes {
+        current.push_str("\nwrites");
+    }
+    if news.tokens {
+        current.push_str("\ntokens");
+    }
+    for (run, (project, first, last)) in &news.runs {
         if current.len() > MAX_PAYLOAD {
             out.push(std::mem::replace(&mut current, String::from(node)));
         }
@@ -80,31 +127,34 @@ fn payloads(node: &str, runs: &BTreeMap<Uuid, (Uuid, i64, i64)>) -> Vec<String> 
     out
 }
 
-/// One run's range in a notification.
-#[derive(Debug, PartialEq)]
-struct Range {
-    run_id: Uuid,
-    first: i64,
-    last: i64,
-}
-
-/// The sender and the ranges of a payload; `None` for what this build did
-/// not write.
-fn parse(payload: &str) -> Option<(&str, Vec<Range>)> {
+/// The sender and what it tells; lines this build does not know are left
+/// out (a newer node may tell more).
+fn parse(payload: &str) -> Option<(&str, News)> {
     let mut lines = payload.lines();
     let node = lines.next()?;
-    let ranges = lines
-        .map(|line| {
-            let mut parts = line.split(' ');
-            let _project: Uuid = parts.next()?.parse().ok()?;
-            Some(Range {
-                run_id: parts.next()?.parse().ok()?,
-                first: parts.next()?.parse().ok()?,
-                last: parts.next()?.parse().ok()?,
-            })
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some((node, ranges))
+    let mut news = News::default();
+    for line in lines {
+        match line {
+            "writes" => news.writes = true,
+            "tokens" => news.tokens = true,
+            _ => {
+                let mut parts = line.split(' ');
+                let mut next = || parts.next();
+                let parsed = (|| {
+                    let project: Uuid = next()?.parse().ok()?;
+                    let run: Uuid = next()?.parse().ok()?;
+                    Some((run, (project, next()?.parse().ok()?, next()?.parse().ok()?)))
+                })();
+                match parsed {
+                    Some((run, range)) => {
+                        news.runs.insert(run, range);
+                    }
+                    None => tracing::debug!(line, "feed relay: a line this build does not read"),
+                }
+            }
+        }
+    }
+    Some((node, news))
 }
 
 /// Listens on its own connection (not one of the pool's) and republishes
@@ -163,18 +213,24 @@ impl Drop for Listening {
 }
 
 async fn relay(db: &DatabaseConnection, hub: &EventHub, me: &str, payload: &str) {
-    let Some((node, ranges)) = parse(payload) else {
-        tracing::debug!("feed relay: a notification this build does not read");
+    let Some((node, news)) = parse(payload) else {
         return;
     };
     if node == me {
         return;
     }
-    for r in ranges {
+    // Caches first: a client woken by an event below must read fresh data.
+    if news.writes || !news.runs.is_empty() {
+        crate::db::note_writes_elsewhere();
+    }
+    if news.tokens {
+        crate::auth::note_revoked_elsewhere();
+    }
+    for (run_id, (_, first, last)) in news.runs {
         let events = run_events::Entity::find()
-            .filter(run_events::Column::RunId.eq(r.run_id))
-            .filter(run_events::Column::Seq.gte(r.first))
-            .filter(run_events::Column::Seq.lte(r.last))
+            .filter(run_events::Column::RunId.eq(run_id))
+            .filter(run_events::Column::Seq.gte(first))
+            .filter(run_events::Column::Seq.lte(last))
             .order_by_asc(run_events::Column::Seq)
             .all(db)
             .await;
@@ -184,9 +240,7 @@ async fn relay(db: &DatabaseConnection, hub: &EventHub, me: &str, payload: &str)
                     hub.publish_relayed(RunEvent::from(e));
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, run_id = %r.run_id, "feed relay: cannot read events")
-            }
+            Err(e) => tracing::warn!(error = %e, %run_id, "feed relay: cannot read events"),
         }
     }
 }
@@ -197,23 +251,26 @@ mod tests {
 
     #[test]
     fn payloads_round_trip_and_stay_under_the_limit() {
-        let runs: BTreeMap<Uuid, (Uuid, i64, i64)> = (0..200)
-            .map(|i| (Uuid::now_v7(), (Uuid::now_v7(), i, i + 3)))
-            .collect();
-        let out = payloads("node-a", &runs);
+        let news = News {
+            runs: (0..200)
+                .map(|i| (Uuid::now_v7(), (Uuid::now_v7(), i, i + 3)))
+                .collect(),
+            writes: true,
+            tokens: true,
+        };
+        let out = payloads("node-a", &news);
         assert!(out.len() > 1);
-        let mut seen = Vec::new();
+        let mut seen = News::default();
         for p in &out {
             assert!(p.len() < 8000, "{}", p.len());
-            let (node, ranges) = parse(p).unwrap();
+            let (node, part) = parse(p).unwrap();
             assert_eq!(node, "node-a");
-            seen.extend(ranges);
+            seen.runs.extend(part.runs);
+            seen.writes |= part.writes;
+            seen.tokens |= part.tokens;
         }
-        assert_eq!(seen.len(), 200);
-        for r in seen {
-            let (_, first, last) = runs[&r.run_id];
-            assert_eq!((r.first, r.last), (first, last));
-        }
-        assert!(parse("node-a\nnot a range").is_none());
+        assert_eq!(seen, news);
+        let (_, odd) = parse("node-a\nsomething newer\nwrites").unwrap();
+        assert!(odd.writes && odd.runs.is_empty());
     }
 }
