@@ -39,6 +39,8 @@ pub enum StartupError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot read the cluster's settings: {0}")]
+    Cluster(domain::ServiceError),
 }
 
 /// Process-wide defaults that TLS and object storage need: the rustls crypto
@@ -184,6 +186,12 @@ pub async fn embedded_engine_with(
     deps.writer_db = crate::database::writer_connection(settings).await?;
     deps.node_id = node_id(settings)?;
     deps.outbound = outbound_policy(settings)?;
+    // An operator's pause holds from the first moment (nothing starts, and
+    // the admin routes say so).
+    let control = domain::cluster::control(db)
+        .await
+        .map_err(StartupError::Cluster)?;
+    deps.paused_all = std::sync::atomic::AtomicBool::new(control.paused_all);
     let engine = actors::engine::Engine::start(deps);
     Ok((engine, roots))
 }

@@ -19,6 +19,7 @@ mod assets;
 mod auth;
 mod catalog;
 mod cli;
+mod cluster;
 mod cluster_pg;
 mod console;
 mod contract;

@@ -1,7 +1,8 @@
 //! ProjectActor: one sharded owner for every project's run queue. Admits runs
-//! (at most `max_runs_per_project` executing per project, FIFO, fair across
-//! projects), pauses and resumes queues, cancels, and on (re)start resumes the
-//! unfinished runs recorded in the database.
+//! (at most `max_runs_per_project` executing per project — here, and across
+//! every node on the database, checked when a run starts — FIFO on this
+//! node, fair across projects), pauses and resumes queues, cancels, and on
+//! (re)start resumes the unfinished runs recorded in the database.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -36,6 +37,9 @@ pub struct ProjectActor {
     /// A pause or resume was given here while that pass was reading: the
     /// control state it read is older, and is not applied.
     control_stale: bool,
+    /// Runs whose project had no room across the cluster: left in the queue
+    /// until the next tick (not retried at every pump).
+    held_back: HashSet<Uuid>,
 }
 
 impl ProjectActor {
@@ -47,6 +51,7 @@ impl ProjectActor {
             paused: HashSet::new(),
             adopting: false,
             control_stale: false,
+            held_back: HashSet::new(),
         }
     }
 
@@ -84,6 +89,7 @@ impl ProjectActor {
                 match result {
                     Ok((control, runs)) => {
                         act.apply(control);
+                        act.held_back.clear();
                         for r in runs {
                             if !act.queue.iter().any(|q| q.run_id == r.id)
                                 && !act.active.contains_key(&r.id)
@@ -123,6 +129,7 @@ impl ProjectActor {
                 continue;
             }
             if self.paused.contains(&project_id)
+                || self.held_back.contains(&run_id)
                 || self.active_in(project_id) >= self.deps.config.max_runs_per_project
             {
                 waiting.push_back(queued);
@@ -219,13 +226,25 @@ impl Handler<SubmitRun> for ProjectActor {
 #[rtype(result = "()")]
 pub struct RunFinished {
     pub run_id: Uuid,
+    /// Not started: its project has no room across the cluster. It goes
+    /// back to the queue's front and is tried again at the next tick.
+    pub deferred: bool,
 }
 
 impl Handler<RunFinished> for ProjectActor {
     type Result = ();
 
     fn handle(&mut self, msg: RunFinished, ctx: &mut Context<Self>) {
-        self.active.remove(&msg.run_id);
+        if let Some((project_id, _)) = self.active.remove(&msg.run_id)
+            && msg.deferred
+        {
+            self.held_back.insert(msg.run_id);
+            self.queue.push_front(Queued {
+                run_id: msg.run_id,
+                project_id,
+                origin: Span::none(),
+            });
+        }
         self.pump(ctx);
     }
 }

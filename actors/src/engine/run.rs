@@ -15,7 +15,7 @@ use super::project::RunFinished;
 use super::worker::WorkerActor;
 use domain::runs::job_outcome;
 use domain::runs::lease::Fence;
-use domain::runs::lifecycle::{self, Step};
+use domain::runs::lifecycle::{self, Start, Step};
 use domain::runs::pipeline::JobOutcome;
 
 pub struct RunActor {
@@ -131,6 +131,7 @@ impl RunActor {
         tracing::warn!(run_id = %self.run_id, "another node drives this run now: stopped driving it here");
         self.owner.do_send(RunFinished {
             run_id: self.run_id,
+            deferred: false,
         });
         ctx.stop();
     }
@@ -149,7 +150,10 @@ impl RunActor {
                 if let Err(e) = result {
                     tracing::error!(run_id = %act.run_id, error = %e, "cannot finish run");
                 }
-                act.owner.do_send(RunFinished { run_id: act.run_id });
+                act.owner.do_send(RunFinished {
+                    run_id: act.run_id,
+                    deferred: false,
+                });
                 ctx.stop();
             })
             .spawn(ctx);
@@ -167,12 +171,15 @@ impl Actor for RunActor {
             .instrument(self.span.clone())
             .into_actor(self)
             .map(|result, act, ctx| match result {
-                Ok(false) => {
+                Ok(start @ (Start::Nothing | Start::NoRoom)) => {
                     act.finished = true;
-                    act.owner.do_send(RunFinished { run_id: act.run_id });
+                    act.owner.do_send(RunFinished {
+                        run_id: act.run_id,
+                        deferred: start == Start::NoRoom,
+                    });
                     ctx.stop();
                 }
-                Ok(true) => act.schedule(ctx),
+                Ok(Start::Drive) => act.schedule(ctx),
                 Err(e) => {
                     tracing::error!(run_id = %act.run_id, error = %e, "cannot start run");
                     act.schedule(ctx);

@@ -17,19 +17,33 @@ use super::store;
 use crate::ServiceError;
 use crate::status::{JobStatus, RunStatus};
 
-/// Marks a queued run as running (with its `run.started` event). `false`:
-/// the run is already finished (a duplicate submission that raced with
-/// recovery, or a cancel that came first) and there is nothing to drive.
-/// A canceled run with a job still open is driven (`true`): its scheduling
-/// passes lease nothing and settle what the jobs left once no live worker
-/// holds one.
+/// What starting a run found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Drive it: it is running (now, or since before).
+    Drive,
+    /// Nothing to drive: the run is already finished (a duplicate submission
+    /// that raced with recovery, or a cancel that came first).
+    Nothing,
+    /// Not yet: its project already runs `max_runs_per_project` runs,
+    /// counted across every node on the database. Try again later.
+    NoRoom,
+}
+
+/// Marks a queued run as running (with its `run.started` event), if its
+/// project has room — counted in the database, under the project's
+/// admission lock, so several nodes together never run more than
+/// `max_runs_per_project` of one project. A canceled run with a job still
+/// open is driven: its scheduling passes lease nothing and settle what the
+/// jobs left once no live worker holds one.
 #[tracing::instrument(skip(deps))]
 pub async fn start(
     deps: &EngineDeps,
     run_id: Uuid,
     project_id: Uuid,
-) -> Result<bool, ServiceError> {
+) -> Result<Start, ServiceError> {
     let txn = crate::db::begin_write(&deps.db).await?;
+    crate::db::serialize(&txn, &format!("admission:{project_id}")).await?;
     let current: Option<String> = runs::Entity::find_by_id(run_id)
         .select_only()
         .column(runs::Column::Status)
@@ -44,7 +58,23 @@ pub async fn start(
         .is_none_or(crate::status::RunStatus::is_terminal)
     {
         let canceled = current.is_some_and(|s| s == RunStatus::Canceled);
-        return Ok(canceled && store::has_open_jobs(&txn, run_id).await?);
+        return Ok(if canceled && store::has_open_jobs(&txn, run_id).await? {
+            Start::Drive
+        } else {
+            Start::Nothing
+        });
+    }
+    if current.as_deref() == Some(RunStatus::Queued.as_str()) {
+        let running = runs::Entity::find()
+            .filter(runs::Column::ProjectId.eq(project_id))
+            .filter(runs::Column::Status.eq(RunStatus::Running))
+            .filter(runs::Column::Id.ne(run_id))
+            .count(&txn)
+            .await?;
+        if running as usize >= deps.config.max_runs_per_project {
+            crate::db::rollback(txn).await?;
+            return Ok(Start::NoRoom);
+        }
     }
     let changed = runs::Entity::update_many()
         .col_expr(runs::Column::Status, Expr::value(RunStatus::Running))
@@ -64,7 +94,7 @@ pub async fn start(
     if let Some(e) = event {
         deps.hub.publish(e);
     }
-    Ok(true)
+    Ok(Start::Drive)
 }
 
 /// What a scheduling pass of a run found to do.
