@@ -163,3 +163,28 @@ where
     }
     Ok(written)
 }
+
+/// Whether `err` says the connection to the database was lost or could not
+/// be had (a restart, a dropped session, a full pool), rather than that the
+/// statement was wrong: such a write may succeed if tried again.
+pub fn connection_lost(err: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    use sea_orm::sqlx::Error as Sqlx;
+    let sqlx = match err {
+        DbErr::ConnectionAcquire(_) => return true,
+        DbErr::Conn(RuntimeErr::SqlxError(e))
+        | DbErr::Exec(RuntimeErr::SqlxError(e))
+        | DbErr::Query(RuntimeErr::SqlxError(e)) => e,
+        _ => return false,
+    };
+    match sqlx.as_ref() {
+        Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
+        // SQLSTATE class 08 (connection exception), 57P (operator
+        // intervention: shutdown, terminated session), and a database that
+        // does not accept connections (55000 on PostgreSQL).
+        Sqlx::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "55000"),
+        _ => false,
+    }
+}

@@ -171,12 +171,18 @@ pub async fn next_step(
     } else {
         Default::default()
     };
-    // Reclaim jobs leased by a worker that is gone (its lease ran out, or
-    // its node died); the write happens only when there is something to
+    // Reclaim jobs leased by a worker that is gone: its lease ran out, its
+    // node died, or it was this node's and none of its workers holds it any
+    // more (its outcome could not be recorded, e.g. the database dropped
+    // the connection). The write happens only when there is something to
     // reclaim.
+    let me = deps.node_id.as_str();
     let (expired, others_live): (Vec<_>, Vec<_>) =
         others.into_iter().partition(|(_, until, owner)| {
-            until.is_none_or(|t| t < now) || owner.as_ref().is_some_and(|o| dead.contains(o))
+            until.is_none_or(|t| t < now)
+                || owner
+                    .as_deref()
+                    .is_some_and(|o| o == me || dead.contains(o))
         });
     if !expired.is_empty() {
         let dead_owners: Vec<String> = dead.into_iter().collect();
@@ -199,6 +205,7 @@ pub async fn next_step(
                 sea_orm::Condition::any()
                     .add(run_jobs::Column::LeaseExpiresAt.is_null())
                     .add(run_jobs::Column::LeaseExpiresAt.lt(now))
+                    .add(run_jobs::Column::LeaseOwner.eq(me))
                     .add(run_jobs::Column::LeaseOwner.is_in(dead_owners)),
             )
             .exec_with_returning(&txn)

@@ -161,7 +161,7 @@ async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, mut requests: Vec
         }
     }
     let all: Vec<(&Rows, Option<Fence>)> = requests.iter().map(|r| (&r.rows, r.fence)).collect();
-    match write_rows(db, &all).await {
+    match write_retrying(db, &all).await {
         Ok((events, applied)) => {
             for e in events {
                 hub.publish(e);
@@ -177,7 +177,7 @@ async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, mut requests: Vec
         }
         Err(_) => {
             for r in requests {
-                let result = write_rows(db, &[(&r.rows, r.fence)]).await.and_then(
+                let result = write_retrying(db, &[(&r.rows, r.fence)]).await.and_then(
                     |(events, mut applied)| {
                         for e in events {
                             hub.publish(e);
@@ -187,6 +187,34 @@ async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, mut requests: Vec
                 );
                 let _ = r.done.send(result);
             }
+        }
+    }
+}
+
+/// How long a batch whose database connection was lost is tried again
+/// before its requests fail: a paid result that arrived is not given up for
+/// a restart of the database or a dropped session.
+const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// [`write_rows`], tried again (with backoff, for [`RECONNECT_FOR`]) while
+/// the database connection is what failed. Each try is a new transaction
+/// and checks the fences again: a lease lost meanwhile is refused.
+async fn write_retrying(
+    db: &DatabaseConnection,
+    requests: &[(&Rows, Option<Fence>)],
+) -> Result<(Vec<RunEvent>, Vec<Result<Applied, ServiceError>>), ServiceError> {
+    let began = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        match write_rows(db, requests).await {
+            Err(ServiceError::Db(e))
+                if crate::db::connection_lost(&e) && began.elapsed() < RECONNECT_FOR =>
+            {
+                tracing::warn!(error = %e, "row writer: the database connection was lost; trying the batch again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            other => return other,
         }
     }
 }

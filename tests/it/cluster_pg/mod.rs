@@ -2,6 +2,8 @@
 //! provides (`LISTEN`/`NOTIFY`). scripts/test.sh leaves this module out of
 //! the SQLite run instead of letting it pass there without testing anything.
 
+mod chaos;
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
