@@ -287,6 +287,10 @@ pub struct StorageSettings {
     /// often, in the background (incremental: unchanged files do not move).
     /// 0: only when asked (`POST /api/projects/{slug}/sync`, `atelier sync`).
     pub sync_push_every_seconds: u64,
+    /// Start even when another live node on the database sees other files
+    /// under its `DIR/projects` than this one (only safe when every project
+    /// keeps its files on S3). Off: such a node is refused at start.
+    pub allow_unshared_files: bool,
 }
 
 impl Default for Settings {

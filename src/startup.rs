@@ -41,6 +41,17 @@ pub enum StartupError {
     },
     #[error("cannot read the cluster's settings: {0}")]
     Cluster(domain::ServiceError),
+    #[error(
+        "node {node} ({address}) serves from this database with other project files than this \
+         node's {projects}: every node must see the same files. Keep each project on S3, or \
+         {projects} on a file system every node mounts (set storage.allow_unshared_files only if \
+         every project is on S3)"
+    )]
+    UnsharedFiles {
+        node: String,
+        address: String,
+        projects: String,
+    },
 }
 
 /// Process-wide defaults that TLS and object storage need: the rustls crypto
@@ -194,6 +205,40 @@ pub async fn embedded_engine_with(
     deps.paused_all = std::sync::atomic::AtomicBool::new(control.paused_all);
     let engine = actors::engine::Engine::start(deps);
     Ok((engine, roots))
+}
+
+/// This node's project files' identity (`cluster::storage_identity`), after
+/// checking that no other live node on the database sees other files: a
+/// file one node wrote would be missing on the others.
+async fn refuse_unshared_files(
+    settings: &Settings,
+    db: &sea_orm::DatabaseConnection,
+) -> Result<String, StartupError> {
+    let projects = settings.data_dir.join("projects");
+    let storage_id =
+        domain::cluster::storage_identity(&projects).map_err(|source| StartupError::Io {
+            path: projects.display().to_string(),
+            source,
+        })?;
+    if settings.storage.allow_unshared_files {
+        return Ok(storage_id);
+    }
+    let other = domain::cluster::unshared_files(
+        db,
+        &node_id(settings)?,
+        &storage_id,
+        engine_config(settings).node_timeout,
+    )
+    .await
+    .map_err(StartupError::Cluster)?;
+    match other {
+        Some(node) => Err(StartupError::UnsharedFiles {
+            node: node.id,
+            address: node.address,
+            projects: projects.display().to_string(),
+        }),
+        None => Ok(storage_id),
+    }
 }
 
 /// Exports this node was building when it last stopped are built again
@@ -390,6 +435,7 @@ impl Application {
         let tokens = Arc::new(TokenVerifier::new(Duration::from_secs(
             settings.auth.token_cache_seconds,
         )));
+        let storage_id = refuse_unshared_files(&settings, &db.conn).await?;
         let (engine, roots) =
             embedded_engine(&settings, &db.conn, engine_config(&settings)).await?;
         resume_interrupted_exports(&db.conn, &engine, &node_id(&settings)?).await?;
@@ -400,6 +446,7 @@ impl Application {
                 version: env!("CARGO_PKG_VERSION").into(),
                 database_backend: database::backend_name(&db.conn).into(),
                 started_at: chrono::Utc::now(),
+                storage_id: Some(storage_id),
             })
             .await;
         engine.relay_feed(settings.database_url.clone(), node_id(&settings)?);

@@ -15,6 +15,9 @@ pub struct Model {
     pub database_backend: String,
     pub started_at: DateTimeUtc,
     pub heartbeat_at: DateTimeUtc,
+    /// The identity of the project files it sees (`DIR/projects`); nodes of
+    /// one cluster must all see the same.
+    pub storage_id: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

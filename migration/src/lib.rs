@@ -20,6 +20,7 @@ mod m20261201_000010_nodes;
 mod m20261201_000011_run_owners;
 mod m20261201_000012_lease_epochs;
 mod m20261201_000013_cluster_settings;
+mod m20261201_000014_node_storage;
 
 pub struct Migrator;
 
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000011_run_owners::Migration),
             Box::new(m20261201_000012_lease_epochs::Migration),
             Box::new(m20261201_000013_cluster_settings::Migration),
+            Box::new(m20261201_000014_node_storage::Migration),
         ]
     }
 }

@@ -26,6 +26,8 @@ pub struct NodeInfo {
     pub version: String,
     pub database_backend: String,
     pub started_at: DateTime<Utc>,
+    /// See [`storage_identity`].
+    pub storage_id: Option<String>,
 }
 
 /// Records the node (first beat) or refreshes its heartbeat.
@@ -37,6 +39,7 @@ pub async fn heartbeat(db: &DatabaseConnection, node: &NodeInfo) -> Result<(), S
         database_backend: node.database_backend.clone(),
         started_at: node.started_at,
         heartbeat_at: crate::time::now(),
+        storage_id: node.storage_id.clone(),
     };
     let txn = crate::db::begin_write(db).await?;
     nodes::Entity::insert(nodes::ActiveModel::from(row))
@@ -48,6 +51,7 @@ pub async fn heartbeat(db: &DatabaseConnection, node: &NodeInfo) -> Result<(), S
                     nodes::Column::DatabaseBackend,
                     nodes::Column::StartedAt,
                     nodes::Column::HeartbeatAt,
+                    nodes::Column::StorageId,
                 ])
                 .to_owned(),
         )
@@ -90,6 +94,62 @@ pub async fn members(
         .collect();
     out.sort_by_key(|m| !m.alive);
     Ok(out)
+}
+
+/// The identity of the project files under `projects` (a node's
+/// `DIR/projects`): a random id kept in a file there, made by whichever node
+/// gets there first — so nodes sharing the directory (a shared file system)
+/// read the same id, and nodes with their own directories different ones.
+pub fn storage_identity(projects: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Write;
+    let path = projects.join(".atelier-storage-id");
+    std::fs::create_dir_all(projects)?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(mut file) => {
+            let id = Uuid::new_v4().to_string();
+            file.write_all(id.as_bytes())?;
+            file.sync_all()?;
+            Ok(id)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            // Another node may be writing it this instant.
+            for _ in 0..50 {
+                let id = std::fs::read_to_string(&path)?;
+                if Uuid::parse_str(id.trim()).is_ok() {
+                    return Ok(id.trim().to_string());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::io::Error::other(format!(
+                "{} does not hold a storage id",
+                path.display()
+            )))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A live node other than `me` that sees other project files than
+/// `storage_id` (its own `DIR/projects`, not a shared one), if any.
+pub async fn unshared_files(
+    db: &DatabaseConnection,
+    me: &str,
+    storage_id: &str,
+    timeout: Duration,
+) -> Result<Option<nodes::Model>, ServiceError> {
+    Ok(members(db, timeout).await?.into_iter().find_map(|m| {
+        (m.alive
+            && m.node.id != me
+            && m.node
+                .storage_id
+                .as_deref()
+                .is_some_and(|s| s != storage_id))
+        .then_some(m.node)
+    }))
 }
 
 /// Nodes other than `me` whose heartbeat is older than `timeout`.

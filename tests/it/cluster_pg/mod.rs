@@ -324,3 +324,59 @@ async fn caches_follow_other_nodes_writes_and_revocations_at_once() {
         "the other token stays valid"
     );
 }
+
+/// A node whose project files are not the cluster's (its own data
+/// directory, not a shared one) is refused at start, with a message saying
+/// what to do; a node sharing the files starts, and so does one told that
+/// every project is on S3.
+#[actix_web::test]
+async fn a_node_with_project_files_of_its_own_is_refused_at_start() {
+    assert!(
+        crate::helpers::on_postgres(),
+        "PostgreSQL only: scripts/test.sh runs this module on PostgreSQL"
+    );
+    let mut deploy = crate::binary::Deployment::new(&[]).await;
+    let _a = deploy.start_node("node-a").await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let start_elsewhere = |allow: bool| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_atelier"))
+            .arg("--data-dir")
+            .arg(elsewhere.path())
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .env("DATABASE_URL", deploy.db.url.clone().unwrap())
+            .env("ATELIER_ENGINE__NODE_ID", "node-b")
+            .env("ATELIER_STORAGE__ALLOW_UNSHARED_FILES", allow.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let began = Instant::now();
+        while began.elapsed() < Duration::from_secs(10) {
+            if child.try_wait().unwrap().is_some() {
+                return Some(child.wait_with_output().unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    };
+    let refused = start_elsewhere(false).expect("the node was not refused");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("node node-a")
+            && stderr.contains("with other project files")
+            && stderr.contains("S3"),
+        "{stderr}"
+    );
+    // Told that every project is on S3, it starts (and keeps serving).
+    assert!(start_elsewhere(true).is_none(), "it exited");
+    // A node on the same files starts.
+    let c = deploy.start_node("node-c").await;
+    let (s, _) = c
+        .call(&deploy.client, Method::GET, "/health", None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+}
