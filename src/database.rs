@@ -93,12 +93,19 @@ fn private_files(path: &std::path::Path) -> Result<(), (std::path::PathBuf, std:
     #[cfg(unix)]
     if !path.exists() {
         use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
+        match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| (path.to_path_buf(), e))?;
+        {
+            // Another process starting at the same moment made it first
+            // (with the same mode).
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            other => {
+                other.map_err(|e| (path.to_path_buf(), e))?;
+            }
+        }
     }
     Ok(())
 }

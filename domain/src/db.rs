@@ -164,10 +164,11 @@ where
     Ok(written)
 }
 
-/// Whether `err` says the connection to the database was lost or could not
-/// be had (a restart, a dropped session, a full pool), rather than that the
-/// statement was wrong: such a write may succeed if tried again.
-pub fn connection_lost(err: &DbErr) -> bool {
+/// Whether `err` says the transaction failed for a reason that trying it
+/// again may cure, rather than that the statement was wrong: the connection
+/// was lost or could not be had (a restart, a dropped session, a full pool),
+/// or the database aborted it as a deadlock or serialization victim.
+pub fn transient(err: &DbErr) -> bool {
     use sea_orm::RuntimeErr;
     use sea_orm::sqlx::Error as Sqlx;
     let sqlx = match err {
@@ -180,11 +181,14 @@ pub fn connection_lost(err: &DbErr) -> bool {
     match sqlx.as_ref() {
         Sqlx::Io(_) | Sqlx::PoolTimedOut | Sqlx::PoolClosed | Sqlx::WorkerCrashed => true,
         // SQLSTATE class 08 (connection exception), 57P (operator
-        // intervention: shutdown, terminated session), and a database that
-        // does not accept connections (55000 on PostgreSQL).
-        Sqlx::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "55000"),
+        // intervention: shutdown, terminated session), a database that does
+        // not accept connections (55000 on PostgreSQL), a deadlock or
+        // serialization victim (40P01, 40001: rolled back whole).
+        Sqlx::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || ["55000", "40P01", "40001"].contains(&&*c)
+        }),
         _ => false,
     }
 }

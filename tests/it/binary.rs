@@ -251,6 +251,26 @@ impl Server {
         )
     }
 
+    /// Creates a project (`POST /api/projects`), asserting it worked.
+    pub async fn create_project(
+        &self,
+        client: &reqwest::Client,
+        token: &str,
+        name: &str,
+        slug: &str,
+    ) {
+        let (s, body) = self
+            .call(
+                client,
+                reqwest::Method::POST,
+                "/api/projects",
+                Some(token),
+                Some(json!({"name": name, "slug": slug})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+    }
+
     /// The first token, through the bootstrap.
     pub async fn bootstrap(&self, client: &reqwest::Client) -> String {
         let (s, b) = self

@@ -48,16 +48,7 @@ async fn nodes_together_never_run_more_of_a_project_than_its_limit() {
     let b = deploy.start_node("node-b").await;
     let client = deploy.client.clone();
     let token = a.bootstrap(&client).await;
-    let (s, body) = a
-        .call(
-            &client,
-            Method::POST,
-            "/api/projects",
-            Some(&token),
-            Some(json!({"name": "Book", "slug": "book"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{body}");
+    a.create_project(&client, &token, "Book", "book").await;
     let (first, second, third) = tokio::join!(
         trigger(&a, &client, &token),
         trigger(&b, &client, &token),

@@ -82,16 +82,7 @@ async fn trigger(
     token: &str,
     body: serde_json::Value,
 ) -> Uuid {
-    let (s, b) = server
-        .call(
-            client,
-            Method::POST,
-            "/api/projects",
-            Some(token),
-            Some(json!({"name": "Crash", "slug": "crash"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
+    server.create_project(client, token, "Crash", "crash").await;
     let (s, b) = server
         .call(
             client,
@@ -804,16 +795,9 @@ async fn a_voice_call_in_flight_at_a_crash_is_possibly_billed_and_never_sent_aga
     let client = deploy.client.clone();
     let mut first = deploy.start().await;
     let token = first.bootstrap(&client).await;
-    let (s, b) = first
-        .call(
-            &client,
-            Method::POST,
-            "/api/projects",
-            Some(&token),
-            Some(json!({"name": "Crash", "slug": "crash"})),
-        )
+    first
+        .create_project(&client, &token, "Crash", "crash")
         .await;
-    assert_eq!(s, StatusCode::OK, "{b}");
     let (s, b) = first
         .call(
             &client,

@@ -57,16 +57,9 @@ impl Cluster {
         }
         let client = deploy.client.clone();
         let token = nodes[0].bootstrap(&client).await;
-        let (s, body) = nodes[0]
-            .call(
-                &client,
-                Method::POST,
-                "/api/projects",
-                Some(&token),
-                Some(json!({"name": "Chaos", "slug": "chaos"})),
-            )
+        nodes[0]
+            .create_project(&client, &token, "Chaos", "chaos")
             .await;
-        assert_eq!(s, StatusCode::OK, "{body}");
         let db = deploy.connect().await;
         Self {
             stub,

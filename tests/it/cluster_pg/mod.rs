@@ -70,16 +70,7 @@ async fn a_feed_client_on_one_node_follows_a_run_another_node_drives() {
     let b = deploy.start_node("node-b").await;
     let client = deploy.client.clone();
     let token = a.bootstrap(&client).await;
-    let (s, body) = a
-        .call(
-            &client,
-            Method::POST,
-            "/api/projects",
-            Some(&token),
-            Some(json!({"name": "Relay", "slug": "relay"})),
-        )
-        .await;
-    assert_eq!(s, StatusCode::OK, "{body}");
+    a.create_project(&client, &token, "Relay", "relay").await;
     let mut project_feed = feed(&a, "/api/projects/relay/events/ws", &token).await;
     // Submitted to node B: node B drives it.
     let (s, body) = b
