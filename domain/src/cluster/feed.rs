@@ -3,8 +3,10 @@
 //! ([`listen`]) and republishes the other nodes' events on its own hub,
 //! read back from `run_events` — the table stays the truth, the notification
 //! is only the wake-up. A WebSocket client skips what it already sent and
-//! fills any hole from the table, so a lost notification delays an event
-//! until the run's next one, never loses it from a replay.
+//! fills any hole from the table. Notifications are not lost for good: the
+//! announcer keeps what it could not send and sends it with the next batch,
+//! and a listener that lost its connection republishes, once it can read
+//! again, every event created since shortly before the gap.
 //!
 //! The same notifications keep the other nodes' caches honest: `writes` (this
 //! node committed something) makes their read caches revalidate, `tokens`
@@ -14,11 +16,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use entities::run_events;
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, Statement,
+    QueryOrder, QuerySelect, Statement,
 };
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -63,12 +66,13 @@ pub async fn announce(db: DatabaseConnection, node: String, mut rx: mpsc::Receiv
         crate::db::local_write_generation(),
         crate::auth::local_revocations(),
     );
+    // What could not be sent yet (the database was away): sent with the next.
+    let mut news = News::default();
     loop {
         tokio::select! {
             n = rx.recv_many(&mut batch, 512) => if n == 0 { return },
             _ = ticks.tick() => {}
         }
-        let mut news = News::default();
         for c in batch.drain(..) {
             let e = news
                 .runs
@@ -81,11 +85,12 @@ pub async fn announce(db: DatabaseConnection, node: String, mut rx: mpsc::Receiv
             crate::db::local_write_generation(),
             crate::auth::local_revocations(),
         );
-        news.writes = std::mem::replace(&mut writes, w) != w;
-        news.tokens = std::mem::replace(&mut revocations, r) != r;
+        news.writes |= std::mem::replace(&mut writes, w) != w;
+        news.tokens |= std::mem::replace(&mut revocations, r) != r;
         if news.runs.is_empty() && !news.writes && !news.tokens {
             continue;
         }
+        let mut sent = true;
         for payload in payloads(&node, &news) {
             let notify = Statement::from_sql_and_values(
                 DbBackend::Postgres,
@@ -93,8 +98,13 @@ pub async fn announce(db: DatabaseConnection, node: String, mut rx: mpsc::Receiv
                 [CHANNEL.into(), payload.into()],
             );
             if let Err(e) = db.execute_raw(notify).await {
-                tracing::warn!(error = %e, "cannot announce to the other nodes");
+                tracing::warn!(error = %e, "cannot announce to the other nodes; trying again");
+                sent = false;
+                break;
             }
+        }
+        if sent {
+            news = News::default();
         }
     }
 }
@@ -162,10 +172,13 @@ fn parse(payload: &str) -> Option<(&str, News)> {
 pub async fn listen(url: String, db: DatabaseConnection, hub: EventHub, node: String) {
     // The URL may carry a password: never in a log line.
     let scrub = |e: &dyn std::fmt::Display| e.to_string().replace(&url, "<database url>");
+    // Since when this node may have missed notifications (a lost connection).
+    let mut gap: Option<DateTime<Utc>> = None;
     loop {
         let mut listener = match PgListener::connect(&url).await {
             Ok(l) => Listening(Some(l)),
             Err(e) => {
+                gap.get_or_insert_with(crate::time::now);
                 tracing::warn!(error = %scrub(&e), "feed relay: cannot connect to listen; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -181,18 +194,54 @@ pub async fn listen(url: String, db: DatabaseConnection, hub: EventHub, node: St
         }
         tracing::debug!("feed relay: listening for other nodes' events");
         loop {
-            match listener.try_recv().await {
-                Ok(Some(n)) => relay(&db, &hub, &node, n.payload()).await,
-                // The connection was lost (and is reconnected at the next
-                // receive): what was announced meanwhile is read at the
-                // runs' next notifications.
-                Ok(None) => tracing::warn!("feed relay: connection lost; reconnecting"),
-                Err(e) => {
+            // Wakes at least every second, so a gap is caught up even when
+            // no notification follows it.
+            match tokio::time::timeout(Duration::from_secs(1), listener.try_recv()).await {
+                Ok(Ok(Some(n))) => relay(&db, &hub, &node, n.payload()).await,
+                Ok(Ok(None)) => {
+                    // Lost, and reconnected at the next receive.
+                    tracing::warn!("feed relay: connection lost; reconnecting");
+                    gap.get_or_insert_with(crate::time::now);
+                }
+                Ok(Err(e)) => {
                     tracing::warn!(error = %scrub(&e), "feed relay: receive failed; reconnecting");
+                    gap.get_or_insert_with(crate::time::now);
                     break;
                 }
+                Err(_) => {}
+            }
+            if let Some(since) = gap
+                && catch_up(&db, &hub, since).await
+            {
+                gap = None;
             }
         }
+    }
+}
+
+/// What a disconnected listener may have missed: it waits a little (a
+/// commit stamped just before the gap may land just after it) and then
+/// republishes every event created since shortly before the gap began —
+/// clients skip what they already have. `false`: the database is not back.
+async fn catch_up(db: &DatabaseConnection, hub: &EventHub, since: DateTime<Utc>) -> bool {
+    const MARGIN: chrono::Duration = chrono::Duration::seconds(5);
+    const MOST: u64 = 10_000;
+    let events = run_events::Entity::find()
+        .filter(run_events::Column::CreatedAt.gte(since - MARGIN))
+        .order_by_asc(run_events::Column::CreatedAt)
+        .order_by_asc(run_events::Column::Seq)
+        .limit(MOST)
+        .all(db)
+        .await;
+    match events {
+        Ok(events) => {
+            tracing::debug!(events = events.len(), "feed relay: caught up after a gap");
+            for e in events {
+                hub.publish_relayed(RunEvent::from(e));
+            }
+            true
+        }
+        Err(_) => false,
     }
 }
 

@@ -138,11 +138,9 @@ pub async fn next_step(
     let Some(run) = runs::Entity::find_by_id(run_id).one(&deps.db).await? else {
         return Ok(Step::Finish);
     };
-    if crate::cluster::driven_elsewhere(&deps.db, run_id, &deps.node_id, deps.config.node_timeout)
-        .await?
-    {
-        return Ok(Step::Yield);
-    }
+    let elsewhere =
+        crate::cluster::driven_elsewhere(&deps.db, run_id, &deps.node_id, deps.config.node_timeout)
+            .await?;
     let now = Utc::now();
     // Each pass reads only what it needs (running leases, up to `room` ready
     // jobs), never the whole run: the cost of a pass must not grow with the
@@ -162,6 +160,20 @@ pub async fn next_step(
         .into_iter()
         .filter(|(id, _, _)| !mine.contains(id))
         .collect();
+    let me = deps.node_id.as_str();
+    if elsewhere {
+        // Another node drives the run now: hand back what this node holds
+        // of it that none of its workers works on (their outcomes could not
+        // be recorded), so the driving node need not wait for the leases to
+        // run out.
+        let orphans = others
+            .iter()
+            .filter(|(_, _, owner)| owner.as_deref() == Some(me))
+            .map(|(id, _, _)| *id)
+            .collect();
+        reclaim(deps, orphans, Vec::new(), now).await?;
+        return Ok(Step::Yield);
+    }
     // Leases of a dead node are taken back at once, not when they run out.
     let dead = if others
         .iter()
@@ -176,7 +188,6 @@ pub async fn next_step(
     // more (its outcome could not be recorded, e.g. the database dropped
     // the connection). The write happens only when there is something to
     // reclaim.
-    let me = deps.node_id.as_str();
     let (expired, others_live): (Vec<_>, Vec<_>) =
         others.into_iter().partition(|(_, until, owner)| {
             until.is_none_or(|t| t < now)
@@ -184,37 +195,8 @@ pub async fn next_step(
                     .as_deref()
                     .is_some_and(|o| o == me || dead.contains(o))
         });
-    if !expired.is_empty() {
-        let dead_owners: Vec<String> = dead.into_iter().collect();
-        let ids: Vec<Uuid> = expired.into_iter().map(|(id, _, _)| id).collect();
-        let txn = crate::db::begin_write(&deps.db).await?;
-        let reclaimed = run_jobs::Entity::update_many()
-            .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Pending))
-            .col_expr(
-                run_jobs::Column::LeaseOwner,
-                Expr::value(Option::<String>::None),
-            )
-            // The worker that held it is fenced off from here on.
-            .col_expr(
-                run_jobs::Column::LeaseEpoch,
-                Expr::col(run_jobs::Column::LeaseEpoch).add(1),
-            )
-            .filter(run_jobs::Column::Id.is_in(ids.clone()))
-            .filter(run_jobs::Column::Status.eq(JobStatus::Running))
-            .filter(
-                sea_orm::Condition::any()
-                    .add(run_jobs::Column::LeaseExpiresAt.is_null())
-                    .add(run_jobs::Column::LeaseExpiresAt.lt(now))
-                    .add(run_jobs::Column::LeaseOwner.eq(me))
-                    .add(run_jobs::Column::LeaseOwner.is_in(dead_owners)),
-            )
-            .exec_with_returning(&txn)
-            .await?;
-        // Their calls' workers are gone: settle what they left in flight.
-        let reclaimed: Vec<Uuid> = reclaimed.into_iter().map(|j| j.id).collect();
-        crate::runs::calls::settle_abandoned(&txn, &reclaimed).await?;
-        crate::db::commit(txn).await?;
-    }
+    let ids: Vec<Uuid> = expired.into_iter().map(|(id, _, _)| id).collect();
+    reclaim(deps, ids, dead.into_iter().collect(), now).await?;
     if run.status == RunStatus::Canceled {
         // Finished once no other live worker still holds one of its jobs.
         return Ok(if others_live.is_empty() {
@@ -324,6 +306,48 @@ pub async fn next_step(
         store: Box::new(store),
         jobs: leased,
     })
+}
+
+/// Puts back to `pending` the jobs of `ids` whose worker is gone — their
+/// lease ran out, their node is dead (`dead_owners`), or they are this
+/// node's and none of its workers holds them (the caller picked those) —
+/// raising their epoch so the old worker is fenced off, and settles what
+/// their calls left in flight. Guarded, so a job re-leased meanwhile stays.
+async fn reclaim(
+    deps: &EngineDeps,
+    ids: Vec<Uuid>,
+    dead_owners: Vec<String>,
+    now: chrono::DateTime<Utc>,
+) -> Result<(), ServiceError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let txn = crate::db::begin_write(&deps.db).await?;
+    let reclaimed = run_jobs::Entity::update_many()
+        .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Pending))
+        .col_expr(
+            run_jobs::Column::LeaseOwner,
+            Expr::value(Option::<String>::None),
+        )
+        .col_expr(
+            run_jobs::Column::LeaseEpoch,
+            Expr::col(run_jobs::Column::LeaseEpoch).add(1),
+        )
+        .filter(run_jobs::Column::Id.is_in(ids))
+        .filter(run_jobs::Column::Status.eq(JobStatus::Running))
+        .filter(
+            sea_orm::Condition::any()
+                .add(run_jobs::Column::LeaseExpiresAt.is_null())
+                .add(run_jobs::Column::LeaseExpiresAt.lt(now))
+                .add(run_jobs::Column::LeaseOwner.eq(deps.node_id.as_str()))
+                .add(run_jobs::Column::LeaseOwner.is_in(dead_owners)),
+        )
+        .exec_with_returning(&txn)
+        .await?;
+    let reclaimed: Vec<Uuid> = reclaimed.into_iter().map(|j| j.id).collect();
+    crate::runs::calls::settle_abandoned(&txn, &reclaimed).await?;
+    crate::db::commit(txn).await?;
+    Ok(())
 }
 
 /// Final status from the jobs; guarded so a cancel is never overwritten.

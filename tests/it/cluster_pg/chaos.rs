@@ -243,13 +243,18 @@ async fn chaos_a_frozen_node_wakes_as_a_zombie() {
         "node-a",
         "adopted while frozen"
     );
-    assert!(
-        cluster
-            .deploy
-            .logs()
-            .contains("another node drives this run now"),
-        "the woken node stopped driving its old run"
-    );
+    eventually(
+        "the woken node to stop driving its old run",
+        Duration::from_secs(20),
+        || async {
+            cluster
+                .deploy
+                .logs()
+                .contains("another node drives this run now")
+                .then_some(())
+        },
+    )
+    .await;
     assert!(
         cluster.refused_by_budget().await > 0,
         "the budget was binding"
