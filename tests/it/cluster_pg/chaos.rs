@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use super::{Ws, feed};
+use super::{Ws, feed, refuse_connections};
 use crate::binary::{Deployment, Server, eventually};
 use crate::openai_stub::{OpenAiStub, Reply};
 use crate::recovery::deployment;
@@ -336,40 +336,13 @@ async fn chaos_tiny_pools_under_many_runs() {
 /// The nodes reconnect and every run finishes.
 #[actix_web::test]
 async fn chaos_the_database_drops_every_connection_mid_run() {
-    use sea_orm::ConnectionTrait;
     let cluster = Cluster::start(&[]).await;
     let runs = cluster.trigger_one_per_node(6).await;
     let feeds = cluster.follow(2, &runs).await;
     cluster.wait_served(3).await;
-    let url = cluster.deploy.db.url.clone().unwrap();
-    let name = url.rsplit('/').next().unwrap().to_string();
-    let admin = sea_orm::Database::connect(
-        std::env::var("ATELIER_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
-    )
-    .await
-    .unwrap();
-    admin
-        .execute_unprepared(&format!(
-            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"
-        ))
-        .await
-        .unwrap();
-    admin
-        .execute_unprepared(&format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-        ))
-        .await
-        .unwrap();
-    drop(cluster.db.clone());
+    refuse_connections(&cluster.deploy, true).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    admin
-        .execute_unprepared(&format!(
-            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS true"
-        ))
-        .await
-        .unwrap();
+    refuse_connections(&cluster.deploy, false).await;
     // The feed clients' nodes lost their listeners too: they reconnect.
     cluster.check(&runs, feeds).await;
 }

@@ -127,6 +127,38 @@ async fn a_feed_client_on_one_node_follows_a_run_another_node_drives() {
     assert!(took < Duration::from_secs(60));
 }
 
+/// Makes the deployment's database refuse every connection and ends its
+/// sessions (`refuse`), or lets connections in again: to the nodes, the
+/// database is gone as in a restart.
+async fn refuse_connections(deploy: &crate::binary::Deployment, refuse: bool) {
+    use sea_orm::ConnectionTrait;
+    let url = deploy.db.url.clone().unwrap();
+    let name = url.rsplit('/').next().unwrap();
+    let admin = sea_orm::Database::connect(
+        std::env::var("ATELIER_TEST_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+    )
+    .await
+    .unwrap();
+    admin
+        .execute_unprepared(&format!(
+            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {}",
+            !refuse
+        ))
+        .await
+        .unwrap();
+    if refuse {
+        admin
+            .execute_unprepared(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            ))
+            .await
+            .unwrap();
+    }
+    admin.close().await.unwrap();
+}
+
 /// A node cut off from its database says so: `/health` answers 503
 /// `database_unreachable` in the error envelope (instead of serving stale
 /// data) while its heartbeat cannot reach the database, and 200 again once
@@ -138,7 +170,6 @@ async fn a_node_cut_off_from_its_database_answers_503_on_health_until_it_is_back
         crate::helpers::on_postgres(),
         "PostgreSQL only: scripts/test.sh runs this module on PostgreSQL"
     );
-    use sea_orm::ConnectionTrait;
     let mut deploy =
         crate::binary::Deployment::new(&[("ATELIER_ENGINE__HEARTBEAT_MS", "200")]).await;
     let node = deploy.start().await;
@@ -149,35 +180,7 @@ async fn a_node_cut_off_from_its_database_answers_503_on_health_until_it_is_back
     };
     let (s, body) = health().await;
     assert_eq!(s, StatusCode::OK, "{body}");
-    let url = deploy.db.url.clone().unwrap();
-    let name = url.rsplit('/').next().unwrap().to_string();
-    let admin = sea_orm::Database::connect(
-        std::env::var("ATELIER_TEST_PG_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
-    )
-    .await
-    .unwrap();
-    let cut = |allow: bool| {
-        let (admin, name) = (&admin, &name);
-        async move {
-            admin
-                .execute_unprepared(&format!(
-                    "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {allow}"
-                ))
-                .await
-                .unwrap();
-            if !allow {
-                admin
-                    .execute_unprepared(&format!(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                         WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-                    ))
-                    .await
-                    .unwrap();
-            }
-        }
-    };
-    cut(false).await;
+    refuse_connections(&deploy, true).await;
     let body = crate::binary::eventually("health 503", Duration::from_secs(20), || async {
         let (s, body) = health().await;
         (s == StatusCode::SERVICE_UNAVAILABLE).then_some(body)
@@ -189,7 +192,7 @@ async fn a_node_cut_off_from_its_database_answers_503_on_health_until_it_is_back
         503,
         "database_unreachable",
     );
-    cut(true).await;
+    refuse_connections(&deploy, false).await;
     crate::binary::eventually("health 200 again", Duration::from_secs(30), || async {
         (health().await.0 == StatusCode::OK).then_some(())
     })
