@@ -213,6 +213,7 @@ pub async fn embedded_engine_with(
 async fn refuse_unshared_files(
     settings: &Settings,
     db: &sea_orm::DatabaseConnection,
+    node: &str,
 ) -> Result<String, StartupError> {
     let projects = settings.data_dir.join("projects");
     let storage_id =
@@ -225,7 +226,7 @@ async fn refuse_unshared_files(
     }
     let other = domain::cluster::unshared_files(
         db,
-        &node_id(settings)?,
+        node,
         &storage_id,
         engine_config(settings).node_timeout,
     )
@@ -435,13 +436,14 @@ impl Application {
         let tokens = Arc::new(TokenVerifier::new(Duration::from_secs(
             settings.auth.token_cache_seconds,
         )));
-        let storage_id = refuse_unshared_files(&settings, &db.conn).await?;
+        let node = node_id(&settings)?;
+        let storage_id = refuse_unshared_files(&settings, &db.conn, &node).await?;
         let (engine, roots) =
             embedded_engine(&settings, &db.conn, engine_config(&settings)).await?;
-        resume_interrupted_exports(&db.conn, &engine, &node_id(&settings)?).await?;
+        resume_interrupted_exports(&db.conn, &engine, &node).await?;
         engine
             .announce(domain::cluster::NodeInfo {
-                id: node_id(&settings)?,
+                id: node.clone(),
                 address: local.to_string(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 database_backend: database::backend_name(&db.conn).into(),
@@ -449,7 +451,7 @@ impl Application {
                 storage_id: Some(storage_id),
             })
             .await;
-        engine.relay_feed(settings.database_url.clone(), node_id(&settings)?);
+        engine.relay_feed(settings.database_url.clone(), node);
         let state = web::Data::new(api::AppState::new(
             db.conn.clone(),
             tokens,

@@ -66,22 +66,10 @@ pub async fn hold<C: sea_orm::ConnectionTrait>(
     db: &C,
     fence: Option<&Fence>,
 ) -> Result<(), ServiceError> {
-    let Some(fence) = fence else { return Ok(()) };
-    let held = run_jobs::Entity::update_many()
-        .col_expr(
-            run_jobs::Column::LeaseEpoch,
-            Expr::col(run_jobs::Column::LeaseEpoch),
-        )
-        .filter(run_jobs::Column::Id.eq(fence.job_id))
-        .filter(run_jobs::Column::LeaseEpoch.eq(fence.epoch))
-        .exec(db)
-        .await?
-        .rows_affected;
-    if held == 0 {
-        tracing::warn!(job_id = %fence.job_id, epoch = fence.epoch, "lease lost: a late write was refused");
-        return Err(lost(fence));
+    match fence {
+        Some(fence) if !holding(db, &[*fence]).await?.contains(fence) => Err(lost(fence)),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Of `fences`, those that still hold their job, checked and locked in one
