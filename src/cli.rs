@@ -296,6 +296,30 @@ pub enum BenchWhat {
         #[arg(long, default_value_t = 15)]
         stall_seconds: u64,
     },
+    /// Several `atelier serve` nodes on one PostgreSQL server (DATABASE_URL;
+    /// a database of its own per measurement): throughput with 1..N nodes
+    /// against a bare SKIP LOCKED loop, submit-to-start latency, rescue
+    /// after SIGKILL, cancel across nodes, and feed latency across nodes.
+    Cluster {
+        /// Node counts to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+        nodes: Vec<usize>,
+        /// Tiny jobs per throughput round.
+        #[arg(long, default_value_t = 2000)]
+        jobs: u32,
+        /// Rounds; the report gives min / median / max.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Submit-to-start samples.
+        #[arg(long, default_value_t = 200)]
+        samples: u32,
+        /// Feed clients on a node.
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// The nodes' heartbeat.
+        #[arg(long, default_value_t = 5000)]
+        heartbeat_ms: u64,
+    },
     /// The server side of `bench feed` (run by it in a child process).
     #[command(hide = true)]
     FeedServer,
@@ -509,6 +533,31 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     rate,
                     seconds,
                     stall_seconds,
+                },
+            )
+            .await
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Cluster {
+                    nodes,
+                    jobs,
+                    rounds,
+                    samples,
+                    clients,
+                    heartbeat_ms,
+                },
+        } => {
+            let settings = Settings::load(&overrides).map_err(StartupError::from)?;
+            crate::bench::cluster::run(
+                settings,
+                crate::bench::cluster::ClusterOptions {
+                    nodes,
+                    jobs,
+                    rounds,
+                    samples,
+                    clients,
+                    heartbeat_ms,
                 },
             )
             .await

@@ -441,6 +441,7 @@ impl Application {
         let (engine, roots) =
             embedded_engine(&settings, &db.conn, engine_config(&settings)).await?;
         resume_interrupted_exports(&db.conn, &engine, &node).await?;
+        let liveness_lock = engine.keep_alive(settings.database_url.clone()).await;
         engine
             .announce(domain::cluster::NodeInfo {
                 id: node.clone(),
@@ -449,6 +450,7 @@ impl Application {
                 database_backend: database::backend_name(&db.conn).into(),
                 started_at: chrono::Utc::now(),
                 storage_id: Some(storage_id),
+                liveness_lock,
             })
             .await;
         engine.relay_feed(settings.database_url.clone(), node);

@@ -18,6 +18,10 @@ pub struct Model {
     /// The identity of the project files it sees (`DIR/projects`); nodes of
     /// one cluster must all see the same.
     pub storage_id: Option<String>,
+    /// The key of the PostgreSQL advisory lock the node's process holds
+    /// while it lives (its death frees it at once); `None`: no such lock
+    /// (SQLite, or a node from before liveness locks).
+    pub liveness_lock: Option<i32>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

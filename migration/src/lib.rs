@@ -21,6 +21,7 @@ mod m20261201_000011_run_owners;
 mod m20261201_000012_lease_epochs;
 mod m20261201_000013_cluster_settings;
 mod m20261201_000014_node_storage;
+mod m20261201_000015_node_liveness;
 
 pub struct Migrator;
 
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000012_lease_epochs::Migration),
             Box::new(m20261201_000013_cluster_settings::Migration),
             Box::new(m20261201_000014_node_storage::Migration),
+            Box::new(m20261201_000015_node_liveness::Migration),
         ]
     }
 }

@@ -10,6 +10,7 @@
 //! 2. Latency-bound efficiency: provider latency L, concurrency C, N calls:
 //!    ideal wall time ceil(N / C) x L divided by the measured wall time.
 
+pub mod cluster;
 pub mod export;
 pub mod feed;
 pub mod import;

@@ -31,6 +31,11 @@ pub struct Deployment {
 impl Deployment {
     /// `env`: settings for every server of this deployment.
     pub async fn new(env: &[(&str, &str)]) -> Self {
+        Self::on(TestDb::create().await, env)
+    }
+
+    /// A deployment on `db` (e.g. a PostgreSQL server of the test's own).
+    pub fn on(db: TestDb, env: &[(&str, &str)]) -> Self {
         atelier::startup::install_runtime_defaults();
         let mut all: Vec<(String, String)> = vec![
             // Receivers and providers of the tests live on loopback.
@@ -42,7 +47,7 @@ impl Deployment {
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         Self {
             dir: tempfile::tempdir().unwrap(),
-            db: TestDb::create().await,
+            db,
             env: all,
             client: reqwest::Client::new(),
             starts: 0,

@@ -26,6 +26,14 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// A database the test does not own (nothing is dropped afterwards).
+    pub fn at(url: String) -> Self {
+        Self {
+            url: Some(url),
+            pg_name: None,
+        }
+    }
+
     pub async fn create() -> Self {
         if !on_postgres() {
             return Self {

@@ -61,6 +61,15 @@ async fn a_panicking_worker_is_recovered() {
 
 /// A deployment whose `openai` provider is `stub`.
 pub(crate) async fn deployment(stub: &OpenAiStub, extra: &[(&str, &str)]) -> Deployment {
+    deployment_on(crate::helpers::TestDb::create().await, stub, extra)
+}
+
+/// [`deployment`] on the database `db`.
+pub(crate) fn deployment_on(
+    db: crate::helpers::TestDb,
+    stub: &OpenAiStub,
+    extra: &[(&str, &str)],
+) -> Deployment {
     let mut env = vec![
         ("ATELIER_PROVIDERS__OPENAI__ENABLED", "true"),
         (
@@ -73,7 +82,7 @@ pub(crate) async fn deployment(stub: &OpenAiStub, extra: &[(&str, &str)]) -> Dep
         ("ATELIER_ENGINE__RETRY_MAX_MS", "20"),
     ];
     env.extend_from_slice(extra);
-    Deployment::new(&env).await
+    Deployment::on(db, &env)
 }
 
 async fn trigger(

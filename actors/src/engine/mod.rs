@@ -349,6 +349,17 @@ impl Engine {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// On PostgreSQL, takes this node's liveness lock on a connection of its
+    /// own (`url`) and keeps it while the process lives, so other nodes see
+    /// its death at once (`domain::cluster::liveness`); returns the lock's
+    /// key for the node's row.
+    pub async fn keep_alive(&self, url: Option<String>) -> Option<i32> {
+        let liveness = domain::cluster::liveness::hold(&self.deps.db, url?).await?;
+        let key = liveness.key();
+        let _ = self.deps.liveness.set(liveness);
+        key
+    }
+
     /// On PostgreSQL, relays the feed between the nodes on the database:
     /// this node's committed events are announced, the others' republished
     /// on this node's hub (`domain::cluster::feed`). `url`: the database's,

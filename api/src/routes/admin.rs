@@ -207,7 +207,8 @@ pub async fn nodes(
     _admin: Admin,
 ) -> ApiResult<web::Json<NodesResponse>> {
     let deps = &state.engine.deps;
-    let members = domain::cluster::members(&state.db, deps.config.node_timeout).await?;
+    let members =
+        domain::cluster::members(&state.db, deps.config.node_timeout, deps.liveness()).await?;
     Ok(web::Json(NodesResponse {
         ok: true,
         nodes: members

@@ -6,14 +6,17 @@
 //! timeout, not a lease's length.
 
 pub mod feed;
+pub mod liveness;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use entities::{cluster_settings, nodes, projects, run_owners, runs};
-use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict};
+use sea_orm::{
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use uuid::Uuid;
 
 use crate::ServiceError;
@@ -28,6 +31,8 @@ pub struct NodeInfo {
     pub started_at: DateTime<Utc>,
     /// See [`storage_identity`].
     pub storage_id: Option<String>,
+    /// The key of its liveness lock, when it holds one ([`liveness`]).
+    pub liveness_lock: Option<i32>,
 }
 
 /// Records the node (first beat) or refreshes its heartbeat.
@@ -40,6 +45,7 @@ pub async fn heartbeat(db: &DatabaseConnection, node: &NodeInfo) -> Result<(), S
         started_at: node.started_at,
         heartbeat_at: crate::time::now(),
         storage_id: node.storage_id.clone(),
+        liveness_lock: node.liveness_lock,
     };
     let txn = crate::db::begin_write(db).await?;
     nodes::Entity::insert(nodes::ActiveModel::from(row))
@@ -52,6 +58,7 @@ pub async fn heartbeat(db: &DatabaseConnection, node: &NodeInfo) -> Result<(), S
                     nodes::Column::StartedAt,
                     nodes::Column::HeartbeatAt,
                     nodes::Column::StorageId,
+                    nodes::Column::LivenessLock,
                 ])
                 .to_owned(),
         )
@@ -77,18 +84,28 @@ fn beats(node: &nodes::Model, timeout: Duration) -> bool {
     crate::time::now().signed_duration_since(node.heartbeat_at) <= limit
 }
 
-/// Every node that ever served from this database, the live ones first.
+/// Every node that ever served from this database, the live ones first. A
+/// node is dead when its heartbeat is older than `timeout`, or, seen by
+/// `me` (this node's liveness), as soon as its liveness lock is gone.
 pub async fn members(
     db: &DatabaseConnection,
     timeout: Duration,
+    me: &liveness::Liveness,
 ) -> Result<Vec<Member>, ServiceError> {
-    let mut out: Vec<Member> = nodes::Entity::find()
+    let rows = nodes::Entity::find()
         .order_by_asc(nodes::Column::Id)
         .all(db)
-        .await?
+        .await?;
+    let watched: Vec<(String, i32)> = rows
+        .iter()
+        .filter(|n| beats(n, timeout) && n.liveness_lock != me.key())
+        .filter_map(|n| Some((n.id.clone(), n.liveness_lock?)))
+        .collect();
+    let gone = liveness::lock_gone(db, me, &watched).await?;
+    let mut out: Vec<Member> = rows
         .into_iter()
         .map(|node| Member {
-            alive: beats(&node, timeout),
+            alive: beats(&node, timeout) && !gone.contains(&node.id),
             node,
         })
         .collect();
@@ -141,7 +158,9 @@ pub async fn unshared_files(
     storage_id: &str,
     timeout: Duration,
 ) -> Result<Option<nodes::Model>, ServiceError> {
-    Ok(members(db, timeout).await?.into_iter().find_map(|m| {
+    // At start, before this node holds its own liveness lock: heartbeats.
+    let me_unlocked = liveness::Liveness::none();
+    Ok(members(db, timeout, &me_unlocked).await?.into_iter().find_map(|m| {
         (m.alive
             && m.node.id != me
             && m.node
@@ -152,13 +171,14 @@ pub async fn unshared_files(
     }))
 }
 
-/// Nodes other than `me` whose heartbeat is older than `timeout`.
+/// Nodes other than `me` that are dead (see [`members`]).
 pub async fn dead_nodes(
     db: &DatabaseConnection,
     me: &str,
     timeout: Duration,
+    liveness: &liveness::Liveness,
 ) -> Result<HashSet<String>, ServiceError> {
-    Ok(members(db, timeout)
+    Ok(members(db, timeout, liveness)
         .await?
         .into_iter()
         .filter(|m| !m.alive && m.node.id != me)
@@ -190,16 +210,17 @@ pub async fn claim_run(
 }
 
 /// The unfinished runs `me` must start driving: at its start, its own (from
-/// its previous process); at start and on every tick after, those whose
-/// owner is dead, which it takes over — one conditional update each, so two
-/// nodes never both adopt a run. A run with no owner (submitted by a node
-/// that died before claiming it, or before ownership was recorded) is taken
-/// at start, and on a tick once it is older than the timeout.
+/// its previous process); at start and on every tick after, its share of
+/// those whose owner is dead, which it adopts (see [`adopt`]). A run with
+/// no owner (submitted by a node that died before claiming it, or before
+/// ownership was recorded) is taken at start, and on a tick once it is
+/// older than the timeout.
 pub async fn runs_to_drive(
     db: &DatabaseConnection,
     me: &str,
     timeout: Duration,
     at_start: bool,
+    liveness: &liveness::Liveness,
 ) -> Result<Vec<runs::Model>, ServiceError> {
     let unowned_after = if at_start { Duration::ZERO } else { timeout };
     let unfinished = crate::runs::store::unfinished_runs(db).await?;
@@ -213,30 +234,26 @@ pub async fn runs_to_drive(
         .into_iter()
         .map(|o| (o.run_id, o.node_id))
         .collect();
-    let dead = dead_nodes(db, me, timeout).await?;
+    let cluster = members(db, timeout, liveness).await?;
+    let dead: HashSet<String> = cluster
+        .iter()
+        .filter(|m| !m.alive && m.node.id != me)
+        .map(|m| m.node.id.clone())
+        .collect();
+    let orphaned: Vec<Uuid> = unfinished
+        .iter()
+        .filter(|r| owners.get(&r.id).is_some_and(|o| dead.contains(o)))
+        .map(|r| r.id)
+        .collect();
+    let alive = cluster.iter().filter(|m| m.alive).count().max(1);
+    let adopted = adopt(db, me, &orphaned, &dead, orphaned.len().div_ceil(alive)).await?;
     let now = crate::time::now();
     let old_enough = chrono::Duration::from_std(unowned_after).unwrap_or(chrono::Duration::MAX);
     let mut mine = Vec::new();
     for run in unfinished {
         let taken = match owners.get(&run.id) {
             Some(owner) if owner == me => at_start,
-            Some(owner) if dead.contains(owner) => {
-                let txn = crate::db::begin_write(db).await?;
-                let moved = run_owners::Entity::update_many()
-                    .col_expr(run_owners::Column::NodeId, Expr::value(me))
-                    .col_expr(run_owners::Column::ClaimedAt, Expr::value(now))
-                    .filter(run_owners::Column::RunId.eq(run.id))
-                    .filter(run_owners::Column::NodeId.eq(owner.as_str()))
-                    .exec(&txn)
-                    .await?
-                    .rows_affected;
-                crate::db::commit(txn).await?;
-                if moved > 0 {
-                    tracing::warn!(run_id = %run.id, dead_node = %owner, "adopted the run of a dead node");
-                }
-                moved > 0
-            }
-            Some(_) => false,
+            Some(_) => adopted.contains(&run.id),
             None if now.signed_duration_since(run.created_at) >= old_enough => {
                 let txn = crate::db::begin_write(db).await?;
                 let inserted =
@@ -262,6 +279,61 @@ pub async fn runs_to_drive(
         }
     }
     Ok(mine)
+}
+
+/// Moves to `me` up to `share` of the runs in `orphaned` still owned by a
+/// node of `dead`, oldest claim first; returns those it moved. On
+/// PostgreSQL the owner rows are locked `FOR UPDATE SKIP LOCKED`: nodes
+/// adopting at the same moment take disjoint runs without waiting for each
+/// other, and with `share` about 1/N of the orphans each, a dead node's
+/// work spreads over the survivors. SQLite's write transaction excludes
+/// other writers; the update is guarded on the old owner either way.
+async fn adopt(
+    db: &DatabaseConnection,
+    me: &str,
+    orphaned: &[Uuid],
+    dead: &HashSet<String>,
+    share: usize,
+) -> Result<HashSet<Uuid>, ServiceError> {
+    if orphaned.is_empty() || share == 0 {
+        return Ok(HashSet::new());
+    }
+    let txn = crate::db::begin_write(db).await?;
+    let rows: Vec<(Uuid, String)> = run_owners::Entity::find()
+        .select_only()
+        .column(run_owners::Column::RunId)
+        .column(run_owners::Column::NodeId)
+        .filter(run_owners::Column::RunId.is_in(orphaned.iter().copied()))
+        .filter(run_owners::Column::NodeId.is_in(dead.iter().cloned()))
+        .order_by_asc(run_owners::Column::ClaimedAt)
+        .order_by_asc(run_owners::Column::RunId)
+        .limit(share as u64)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .into_tuple()
+        .all(&txn)
+        .await?;
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let moved = run_owners::Entity::update_many()
+        .col_expr(run_owners::Column::NodeId, Expr::value(me))
+        .col_expr(
+            run_owners::Column::ClaimedAt,
+            Expr::value(crate::time::now()),
+        )
+        .filter(run_owners::Column::RunId.is_in(rows.iter().map(|(id, _)| *id)))
+        .filter(run_owners::Column::NodeId.is_in(dead.iter().cloned()))
+        .exec_with_returning(&txn)
+        .await?;
+    crate::db::commit(txn).await?;
+    for row in &moved {
+        let dead_node = rows
+            .iter()
+            .find(|(id, _)| *id == row.run_id)
+            .map_or("", |(_, node)| node.as_str());
+        tracing::warn!(run_id = %row.run_id, dead_node, "adopted the run of a dead node");
+    }
+    Ok(moved.into_iter().map(|row| row.run_id).collect())
 }
 
 /// Whether a live node other than `me` owns the run (and drives it).

@@ -110,6 +110,9 @@ pub struct EngineDeps {
     /// Whether this node's last heartbeat reached the database: while it
     /// does not, the node leases nothing and `/health` answers 503.
     pub database_reachable: std::sync::atomic::AtomicBool,
+    /// This node's liveness lock (PostgreSQL), once taken: how other nodes
+    /// see its death at once, and how it sees theirs (`cluster::liveness`).
+    pub liveness: std::sync::OnceLock<Arc<crate::cluster::liveness::Liveness>>,
     /// Remote background-removal services by code (`removebg`, `photoroom`).
     pub removers: HashMap<String, Arc<providers::bg_remote::RemoteRemover>>,
     /// A connection of the row writer's own (SQLite), so it never queues
@@ -169,11 +172,19 @@ impl EngineDeps {
             removers: HashMap::new(),
             paused_all: std::sync::atomic::AtomicBool::new(false),
             database_reachable: std::sync::atomic::AtomicBool::new(true),
+            liveness: std::sync::OnceLock::new(),
             secret_keys: None,
             drain: Arc::new(Drain::default()),
             outbound: crate::netpolicy::OutboundPolicy::default(),
             voice: crate::voice::VoiceSetup::default(),
         }
+    }
+
+    /// This node's liveness lock, or one that holds nothing.
+    pub fn liveness(&self) -> &crate::cluster::liveness::Liveness {
+        static NONE: std::sync::LazyLock<crate::cluster::liveness::Liveness> =
+            std::sync::LazyLock::new(crate::cluster::liveness::Liveness::none);
+        self.liveness.get().map_or(&NONE, |l| l.as_ref())
     }
 
     pub fn provider(&self, code: &str) -> Option<Arc<dyn ImageProvider>> {

@@ -6,7 +6,7 @@
 
 use chrono::Utc;
 use entities::{assets, projects, run_jobs, runs};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::json;
 use uuid::Uuid;
@@ -179,7 +179,13 @@ pub async fn next_step(
         .iter()
         .any(|(_, _, owner)| owner.as_deref().is_some_and(|o| o != deps.node_id.as_str()))
     {
-        crate::cluster::dead_nodes(&deps.db, &deps.node_id, deps.config.node_timeout).await?
+        crate::cluster::dead_nodes(
+            &deps.db,
+            &deps.node_id,
+            deps.config.node_timeout,
+            deps.liveness(),
+        )
+        .await?
     } else {
         Default::default()
     };
@@ -210,15 +216,24 @@ pub async fn next_step(
         // finish (or, shutting down, stop before their next call).
         return Ok(Step::Wait);
     }
+    // The ready jobs are read and leased in one transaction. On PostgreSQL
+    // the read takes their row locks `FOR UPDATE SKIP LOCKED`: a node racing
+    // for the same rows (one whose run was adopted from under it, before it
+    // has noticed) skips them instead of queueing behind this one. SQLite
+    // has no row locks; its write transaction already excludes every other
+    // writer. The update stays guarded on `pending` either way.
+    let txn = crate::db::begin_write(&deps.db).await?;
     let ready = run_jobs::Entity::find()
         .filter(run_jobs::Column::RunId.eq(run_id))
         .filter(run_jobs::Column::Status.eq(JobStatus::Pending))
         .order_by_asc(run_jobs::Column::CreatedAt)
         .order_by_asc(run_jobs::Column::Id)
         .limit(room as u64)
-        .all(&deps.db)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+        .all(&txn)
         .await?;
     if ready.is_empty() {
+        drop(txn);
         let undecided = run_jobs::Entity::find()
             .filter(run_jobs::Column::RunId.eq(run_id))
             .filter(run_jobs::Column::Status.is_in([
@@ -236,7 +251,6 @@ pub async fn next_step(
     }
     // One guarded statement leases them all; RETURNING gives the rows as leased.
     let lease_until = now + chrono::Duration::from_std(deps.config.lease).unwrap_or_default();
-    let txn = crate::db::begin_write(&deps.db).await?;
     let mut leased = run_jobs::Entity::update_many()
         .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Running))
         .col_expr(
@@ -648,8 +662,13 @@ pub async fn to_drive(
     at_start: bool,
 ) -> Result<(crate::cluster::Control, Vec<runs::Model>), ServiceError> {
     let control = crate::cluster::control(&deps.db).await?;
-    let runs =
-        crate::cluster::runs_to_drive(&deps.db, &deps.node_id, deps.config.node_timeout, at_start)
-            .await?;
+    let runs = crate::cluster::runs_to_drive(
+        &deps.db,
+        &deps.node_id,
+        deps.config.node_timeout,
+        at_start,
+        deps.liveness(),
+    )
+    .await?;
     Ok((control, runs))
 }

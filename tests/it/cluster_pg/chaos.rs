@@ -18,7 +18,8 @@ use uuid::Uuid;
 use super::{Ws, feed, refuse_connections};
 use crate::binary::{Deployment, Server, eventually};
 use crate::openai_stub::{OpenAiStub, Reply};
-use crate::recovery::deployment;
+use super::private_pg::PrivatePg;
+use crate::recovery::deployment_on;
 
 /// What the project may spend: less than every candidate would cost
 /// (about 0.24 USD each), so the budget is what stops some of them.
@@ -41,6 +42,11 @@ impl Cluster {
             crate::helpers::on_postgres(),
             "PostgreSQL only: scripts/test.sh runs this module on PostgreSQL"
         );
+        Self::start_on(crate::helpers::TestDb::create().await, extra).await
+    }
+
+    /// The cluster on the database `db`.
+    async fn start_on(db: crate::helpers::TestDb, extra: &[(&str, &str)]) -> Self {
         let stub = OpenAiStub::start().await;
         stub.set_latency(Duration::from_millis(200));
         let mut env = vec![
@@ -50,7 +56,7 @@ impl Cluster {
             ("ATELIER_ENGINE__LEASE_SECONDS", "120"),
         ];
         env.extend_from_slice(extra);
-        let mut deploy = deployment(&stub, &env).await;
+        let mut deploy = deployment_on(db, &stub, &env);
         let mut nodes = Vec::new();
         for name in NAMES {
             nodes.push(deploy.start_node(name).await);
@@ -329,11 +335,10 @@ async fn chaos_tiny_pools_under_many_runs() {
     cluster.check(&runs, feeds).await;
 }
 
-/// The database goes away mid-run as in a restart: every session is
-/// terminated and connections are refused for two seconds. (A real
-/// `pg_ctlcluster restart` would take down the server every other test of
-/// the suite is using at the same time; to the nodes the two look alike.)
-/// The nodes reconnect and every run finishes.
+/// The database goes away mid-run: every session is terminated and
+/// connections are refused for two seconds (the server itself stays up;
+/// see the next scenario for a real restart). The nodes reconnect and
+/// every run finishes.
 #[actix_web::test]
 async fn chaos_the_database_drops_every_connection_mid_run() {
     let cluster = Cluster::start(&[]).await;
@@ -344,5 +349,42 @@ async fn chaos_the_database_drops_every_connection_mid_run() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     refuse_connections(&cluster.deploy, false).await;
     // The feed clients' nodes lost their listeners too: they reconnect.
+    cluster.check(&runs, feeds).await;
+}
+
+/// PostgreSQL itself is stopped mid-run (fast shutdown: sessions
+/// terminated, open transactions rolled back) and started again two
+/// seconds later, as an operator's `pg_ctlcluster restart` with a pause. A
+/// server of the test's own, so the rest of the suite keeps its database.
+/// The nodes ride it out (`/health` 503 meanwhile), reconnect, and every
+/// run finishes with nothing bought twice and every feed whole.
+#[actix_web::test]
+async fn chaos_postgresql_restarted_mid_run() {
+    assert!(
+        crate::helpers::on_postgres(),
+        "PostgreSQL only: scripts/test.sh runs this module on PostgreSQL"
+    );
+    let pg = PrivatePg::start();
+    let cluster = Cluster::start_on(pg.database(), &[]).await;
+    let runs = cluster.trigger_one_per_node(6).await;
+    let feeds = cluster.follow(2, &runs).await;
+    cluster.wait_served(3).await;
+    pg.down();
+    eventually(
+        "a node to say on /health that its database is gone",
+        Duration::from_secs(10),
+        || async {
+            let r = cluster
+                .client
+                .get(format!("{}/health", cluster.nodes[1].base))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pg.up();
     cluster.check(&runs, feeds).await;
 }

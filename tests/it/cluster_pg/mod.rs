@@ -3,6 +3,7 @@
 //! the SQLite run instead of letting it pass there without testing anything.
 
 mod chaos;
+mod private_pg;
 
 use std::time::{Duration, Instant};
 
