@@ -178,7 +178,8 @@ pub struct Node {
     database_backend: String,
     started_at: String,
     heartbeat_at: String,
-    /// Its last heartbeat is within `engine.node_timeout_ms`.
+    /// Its last heartbeat is within `engine.node_timeout_ms` and, on
+    /// PostgreSQL, its process still holds its liveness lock.
     alive: bool,
     /// The node answering this request.
     this_node: bool,

@@ -377,3 +377,106 @@ async fn a_node_with_project_files_of_its_own_is_refused_at_start() {
     // serving until it is stopped).
     assert!(start_elsewhere(true).is_none(), "it exited");
 }
+
+/// Whether `/admin/nodes` on `on` shows `node` alive.
+async fn seen_alive(on: &Server, client: &reqwest::Client, token: &str, node: &str) -> bool {
+    let (s, body) = on
+        .call(client, Method::GET, "/admin/nodes", Some(token), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    body["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == node)
+        .unwrap_or_else(|| panic!("{node} in {body}"))["alive"]
+        .as_bool()
+        .unwrap()
+}
+
+/// A killed node is seen dead the moment its database session ends (its
+/// liveness lock goes with it), not once its heartbeat is older than the
+/// node timeout: with a timeout of a minute, another node adopts its run
+/// within seconds. A frozen node keeps its session, so it is not declared
+/// dead early (the timeout covers it).
+#[actix_web::test]
+async fn a_killed_node_is_seen_dead_at_once_a_frozen_one_is_not() {
+    assert!(
+        crate::helpers::on_postgres(),
+        "PostgreSQL only: scripts/test.sh runs this module on PostgreSQL"
+    );
+    let mut deploy = crate::binary::Deployment::new(&[
+        ("ATELIER_ENGINE__HEARTBEAT_MS", "500"),
+        ("ATELIER_ENGINE__NODE_TIMEOUT_MS", "60000"),
+        ("ATELIER_ENGINE__LEASE_SECONDS", "120"),
+        ("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "2"),
+        ("ATELIER_PROVIDERS__LOCAL__LATENCY_MS", "1500"),
+    ])
+    .await;
+    let mut a = deploy.start_node("node-a").await;
+    let b = deploy.start_node("node-b").await;
+    let c = deploy.start_node("node-c").await;
+    let client = deploy.client.clone();
+    let token = b.bootstrap(&client).await;
+    b.create_project(&client, &token, "Live", "live").await;
+    // Observers trust an absent lock once their own has been held a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    c.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        seen_alive(&b, &client, &token, "node-c").await,
+        "a frozen node keeps its session and is not declared dead before the timeout"
+    );
+    c.signal("CONT");
+
+    let (s, body) = a
+        .call(
+            &client,
+            Method::POST,
+            "/api/projects/live/runs/trigger",
+            Some(&token),
+            Some(json!({"mode": "run", "scene_refs": ["sample:1", "sample:2", "sample:3"], "stage": "style", "candidates": 1})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let run_id: Uuid = body["run_id"].as_str().unwrap().parse().unwrap();
+    let db = deploy.connect().await;
+    crate::binary::eventually("node-a working on its run", Duration::from_secs(20), || async {
+        entities::run_jobs::Entity::find()
+            .all(&db)
+            .await
+            .unwrap()
+            .iter()
+            .any(|j| j.run_id == run_id && j.status == "running")
+            .then_some(())
+    })
+    .await;
+    a.kill9();
+    let killed = Instant::now();
+    let owner = crate::binary::eventually("the run adopted", Duration::from_secs(20), || async {
+        let owner = entities::run_owners::Entity::find_by_id(run_id)
+            .one(&db)
+            .await
+            .unwrap()?
+            .node_id;
+        (owner != "node-a").then_some(owner)
+    })
+    .await;
+    let adopted_after = killed.elapsed();
+    assert!(
+        adopted_after < Duration::from_secs(10),
+        "adopted {adopted_after:?} after the kill, a minute's node timeout notwithstanding"
+    );
+    assert!(["node-b", "node-c"].contains(&owner.as_str()));
+    assert!(!seen_alive(&b, &client, &token, "node-a").await);
+    assert!(seen_alive(&b, &client, &token, "node-c").await);
+    crate::binary::eventually("the run finished", Duration::from_secs(30), || async {
+        let run = entities::runs::Entity::find_by_id(run_id)
+            .one(&db)
+            .await
+            .unwrap()?;
+        (run.status == "done").then_some(())
+    })
+    .await;
+}
