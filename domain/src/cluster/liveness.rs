@@ -29,6 +29,8 @@ const SPACE: i32 = 0x4174_6c76;
 /// How often the holder uses its connection: a dropped one is noticed and
 /// the lock taken again within this.
 const KEEPALIVE: Duration = Duration::from_millis(100);
+/// Longest wait for the lock's connection.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
 /// An observer's second look at a lock found missing.
 const RECHECK: Duration = Duration::from_millis(500);
 /// How long an observer's own lock must have been held before it trusts
@@ -125,7 +127,15 @@ pub async fn hold(db: &DatabaseConnection, url: String) -> Option<std::sync::Arc
     Some(liveness)
 }
 
+/// Connects and takes the lock, within [`CONNECT_WITHIN`] (a database
+/// behind a dead network would otherwise hold the attempt for minutes).
 async fn lock(url: &str, key: i32) -> Result<PgConnection, sea_orm::sqlx::Error> {
+    tokio::time::timeout(CONNECT_WITHIN, connect_and_lock(url, key))
+        .await
+        .unwrap_or(Err(sea_orm::sqlx::Error::PoolTimedOut))
+}
+
+async fn connect_and_lock(url: &str, key: i32) -> Result<PgConnection, sea_orm::sqlx::Error> {
     let mut conn = PgConnection::connect(url).await?;
     let taken: bool = sea_orm::sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
         .bind(SPACE)

@@ -52,22 +52,8 @@ pub async fn create_run(
             .then(|| s.variant.clone())
             .flatten()
     });
+    let max_open_runs = max_open_runs.filter(|_| !dry);
     let txn = crate::db::begin_write(db).await?;
-    // Admission against the queue's capacity, atomic with the insert: two
-    // triggers at once cannot both take the last place.
-    if let Some(max) = max_open_runs.filter(|_| !dry) {
-        crate::db::serialize(&txn, "run_admission").await?;
-        let open = runs::Entity::find()
-            .filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
-            .count(&txn)
-            .await?;
-        if open as usize >= max {
-            return Err(ServiceError::Busy {
-                code: "queue_full",
-                message: format!("The run queue is full ({open} runs); try again later"),
-            });
-        }
-    }
     // Style references: project assets (content-addressed, shared by runs),
     // handed to providers with every job's input.
     let mut reference_ids = Vec::new();
@@ -238,6 +224,14 @@ pub async fn create_run(
         },
     )
     .await?;
+    // Admission against the queue's capacity, atomic with the insert: two
+    // triggers at once cannot both take the last place. Taken last, so the
+    // lock every trigger of every node waits for is held only for the
+    // count and the commit, not while the scenes' inputs are stored.
+    if let Some(max) = max_open_runs {
+        crate::db::serialize(&txn, "run_admission").await?;
+        refuse_when_full(&txn, max, 1).await?;
+    }
     crate::db::commit(txn).await?;
     hub.publish(event);
     let run = runs::Entity::find_by_id(run_id)
@@ -249,6 +243,27 @@ pub async fn create_run(
         jobs,
         audit_id,
     })
+}
+
+/// `429 queue_full` when `max` runs are queued or running, not counting
+/// the `own` this transaction inserted.
+async fn refuse_when_full<C: ConnectionTrait>(
+    db: &C,
+    max: usize,
+    own: u64,
+) -> Result<(), ServiceError> {
+    let open = runs::Entity::find()
+        .filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
+        .count(db)
+        .await?
+        .saturating_sub(own);
+    if open as usize >= max {
+        return Err(ServiceError::Busy {
+            code: "queue_full",
+            message: format!("The run queue is full ({open} runs); try again later"),
+        });
+    }
+    Ok(())
 }
 
 pub async fn list_runs<C: ConnectionTrait>(
