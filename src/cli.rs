@@ -319,6 +319,10 @@ pub enum BenchWhat {
         /// The nodes' heartbeat.
         #[arg(long, default_value_t = 5000)]
         heartbeat_ms: u64,
+        /// Which measurements: `engine` (throughput, submit-to-start),
+        /// `rescue` (rescue after SIGKILL, cancel across nodes), `feed`.
+        #[arg(long, value_delimiter = ',', default_value = "engine,rescue,feed")]
+        parts: Vec<String>,
     },
     /// The server side of `bench feed` (run by it in a child process).
     #[command(hide = true)]
@@ -546,18 +550,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     samples,
                     clients,
                     heartbeat_ms,
+                    parts,
                 },
         } => {
             let settings = Settings::load(&overrides).map_err(StartupError::from)?;
             crate::bench::cluster::run(
                 settings,
-                crate::bench::cluster::ClusterOptions {
+                &crate::bench::cluster::ClusterOptions {
                     nodes,
                     jobs,
                     rounds,
                     samples,
                     clients,
                     heartbeat_ms,
+                    parts,
                 },
             )
             .await

@@ -39,6 +39,8 @@ pub struct ClusterOptions {
     pub samples: u32,
     pub clients: usize,
     pub heartbeat_ms: u64,
+    /// Which measurements: `engine` (1, 2), `rescue` (3, 4), `feed` (5).
+    pub parts: Vec<String>,
 }
 
 /// One node: a child `atelier serve`.
@@ -556,7 +558,7 @@ async fn feed_latency(
 
 // ------------------------------------------------------------------ report
 
-pub async fn run(settings: Settings, o: ClusterOptions) -> Result<(), CliError> {
+pub async fn run(settings: Settings, o: &ClusterOptions) -> Result<(), CliError> {
     let admin_url = settings
         .database_url
         .clone()
@@ -564,16 +566,51 @@ pub async fn run(settings: Settings, o: ClusterOptions) -> Result<(), CliError> 
         .ok_or_else(|| {
             err("bench cluster needs a PostgreSQL server: set DATABASE_URL (e.g. postgres://postgres@127.0.0.1:5432/test); each measurement makes and drops a database of its own there")
         })?;
-    let pool = settings.pool_size();
-    let hb = o.heartbeat_ms.to_string();
+    if let Some(unknown) = o
+        .parts
+        .iter()
+        .find(|p| !["engine", "rescue", "feed"].contains(&p.as_str()))
+    {
+        return Err(err(format!(
+            "unknown part '{unknown}': the parts are engine, rescue, feed"
+        )));
+    }
+    std::fs::create_dir_all(&settings.data_dir)?;
+    let at = Where {
+        admin_url: &admin_url,
+        data_dir: &settings.data_dir,
+        pool: settings.pool_size(),
+    };
+    if o.parts.iter().any(|p| p == "engine") {
+        engine_parts(&at, o).await?;
+    }
+    if o.parts.iter().any(|p| p == "rescue") {
+        rescue_parts(&at, o).await?;
+    }
+    if o.parts.iter().any(|p| p == "feed") {
+        feed_part(&at, o).await?;
+    }
+    Ok(())
+}
+
+/// Where the clusters run.
+struct Where<'a> {
+    admin_url: &'a str,
+    data_dir: &'a std::path::Path,
+    /// Connections per node.
+    pool: u32,
+}
+
+/// Parts 1 and 2: throughput by node count, submit-to-start.
+async fn engine_parts(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError> {
+    let pool = at.pool;
     // Room for every run at once, and enough jobs in flight per node to
     // keep its connections busy.
     let base_env = [
-        ("ATELIER_ENGINE__HEARTBEAT_MS", hb.clone()),
+        ("ATELIER_ENGINE__HEARTBEAT_MS", o.heartbeat_ms.to_string()),
         ("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "8".to_string()),
         ("ATELIER_ENGINE__PROVIDER_CONCURRENCY", "64".to_string()),
     ];
-    std::fs::create_dir_all(&settings.data_dir)?;
 
     println!(
         "1. tiny jobs through the engine vs a bare SKIP LOCKED loop ({} jobs per round, {} rounds, {pool} connections per node; min / median / max jobs/s)",
@@ -585,7 +622,7 @@ pub async fn run(settings: Settings, o: ClusterOptions) -> Result<(), CliError> 
     );
     let mut by_nodes = Vec::new();
     for &n in &o.nodes {
-        let cluster = Cluster::start(&admin_url, &settings.data_dir, n, &base_env).await?;
+        let cluster = Cluster::start(at.admin_url, at.data_dir, n, &base_env).await?;
         let (mut engine, mut bare, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..o.rounds {
             let e = throughput(&cluster, o.jobs, round).await?;
@@ -622,12 +659,17 @@ pub async fn run(settings: Settings, o: ClusterOptions) -> Result<(), CliError> 
         );
     }
 
+    Ok(())
+}
+
+/// Parts 3 and 4: rescue after SIGKILL, cancel across nodes.
+async fn rescue_parts(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError> {
     // Slow jobs (3 s each) for what needs work in flight.
     let slow_env = [
-        ("ATELIER_ENGINE__HEARTBEAT_MS", hb.clone()),
+        ("ATELIER_ENGINE__HEARTBEAT_MS", o.heartbeat_ms.to_string()),
         ("ATELIER_PROVIDERS__LOCAL__LATENCY_MS", "3000".to_string()),
     ];
-    let mut cluster = Cluster::start(&admin_url, &settings.data_dir, 3, &slow_env).await?;
+    let mut cluster = Cluster::start(at.admin_url, at.data_dir, 3, &slow_env).await?;
     let mut rescues = Vec::new();
     for round in 0..o.rounds {
         rescues.push(rescue(&mut cluster, round).await?);
@@ -656,14 +698,19 @@ pub async fn run(settings: Settings, o: ClusterOptions) -> Result<(), CliError> 
     );
     cluster.stop().await;
 
+    Ok(())
+}
+
+/// Part 5: the feed on the driving node and on another.
+async fn feed_part(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError> {
     // A steady event stream: jobs of 20 ms, four at a time.
     let feed_env = [
-        ("ATELIER_ENGINE__HEARTBEAT_MS", hb),
+        ("ATELIER_ENGINE__HEARTBEAT_MS", o.heartbeat_ms.to_string()),
         ("ATELIER_PROVIDERS__LOCAL__LATENCY_MS", "20".to_string()),
         ("ATELIER_ENGINE__PROVIDER_CONCURRENCY", "4".to_string()),
         ("ATELIER_ENGINE__MAX_JOBS_PER_RUN", "4".to_string()),
     ];
-    let cluster = Cluster::start(&admin_url, &settings.data_dir, 2, &feed_env).await?;
+    let cluster = Cluster::start(at.admin_url, at.data_dir, 2, &feed_env).await?;
     println!(
         "5. feed, event committed -> received, {} clients, min / median / max of {} rounds (ms):",
         o.clients, o.rounds

@@ -370,17 +370,16 @@ impl Engine {
             return;
         }
         let outbox = domain::cluster::feed::outbox(&self.deps.hub);
-        actix::spawn(domain::cluster::feed::announce(
-            self.deps.db.clone(),
-            node_id.clone(),
-            outbox,
-        ));
-        actix::spawn(domain::cluster::feed::listen(
-            url,
-            self.deps.db.clone(),
-            self.deps.hub.clone(),
-            node_id,
-        ));
+        let (db, hub) = (self.deps.db.clone(), self.deps.hub.clone());
+        actix::spawn(async move {
+            let db = domain::cluster::feed::own_pool(&url).await.unwrap_or(db);
+            actix::spawn(domain::cluster::feed::announce(
+                db.clone(),
+                node_id.clone(),
+                outbox,
+            ));
+            domain::cluster::feed::listen(url, db, hub, node_id).await;
+        });
     }
 
     /// Runs a recorded voice request in the background.

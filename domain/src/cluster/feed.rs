@@ -20,8 +20,8 @@ use chrono::{DateTime, Utc};
 use entities::run_events;
 use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement,
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -41,6 +41,28 @@ const QUEUE: usize = 8192;
 /// PostgreSQL has `LISTEN`/`NOTIFY`).
 pub fn relays(db: &DatabaseConnection) -> bool {
     db.get_database_backend() == DbBackend::Postgres
+}
+
+/// A pool of the feed's own (two connections), so announcing and reading
+/// back other nodes' events never queue behind the engine's work for one of
+/// the node's connections (under load that queueing was most of the feed's
+/// latency across nodes). `None` when it cannot connect: the node's pool
+/// serves then.
+pub async fn own_pool(url: &str) -> Option<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(url.to_string());
+    opts.max_connections(2)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    match Database::connect(opts).await {
+        Ok(db) => Some(db),
+        Err(e) => {
+            // The URL may carry a password: never in a log line.
+            let error = e.to_string().replace(url, "<database url>");
+            tracing::warn!(%error, "feed relay: no connections of its own; sharing the node's pool");
+            None
+        }
+    }
 }
 
 /// Hooks the announcer into `hub` and returns what [`announce`] drains.

@@ -313,6 +313,7 @@ async fn adopt(
         .all(&txn)
         .await?;
     if rows.is_empty() {
+        crate::db::rollback(txn).await?;
         return Ok(HashSet::new());
     }
     let moved = run_owners::Entity::update_many()

@@ -233,7 +233,7 @@ pub async fn next_step(
         .all(&txn)
         .await?;
     if ready.is_empty() {
-        drop(txn);
+        crate::db::rollback(txn).await?;
         let undecided = run_jobs::Entity::find()
             .filter(run_jobs::Column::RunId.eq(run_id))
             .filter(run_jobs::Column::Status.is_in([
