@@ -95,7 +95,10 @@ impl Cluster {
             admin_url: admin_url.to_string(),
             name,
             dir,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             http: reqwest::Client::new(),
         };
         for i in 0..nodes {
@@ -103,7 +106,12 @@ impl Cluster {
             cluster.nodes.push(node);
         }
         cluster
-            .call(0, "POST", "/api/projects", json!({"name": "Bench", "slug": "bench"}))
+            .call(
+                0,
+                "POST",
+                "/api/projects",
+                json!({"name": "Bench", "slug": "bench"}),
+            )
             .await?;
         Ok(cluster)
     }
@@ -231,7 +239,10 @@ impl Cluster {
         self.db.close().await.ok();
         if let Ok(admin) = Database::connect(&self.admin_url).await {
             let _ = admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+                .execute_unprepared(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
                 .await;
             admin.close().await.ok();
         }
@@ -360,7 +371,9 @@ async fn submit_to_start(cluster: &Cluster, samples: u32) -> Result<Vec<f64>, Cl
         let run = cluster
             .trigger(i as usize % cluster.nodes.len(), 1, 1_000_000 + i)
             .await?;
-        cluster.wait_finished(&[run], Duration::from_secs(30)).await?;
+        cluster
+            .wait_finished(&[run], Duration::from_secs(30))
+            .await?;
         let row = cluster
             .db
             .query_one_raw(Statement::from_sql_and_values(
@@ -727,10 +740,7 @@ async fn feed_part(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError> {
         across.0.push(percentile(&x, 0.5));
         across.1.push(percentile(&x, 0.99));
     }
-    for (label, (p50, p99)) in [
-        ("same node (baseline)", same),
-        ("across nodes", across),
-    ] {
+    for (label, (p50, p99)) in [("same node (baseline)", same), ("across nodes", across)] {
         let (a, b) = (spread(p50), spread(p99));
         println!(
             "   {label:<22} p50 {:.1} / {:.1} / {:.1}   p99 {:.1} / {:.1} / {:.1}   ({events} events per client per round)",

@@ -14,9 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use entities::{cluster_settings, nodes, projects, run_owners, runs};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType, OnConflict};
-use sea_orm::{
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
 use crate::ServiceError;
@@ -160,15 +158,18 @@ pub async fn unshared_files(
 ) -> Result<Option<nodes::Model>, ServiceError> {
     // At start, before this node holds its own liveness lock: heartbeats.
     let me_unlocked = liveness::Liveness::none();
-    Ok(members(db, timeout, &me_unlocked).await?.into_iter().find_map(|m| {
-        (m.alive
-            && m.node.id != me
-            && m.node
-                .storage_id
-                .as_deref()
-                .is_some_and(|s| s != storage_id))
-        .then_some(m.node)
-    }))
+    Ok(members(db, timeout, &me_unlocked)
+        .await?
+        .into_iter()
+        .find_map(|m| {
+            (m.alive
+                && m.node.id != me
+                && m.node
+                    .storage_id
+                    .as_deref()
+                    .is_some_and(|s| s != storage_id))
+            .then_some(m.node)
+        }))
 }
 
 /// Nodes other than `me` that are dead (see [`members`]).

@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
+use super::private_pg::PrivatePg;
 use super::{Ws, feed, refuse_connections};
 use crate::binary::{Deployment, Server, eventually};
 use crate::openai_stub::{OpenAiStub, Reply};
-use super::private_pg::PrivatePg;
 use crate::recovery::deployment_on;
 
 /// What the project may spend: less than every candidate would cost

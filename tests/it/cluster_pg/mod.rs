@@ -442,15 +442,19 @@ async fn a_killed_node_is_seen_dead_at_once_a_frozen_one_is_not() {
     assert_eq!(s, StatusCode::OK, "{body}");
     let run_id: Uuid = body["run_id"].as_str().unwrap().parse().unwrap();
     let db = deploy.connect().await;
-    crate::binary::eventually("node-a working on its run", Duration::from_secs(20), || async {
-        entities::run_jobs::Entity::find()
-            .all(&db)
-            .await
-            .unwrap()
-            .iter()
-            .any(|j| j.run_id == run_id && j.status == "running")
-            .then_some(())
-    })
+    crate::binary::eventually(
+        "node-a working on its run",
+        Duration::from_secs(20),
+        || async {
+            entities::run_jobs::Entity::find()
+                .all(&db)
+                .await
+                .unwrap()
+                .iter()
+                .any(|j| j.run_id == run_id && j.status == "running")
+                .then_some(())
+        },
+    )
     .await;
     a.kill9();
     let killed = Instant::now();
