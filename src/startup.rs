@@ -453,7 +453,7 @@ impl Application {
                 liveness_lock,
             })
             .await;
-        engine.relay_feed(settings.database_url.clone(), node);
+        engine.relay_feed(settings.database_url.clone(), node).await;
         let state = web::Data::new(api::AppState::new(
             db.conn.clone(),
             tokens,

@@ -203,6 +203,15 @@ impl ObjectStore {
     }
 
     pub async fn put(&self, key: &ObjectKey, bytes: Vec<u8>) -> Result<(), StorageError> {
+        if self.root.is_some() {
+            // A local file goes under a temporary name of its own and is
+            // renamed into place, then synced: two writers of one key (the
+            // same content-addressed file stored by concurrent triggers, or
+            // by two nodes) never interleave, and a reader never sees it
+            // half written.
+            let unsynced = self.write_local(key, bytes).await?;
+            return crate::sync_files(vec![unsynced]).await;
+        }
         self.guard(key.as_str()).await?;
         self.op.write(key.as_str(), bytes).await?;
         Ok(())
@@ -216,11 +225,24 @@ impl ObjectStore {
         key: &ObjectKey,
         bytes: Vec<u8>,
     ) -> Result<Option<crate::Unsynced>, StorageError> {
-        let Some(root) = &self.root else {
+        if self.root.is_none() {
             self.put(key, bytes).await?;
             return Ok(None);
-        };
-        let root = root.clone();
+        }
+        Ok(Some(self.write_local(key, bytes).await?))
+    }
+
+    /// A local store's write: the link check, then the bytes under a
+    /// temporary name of their own renamed into place (atomic), not synced.
+    async fn write_local(
+        &self,
+        key: &ObjectKey,
+        bytes: Vec<u8>,
+    ) -> Result<crate::Unsynced, StorageError> {
+        let root = self
+            .root
+            .clone()
+            .ok_or_else(|| StorageError::InvalidKey(key.as_str().to_string()))?;
         let key = key.as_str().to_string();
         // The link check and the write on one blocking thread, one hop.
         tokio::task::spawn_blocking(move || {
@@ -229,7 +251,7 @@ impl ObjectStore {
             }
             let path = root.join(&key);
             crate::deferred::write_in_place(&path, &bytes)?;
-            Ok(Some(crate::Unsynced::new(&root, path)))
+            Ok(crate::Unsynced::new(&root, path))
         })
         .await
         .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
@@ -449,6 +471,32 @@ mod tests {
             assert!(store.get(&key).await.unwrap_err().is_not_found());
         }
         assert!(dir.path().join("runs/r1").exists());
+    }
+
+    /// The same content-addressed file stored by many writers at once (as
+    /// concurrent triggers of one scene do): every write succeeds and the
+    /// file is whole, with no temporary left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_of_one_key_never_interleave() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(ObjectStore::local(dir.path()).unwrap());
+        let key = ObjectKey::parse("inputs/abc.png").unwrap();
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let writers: Vec<_> = (0..32)
+            .map(|_| {
+                let (store, key, bytes) = (store.clone(), key.clone(), bytes.clone());
+                tokio::spawn(async move { store.put(&key, bytes).await })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(store.get(&key).await.unwrap(), bytes);
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("inputs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("abc.png")]);
     }
 
     #[cfg(unix)]

@@ -364,22 +364,37 @@ impl Engine {
     /// this node's committed events are announced, the others' republished
     /// on this node's hub (`domain::cluster::feed`). `url`: the database's,
     /// for the listener's own connection.
-    pub fn relay_feed(&self, url: Option<String>, node_id: String) {
+    /// Returns once this node listens (or after a few seconds of trying):
+    /// a node that served before it followed the others would miss their
+    /// writes meanwhile (its caches would stay stale for their window).
+    pub async fn relay_feed(&self, url: Option<String>, node_id: String) {
         let Some(url) = url else { return };
         if !domain::cluster::feed::relays(&self.deps.db) {
             return;
         }
         let outbox = domain::cluster::feed::outbox(&self.deps.hub);
-        let (db, hub) = (self.deps.db.clone(), self.deps.hub.clone());
-        actix::spawn(async move {
-            let db = domain::cluster::feed::own_pool(&url).await.unwrap_or(db);
-            actix::spawn(domain::cluster::feed::announce(
-                db.clone(),
-                node_id.clone(),
-                outbox,
-            ));
-            domain::cluster::feed::listen(url, db, hub, node_id).await;
-        });
+        let db = domain::cluster::feed::own_pool(&url)
+            .await
+            .unwrap_or_else(|| self.deps.db.clone());
+        actix::spawn(domain::cluster::feed::announce(
+            db.clone(),
+            node_id.clone(),
+            outbox,
+        ));
+        let (listening, ready) = tokio::sync::oneshot::channel();
+        actix::spawn(domain::cluster::feed::listen(
+            url,
+            db,
+            self.deps.hub.clone(),
+            node_id,
+            listening,
+        ));
+        if tokio::time::timeout(Duration::from_secs(5), ready)
+            .await
+            .is_err()
+        {
+            tracing::warn!("feed relay: not listening yet; serving meanwhile");
+        }
     }
 
     /// Runs a recorded voice request in the background.

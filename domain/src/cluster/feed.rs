@@ -191,7 +191,15 @@ fn parse(payload: &str) -> Option<(&str, News)> {
 
 /// Listens on its own connection (not one of the pool's) and republishes
 /// other nodes' events on `hub`; reconnects after a lost connection.
-pub async fn listen(url: String, db: DatabaseConnection, hub: EventHub, node: String) {
+/// `listening` is told once it first listens.
+pub async fn listen(
+    url: String,
+    db: DatabaseConnection,
+    hub: EventHub,
+    node: String,
+    listening: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut listening = Some(listening);
     // The URL may carry a password: never in a log line.
     let scrub = |e: &dyn std::fmt::Display| e.to_string().replace(&url, "<database url>");
     // Since when this node may have missed notifications (a lost connection).
@@ -215,6 +223,9 @@ pub async fn listen(url: String, db: DatabaseConnection, hub: EventHub, node: St
             continue;
         }
         tracing::debug!("feed relay: listening for other nodes' events");
+        if let Some(tell) = listening.take() {
+            let _ = tell.send(());
+        }
         loop {
             // Wakes at least every second, so a gap is caught up even when
             // no notification follows it.
