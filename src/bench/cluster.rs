@@ -444,25 +444,13 @@ async fn rescue(cluster: &mut Cluster, round: u32) -> Result<f64, CliError> {
     let _ = cluster.nodes[victim].child.wait().await;
     let victim_id = cluster.nodes[victim].id.clone();
     loop {
-        let rows = cluster
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                format!(
-                    "SELECT count(*) FROM run_jobs WHERE id IN ({}) \
-                     AND status = 'running' AND lease_owner = $1",
-                    in_list(&held)
-                ),
-                [victim_id.clone().into()],
+        let still = cluster
+            .scalar(&format!(
+                "SELECT count(*) FROM run_jobs WHERE id IN ({}) \
+                 AND status = 'running' AND lease_owner = '{victim_id}'",
+                in_list(&held)
             ))
-            .await
-            .map_err(err)?;
-        let still: i64 = rows
-            .first()
-            .map(|r| r.try_get_by_index(0))
-            .transpose()
-            .map_err(err)?
-            .unwrap_or(0);
+            .await?;
         if still == 0 {
             break;
         }

@@ -1,6 +1,7 @@
 //! Cluster membership: every node serving from this database records itself
 //! and beats its heart there; a node whose heartbeat is older than the
-//! timeout is dead. Each run has an owner, the node that drives it; a live
+//! timeout is dead, and on PostgreSQL so is one whose liveness lock went with
+//! its session (`liveness`). Each run has an owner, the node that drives it; a live
 //! node adopts the runs of a dead one (and reclaims its job leases at once,
 //! see `runs::lifecycle::next_step`), so a node's death costs about one
 //! timeout, not a lease's length.
