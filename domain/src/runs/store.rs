@@ -247,7 +247,7 @@ pub async fn create_run(
 
 /// `429 queue_full` when `max` runs are queued or running, not counting
 /// the `own` this transaction inserted.
-async fn refuse_when_full<C: ConnectionTrait>(
+pub(crate) async fn refuse_when_full<C: ConnectionTrait>(
     db: &C,
     max: usize,
     own: u64,

@@ -1,13 +1,11 @@
 //! `POST …/runs/trigger`: plan, check policy, persist, hand to the engine.
 
-use entities::{projects, runs};
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use entities::projects;
 
 use super::plan::{self, Mode, Plan, ValidTrigger};
 use super::scenes;
 use super::store::{self, CreatedRun};
 use crate::ports::RunEngine;
-use crate::status::RunStatus;
 use crate::{Principal, ServiceError};
 
 pub struct Triggered {
@@ -158,16 +156,7 @@ pub async fn trigger(
         }
         // A cheap early refusal; the authoritative check is atomic with the
         // insert (`store::create_run`).
-        let open = runs::Entity::find()
-            .filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
-            .count(db)
-            .await?;
-        if open as usize >= deps.config.max_queued_runs {
-            return Err(ServiceError::Busy {
-                code: "queue_full",
-                message: format!("The run queue is full ({open} runs); try again later"),
-            });
-        }
+        store::refuse_when_full(db, deps.config.max_queued_runs, 0).await?;
     }
     // Style references: the request's, else the manifest's; checked like scenes.
     let style_refs = if plan.style_refs.is_empty() {
