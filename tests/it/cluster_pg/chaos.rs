@@ -365,7 +365,15 @@ async fn chaos_postgresql_restarted_mid_run() {
         "PostgreSQL only: scripts/test.sh runs this module on PostgreSQL"
     );
     let pg = PrivatePg::start();
-    let cluster = Cluster::start_on(pg.database(), &[]).await;
+    // A node timeout longer than the outage, as in production (15 s by
+    // default): with one shorter, the nodes coming back see each other's
+    // heartbeats stale and adopt each other's runs, and a paid call in
+    // flight may be sent again (see docs/architecture.md, "Faults").
+    let cluster = Cluster::start_on(
+        pg.database(),
+        &[("ATELIER_ENGINE__NODE_TIMEOUT_MS", "10000")],
+    )
+    .await;
     let runs = cluster.trigger_one_per_node(6).await;
     let feeds = cluster.follow(2, &runs).await;
     cluster.wait_served(3).await;
