@@ -304,11 +304,20 @@ impl Engine {
     /// every `heartbeat` while the engine runs. A beat that fails or takes
     /// longer than two heartbeats (at least a second) marks the database
     /// unreachable — this node leases nothing and `/health` answers 503 —
-    /// until a beat succeeds again.
+    /// until a beat succeeds again, and for a node timeout after that it
+    /// does not take the others' stale heartbeats for deaths
+    /// (`domain::cluster::reachability`).
     pub async fn announce(&self, node: domain::cluster::NodeInfo) {
-        if let Err(e) = domain::cluster::heartbeat(&self.deps.db, &node).await {
+        let timeout = self.deps.deps.config.node_timeout;
+        let sent = domain::time::now();
+        let first = domain::cluster::heartbeat(&self.deps.db, &node).await;
+        if let Err(e) = &first {
             tracing::warn!(error = %e, "cannot record this node in the database");
         }
+        self.deps
+            .deps
+            .reachability
+            .record(sent, first.is_ok(), timeout);
         let shared = self.deps.clone();
         let every = shared.deps.config.heartbeat;
         let limit = (every * 2).max(Duration::from_secs(1));
@@ -318,14 +327,12 @@ impl Engine {
             ticks.tick().await;
             loop {
                 ticks.tick().await;
+                let sent = domain::time::now();
                 let beat =
                     tokio::time::timeout(limit, domain::cluster::heartbeat(&shared.deps.db, &node))
                         .await;
                 let reachable = matches!(beat, Ok(Ok(())));
-                let was = shared
-                    .deps
-                    .database_reachable
-                    .swap(reachable, std::sync::atomic::Ordering::SeqCst);
+                let was = shared.deps.reachability.record(sent, reachable, timeout);
                 match beat {
                     Ok(Ok(())) if !was => tracing::warn!("the database is reachable again"),
                     Ok(Ok(())) => {}
@@ -343,10 +350,7 @@ impl Engine {
 
     /// Whether this node's last heartbeat reached the database.
     pub fn database_reachable(&self) -> bool {
-        self.deps
-            .deps
-            .database_reachable
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.deps.deps.reachability.reachable()
     }
 
     /// On PostgreSQL, takes this node's liveness lock on a connection of its

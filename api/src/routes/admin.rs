@@ -209,7 +209,7 @@ pub async fn nodes(
 ) -> ApiResult<web::Json<NodesResponse>> {
     let deps = &state.engine.deps;
     let members =
-        domain::cluster::members(&state.db, deps.config.node_timeout, deps.liveness()).await?;
+        domain::cluster::members(&state.db, deps.config.node_timeout, deps.observer()).await?;
     Ok(web::Json(NodesResponse {
         ok: true,
         nodes: members

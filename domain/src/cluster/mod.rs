@@ -8,6 +8,7 @@
 
 pub mod feed;
 pub mod liveness;
+pub mod reachability;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -77,34 +78,72 @@ pub struct Member {
     pub alive: bool,
 }
 
+/// How this node judges the others: by their liveness locks and, when
+/// its own connection allows it, by their heartbeats.
+#[derive(Clone, Copy)]
+pub struct Observer<'a> {
+    pub liveness: &'a liveness::Liveness,
+    pub reachability: &'a reachability::Reachability,
+}
+
+impl Observer<'static> {
+    /// An observer outside the engine (at start): no lock of its own,
+    /// heartbeats taken as they are.
+    pub fn outside() -> Self {
+        static LIVENESS: std::sync::LazyLock<liveness::Liveness> =
+            std::sync::LazyLock::new(liveness::Liveness::none);
+        static REACHABILITY: std::sync::LazyLock<reachability::Reachability> =
+            std::sync::LazyLock::new(reachability::Reachability::default);
+        Observer {
+            liveness: &LIVENESS,
+            reachability: &REACHABILITY,
+        }
+    }
+}
+
 /// Whether the node's last heartbeat is within the timeout.
 fn beats(node: &nodes::Model, timeout: Duration) -> bool {
     let limit = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
     crate::time::now().signed_duration_since(node.heartbeat_at) <= limit
 }
 
-/// Every node that ever served from this database, the live ones first. A
-/// node is dead when its heartbeat is older than `timeout`, or, seen by
-/// `me` (this node's liveness), as soon as its liveness lock is gone.
+/// Every node that ever served from this database, the live ones first, as
+/// `me` sees them. A node is dead when its heartbeat is older than
+/// `timeout` (unless `me` cannot tell: see [`reachability`]), or as soon as
+/// its liveness lock is gone.
 pub async fn members(
     db: &DatabaseConnection,
     timeout: Duration,
-    me: &liveness::Liveness,
+    me: Observer<'_>,
 ) -> Result<Vec<Member>, ServiceError> {
     let rows = nodes::Entity::find()
         .order_by_asc(nodes::Column::Id)
         .all(db)
         .await?;
+    let now = crate::time::now();
+    let beating: HashSet<&str> = rows
+        .iter()
+        .filter(|n| {
+            !me.reachability
+                .dead_by_heartbeat(n.heartbeat_at, now, timeout)
+        })
+        .map(|n| n.id.as_str())
+        .collect();
     let watched: Vec<(String, i32)> = rows
         .iter()
-        .filter(|n| beats(n, timeout) && n.liveness_lock != me.key())
+        .filter(|n| beating.contains(n.id.as_str()) && n.liveness_lock != me.liveness.key())
         .filter_map(|n| Some((n.id.clone(), n.liveness_lock?)))
         .collect();
-    let gone = liveness::lock_gone(db, me, &watched).await?;
+    let gone = liveness::lock_gone(db, me.liveness, &watched).await?;
+    let alive: HashSet<String> = beating
+        .into_iter()
+        .filter(|id| !gone.contains(*id))
+        .map(str::to_string)
+        .collect();
     let mut out: Vec<Member> = rows
         .into_iter()
         .map(|node| Member {
-            alive: beats(&node, timeout) && !gone.contains(&node.id),
+            alive: alive.contains(&node.id),
             node,
         })
         .collect();
@@ -158,8 +197,7 @@ pub async fn unshared_files(
     timeout: Duration,
 ) -> Result<Option<nodes::Model>, ServiceError> {
     // At start, before this node holds its own liveness lock: heartbeats.
-    let me_unlocked = liveness::Liveness::none();
-    Ok(members(db, timeout, &me_unlocked)
+    Ok(members(db, timeout, Observer::outside())
         .await?
         .into_iter()
         .find_map(|m| {
@@ -178,9 +216,9 @@ pub async fn dead_nodes(
     db: &DatabaseConnection,
     me: &str,
     timeout: Duration,
-    liveness: &liveness::Liveness,
+    observer: Observer<'_>,
 ) -> Result<HashSet<String>, ServiceError> {
-    Ok(members(db, timeout, liveness)
+    Ok(members(db, timeout, observer)
         .await?
         .into_iter()
         .filter(|m| !m.alive && m.node.id != me)
@@ -222,7 +260,7 @@ pub async fn runs_to_drive(
     me: &str,
     timeout: Duration,
     at_start: bool,
-    liveness: &liveness::Liveness,
+    observer: Observer<'_>,
 ) -> Result<Vec<runs::Model>, ServiceError> {
     let unowned_after = if at_start { Duration::ZERO } else { timeout };
     let unfinished = crate::runs::store::unfinished_runs(db).await?;
@@ -236,7 +274,7 @@ pub async fn runs_to_drive(
         .into_iter()
         .map(|o| (o.run_id, o.node_id))
         .collect();
-    let cluster = members(db, timeout, liveness).await?;
+    let cluster = members(db, timeout, observer).await?;
     let dead: HashSet<String> = cluster
         .iter()
         .filter(|m| !m.alive && m.node.id != me)

@@ -107,9 +107,10 @@ pub struct EngineDeps {
     /// (running jobs finish). This node's copy of the persisted setting
     /// (`cluster::control`), refreshed every heartbeat.
     pub paused_all: std::sync::atomic::AtomicBool,
-    /// Whether this node's last heartbeat reached the database: while it
-    /// does not, the node leases nothing and `/health` answers 503.
-    pub database_reachable: std::sync::atomic::AtomicBool,
+    /// Whether this node's last heartbeat reached the database (while it
+    /// did not, the node leases nothing and `/health` answers 503), and
+    /// whether it may judge the others by their heartbeats.
+    pub reachability: crate::cluster::reachability::Reachability,
     /// This node's liveness lock (PostgreSQL), once taken: how other nodes
     /// see its death at once, and how it sees theirs (`cluster::liveness`).
     pub liveness: std::sync::OnceLock<Arc<crate::cluster::liveness::Liveness>>,
@@ -171,7 +172,7 @@ impl EngineDeps {
             writer_db: None,
             removers: HashMap::new(),
             paused_all: std::sync::atomic::AtomicBool::new(false),
-            database_reachable: std::sync::atomic::AtomicBool::new(true),
+            reachability: Default::default(),
             liveness: std::sync::OnceLock::new(),
             secret_keys: None,
             drain: Arc::new(Drain::default()),
@@ -180,11 +181,15 @@ impl EngineDeps {
         }
     }
 
-    /// This node's liveness lock, or one that holds nothing.
-    pub fn liveness(&self) -> &crate::cluster::liveness::Liveness {
-        static NONE: std::sync::LazyLock<crate::cluster::liveness::Liveness> =
-            std::sync::LazyLock::new(crate::cluster::liveness::Liveness::none);
-        self.liveness.get().map_or(&NONE, |l| l.as_ref())
+    /// How this node judges the others (see `cluster::members`).
+    pub fn observer(&self) -> crate::cluster::Observer<'_> {
+        crate::cluster::Observer {
+            liveness: self
+                .liveness
+                .get()
+                .map_or(crate::cluster::Observer::outside().liveness, |l| l.as_ref()),
+            reachability: &self.reachability,
+        }
     }
 
     pub fn provider(&self, code: &str) -> Option<Arc<dyn ImageProvider>> {

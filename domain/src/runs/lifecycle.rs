@@ -127,10 +127,7 @@ pub async fn next_step(
     room: usize,
     cached_store: Option<storage::ProjectFiles>,
 ) -> Result<Step, ServiceError> {
-    if !deps
-        .database_reachable
-        .load(std::sync::atomic::Ordering::SeqCst)
-    {
+    if !deps.reachability.reachable() {
         // Cut off from the database: nothing is leased until it is back
         // (another node may be adopting this node's runs meanwhile).
         return Ok(Step::Wait);
@@ -183,7 +180,7 @@ pub async fn next_step(
             &deps.db,
             &deps.node_id,
             deps.config.node_timeout,
-            deps.liveness(),
+            deps.observer(),
         )
         .await?
     } else {
@@ -667,7 +664,7 @@ pub async fn to_drive(
         &deps.node_id,
         deps.config.node_timeout,
         at_start,
-        deps.liveness(),
+        deps.observer(),
     )
     .await?;
     Ok((control, runs))
