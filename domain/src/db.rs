@@ -164,6 +164,33 @@ where
     Ok(written)
 }
 
+/// How long work that must not be given up — a paid result on its way to
+/// being durable — is tried again while the database is away: a restart of
+/// the database or a dropped session does not lose what was paid for.
+pub const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Runs `attempt` again, with backoff, for up to [`RECONNECT_FOR`] while it
+/// fails for a transient reason ([`transient`]). Each attempt must stand on
+/// its own (a new transaction, its guards checked again).
+pub async fn retrying<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, crate::ServiceError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::ServiceError>>,
+{
+    let began = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        match attempt().await {
+            Err(crate::ServiceError::Db(e)) if transient(&e) && began.elapsed() < RECONNECT_FOR => {
+                tracing::warn!(error = %e, what, "failed for a transient reason; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Whether `err` says the transaction failed for a reason that trying it
 /// again may cure, rather than that the statement was wrong: the connection
 /// was lost or could not be had (a restart, a dropped session, a full pool),

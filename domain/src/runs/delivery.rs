@@ -112,25 +112,29 @@ pub(super) async fn keep(
     .await?;
     let key = format!("{}.{}", place.key_stem, extension(mime));
     // Made durable by the row writer (with its batch's other files) before
-    // the call is marked succeeded.
-    let stored = registry::put_unsynced(
-        &env.db,
-        &env.store,
-        NewAsset {
-            project_id: run.project_id,
-            kind: place.kind,
-            key: &key,
-            width: dims.0,
-            height: dims.1,
-            bytes: bytes.clone(),
-            mime,
-            run_id: Some(run.id),
-            job_id: Some(job.id),
-            candidate_id: None,
-            metadata: place.metadata,
-        },
-        Some(sha.clone()),
-    )
+    // the call is marked succeeded. The lookup before the write is tried
+    // again while the database is away, like the write: the paid result in
+    // hand is not dropped for a dropped connection.
+    let stored = crate::db::retrying("storing a paid result", || {
+        registry::put_unsynced(
+            &env.db,
+            &env.store,
+            NewAsset {
+                project_id: run.project_id,
+                kind: place.kind,
+                key: &key,
+                width: dims.0,
+                height: dims.1,
+                bytes: bytes.clone(),
+                mime,
+                run_id: Some(run.id),
+                job_id: Some(job.id),
+                candidate_id: None,
+                metadata: place.metadata.clone(),
+            },
+            Some(sha.clone()),
+        )
+    })
     .await?;
     let asset = stored.row.clone();
     let (done, cost_event) = calls::completion(

@@ -88,6 +88,10 @@ pub async fn settle_job(
                 .await?;
         }
         Err(error) => {
+            // Its worker is gone: a call it sent and has no outcome for was
+            // possibly billed and is not sent again by the retry (unless the
+            // provider dedupes); one it had not sent is released.
+            crate::runs::calls::settle_abandoned(&txn, &[job_id]).await?;
             let retry = job.attempt < job.max_attempts;
             run_jobs::Entity::update_many()
                 .col_expr(

@@ -191,34 +191,16 @@ async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, mut requests: Vec
     }
 }
 
-/// How long a batch that failed for a transient reason (a lost connection,
-/// a deadlock) is tried again before its requests fail: a paid result that
-/// arrived is not given up for a restart of the database or a dropped
-/// session.
-const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(20);
-
-/// [`write_rows`], tried again (with backoff, for [`RECONNECT_FOR`]) while
-/// what failed is transient (`db::transient`). Each try is a new
+/// [`write_rows`], tried again while what failed is transient
+/// (`db::retrying`): a paid result that arrived is not given up for a
+/// restart of the database or a dropped session. Each try is a new
 /// transaction and checks the fences again: a lease lost meanwhile is
 /// refused.
 async fn write_retrying(
     db: &DatabaseConnection,
     requests: &[(&Rows, Option<Fence>)],
 ) -> Result<(Vec<RunEvent>, Vec<Result<Applied, ServiceError>>), ServiceError> {
-    let began = std::time::Instant::now();
-    let mut pause = std::time::Duration::from_millis(50);
-    loop {
-        match write_rows(db, requests).await {
-            Err(ServiceError::Db(e))
-                if crate::db::transient(&e) && began.elapsed() < RECONNECT_FOR =>
-            {
-                tracing::warn!(error = %e, "row writer: the batch failed for a transient reason; trying it again");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_secs(1));
-            }
-            other => return other,
-        }
-    }
+    crate::db::retrying("row writer batch", || write_rows(db, requests)).await
 }
 
 /// Writes every request's rows in one transaction, foreign-key order; the

@@ -353,7 +353,7 @@ async fn chaos_the_database_drops_every_connection_mid_run() {
 }
 
 /// PostgreSQL itself is stopped mid-run (fast shutdown: sessions
-/// terminated, open transactions rolled back) and started again two
+/// terminated, open transactions rolled back) and started again three
 /// seconds later, as an operator's `pg_ctlcluster restart` with a pause. A
 /// server of the test's own, so the rest of the suite keeps its database.
 /// The nodes ride it out (`/health` 503 meanwhile), reconnect, and every
@@ -365,18 +365,26 @@ async fn chaos_postgresql_restarted_mid_run() {
         "PostgreSQL only: scripts/test.sh runs this module on PostgreSQL"
     );
     let pg = PrivatePg::start();
-    // A node timeout longer than the outage, as in production (15 s by
-    // default): with one shorter, the nodes coming back see each other's
-    // heartbeats stale and adopt each other's runs, and a paid call in
-    // flight may be sent again (see docs/architecture.md, "Faults").
+    // The outage lasts longer than the node timeout: every heartbeat is
+    // stale when the server is back, and no node may take that for the
+    // others' deaths (adopting their runs would send their in-flight paid
+    // calls again). Heartbeats a second apart, so the nodes come back at
+    // moments far enough apart for the first to see the others still stale.
     let cluster = Cluster::start_on(
         pg.database(),
-        &[("ATELIER_ENGINE__NODE_TIMEOUT_MS", "10000")],
+        &[
+            ("ATELIER_ENGINE__HEARTBEAT_MS", "1000"),
+            ("ATELIER_ENGINE__NODE_TIMEOUT_MS", "2000"),
+        ],
     )
     .await;
     let runs = cluster.trigger_one_per_node(6).await;
     let feeds = cluster.follow(2, &runs).await;
     cluster.wait_served(3).await;
+    let mut owners = Vec::new();
+    for run in &runs {
+        owners.push(cluster.owner(*run).await);
+    }
     pg.down();
     eventually(
         "a node to say on /health that its database is gone",
@@ -392,7 +400,74 @@ async fn chaos_postgresql_restarted_mid_run() {
         },
     )
     .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.up();
+    cluster.check(&runs, feeds).await;
+    for (run, before) in runs.iter().zip(owners) {
+        assert_eq!(
+            cluster.owner(*run).await,
+            before,
+            "every node lived through the outage: none may have adopted run {run}"
+        );
+    }
+}
+
+/// Paid answers that arrive while the database is stopped: each worker holds
+/// its result until the database is back, then stores it — nothing bought
+/// twice, nothing paid for lost, every run done.
+#[actix_web::test]
+async fn paid_results_arriving_while_postgresql_is_down_are_kept() {
+    assert!(
+        crate::helpers::on_postgres(),
+        "PostgreSQL only: scripts/test.sh runs this module on PostgreSQL"
+    );
+    let pg = PrivatePg::start();
+    let cluster = Cluster::start_on(pg.database(), &[]).await;
+    cluster.stub.set_latency(Duration::from_secs(3));
+    let runs = cluster.trigger_one_per_node(1).await;
+    let feeds = cluster.follow(2, &runs).await;
+    eventually(
+        "every node's call sent",
+        Duration::from_secs(30),
+        || async { (cluster.stub.calls().values().sum::<u32>() >= 3).then_some(()) },
+    )
+    .await;
+    pg.down();
+    assert_eq!(
+        cluster.stub.served_total(),
+        0,
+        "the answers must arrive while the database is down"
+    );
+    cluster.stub.wait_served(3).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     pg.up();
     cluster.check(&runs, feeds).await;
+    for run in &runs {
+        let run = entities::runs::Entity::find_by_id(*run)
+            .one(&cluster.db)
+            .await
+            .unwrap()
+            .unwrap();
+        let calls: Vec<(String, Option<String>)> = entities::provider_calls::Entity::find()
+            .filter(entities::provider_calls::Column::RunId.eq(run.id))
+            .all(&cluster.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.status, c.error_code))
+            .collect();
+        let jobs: Vec<(String, Option<String>)> = entities::run_jobs::Entity::find()
+            .filter(entities::run_jobs::Column::RunId.eq(run.id))
+            .all(&cluster.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|j| (j.status, j.last_error))
+            .collect();
+        assert_eq!(
+            run.status, "done",
+            "run {} kept its paid result; jobs {jobs:?}, calls {calls:?}",
+            run.id
+        );
+    }
 }
