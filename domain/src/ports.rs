@@ -75,6 +75,12 @@ impl RunEngine<'_> {
         self.queue.submit(run_id, project_id).await
     }
 
+    /// Hands a run recorded with this node as its owner (a trigger writes
+    /// the owner with the run) to this node's queue.
+    pub async fn submit_owned(&self, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
+        self.queue.submit(run_id, project_id).await
+    }
+
     pub async fn set_paused(&self, project_id: Uuid, paused: bool) -> Result<(), ServiceError> {
         self.queue.set_paused(project_id, paused).await
     }

@@ -101,10 +101,10 @@ impl Observer<'static> {
     }
 }
 
-/// Whether the node's last heartbeat is within the timeout.
-fn beats(node: &nodes::Model, timeout: Duration) -> bool {
+/// Whether a heartbeat sent `at` is within the timeout.
+fn recent(at: DateTime<Utc>, timeout: Duration) -> bool {
     let limit = chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
-    crate::time::now().signed_duration_since(node.heartbeat_at) <= limit
+    crate::time::now().signed_duration_since(at) <= limit
 }
 
 /// Every node that ever served from this database, the live ones first, as
@@ -233,6 +233,19 @@ pub async fn claim_run(
     node: &str,
 ) -> Result<(), ServiceError> {
     let txn = crate::db::begin_write(db).await?;
+    record_owner(&txn, run_id, node).await?;
+    crate::db::commit(txn).await?;
+    Ok(())
+}
+
+/// Records `node` as the run's owner within the caller's transaction (a
+/// trigger writes it with the run itself: no transaction of its own on the
+/// way from submission to start).
+pub async fn record_owner<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    run_id: Uuid,
+    node: &str,
+) -> Result<(), ServiceError> {
     run_owners::Entity::insert(run_owners::ActiveModel::from(run_owners::Model {
         run_id,
         node_id: node.to_string(),
@@ -243,9 +256,8 @@ pub async fn claim_run(
             .update_columns([run_owners::Column::NodeId, run_owners::Column::ClaimedAt])
             .to_owned(),
     )
-    .exec_without_returning(&txn)
+    .exec_without_returning(db)
     .await?;
-    crate::db::commit(txn).await?;
     Ok(())
 }
 
@@ -384,16 +396,25 @@ pub async fn driven_elsewhere(
     me: &str,
     timeout: Duration,
 ) -> Result<bool, ServiceError> {
-    let Some(owner) = run_owners::Entity::find_by_id(run_id).one(db).await? else {
-        return Ok(false);
-    };
-    if owner.node_id == me {
-        return Ok(false);
-    }
-    Ok(nodes::Entity::find_by_id(owner.node_id)
+    // The owner and its heartbeat in one read: this runs at every
+    // scheduling pass of every run.
+    let owner: Option<(String, Option<DateTime<Utc>>)> = run_owners::Entity::find_by_id(run_id)
+        .select_only()
+        .column(run_owners::Column::NodeId)
+        .column(nodes::Column::HeartbeatAt)
+        .join(
+            sea_orm::JoinType::LeftJoin,
+            run_owners::Entity::belongs_to(nodes::Entity)
+                .from(run_owners::Column::NodeId)
+                .to(nodes::Column::Id)
+                .into(),
+        )
+        .into_tuple()
         .one(db)
-        .await?
-        .is_some_and(|node| beats(&node, timeout)))
+        .await?;
+    Ok(owner.is_some_and(|(node, heartbeat)| {
+        node != me && heartbeat.is_some_and(|at| recent(at, timeout))
+    }))
 }
 
 /// The `cluster_settings` name of the operator's pause of all processing.

@@ -20,6 +20,8 @@ use crate::status::{JobStatus, RunStatus};
 use crate::{Principal, ServiceError, time};
 
 pub struct CreatedRun {
+    /// As written (read it back for what the database made of it, e.g.
+    /// JSON key order).
     pub run: runs::Model,
     pub jobs: Vec<run_jobs::Model>,
     pub audit_id: Uuid,
@@ -37,6 +39,7 @@ pub async fn create_run(
     style_refs: Vec<ResolvedScene>,
     max_attempts: i32,
     max_open_runs: Option<usize>,
+    owner: Option<&str>,
 ) -> Result<CreatedRun, ServiceError> {
     let now = time::now();
     let run_id = Uuid::now_v7();
@@ -118,6 +121,9 @@ pub async fn create_run(
     runs::Entity::insert(runs::ActiveModel::from(run.clone()))
         .exec_without_returning(&txn)
         .await?;
+    if let Some(node) = owner.filter(|_| !dry) {
+        crate::cluster::record_owner(&txn, run_id, node).await?;
+    }
     let mut jobs = Vec::new();
     for (i, scene) in scenes.into_iter().enumerate() {
         let (input, description) = match scene.content {
@@ -234,10 +240,6 @@ pub async fn create_run(
     }
     crate::db::commit(txn).await?;
     hub.publish(event);
-    let run = runs::Entity::find_by_id(run_id)
-        .one(db)
-        .await?
-        .unwrap_or(run);
     Ok(CreatedRun {
         run,
         jobs,

@@ -179,7 +179,7 @@ pub async fn trigger(
         scenes::Prompts::Refused,
     )
     .await?;
-    let created = store::create_run(
+    let mut created = store::create_run(
         db,
         &deps.hub,
         &store_,
@@ -190,10 +190,14 @@ pub async fn trigger(
         style,
         deps.config.job_max_attempts,
         Some(deps.config.max_queued_runs),
+        Some(&deps.node_id),
     )
     .await?;
     if plan.mode == Mode::Run {
-        engine.submit(created.run.id, project.id).await?;
+        // Owned by this node since its commit: straight to the queue, and
+        // only then read back for the answer.
+        engine.submit_owned(created.run.id, project.id).await?;
     }
+    created.run = store::run_by_id(db, created.run.id).await?;
     Ok(Triggered { plan, created })
 }
