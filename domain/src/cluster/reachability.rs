@@ -68,10 +68,13 @@ impl Reachability {
             // every heartbeat.
             let since = state
                 .last_ok
-                .map_or(DateTime::<Utc>::MIN_UTC, |t| t - span(timeout));
+                .and_then(|t| t.checked_sub_signed(span(timeout)))
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
             state.doubt = Some(Doubt {
                 since,
-                until: sent + span(timeout),
+                until: sent
+                    .checked_add_signed(span(timeout))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC),
             });
         }
         state.cut_off = false;
@@ -179,6 +182,15 @@ mod tests {
         r.record(at(15), true, TIMEOUT);
         r.record(at(20), true, TIMEOUT);
         assert!(r.dead_by_heartbeat(at(-1000), at(21), TIMEOUT));
+    }
+
+    #[test]
+    fn a_timeout_beyond_any_date_does_not_panic() {
+        let r = beating_until(10);
+        let forever = Duration::from_millis(u64::MAX);
+        r.record(at(15), false, forever);
+        r.record(at(20), true, forever);
+        assert!(!r.dead_by_heartbeat(at(0), at(25), forever));
     }
 
     #[test]
