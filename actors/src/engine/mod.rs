@@ -317,7 +317,7 @@ impl Engine {
         self.deps
             .deps
             .reachability
-            .record(sent, first.is_ok(), timeout);
+            .record(sent, domain::time::now(), first.is_ok(), timeout);
         let shared = self.deps.clone();
         let every = shared.deps.config.heartbeat;
         let limit = (every * 2).max(Duration::from_secs(1));
@@ -332,7 +332,11 @@ impl Engine {
                     tokio::time::timeout(limit, domain::cluster::heartbeat(&shared.deps.db, &node))
                         .await;
                 let reachable = matches!(beat, Ok(Ok(())));
-                let was = shared.deps.reachability.record(sent, reachable, timeout);
+                let was =
+                    shared
+                        .deps
+                        .reachability
+                        .record(sent, domain::time::now(), reachable, timeout);
                 match beat {
                     Ok(Ok(())) if !was => tracing::warn!("the database is reachable again"),
                     Ok(Ok(())) => {}

@@ -51,9 +51,15 @@ impl Reachability {
         self.state.lock().map(|s| !s.cut_off).unwrap_or(true)
     }
 
-    /// Records the outcome of a heartbeat sent at `sent`; returns whether
-    /// the database was reachable before it.
-    pub fn record(&self, sent: DateTime<Utc>, ok: bool, timeout: Duration) -> bool {
+    /// Records the outcome of a heartbeat sent at `sent` and answered at
+    /// `answered`; returns whether the database was reachable before it.
+    pub fn record(
+        &self,
+        sent: DateTime<Utc>,
+        answered: DateTime<Utc>,
+        ok: bool,
+        timeout: Duration,
+    ) -> bool {
         let Ok(mut state) = self.state.lock() else {
             return true;
         };
@@ -63,16 +69,17 @@ impl Reachability {
             return was;
         }
         if state.cut_off {
-            // Back: the others get a full timeout to beat again. A node that
-            // never reached the database before (it started cut off) doubts
-            // every heartbeat.
+            // Back: the others get a full timeout from now (not from when
+            // this beat was sent: it may have waited for a connection) to
+            // beat again. A node that never reached the database before (it
+            // started cut off) doubts every heartbeat.
             let since = state
                 .last_ok
                 .and_then(|t| t.checked_sub_signed(span(timeout)))
                 .unwrap_or(DateTime::<Utc>::MIN_UTC);
             state.doubt = Some(Doubt {
                 since,
-                until: sent
+                until: answered
                     .checked_add_signed(span(timeout))
                     .unwrap_or(DateTime::<Utc>::MAX_UTC),
             });
@@ -127,7 +134,7 @@ mod tests {
     fn beating_until(last: i64) -> Reachability {
         let r = Reachability::default();
         for t in (0..=last).step_by(5) {
-            r.record(at(t), true, TIMEOUT);
+            r.record(at(t), at(t), true, TIMEOUT);
         }
         r
     }
@@ -143,26 +150,41 @@ mod tests {
     fn after_an_outage_longer_than_the_timeout_stale_peers_get_a_timeout() {
         let r = beating_until(100);
         // Out from 101 to 130: every beat fails.
-        assert!(r.record(at(105), false, TIMEOUT));
+        assert!(r.record(at(105), at(105), false, TIMEOUT));
         for t in [110, 115, 120, 125] {
-            assert!(!r.record(at(t), false, TIMEOUT));
+            assert!(!r.record(at(t), at(t), false, TIMEOUT));
         }
         assert!(!r.reachable());
         // Cut off: nobody is judged, however stale.
         assert!(!r.dead_by_heartbeat(at(99), at(126), TIMEOUT));
-        assert!(!r.record(at(130), true, TIMEOUT));
+        assert!(!r.record(at(130), at(130), true, TIMEOUT));
         assert!(r.reachable());
         // A peer last seen at 99 (beating when the outage began) is given
         // until 145 to beat again...
         assert!(!r.dead_by_heartbeat(at(99), at(131), TIMEOUT));
         assert!(!r.dead_by_heartbeat(at(99), at(144), TIMEOUT));
-        r.record(at(135), true, TIMEOUT);
-        r.record(at(140), true, TIMEOUT);
-        r.record(at(145), true, TIMEOUT);
+        r.record(at(135), at(135), true, TIMEOUT);
+        r.record(at(140), at(140), true, TIMEOUT);
+        r.record(at(145), at(145), true, TIMEOUT);
         // ...and is dead by its heartbeat after that.
         assert!(r.dead_by_heartbeat(at(99), at(146), TIMEOUT));
         // One silent since long before the outage is dead at once.
         assert!(r.dead_by_heartbeat(at(70), at(131), TIMEOUT));
+    }
+
+    #[test]
+    fn the_doubt_runs_a_timeout_from_the_answer_not_from_the_send() {
+        let r = beating_until(100);
+        r.record(at(105), at(106), false, TIMEOUT);
+        // Sent at 120, answered at 129 (it waited for a connection).
+        r.record(at(120), at(129), true, TIMEOUT);
+        r.record(at(125), at(130), true, TIMEOUT);
+        r.record(at(130), at(131), true, TIMEOUT);
+        r.record(at(135), at(136), true, TIMEOUT);
+        r.record(at(140), at(141), true, TIMEOUT);
+        assert!(!r.dead_by_heartbeat(at(99), at(143), TIMEOUT));
+        r.record(at(143), at(144), true, TIMEOUT);
+        assert!(r.dead_by_heartbeat(at(99), at(145), TIMEOUT));
     }
 
     #[test]
@@ -175,12 +197,12 @@ mod tests {
     #[test]
     fn a_node_that_started_cut_off_doubts_every_heartbeat_for_a_timeout() {
         let r = Reachability::default();
-        r.record(at(0), false, TIMEOUT);
-        r.record(at(5), true, TIMEOUT);
+        r.record(at(0), at(0), false, TIMEOUT);
+        r.record(at(5), at(5), true, TIMEOUT);
         assert!(!r.dead_by_heartbeat(at(-1000), at(10), TIMEOUT));
-        r.record(at(10), true, TIMEOUT);
-        r.record(at(15), true, TIMEOUT);
-        r.record(at(20), true, TIMEOUT);
+        r.record(at(10), at(10), true, TIMEOUT);
+        r.record(at(15), at(15), true, TIMEOUT);
+        r.record(at(20), at(20), true, TIMEOUT);
         assert!(r.dead_by_heartbeat(at(-1000), at(21), TIMEOUT));
     }
 
@@ -188,8 +210,8 @@ mod tests {
     fn a_timeout_beyond_any_date_does_not_panic() {
         let r = beating_until(10);
         let forever = Duration::from_millis(u64::MAX);
-        r.record(at(15), false, forever);
-        r.record(at(20), true, forever);
+        r.record(at(15), at(15), false, forever);
+        r.record(at(20), at(20), true, forever);
         assert!(!r.dead_by_heartbeat(at(0), at(25), forever));
     }
 

@@ -27,6 +27,14 @@ const BUDGET: f64 = 3.0;
 
 const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
 
+/// Heartbeat and node timeout of the scenarios that stop PostgreSQL for
+/// longer than the timeout: a second and two, so the nodes come back at
+/// moments apart, and within a timeout of each other as in production.
+const OUTAGE_TIMING: [(&str, &str); 2] = [
+    ("ATELIER_ENGINE__HEARTBEAT_MS", "1000"),
+    ("ATELIER_ENGINE__NODE_TIMEOUT_MS", "2000"),
+];
+
 struct Cluster {
     stub: OpenAiStub,
     deploy: Deployment,
@@ -370,14 +378,7 @@ async fn chaos_postgresql_restarted_mid_run() {
     // others' deaths (adopting their runs would send their in-flight paid
     // calls again). Heartbeats a second apart, so the nodes come back at
     // moments far enough apart for the first to see the others still stale.
-    let cluster = Cluster::start_on(
-        pg.database(),
-        &[
-            ("ATELIER_ENGINE__HEARTBEAT_MS", "1000"),
-            ("ATELIER_ENGINE__NODE_TIMEOUT_MS", "2000"),
-        ],
-    )
-    .await;
+    let cluster = Cluster::start_on(pg.database(), &OUTAGE_TIMING).await;
     let runs = cluster.trigger_one_per_node(6).await;
     let feeds = cluster.follow(2, &runs).await;
     cluster.wait_served(3).await;
@@ -422,7 +423,7 @@ async fn paid_results_arriving_while_postgresql_is_down_are_kept() {
         "PostgreSQL only: scripts/test.sh runs this module on PostgreSQL"
     );
     let pg = PrivatePg::start();
-    let cluster = Cluster::start_on(pg.database(), &[]).await;
+    let cluster = Cluster::start_on(pg.database(), &OUTAGE_TIMING).await;
     cluster.stub.set_latency(Duration::from_secs(3));
     let runs = cluster.trigger_one_per_node(1).await;
     let feeds = cluster.follow(2, &runs).await;
@@ -454,7 +455,7 @@ async fn paid_results_arriving_while_postgresql_is_down_are_kept() {
             .await
             .unwrap()
             .into_iter()
-            .map(|c| (c.status, c.error_code))
+            .map(|c| (c.status, c.error_message))
             .collect();
         let jobs: Vec<(String, Option<String>)> = entities::run_jobs::Entity::find()
             .filter(entities::run_jobs::Column::RunId.eq(run.id))
