@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{ResourceDef, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Compress;
@@ -62,8 +62,10 @@ pub struct AppState {
     pub config: ApiConfig,
     pub started: SystemTime,
     pub routes: RouteCatalogue,
-    /// The served `/openapi.json`, generated once at startup.
-    pub openapi: serde_json::Value,
+    /// The served `/openapi.json`, generated and encoded at its first request:
+    /// building it runs the documentation code of every route and keeps
+    /// megabytes that an idle service (a desktop app) has no use for.
+    openapi: std::sync::OnceLock<actix_web::web::Bytes>,
     pub renders: cache::RenderCache,
     /// Project rows by slug for read requests (see `extract::ProjectAccess`).
     pub project_rows: cache::RowCache<entities::projects::Model>,
@@ -87,7 +89,6 @@ impl AppState {
         config: ApiConfig,
         engine: actors::engine::Engine,
     ) -> Self {
-        let doc = openapi();
         let read_cache_ms = config.read_cache_ms;
         Self {
             db,
@@ -95,40 +96,36 @@ impl AppState {
             roots,
             config,
             started: SystemTime::now(),
-            routes: RouteCatalogue::from_openapi(&doc),
-            openapi: served_openapi(&doc),
+            routes: routes::catalogue(),
+            openapi: std::sync::OnceLock::new(),
             renders: cache::RenderCache::new(std::time::Duration::from_millis(read_cache_ms)),
             project_rows: cache::RowCache::new(std::time::Duration::from_millis(read_cache_ms)),
             engine,
         }
     }
+
+    /// The served `/openapi.json` (see [`served_openapi`]), encoded once.
+    pub fn openapi_document(&self) -> actix_web::web::Bytes {
+        self.openapi
+            .get_or_init(|| {
+                let value = served_openapi(&openapi());
+                serde_json::to_vec(&value).unwrap_or_default().into()
+            })
+            .clone()
+    }
 }
 
-/// The mounted (method, path) pairs, taken from the OpenAPI document that the
-/// handlers themselves generate; used for 404-vs-405 and `/health`.
-#[derive(Clone, Debug)]
+/// The mounted (method, path template) pairs, read from the handlers' own
+/// route attributes (the list the OpenAPI document is generated from); used
+/// for 404-vs-405 and `/health`.
+#[derive(Clone, Debug, Default)]
 pub struct RouteCatalogue {
-    entries: Vec<(Method, String, ResourceDef)>,
+    entries: Vec<(Method, String)>,
 }
 
 impl RouteCatalogue {
-    pub fn from_openapi(doc: &utoipa::openapi::OpenApi) -> Self {
-        let mut entries = Vec::new();
-        for (path, item) in doc.paths.paths.iter() {
-            let methods = [
-                (Method::GET, item.get.is_some()),
-                (Method::POST, item.post.is_some()),
-                (Method::PUT, item.put.is_some()),
-                (Method::DELETE, item.delete.is_some()),
-                (Method::PATCH, item.patch.is_some()),
-            ];
-            for (method, present) in methods {
-                if present {
-                    entries.push((method, path.clone(), ResourceDef::new(path.as_str())));
-                }
-            }
-        }
-        Self { entries }
+    fn add(&mut self, method: Method, template: String) {
+        self.entries.push((method, template));
     }
 
     pub fn len(&self) -> usize {
@@ -144,7 +141,7 @@ impl RouteCatalogue {
         let mut v: Vec<_> = self
             .entries
             .iter()
-            .map(|(m, p, _)| (m.to_string(), p.clone()))
+            .map(|(m, p)| (m.to_string(), p.clone()))
             .collect();
         v.sort();
         v
@@ -155,12 +152,33 @@ impl RouteCatalogue {
         let mut methods: Vec<String> = self
             .entries
             .iter()
-            .filter(|(_, _, def)| def.is_match(path))
-            .map(|(m, _, _)| m.to_string())
+            .filter(|(_, template)| template_matches(template, path))
+            .map(|(m, _)| m.to_string())
             .collect();
         methods.sort();
         methods.dedup();
         methods
+    }
+}
+
+/// Whether `path` is an instance of the route `template`: its segments equal,
+/// a `{param}` segment standing for any non-empty one (actix's `[^/]+`; no
+/// route uses a custom pattern or a parameter inside a segment). Plain
+/// comparison: the regular expressions actix would compile for this cost
+/// ~30 KiB of memory per route.
+fn template_matches(template: &str, path: &str) -> bool {
+    let (mut template, mut path) = (template.split('/'), path.split('/'));
+    loop {
+        match (template.next(), path.next()) {
+            (None, None) => return true,
+            (Some(t), Some(p)) if t.starts_with('{') && t.ends_with('}') => {
+                if p.is_empty() {
+                    return false;
+                }
+            }
+            (Some(t), Some(p)) if t == p => {}
+            _ => return false,
+        }
     }
 }
 
@@ -351,4 +369,51 @@ async fn unmatched(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse
             .insert(actix_web::http::header::ALLOW, allow);
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_lists_exactly_the_documented_routes() {
+        let doc = openapi();
+        let mut documented = Vec::new();
+        for (path, item) in doc.paths.paths.iter() {
+            for (method, present) in [
+                ("GET", item.get.is_some()),
+                ("POST", item.post.is_some()),
+                ("PUT", item.put.is_some()),
+                ("DELETE", item.delete.is_some()),
+                ("PATCH", item.patch.is_some()),
+            ] {
+                if present {
+                    documented.push((method.to_string(), path.clone()));
+                }
+            }
+        }
+        documented.sort();
+        assert_eq!(routes::catalogue().pairs(), documented);
+    }
+
+    #[test]
+    fn a_template_matches_whole_segments_only() {
+        let t = "/api/projects/{slug}/runs/{run_id}";
+        assert!(template_matches(t, "/api/projects/a/runs/1"));
+        assert!(!template_matches(t, "/api/projects//runs/1"));
+        assert!(!template_matches(t, "/api/projects/a/runs/1/"));
+        assert!(!template_matches(t, "/api/projects/a/runs"));
+        assert!(!template_matches(t, "/api/projects/a/b/runs/1"));
+        assert!(!template_matches(t, "/api/projects/a/jobs/1"));
+        assert!(template_matches("/health", "/health"));
+        assert!(!template_matches("/health", "/healthz"));
+    }
+
+    #[test]
+    fn methods_on_a_path_come_from_every_route_that_matches_it() {
+        let routes = routes::catalogue();
+        let methods = routes.methods_on("/api/projects/demo");
+        assert!(methods.contains(&"GET".to_string()), "{methods:?}");
+        assert!(routes.methods_on("/api/nothing-here").is_empty());
+    }
 }

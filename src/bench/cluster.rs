@@ -87,10 +87,20 @@ impl Cluster {
             None => return Err(err("--database-url must name a database")),
         };
         let dir = data_dir.join(&name);
-        std::fs::create_dir_all(&dir)?;
+        let db = match std::fs::create_dir_all(&dir).map_err(CliError::from) {
+            Ok(()) => Database::connect(&url).await.map_err(err),
+            Err(e) => Err(e),
+        };
+        let db = match db {
+            Ok(db) => db,
+            Err(e) => {
+                drop_database(admin_url, &name).await;
+                return Err(e);
+            }
+        };
         let mut cluster = Self {
             nodes: Vec::new(),
-            db: Database::connect(&url).await.map_err(err)?,
+            db,
             url,
             admin_url: admin_url.to_string(),
             name,
@@ -101,19 +111,25 @@ impl Cluster {
                 .collect(),
             http: reqwest::Client::new(),
         };
-        for i in 0..nodes {
-            let node = cluster.spawn(&format!("bench-node-{i}")).await?;
-            cluster.nodes.push(node);
+        let started = async {
+            for i in 0..nodes {
+                let node = cluster.spawn(&format!("bench-node-{i}")).await?;
+                cluster.nodes.push(node);
+            }
+            cluster
+                .call(
+                    0,
+                    "POST",
+                    "/api/projects",
+                    json!({"name": "Bench", "slug": "bench"}),
+                )
+                .await
         }
-        cluster
-            .call(
-                0,
-                "POST",
-                "/api/projects",
-                json!({"name": "Bench", "slug": "bench"}),
-            )
-            .await?;
-        Ok(cluster)
+        .await;
+        match started {
+            Ok(_) => Ok(cluster),
+            Err(e) => cluster.finish(Err(e)).await,
+        }
     }
 
     async fn spawn(&self, id: &str) -> Result<Node, CliError> {
@@ -229,7 +245,10 @@ impl Cluster {
         }
     }
 
-    async fn stop(mut self) {
+    /// Stops the nodes and drops the database, whatever `outcome` is; the
+    /// nodes' data directory (their logs) is removed after a success and
+    /// kept, and named, after a failure.
+    async fn finish<T>(mut self, outcome: Result<T, CliError>) -> Result<T, CliError> {
         for node in &mut self.nodes {
             node.kill();
         }
@@ -237,16 +256,26 @@ impl Cluster {
             let _ = node.child.wait().await;
         }
         self.db.close().await.ok();
-        if let Ok(admin) = Database::connect(&self.admin_url).await {
-            let _ = admin
-                .execute_unprepared(&format!(
-                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                    self.name
-                ))
-                .await;
-            admin.close().await.ok();
+        drop_database(&self.admin_url, &self.name).await;
+        match outcome {
+            Ok(value) => {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                Ok(value)
+            }
+            Err(e) => Err(err(format!(
+                "{e} (the nodes' logs are kept in {})",
+                self.dir.display()
+            ))),
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn drop_database(admin_url: &str, name: &str) {
+    if let Ok(admin) = Database::connect(admin_url).await {
+        let _ = admin
+            .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await;
+        admin.close().await.ok();
     }
 }
 
@@ -518,6 +547,7 @@ async fn feed_latency(
             .await
             .map_err(err)?;
         tasks.push(tokio::spawn(async move {
+            // (run, seq, latency in ms) of every event received.
             let mut seen = Vec::new();
             let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
             while let Ok(Some(Ok(msg))) = tokio::time::timeout_at(deadline, ws.next()).await {
@@ -526,18 +556,20 @@ async fn feed_latency(
                 let Ok(v) = serde_json::from_str::<Value>(&text) else {
                     continue;
                 };
-                let Some(at) = v["timestamp"]
-                    .as_str()
-                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                else {
+                let (Some(at), Some(run), Some(seq)) = (
+                    v["timestamp"]
+                        .as_str()
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok()),
+                    v["run_id"].as_str().and_then(|r| r.parse::<Uuid>().ok()),
+                    v["seq"].as_i64(),
+                ) else {
                     continue;
                 };
-                seen.push(
-                    (arrived - at.with_timezone(&Utc))
-                        .num_microseconds()
-                        .unwrap_or(0) as f64
-                        / 1000.0,
-                );
+                let ms = (arrived - at.with_timezone(&Utc))
+                    .num_microseconds()
+                    .unwrap_or(0) as f64
+                    / 1000.0;
+                seen.push((run, seq, ms));
                 if v["event_type"] == "run.finished" {
                     break;
                 }
@@ -545,16 +577,47 @@ async fn feed_latency(
             seen
         }));
     }
-    cluster.trigger(drive, scenes, first).await?;
+    let run = cluster.trigger(drive, scenes, first).await?;
     let mut all = Vec::new();
-    let mut events = 0;
+    let mut received = Vec::new();
     for t in tasks {
-        let seen = t.await.map_err(err)?;
-        events = events.max(seen.len());
-        all.extend(seen);
+        let seen: Vec<_> = t
+            .await
+            .map_err(err)?
+            .into_iter()
+            .filter(|(r, _, _)| *r == run)
+            .collect();
+        received.push(seen.iter().map(|(_, seq, _)| *seq).collect::<Vec<_>>());
+        all.extend(seen.into_iter().map(|(_, _, ms)| ms));
+    }
+    // A latency figure means nothing if events went missing: every client
+    // must have received every event of the run up to its end, in order.
+    let committed = cluster
+        .scalar(&format!(
+            "SELECT count(*) FROM run_events WHERE run_id = '{run}' AND seq <= \
+             (SELECT max(seq) FROM run_events WHERE run_id = '{run}' AND event_type = 'run.finished')"
+        ))
+        .await?;
+    if committed == 0 {
+        return Err(err(format!("run {run} did not finish")));
+    }
+    if let Some((client, seqs)) = received
+        .iter()
+        .enumerate()
+        .find(|(_, seqs)| !gap_free(seqs, committed))
+    {
+        return Err(err(format!(
+            "feed client {client} received {} of the run's {committed} events (not every one, or out of order)",
+            seqs.len()
+        )));
     }
     all.sort_by(f64::total_cmp);
-    Ok((all, events))
+    Ok((all, committed as usize))
+}
+
+/// `seqs` is 1, 2, ..., `count`.
+fn gap_free(seqs: &[i64], count: i64) -> bool {
+    seqs.len() as i64 == count && seqs.iter().zip(1..).all(|(seq, want)| *seq == want)
 }
 
 // ------------------------------------------------------------------ report
@@ -624,22 +687,30 @@ async fn engine_parts(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError
     let mut by_nodes = Vec::new();
     for &n in &o.nodes {
         let cluster = Cluster::start(at.admin_url, at.data_dir, n, &base_env).await?;
-        let (mut engine, mut bare, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..o.rounds {
-            let e = throughput(&cluster, o.jobs, round).await?;
-            let b = bare_loop(&cluster.url, pool * n as u32, o.jobs).await?;
-            engine.push(e);
-            bare.push(b);
-            ratio.push(e / b);
+        let measured = async {
+            let (mut engine, mut bare, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..o.rounds {
+                let e = throughput(&cluster, o.jobs, round).await?;
+                let b = bare_loop(&cluster.url, pool * n as u32, o.jobs).await?;
+                engine.push(e);
+                bare.push(b);
+                ratio.push(e / b);
+            }
+            let mut latency = Vec::new();
+            if n == *o.nodes.iter().max().unwrap_or(&1) {
+                latency = submit_to_start(&cluster, o.samples).await?;
+            }
+            Ok((engine, bare, ratio, latency))
         }
+        .await;
+        let (engine, bare, ratio, mut lat) = cluster.finish(measured).await?;
         let (e, b, r) = (spread(engine), spread(bare), spread(ratio));
         println!(
             "{n:>6} {:>8.0} / {:>6.0} / {:>6.0} {:>8.0} / {:>6.0} / {:>6.0} {:>6.2} / {:>5.2} / {:>5.2}",
             e.0, e.1, e.2, b.0, b.1, b.2, r.0, r.1, r.2
         );
         by_nodes.push((n, e.1));
-        if n == *o.nodes.iter().max().unwrap_or(&1) {
-            let mut lat = submit_to_start(&cluster, o.samples).await?;
+        if !lat.is_empty() {
             lat.sort_by(f64::total_cmp);
             println!(
                 "2. submit-to-start on an idle cluster of {n} nodes, {} runs: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -649,7 +720,6 @@ async fn engine_parts(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError
                 percentile(&lat, 1.0)
             );
         }
-        cluster.stop().await;
     }
     if let (Some(first), Some(last)) = (by_nodes.first(), by_nodes.last()) {
         println!(
@@ -671,10 +741,21 @@ async fn rescue_parts(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError
         ("ATELIER_PROVIDERS__LOCAL__LATENCY_MS", "3000".to_string()),
     ];
     let mut cluster = Cluster::start(at.admin_url, at.data_dir, 3, &slow_env).await?;
-    let mut rescues = Vec::new();
-    for round in 0..o.rounds {
-        rescues.push(rescue(&mut cluster, round).await?);
+    let measured = async {
+        let mut rescues = Vec::new();
+        for round in 0..o.rounds {
+            rescues.push(rescue(&mut cluster, round).await?);
+        }
+        let (mut recorded, mut stopped) = (Vec::new(), Vec::new());
+        for round in 0..o.rounds {
+            let (a, b) = cancel_across(&cluster, round).await?;
+            recorded.push(a * 1000.0);
+            stopped.push(b * 1000.0);
+        }
+        Ok((rescues, recorded, stopped))
     }
+    .await;
+    let (rescues, recorded, stopped) = cluster.finish(measured).await?;
     let r = spread(rescues);
     println!(
         "3. rescue after SIGKILL of a node with jobs in flight (3 nodes, heartbeat {} ms): min / median / max {:.2} / {:.2} / {:.2} s = {:.2} / {:.2} / {:.2} x heartbeat",
@@ -686,19 +767,11 @@ async fn rescue_parts(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError
         r.1 * 1000.0 / o.heartbeat_ms as f64,
         r.2 * 1000.0 / o.heartbeat_ms as f64
     );
-    let (mut recorded, mut stopped) = (Vec::new(), Vec::new());
-    for round in 0..o.rounds {
-        let (a, b) = cancel_across(&cluster, round).await?;
-        recorded.push(a * 1000.0);
-        stopped.push(b * 1000.0);
-    }
     let (a, b) = (spread(recorded), spread(stopped));
     println!(
         "4. cancel sent to one node, run driven by another (jobs of 3 s in flight): recorded canceled {:.0} / {:.0} / {:.0} ms, no job running {:.0} / {:.0} / {:.0} ms (min / median / max)",
         a.0, a.1, a.2, b.0, b.1, b.2
     );
-    cluster.stop().await;
-
     Ok(())
 }
 
@@ -716,18 +789,23 @@ async fn feed_part(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError> {
         "5. feed, event committed -> received, {} clients, min / median / max of {} rounds (ms):",
         o.clients, o.rounds
     );
-    let (mut same, mut across) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-    let mut events = 0;
-    for round in 0..o.rounds {
-        let first = 4_000_000 + round * 1000;
-        let (s, _) = feed_latency(&cluster, 1, 1, o.clients, 200, first).await?;
-        let (x, n) = feed_latency(&cluster, 0, 1, o.clients, 200, first + 500).await?;
-        events = n;
-        same.0.push(percentile(&s, 0.5));
-        same.1.push(percentile(&s, 0.99));
-        across.0.push(percentile(&x, 0.5));
-        across.1.push(percentile(&x, 0.99));
+    let measured = async {
+        let (mut same, mut across) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        let mut events = 0;
+        for round in 0..o.rounds {
+            let first = 4_000_000 + round * 1000;
+            let (s, _) = feed_latency(&cluster, 1, 1, o.clients, 200, first).await?;
+            let (x, n) = feed_latency(&cluster, 0, 1, o.clients, 200, first + 500).await?;
+            events = n;
+            same.0.push(percentile(&s, 0.5));
+            same.1.push(percentile(&s, 0.99));
+            across.0.push(percentile(&x, 0.5));
+            across.1.push(percentile(&x, 0.99));
+        }
+        Ok((same, across, events))
     }
+    .await;
+    let (same, across, events) = cluster.finish(measured).await?;
     for (label, (p50, p99)) in [("same node (baseline)", same), ("across nodes", across)] {
         let (a, b) = (spread(p50), spread(p99));
         println!(
@@ -735,7 +813,6 @@ async fn feed_part(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError> {
             a.0, a.1, a.2, b.0, b.1, b.2
         );
     }
-    cluster.stop().await;
     Ok(())
 }
 
@@ -750,5 +827,14 @@ mod tests {
         assert_eq!(percentile(&v, 0.5), 51.0);
         assert_eq!(percentile(&v, 0.99), 99.0);
         assert!(spread(Vec::new()).0.is_nan());
+    }
+
+    #[test]
+    fn a_feed_with_a_gap_or_out_of_order_is_not_complete() {
+        assert!(gap_free(&[1, 2, 3], 3));
+        assert!(!gap_free(&[1, 3], 3));
+        assert!(!gap_free(&[1, 3, 2], 3));
+        assert!(!gap_free(&[1, 2, 3], 4));
+        assert!(!gap_free(&[2, 3, 4], 3));
     }
 }

@@ -71,5 +71,7 @@ pub async fn health(state: web::Data<AppState>) -> ApiResult<web::Json<HealthRes
 #[utoipa::path(tag = "system", security(()), responses((status = 200, description = "OpenAPI 3.1 document")))]
 #[get("/openapi.json")]
 pub async fn openapi_json(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(&state.openapi)
+    HttpResponse::Ok()
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(state.openapi_document())
 }

@@ -154,3 +154,34 @@ pub fn configure(cfg: &mut actix_web::web::ServiceConfig) {
 pub fn configure_documented(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     every_route!(cfg);
 }
+
+/// The mounted (method, path template) pairs, from the same list, without
+/// building the API document.
+pub fn catalogue() -> crate::RouteCatalogue {
+    let mut catalogue = Catalogue::default();
+    every_route!(catalogue);
+    catalogue.0
+}
+
+#[derive(Default)]
+struct Catalogue(crate::RouteCatalogue);
+
+impl Catalogue {
+    fn service<H: utoipa::Path>(&mut self, _handler: H) -> &mut Self {
+        use utoipa::openapi::path::HttpMethod;
+        for method in H::methods() {
+            let method = match method {
+                HttpMethod::Get => actix_web::http::Method::GET,
+                HttpMethod::Post => actix_web::http::Method::POST,
+                HttpMethod::Put => actix_web::http::Method::PUT,
+                HttpMethod::Delete => actix_web::http::Method::DELETE,
+                HttpMethod::Patch => actix_web::http::Method::PATCH,
+                HttpMethod::Head => actix_web::http::Method::HEAD,
+                HttpMethod::Options => actix_web::http::Method::OPTIONS,
+                HttpMethod::Trace => actix_web::http::Method::TRACE,
+            };
+            self.0.add(method, H::path());
+        }
+        self
+    }
+}
