@@ -105,8 +105,11 @@ def workload(port, token):
 def serve_round(binary, idle, env_extra):
     data = tempfile.mkdtemp(prefix="atelier-footprint-")
     port = free_port()
-    env = dict(os.environ, RUST_LOG="warn", **env_extra)
+    # The service's default log level (info), as users run it.
+    env = dict(os.environ, **env_extra)
     env.pop("DATABASE_URL", None)
+    if "RUST_LOG" not in env_extra:
+        env.pop("RUST_LOG", None)
     started = time.monotonic()
     proc = subprocess.Popen([binary, "--data-dir", data, "serve", "--bind", f"127.0.0.1:{port}"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
