@@ -21,6 +21,7 @@ name the binary no longer has is skipped by the linker; nothing breaks).
 import argparse
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,13 +96,14 @@ def main():
     dumps = sorted(os.path.join(work, f) for f in os.listdir(work) if f.startswith("callgrind.out"))
     first = [d for d in dumps if d.endswith(".1")]
     if not first:
-        sys.exit(f"no start-up dump among {dumps}")
+        sys.exit(f"no start-up dump among {dumps} (kept in {work})")
     symbols = text_symbols(args.bin)
     startup = executed(first[0]) & symbols.keys()
     later = set()
     for d in dumps:
         if d not in first:
             later |= executed(d)
+    shutil.rmtree(work, ignore_errors=True)
     later = (later & symbols.keys()) - startup
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
