@@ -599,7 +599,9 @@ async fn feed_latency(
         ))
         .await?;
     if committed == 0 {
-        return Err(err(format!("run {run} did not finish")));
+        return Err(err(format!(
+            "run {run} had not finished when the feed clients stopped (a connection closed, or 120 s passed)"
+        )));
     }
     if let Some((client, seqs)) = received
         .iter()
