@@ -88,8 +88,8 @@ def main():
                                    timeout=600)
         r = f"/api/projects/order/runs/{run['run_id']}"
         _, jobs = footprint.request(port, "GET", f"{r}/jobs", token, timeout=120)
-        # Every read scripts/bench-read-path.sh measures: code left out of
-        # the list ends up far from the code it calls.
+        # Every read scripts/bench-read-path.sh measures, so that the code of
+        # each hot read is in the list (placed near what it calls).
         for path in ["/api/projects", "/api/projects/order", "/auth/tokens",
                      "/api/projects/order/runs", "/api/projects/order/assets",
                      "/api/projects/order/assets?kind=generated&limit=50", r, f"{r}/jobs",
