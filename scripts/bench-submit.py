@@ -20,12 +20,15 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+free_port = __import__("bench-footprint").free_port
 
 STEPS = [
     ("sent -> run written", 0, 1),
@@ -34,14 +37,6 @@ STEPS = [
     ("run started -> first job leased", 3, 4),
     ("sent -> first job leased", 0, 4),
 ]
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def psql(url, sql):

@@ -87,11 +87,11 @@ impl Cluster {
             None => return Err(err("--database-url must name a database")),
         };
         let dir = data_dir.join(&name);
-        let db = match std::fs::create_dir_all(&dir).map_err(CliError::from) {
-            Ok(()) => Database::connect(&url).await.map_err(err),
-            Err(e) => Err(e),
+        let db = async {
+            std::fs::create_dir_all(&dir)?;
+            Database::connect(&url).await.map_err(err)
         };
-        let db = match db {
+        let db = match db.await {
             Ok(db) => db,
             Err(e) => {
                 drop_database(admin_url, &name).await;
