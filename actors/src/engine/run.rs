@@ -28,8 +28,9 @@ pub struct RunActor {
     /// The run's span (a child of the submitting request's, when there was
     /// one): its scheduling, its workers and their job bodies run in it.
     span: Span,
-    /// The project's object store, resolved on the first lease.
-    store: Option<storage::ProjectFiles>,
+    /// The run as its first lease read it and the project's object store,
+    /// shared by its workers.
+    cached: Option<(Arc<entities::runs::Model>, storage::ProjectFiles)>,
     scheduling: bool,
     /// A pass was requested while one was in flight: run another after it.
     rescan: bool,
@@ -51,7 +52,7 @@ impl RunActor {
             owner,
             running: HashSet::new(),
             span: tracing::info_span!(parent: origin, "run", %run_id, %project_id),
-            store: None,
+            cached: None,
             scheduling: false,
             rescan: false,
             finished: false,
@@ -78,8 +79,8 @@ impl RunActor {
             .config
             .max_jobs_per_run
             .saturating_sub(self.running.len());
-        let cached_store = self.store.clone();
-        async move { lifecycle::next_step(&deps, run_id, &mine, room, cached_store).await }
+        let cached = self.cached.clone();
+        async move { lifecycle::next_step(&deps, run_id, &mine, room, cached).await }
             .instrument(self.span.clone())
             .into_actor(self)
             .map(|result, act, ctx| {
@@ -92,12 +93,12 @@ impl RunActor {
                         store,
                         jobs,
                     }) => {
-                        act.store = Some((*store).clone());
+                        act.cached = Some((run.clone(), (*store).clone()));
                         for job in jobs {
                             act.running.insert(job.id);
                             WorkerActor::new(
                                 act.deps.clone(),
-                                (*run).clone(),
+                                run.clone(),
                                 job,
                                 (provider_code.clone(), provider.clone()),
                                 (*store).clone(),

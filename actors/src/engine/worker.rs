@@ -19,7 +19,7 @@ use domain::runs::pipeline::{self, JobEnv};
 
 pub struct WorkerActor {
     deps: Arc<Shared>,
-    run: runs::Model,
+    run: Arc<runs::Model>,
     job: run_jobs::Model,
     /// The run's provider code and provider, resolved once by the RunActor
     /// (`None`: not configured here).
@@ -34,7 +34,7 @@ pub struct WorkerActor {
 impl WorkerActor {
     pub fn new(
         deps: Arc<Shared>,
-        run: runs::Model,
+        run: Arc<runs::Model>,
         job: run_jobs::Model,
         provider: (String, Option<Arc<dyn ImageProvider>>),
         store: ProjectFiles,

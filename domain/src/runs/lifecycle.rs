@@ -100,7 +100,7 @@ pub async fn start(
 /// What a scheduling pass of a run found to do.
 pub enum Step {
     Start {
-        run: Box<runs::Model>,
+        run: std::sync::Arc<runs::Model>,
         /// The run's provider code and the provider, resolved here once for
         /// all its jobs (`None`: not configured on this node; the jobs fail).
         provider_code: String,
@@ -125,15 +125,36 @@ pub async fn next_step(
     run_id: Uuid,
     mine: &[Uuid],
     room: usize,
-    cached_store: Option<storage::ProjectFiles>,
+    cached: Option<(std::sync::Arc<runs::Model>, storage::ProjectFiles)>,
 ) -> Result<Step, ServiceError> {
     if !deps.reachability.reachable() {
         // Cut off from the database: nothing is leased until it is back
         // (another node may be adopting this node's runs meanwhile).
         return Ok(Step::Wait);
     }
-    let Some(run) = runs::Entity::find_by_id(run_id).one(&deps.db).await? else {
-        return Ok(Step::Finish);
+    // The run as its first pass read it (what the workers use does not
+    // change while it runs), and its status as of now: the whole row, plan
+    // included, is read once, not at every job's end.
+    let (run, status) = match &cached {
+        Some((run, _)) => {
+            let status: Option<String> = runs::Entity::find_by_id(run_id)
+                .select_only()
+                .column(runs::Column::Status)
+                .into_tuple()
+                .one(&deps.db)
+                .await?;
+            match status {
+                Some(status) => (run.clone(), status),
+                None => return Ok(Step::Finish),
+            }
+        }
+        None => match runs::Entity::find_by_id(run_id).one(&deps.db).await? {
+            Some(run) => {
+                let status = run.status.clone();
+                (std::sync::Arc::new(run), status)
+            }
+            None => return Ok(Step::Finish),
+        },
     };
     let elsewhere =
         crate::cluster::driven_elsewhere(&deps.db, run_id, &deps.node_id, deps.config.node_timeout)
@@ -200,7 +221,7 @@ pub async fn next_step(
         });
     let ids: Vec<Uuid> = expired.into_iter().map(|(id, _, _)| id).collect();
     reclaim(deps, ids, dead.into_iter().collect(), now).await?;
-    if run.status == RunStatus::Canceled {
+    if status == RunStatus::Canceled {
         // Finished once no other live worker still holds one of its jobs.
         return Ok(if others_live.is_empty() {
             Step::Finish
@@ -295,8 +316,8 @@ pub async fn next_step(
     if leased.is_empty() {
         return Ok(Step::Wait);
     }
-    let store = match cached_store {
-        Some(store) => store,
+    let store = match cached {
+        Some((_, store)) => store,
         None => {
             let project = projects::Entity::find_by_id(run.project_id)
                 .one(&deps.db)
@@ -311,7 +332,7 @@ pub async fn next_step(
         .unwrap_or_else(|| super::plan::DEFAULT_PROVIDER.to_string());
     let provider = deps.provider(&code);
     Ok(Step::Start {
-        run: Box::new(run),
+        run,
         provider_code: code,
         provider,
         store: Box::new(store),

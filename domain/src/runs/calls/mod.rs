@@ -70,29 +70,34 @@ pub(super) enum Attempted<T> {
     Interrupted,
 }
 
-/// Whether the run or this job was canceled; reads two status columns.
+/// Whether the run or this job was canceled: both status columns in one
+/// read (it runs before every call that had to wait for a place).
 pub(super) async fn canceled<C: ConnectionTrait>(
     db: &C,
     run_id: Uuid,
     job_id: Uuid,
 ) -> Result<bool, ServiceError> {
-    use sea_orm::QuerySelect;
-    let run: Option<String> = runs::Entity::find_by_id(run_id)
-        .select_only()
-        .column(runs::Column::Status)
-        .into_tuple()
-        .one(db)
-        .await?;
-    if run.is_none_or(|s| s == RunStatus::Canceled) {
-        return Ok(true);
-    }
-    let job: Option<String> = run_jobs::Entity::find_by_id(job_id)
+    use sea_orm::{JoinType, QuerySelect};
+    let statuses: Option<(String, Option<String>)> = run_jobs::Entity::find_by_id(job_id)
         .select_only()
         .column(run_jobs::Column::Status)
+        .column(runs::Column::Status)
+        .join(
+            JoinType::LeftJoin,
+            run_jobs::Entity::belongs_to(runs::Entity)
+                .from(run_jobs::Column::RunId)
+                .to(runs::Column::Id)
+                .into(),
+        )
+        .filter(run_jobs::Column::RunId.eq(run_id))
         .into_tuple()
         .one(db)
         .await?;
-    Ok(job.is_none_or(|s| s == JobStatus::Canceled))
+    Ok(match statuses {
+        Some((job, Some(run))) => job == JobStatus::Canceled || run == RunStatus::Canceled,
+        // The job or its run is gone: nothing more is done for it.
+        _ => true,
+    })
 }
 
 /// Attempts `call` until it delivers, gives up, is canceled or interrupted.
