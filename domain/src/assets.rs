@@ -104,7 +104,7 @@ pub async fn put_unsynced<C: ConnectionTrait>(
 async fn put_with<C: ConnectionTrait>(
     db: &C,
     files: &ProjectFiles,
-    asset: NewAsset<'_>,
+    mut asset: NewAsset<'_>,
     sha256: Option<String>,
     defer_sync: bool,
 ) -> Result<Stored, ServiceError> {
@@ -117,13 +117,69 @@ async fn put_with<C: ConnectionTrait>(
         });
     }
     let key = ObjectKey::parse(asset.key)?;
-    let size = asset.bytes.len() as i64;
+    let size = asset.bytes.len();
+    let bytes = std::mem::take(&mut asset.bytes);
     let (backend, unsynced) = if defer_sync {
-        files.put_unsynced(&key, asset.bytes).await?
+        files.put_unsynced(&key, bytes).await?
     } else {
-        (files.put(&key, asset.bytes).await?, None)
+        (files.put(&key, bytes).await?, None)
     };
-    let row = assets::Model {
+    Ok(Stored {
+        row: new_row(asset, backend, &key, sha, size),
+        fresh: true,
+        unsynced,
+    })
+}
+
+/// Like [`put_unsynced`], for a file the caller already wrote under
+/// `asset.key` in the project's local root (`ProjectFiles::local_writer`,
+/// in the blocking call that made it, sparing a hop): its row, or the
+/// project's existing asset with the same content — then the file just
+/// written goes again (unless it is that asset's own file, which must then
+/// be synced before the rows commit: it was just replaced).
+pub async fn adopt_written<C: ConnectionTrait>(
+    db: &C,
+    files: &ProjectFiles,
+    asset: NewAsset<'_>,
+    sha256: String,
+    written: storage::Unsynced,
+) -> Result<Stored, ServiceError> {
+    let backend = files.backend();
+    let key = ObjectKey::parse(asset.key)?;
+    let size = asset.bytes.len();
+    if let Some(row) = existing(db, asset.project_id, asset.kind, &sha256, backend).await? {
+        if row.storage_key == key.as_str() {
+            return Ok(Stored {
+                row,
+                fresh: false,
+                unsynced: Some(written),
+            });
+        }
+        if let Err(e) = files.delete_in(backend, &key).await {
+            tracing::warn!(key = key.as_str(), error = %e, "a duplicate file could not be removed");
+        }
+        return Ok(Stored {
+            row,
+            fresh: false,
+            unsynced: None,
+        });
+    }
+    Ok(Stored {
+        row: new_row(asset, backend, &key, sha256, size),
+        fresh: true,
+        unsynced: Some(written),
+    })
+}
+
+/// A fresh asset's row; `size`: its file's length in bytes.
+fn new_row(
+    asset: NewAsset<'_>,
+    backend: &str,
+    key: &ObjectKey,
+    sha256: String,
+    size: usize,
+) -> assets::Model {
+    assets::Model {
         id: Uuid::now_v7(),
         project_id: asset.project_id,
         kind: asset.kind.to_string(),
@@ -133,19 +189,14 @@ async fn put_with<C: ConnectionTrait>(
         mime_type: Some(asset.mime.to_string()),
         width: Some(asset.width as i32),
         height: Some(asset.height as i32),
-        byte_size: Some(size),
-        sha256: Some(sha),
+        byte_size: Some(size as i64),
+        sha256: Some(sha256),
         run_id: asset.run_id,
         job_id: asset.job_id,
         candidate_id: asset.candidate_id,
         metadata_json: asset.metadata,
         created_at: time::now(),
-    };
-    Ok(Stored {
-        row,
-        fresh: true,
-        unsynced,
-    })
+    }
 }
 
 pub async fn load_bytes<C: ConnectionTrait>(

@@ -38,3 +38,23 @@ pub async fn run<T: Send + 'static>(
     .await
     .map_err(|e| CpuError(e.to_string()))
 }
+
+/// Like [`run`], then `io` on the same blocking thread once the core is
+/// released: file work that follows image work costs no second hop, and
+/// does not hold a core while it waits for the disk.
+pub async fn run_then<T: Send + 'static, U: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+    io: impl FnOnce(T) -> U + Send + 'static,
+) -> Result<U, CpuError> {
+    let permit = slots()
+        .acquire_owned()
+        .await
+        .map_err(|e| CpuError(e.to_string()))?;
+    tokio::task::spawn_blocking(move || {
+        let out = work();
+        drop(permit);
+        io(out)
+    })
+    .await
+    .map_err(|e| CpuError(e.to_string()))
+}

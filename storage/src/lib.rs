@@ -16,4 +16,4 @@ mod store;
 
 pub use deferred::{Unsynced, sync_files};
 pub use project::{ProjectFiles, S3Location};
-pub use store::{ObjectKey, ObjectStore, RemoteObject, S3Config, StorageError};
+pub use store::{LocalWriter, ObjectKey, ObjectStore, RemoteObject, S3Config, StorageError};

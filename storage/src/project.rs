@@ -90,6 +90,17 @@ impl ProjectFiles {
         Ok(self.local.backend())
     }
 
+    /// Where new files can be written from a blocking thread: the local
+    /// root, unless S3 is the primary backend (then `None`: use
+    /// [`Self::put_unsynced`]).
+    pub fn local_writer(&self) -> Option<crate::LocalWriter> {
+        match &self.s3 {
+            S3Location::Ready { primary: true, .. }
+            | S3Location::Unreachable { primary: true, .. } => None,
+            _ => self.local.local_writer(),
+        }
+    }
+
     /// Like [`Self::put`], with a local file's sync left to the caller
     /// ([`crate::sync_files`], before any row pointing at it commits).
     pub async fn put_unsynced(

@@ -109,6 +109,27 @@ fn through_a_link(root: &std::path::Path, key: &str) -> bool {
     false
 }
 
+/// Writes into a local store's root from a blocking thread: the same link
+/// check and temporary-name-then-rename as [`ObjectStore::put_unsynced`].
+#[derive(Clone, Debug)]
+pub struct LocalWriter {
+    root: std::path::PathBuf,
+}
+
+impl LocalWriter {
+    /// Writes `bytes` under `key`, complete under its final name but not
+    /// synced (see [`crate::sync_files`]). Blocking.
+    pub fn write_unsynced(&self, key: &str, bytes: &[u8]) -> Result<crate::Unsynced, StorageError> {
+        let key = ObjectKey::parse(key)?;
+        if through_a_link(&self.root, key.as_str()) {
+            return Err(StorageError::NotFound(key.as_str().to_string()));
+        }
+        let path = self.root.join(key.as_str());
+        crate::deferred::write_in_place(&path, bytes)?;
+        Ok(crate::Unsynced::new(&self.root, path))
+    }
+}
+
 /// An object as a listing or a `stat` shows it.
 #[derive(Clone, Debug)]
 pub struct RemoteObject {
@@ -245,16 +266,16 @@ impl ObjectStore {
             .ok_or_else(|| StorageError::InvalidKey(key.as_str().to_string()))?;
         let key = key.as_str().to_string();
         // The link check and the write on one blocking thread, one hop.
-        tokio::task::spawn_blocking(move || {
-            if through_a_link(&root, &key) {
-                return Err(StorageError::NotFound(key));
-            }
-            let path = root.join(&key);
-            crate::deferred::write_in_place(&path, &bytes)?;
-            Ok(crate::Unsynced::new(&root, path))
-        })
-        .await
-        .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
+        tokio::task::spawn_blocking(move || LocalWriter { root }.write_unsynced(&key, &bytes))
+            .await
+            .map_err(|e| StorageError::Io(std::io::Error::other(e)))?
+    }
+
+    /// A local store's writer for a blocking thread (`None` for other
+    /// backends), so work already there can write its file without another
+    /// hop.
+    pub fn local_writer(&self) -> Option<LocalWriter> {
+        self.root.clone().map(|root| LocalWriter { root })
     }
 
     /// Stores the local file `from` under `key` without holding it in

@@ -211,6 +211,23 @@ async fn identical_outputs_are_one_asset_within_a_project() {
         before,
         "the second run stored no second copy of any file"
     );
+    // Nor left one on disk: its output, written before the lookup found
+    // the first run's, was removed again (only its run log is its own).
+    let second_id = second["run_id"].as_str().unwrap().to_string();
+    let mut left = Vec::new();
+    let mut dirs = vec![app.data_dir.path().to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.to_string_lossy().contains(&second_id) && !path.ends_with("run-log.json")
+            {
+                left.push(path);
+            }
+        }
+    }
+    assert!(left.is_empty(), "duplicate files left behind: {left:?}");
     // The lineage edges exist once each.
     let links = entities::asset_links::Entity::find()
         .all(&app.db)
