@@ -26,17 +26,7 @@ pub struct CpuError(String);
 pub async fn run<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, CpuError> {
-    let permit = slots()
-        .acquire_owned()
-        .await
-        .map_err(|e| CpuError(e.to_string()))?;
-    tokio::task::spawn_blocking(move || {
-        let out = work();
-        drop(permit);
-        out
-    })
-    .await
-    .map_err(|e| CpuError(e.to_string()))
+    run_then(work, |out| out).await
 }
 
 /// Like [`run`], then `io` on the same blocking thread once the core is

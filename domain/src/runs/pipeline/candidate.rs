@@ -155,6 +155,22 @@ pub(super) async fn candidate(
     decide(ctx, index, call.id, asset, bytes, decoded).await
 }
 
+/// A delivered image (decoded from `bytes` unless the provider handed it
+/// over decoded) and the output guard's report on it. Blocking.
+fn guarded(
+    bytes: &[u8],
+    decoded: Option<image::RgbaImage>,
+    limits: imaging::DecodeLimits,
+    settings: &guard::GuardSettings,
+) -> Result<(image::RgbaImage, GuardReport), imaging::ImagingError> {
+    let img = match decoded {
+        Some(img) => img,
+        None => imaging::decode(bytes, limits)?,
+    };
+    let report = guard::check(&img, settings);
+    Ok((img, report))
+}
+
 /// A stored result through the guard (archived when it fails), the passes
 /// and the candidate's rows.
 pub(super) async fn decide(
@@ -167,14 +183,7 @@ pub(super) async fn decide(
 ) -> Result<CandidateEnd, ServiceError> {
     let (env, limits, guard_settings) = (ctx.env, ctx.env.limits, ctx.guard);
     let (checked, bytes) = cpu(move || {
-        let img = match decoded {
-            Some(img) => Ok(img),
-            None => imaging::decode(&bytes, limits),
-        };
-        let checked = img.map(|img| {
-            let report = guard::check(&img, &guard_settings);
-            (img, report)
-        });
+        let checked = guarded(&bytes, decoded, limits, &guard_settings);
         (checked, bytes)
     })
     .await?;
@@ -235,14 +244,7 @@ pub(super) async fn free_result(
     let (local, to_write) = (env.store.local_writer(), keys.clone());
     let (checked, bytes, sha, written) = imaging::cpu::run_then(
         move || {
-            let img = match decoded {
-                Some(img) => Ok(img),
-                None => imaging::decode(&bytes, limits),
-            };
-            let checked = img.map(|img| {
-                let report = guard::check(&img, &guard_settings);
-                (img, report)
-            });
+            let checked = guarded(&bytes, decoded, limits, &guard_settings);
             let sha = registry::sha256_hex(&bytes);
             (checked, bytes, sha)
         },
