@@ -100,6 +100,35 @@ pub(super) async fn canceled<C: ConnectionTrait>(
     })
 }
 
+/// One job's last answer of [`canceled`], reused for a moment: when many of
+/// its candidates get a provider place at about the same time, one read
+/// answers them all. A call goes out on a cancel state at most
+/// [`CANCEL_FRESH`] old; a cancel, once seen, stays seen.
+#[derive(Default)]
+pub struct CancelMemo(std::sync::Mutex<Option<(std::time::Instant, bool)>>);
+
+/// How long an answer of [`canceled`] is reused within one job.
+const CANCEL_FRESH: Duration = Duration::from_millis(20);
+
+impl CancelMemo {
+    pub(super) async fn canceled<C: ConnectionTrait>(
+        &self,
+        db: &C,
+        run_id: Uuid,
+        job_id: Uuid,
+    ) -> Result<bool, ServiceError> {
+        let last = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, seen)) = last
+            && (seen || at.elapsed() < CANCEL_FRESH)
+        {
+            return Ok(seen);
+        }
+        let seen = canceled(db, run_id, job_id).await?;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), seen));
+        Ok(seen)
+    }
+}
+
 /// Attempts `call` until it delivers, gives up, is canceled or interrupted.
 /// `in_flight`: its first attempt was recorded as started with the call
 /// (free calls), so it needs no reservation.
@@ -135,7 +164,7 @@ where
     let mut first = true;
     loop {
         // The job checked for a cancel just before its first attempts.
-        if !first && canceled(&env.db, run.id, job.id).await? {
+        if !first && env.cancel.canceled(&env.db, run.id, job.id).await? {
             return Ok(Attempted::Canceled);
         }
         if env.drain.is_draining() {
@@ -179,7 +208,7 @@ where
             None => {
                 let permit = plan.governor.acquire().await;
                 // Waited for a place: a cancel or a shutdown may have come meanwhile.
-                if canceled(&env.db, run.id, job.id).await? {
+                if env.cancel.canceled(&env.db, run.id, job.id).await? {
                     release(
                         env,
                         fence,

@@ -86,6 +86,8 @@ pub struct JobEnv {
     pub drain: Arc<Drain>,
     /// Admission of pass work by memory (shared by the whole engine).
     pub pass_budget: Arc<super::memory::PassBudget>,
+    /// This job's last cancel check, shared by its candidates.
+    pub cancel: Arc<calls::CancelMemo>,
 }
 
 impl JobEnv {
@@ -113,6 +115,7 @@ impl JobEnv {
             secret_keys: deps.secret_keys.clone(),
             drain: deps.drain.clone(),
             pass_budget: deps.pass_budget.clone(),
+            cancel: Arc::default(),
             project_budget_usd: serde_json::from_value::<super::manifest::Manifest>(
                 run.settings_snapshot_json.clone(),
             )
@@ -288,7 +291,7 @@ pub async fn run_job(
         .into_iter()
         .map(|c| (c.idempotency_key.clone(), c))
         .collect();
-    if calls::canceled(&env.db, run.id, job.id).await? {
+    if env.cancel.canceled(&env.db, run.id, job.id).await? {
         return Ok(JobOutcome::Canceled);
     }
     let input = match input_id {
