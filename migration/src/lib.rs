@@ -22,7 +22,7 @@ mod m20261201_000012_lease_epochs;
 mod m20261201_000013_cluster_settings;
 mod m20261201_000014_node_storage;
 mod m20261201_000015_node_liveness;
-mod m20261202_000016_job_status_index;
+mod m20261202_000016_job_indexes;
 
 pub struct Migrator;
 
@@ -45,7 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000013_cluster_settings::Migration),
             Box::new(m20261201_000014_node_storage::Migration),
             Box::new(m20261201_000015_node_liveness::Migration),
-            Box::new(m20261202_000016_job_status_index::Migration),
+            Box::new(m20261202_000016_job_indexes::Migration),
         ]
     }
 }

@@ -486,3 +486,58 @@ async fn processes_starting_together_migrate_a_fresh_database_once() {
         "{out}"
     );
 }
+
+/// The engine's lookups of jobs by run and status and by parent are served
+/// by their indexes, not by a walk of every job (of the run, or of the
+/// database).
+#[actix_web::test]
+async fn job_lookups_use_their_indexes() {
+    let (_dir, _guard, settings, db) = fresh().await;
+    database::migrate_up(&db, &settings).await.unwrap();
+    let backend = db.conn.get_database_backend();
+    let listing = match backend {
+        sea_orm::DatabaseBackend::Sqlite => {
+            "SELECT name AS n FROM sqlite_master WHERE type = 'index' AND tbl_name = 'run_jobs'"
+        }
+        _ => {
+            "SELECT indexname AS n FROM pg_indexes WHERE tablename = 'run_jobs' AND schemaname = current_schema()"
+        }
+    };
+    let names: Vec<String> = db
+        .conn
+        .query_all_raw(sea_orm::Statement::from_string(backend, listing))
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.try_get::<String>("", "n").unwrap())
+        .collect();
+    for want in ["idx_run_jobs_run_status", "idx_run_jobs_parent"] {
+        assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+    }
+    // On SQLite (no statistics to sway it) the plans use them.
+    if backend == sea_orm::DatabaseBackend::Sqlite {
+        for (sql, search) in [
+            (
+                "SELECT id FROM run_jobs WHERE run_id = 'r' AND status = 'pending' ORDER BY created_at LIMIT 8",
+                "USING INDEX idx_run_jobs_run_status (run_id=? AND status=?)",
+            ),
+            (
+                "UPDATE run_jobs SET status = 'pending' WHERE parent_job_id = 'p' AND status = 'blocked'",
+                "USING INDEX idx_run_jobs_parent (parent_job_id=?)",
+            ),
+        ] {
+            let plan: Vec<String> = db
+                .conn
+                .query_all_raw(sea_orm::Statement::from_string(
+                    backend,
+                    format!("EXPLAIN QUERY PLAN {sql}"),
+                ))
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get::<String>("", "detail").unwrap())
+                .collect();
+            assert!(plan.iter().any(|d| d.contains(search)), "{sql}: {plan:?}");
+        }
+    }
+}
