@@ -7,7 +7,9 @@
 //! task and wait for the commit: the writer takes everything queued at that
 //! moment and commits it in one transaction with multi-row inserts. Under
 //! light load a batch is a single request (no added latency); under heavy
-//! load batches grow and the cost per row falls.
+//! load batches grow and the cost per row falls. The files the rows point at
+//! are made durable in a stage of their own just before (one sync for the
+//! batch), so one batch's files sync while the batch before it commits.
 //!
 //! A batch that fails is retried request by request, so an error reaches only
 //! the request that caused it. Events get their per-run sequence numbers
@@ -100,10 +102,14 @@ const MAX_BATCH: usize = 256;
 const ROWS_PER_STATEMENT: usize = 200;
 
 impl RowWriter {
-    /// Spawns the writer task on the current runtime.
+    /// Spawns the writer's two stages on the current runtime: the files of
+    /// a batch are made durable while the rows of the batch before it
+    /// commit (a row still never commits before its own files are durable).
     pub fn start(db: DatabaseConnection, hub: EventHub) -> Self {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(writer_loop(db, hub, rx));
+        let (synced_tx, synced_rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(sync_loop(rx, synced_tx));
+        tokio::spawn(commit_loop(db, hub, synced_rx));
         Self { tx }
     }
 
@@ -120,7 +126,29 @@ impl RowWriter {
     }
 }
 
-async fn writer_loop(db: DatabaseConnection, hub: EventHub, mut rx: mpsc::Receiver<Request>) {
+/// First stage: every file of the waiting requests made durable together,
+/// then the requests passed on to be committed.
+async fn sync_loop(mut rx: mpsc::Receiver<Request>, to_commit: mpsc::Sender<Request>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // As below: a panic fails its batch's requests, not the writer.
+        let synced = std::panic::AssertUnwindSafe(sync_batch(std::mem::take(&mut batch)))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                tracing::error!("row writer: syncing a batch panicked; its requests failed");
+                Vec::new()
+            });
+        for request in synced {
+            if let Err(mpsc::error::SendError(r)) = to_commit.send(request).await {
+                let _ = r.done.send(Err(writer_unavailable()));
+            }
+        }
+    }
+}
+
+/// Second stage: everything synced and waiting, committed in one transaction.
+async fn commit_loop(db: DatabaseConnection, hub: EventHub, mut rx: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let requests = std::mem::take(&mut batch);
@@ -135,30 +163,35 @@ async fn writer_loop(db: DatabaseConnection, hub: EventHub, mut rx: mpsc::Receiv
     }
 }
 
-async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, mut requests: Vec<Request>) {
+/// The requests whose files are durable now; the others are told why not.
+async fn sync_batch(mut requests: Vec<Request>) -> Vec<Request> {
     // A file is durable before any row that points at it commits: the
     // batch's files are synced together first.
     let files: Vec<Vec<storage::Unsynced>> = requests
         .iter_mut()
         .map(|r| std::mem::take(&mut r.rows.files))
         .collect();
-    if storage::sync_files(files.concat()).await.is_err() {
-        // Only the requests whose own files cannot be made durable fail;
-        // the others go on (an error reaches only the request it belongs to).
-        let mut kept = Vec::with_capacity(requests.len());
-        for (r, files) in requests.into_iter().zip(files) {
-            match storage::sync_files(files).await {
-                Ok(()) => kept.push(r),
-                Err(e) => {
-                    tracing::error!(error = %e, "row writer: a file cannot be made durable; its rows are not written");
-                    let _ = r.done.send(Err(ServiceError::from(e)));
-                }
+    if storage::sync_files(files.concat()).await.is_ok() {
+        return requests;
+    }
+    // Only the requests whose own files cannot be made durable fail; the
+    // others go on (an error reaches only the request it belongs to).
+    let mut kept = Vec::with_capacity(requests.len());
+    for (r, files) in requests.into_iter().zip(files) {
+        match storage::sync_files(files).await {
+            Ok(()) => kept.push(r),
+            Err(e) => {
+                tracing::error!(error = %e, "row writer: a file cannot be made durable; its rows are not written");
+                let _ = r.done.send(Err(ServiceError::from(e)));
             }
         }
-        requests = kept;
-        if requests.is_empty() {
-            return;
-        }
+    }
+    kept
+}
+
+async fn commit_batch(db: &DatabaseConnection, hub: &EventHub, requests: Vec<Request>) {
+    if requests.is_empty() {
+        return;
     }
     let all: Vec<(&Rows, Option<Fence>)> = requests.iter().map(|r| (&r.rows, r.fence)).collect();
     match write_retrying(db, &all).await {
