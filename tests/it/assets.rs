@@ -558,3 +558,85 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// The engine's content lookups answer many candidates at once with one
+/// statement per project, role and backend: each still gets its own answer
+/// (found or not, the oldest copy when there are several), never another
+/// project's or another role's.
+#[actix_web::test]
+async fn coalesced_content_lookups_answer_each_candidate_for_its_own_scope() {
+    use entities::assets;
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    let mut projects = Vec::new();
+    for slug in ["mine", "theirs"] {
+        let b = app.create_project(&token, slug, slug).await;
+        projects.push(b["project"]["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
+    }
+    let row = |project_id, kind: &str, content: &str, age_s: i64| {
+        let key = format!("k/{}", uuid::Uuid::now_v7());
+        assets::Model {
+            id: uuid::Uuid::now_v7(),
+            project_id,
+            kind: kind.into(),
+            storage_backend: "local".into(),
+            storage_key: key.clone(),
+            storage_uri: key,
+            mime_type: Some("image/png".into()),
+            width: Some(1),
+            height: Some(1),
+            byte_size: Some(1),
+            sha256: Some(domain::assets::sha256_hex(content.as_bytes())),
+            run_id: None,
+            job_id: None,
+            candidate_id: None,
+            metadata_json: json!({}),
+            created_at: chrono::Utc::now() - chrono::Duration::seconds(age_s),
+        }
+    };
+    let (mine, theirs) = (projects[0], projects[1]);
+    let oldest = row(mine, "generated", "a", 60);
+    let rows = vec![
+        row(mine, "generated", "a", 1),
+        oldest.clone(),
+        row(mine, "archived", "b", 1),
+        row(theirs, "generated", "c", 1),
+    ];
+    assets::Entity::insert_many(rows.into_iter().map(assets::ActiveModel::from))
+        .exec_without_returning(&app.db)
+        .await
+        .unwrap();
+
+    let lookups = domain::assets::ContentLookups::start(app.db.clone());
+    let sha = |c: &str| domain::assets::sha256_hex(c.as_bytes());
+    // Asked together (one batch, most likely), each in its own scope.
+    let asks = [
+        (mine, "generated", "a", Some(oldest.id)),
+        (mine, "generated", "b", None), // held, but in another role
+        (mine, "archived", "b", Some(uuid::Uuid::nil())),
+        (mine, "generated", "c", None), // held by another project
+        (theirs, "generated", "c", Some(uuid::Uuid::nil())),
+        (mine, "generated", "never", None),
+    ];
+    let answers = futures_util::future::join_all(asks.iter().map(|(p, kind, content, _)| {
+        let (lookups, sha) = (lookups.clone(), sha(content));
+        async move { lookups.existing(*p, kind, &sha, "local").await.unwrap() }
+    }))
+    .await;
+    for ((project, kind, content, expected), found) in asks.iter().zip(answers) {
+        match (expected, found) {
+            (None, None) => {}
+            (Some(id), Some(row)) => {
+                assert_eq!(row.project_id, *project, "{kind} {content}");
+                assert_eq!(row.kind, *kind);
+                assert_eq!(row.sha256.as_deref(), Some(sha(content).as_str()));
+                if !id.is_nil() {
+                    assert_eq!(row.id, *id, "the oldest copy is the one kept");
+                }
+            }
+            (expected, found) => panic!("{kind} {content}: expected {expected:?}, got {found:?}"),
+        }
+    }
+    // Another backend holds nothing.
+    assert!(lookups.existing(mine, "generated", &sha("a"), "s3").await.unwrap().is_none());
+}

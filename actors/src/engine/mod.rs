@@ -155,6 +155,7 @@ impl Engine {
         });
         let writer_db = deps.writer_db.clone().unwrap_or_else(|| deps.db.clone());
         deps.writer = Some(RowWriter::start(writer_db, deps.hub.clone()));
+        deps.content = Some(domain::assets::ContentLookups::start(deps.db.clone()));
         let deps = Arc::new(Shared { deps, registry });
         // What this node's previous process held is ready again at once.
         let (db, node, started) = (deps.db.clone(), deps.node_id.clone(), chrono::Utc::now());

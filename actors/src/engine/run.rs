@@ -15,7 +15,7 @@ use super::project::RunFinished;
 use super::worker::WorkerActor;
 use domain::runs::job_outcome;
 use domain::runs::lease::Fence;
-use domain::runs::lifecycle::{self, Start, Step};
+use domain::runs::lifecycle::{self, RunShared, Start, Step};
 use domain::runs::pipeline::JobOutcome;
 
 pub struct RunActor {
@@ -28,9 +28,8 @@ pub struct RunActor {
     /// The run's span (a child of the submitting request's, when there was
     /// one): its scheduling, its workers and their job bodies run in it.
     span: Span,
-    /// The run as its first lease read it and the project's object store,
-    /// shared by its workers.
-    cached: Option<(Arc<entities::runs::Model>, storage::ProjectFiles)>,
+    /// What its workers share, as its first lease read it.
+    cached: Option<RunShared>,
     scheduling: bool,
     /// A pass was requested while one was in flight: run another after it.
     rescan: bool,
@@ -87,21 +86,19 @@ impl RunActor {
                 act.scheduling = false;
                 match result {
                     Ok(Step::Start {
-                        run,
+                        shared,
                         provider_code,
                         provider,
-                        store,
                         jobs,
                     }) => {
-                        act.cached = Some((run.clone(), (*store).clone()));
+                        act.cached = Some((*shared).clone());
                         for job in jobs {
                             act.running.insert(job.id);
                             WorkerActor::new(
                                 act.deps.clone(),
-                                run.clone(),
+                                (*shared).clone(),
                                 job,
                                 (provider_code.clone(), provider.clone()),
-                                (*store).clone(),
                                 &act.span,
                                 ctx.address().recipient(),
                             )

@@ -7,24 +7,23 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use chrono::Utc;
-use entities::{run_jobs, runs};
+use entities::run_jobs;
 use providers::ImageProvider;
-use storage::ProjectFiles;
 use tracing::{Instrument, Span};
 
 use super::Shared;
 use super::run::JobFinished;
 use domain::runs::lease::Fence;
+use domain::runs::lifecycle::RunShared;
 use domain::runs::pipeline::{self, JobEnv};
 
 pub struct WorkerActor {
     deps: Arc<Shared>,
-    run: Arc<runs::Model>,
+    run: RunShared,
     job: run_jobs::Model,
     /// The run's provider code and provider, resolved once by the RunActor
     /// (`None`: not configured here).
     provider: (String, Option<Arc<dyn ImageProvider>>),
-    store: ProjectFiles,
     /// Told once, when the job body ends.
     owner: Recipient<JobFinished>,
     /// A child of the run's span.
@@ -34,10 +33,9 @@ pub struct WorkerActor {
 impl WorkerActor {
     pub fn new(
         deps: Arc<Shared>,
-        run: Arc<runs::Model>,
+        run: RunShared,
         job: run_jobs::Model,
         provider: (String, Option<Arc<dyn ImageProvider>>),
-        store: ProjectFiles,
         run_span: &Span,
         owner: Recipient<JobFinished>,
     ) -> Self {
@@ -54,7 +52,6 @@ impl WorkerActor {
             run,
             job,
             provider,
-            store,
             owner,
         }
     }
@@ -92,8 +89,8 @@ impl Actor for WorkerActor {
         self.deps.registry.worker_started();
         ctx.run_interval(self.deps.config.heartbeat, |act, ctx| act.heartbeat(ctx));
         let (provider_code, provider) = self.provider.clone();
-        let env = provider.map(|p| JobEnv::new(&self.deps, p, self.store.clone(), &self.run));
-        let (run, job) = (self.run.clone(), self.job.clone());
+        let env = provider.map(|p| JobEnv::new(&self.deps, p, &self.run));
+        let (run, job) = (self.run.run.clone(), self.job.clone());
         // The job body runs in its own task, off the actor thread (on the
         // multi-threaded runtime when there is one): a panic there ends that
         // task only.

@@ -103,6 +103,9 @@ pub struct EngineDeps {
     pub audit: Option<Arc<dyn PaidCallLog>>,
     /// Group commit for the job pipeline's rows, started with the engine.
     pub writer: Option<RowWriter>,
+    /// The candidates' content lookups, answered together; started with
+    /// the engine.
+    pub content: Option<crate::assets::ContentLookups>,
     /// Operator switch: while set, no queued run starts and no job is leased
     /// (running jobs finish). This node's copy of the persisted setting
     /// (`cluster::control`), refreshed every heartbeat.
@@ -169,6 +172,7 @@ impl EngineDeps {
             spend: None,
             audit: None,
             writer: None,
+            content: None,
             writer_db: None,
             removers: HashMap::new(),
             paused_all: std::sync::atomic::AtomicBool::new(false),

@@ -97,15 +97,24 @@ pub async fn start(
     Ok(Start::Drive)
 }
 
+/// What a run's workers share, read by its first scheduling pass: the run
+/// as it was then (what the workers use of it does not change while it
+/// runs), its project's files and its project's slug (never changed).
+#[derive(Clone)]
+pub struct RunShared {
+    pub run: std::sync::Arc<runs::Model>,
+    pub store: storage::ProjectFiles,
+    pub project_slug: std::sync::Arc<str>,
+}
+
 /// What a scheduling pass of a run found to do.
 pub enum Step {
     Start {
-        run: std::sync::Arc<runs::Model>,
+        shared: Box<RunShared>,
         /// The run's provider code and the provider, resolved here once for
         /// all its jobs (`None`: not configured on this node; the jobs fail).
         provider_code: String,
         provider: Option<std::sync::Arc<dyn providers::ImageProvider>>,
-        store: Box<storage::ProjectFiles>,
         jobs: Vec<run_jobs::Model>,
     },
     Finish,
@@ -125,7 +134,7 @@ pub async fn next_step(
     run_id: Uuid,
     mine: &[Uuid],
     room: usize,
-    cached: Option<(std::sync::Arc<runs::Model>, storage::ProjectFiles)>,
+    cached: Option<RunShared>,
 ) -> Result<Step, ServiceError> {
     if !deps.reachability.reachable() {
         // Cut off from the database: nothing is leased until it is back
@@ -136,7 +145,7 @@ pub async fn next_step(
     // change while it runs), and its status as of now: the whole row, plan
     // included, is read once, not at every job's end.
     let (run, status) = match &cached {
-        Some((run, _)) => {
+        Some(RunShared { run, .. }) => {
             let status: Option<String> = runs::Entity::find_by_id(run_id)
                 .select_only()
                 .column(runs::Column::Status)
@@ -316,26 +325,31 @@ pub async fn next_step(
     if leased.is_empty() {
         return Ok(Step::Wait);
     }
-    let store = match cached {
-        Some((_, store)) => store,
+    let shared = match cached {
+        Some(shared) => shared,
         None => {
             let project = projects::Entity::find_by_id(run.project_id)
                 .one(&deps.db)
                 .await?
                 .ok_or_else(|| ServiceError::missing("project", run.project_id))?;
-            crate::projects::project_files(&deps.db, deps.file_access(), &project).await?
+            RunShared {
+                store: crate::projects::project_files(&deps.db, deps.file_access(), &project)
+                    .await?,
+                project_slug: project.slug.into(),
+                run,
+            }
         }
     };
-    let code = run
+    let code = shared
+        .run
         .provider_code
         .clone()
         .unwrap_or_else(|| super::plan::DEFAULT_PROVIDER.to_string());
     let provider = deps.provider(&code);
     Ok(Step::Start {
-        run,
+        shared: Box::new(shared),
         provider_code: code,
         provider,
-        store: Box::new(store),
         jobs: leased,
     })
 }

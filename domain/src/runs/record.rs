@@ -163,7 +163,7 @@ fn candidate_rows(
             "job_key": job.job_key, "stage": job.stage,
             "candidate_index": index, "status": status.as_str(), "asset_id": asset_id, "final_asset_id": final_asset_id,
             "thumbnail_asset_id": thumbnail_id,
-            "thumbnail_url": format!("/api/projects/{}/assets/{thumbnail_id}/content", ctx.project_slug),
+            "thumbnail_url": format!("/api/projects/{}/assets/{thumbnail_id}/content", ctx.env.project_slug),
             "guard": { "chroma_delta": report.chroma_delta, "hard_failures": report.hard_failures, "soft_warnings": report.soft_warnings },
         }),
     });

@@ -282,7 +282,11 @@ pub(super) async fn free_result(
     // that point at it commit.
     let stored = match written {
         Some(written) => {
-            registry::adopt_written(&env.db, &env.store, asset, sha.clone(), written?).await?
+            let written = written?;
+            let found = env
+                .existing_asset(run.project_id, asset.kind, &sha)
+                .await?;
+            registry::adopt_written(found, &env.store, asset, sha.clone(), written).await?
         }
         None => registry::put_unsynced(&env.db, &env.store, asset, Some(sha.clone())).await?,
     };

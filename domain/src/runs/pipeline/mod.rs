@@ -88,6 +88,10 @@ pub struct JobEnv {
     pub pass_budget: Arc<super::memory::PassBudget>,
     /// This job's last cancel check, shared by its candidates.
     pub cancel: Arc<calls::CancelMemo>,
+    /// Content lookups answered together (shared by the whole engine).
+    pub content: Option<registry::ContentLookups>,
+    /// For the URLs in events.
+    pub project_slug: Arc<str>,
 }
 
 impl JobEnv {
@@ -96,9 +100,9 @@ impl JobEnv {
     pub fn new(
         deps: &super::deps::EngineDeps,
         provider: Arc<dyn ImageProvider>,
-        store: ProjectFiles,
-        run: &runs::Model,
+        shared: &super::lifecycle::RunShared,
     ) -> Self {
+        let (run, store) = (&shared.run, shared.store.clone());
         Self {
             db: deps.db.clone(),
             hub: deps.hub.clone(),
@@ -116,6 +120,8 @@ impl JobEnv {
             drain: deps.drain.clone(),
             pass_budget: deps.pass_budget.clone(),
             cancel: Arc::default(),
+            content: deps.content.clone(),
+            project_slug: shared.project_slug.clone(),
             project_budget_usd: serde_json::from_value::<super::manifest::Manifest>(
                 run.settings_snapshot_json.clone(),
             )
@@ -128,6 +134,21 @@ impl JobEnv {
         self.writer
             .as_ref()
             .ok_or_else(|| ServiceError::Internal("row writer not started".into()))
+    }
+
+    /// The project's asset with this content in this role, if it holds one
+    /// (see `assets::existing`).
+    pub(super) async fn existing_asset(
+        &self,
+        project_id: Uuid,
+        kind: &'static str,
+        sha256: &str,
+    ) -> Result<Option<entities::assets::Model>, ServiceError> {
+        let backend = self.store.backend();
+        match &self.content {
+            Some(lookups) => lookups.existing(project_id, kind, sha256, backend).await,
+            None => registry::existing(&self.db, project_id, kind, sha256, backend).await,
+        }
     }
 
     /// The governor of `code` (a fresh, unshared one if the engine has none).
@@ -167,8 +188,6 @@ pub(super) struct JobCtx<'a> {
     /// The passes to run on each candidate (last stage, when any is on).
     pub postprocess: Option<&'a Postprocess>,
     references: Arc<Vec<image::RgbaImage>>,
-    /// For the URLs in events.
-    pub project_slug: String,
     /// The project's own key for the provider, if it has one.
     api_key: Option<providers::credentials::Secret>,
     options: ImageOptions,
@@ -307,11 +326,6 @@ pub async fn run_job(
         None => None,
     };
     let references = Arc::new(load_references(env, run).await?);
-    let project_slug = entities::projects::Entity::find_by_id(run.project_id)
-        .one(&env.db)
-        .await?
-        .map(|p| p.slug)
-        .unwrap_or_default();
     let options = manifest.generation.image.clone();
     let shape = CallShape {
         input_images: u32::from(input.is_some()) + references.len() as u32,
@@ -379,7 +393,6 @@ pub async fn run_job(
         postprocess: (last_stage && passes::any_enabled(&manifest.postprocess))
             .then_some(&manifest.postprocess),
         references,
-        project_slug,
         api_key: crate::secrets::provider_key(
             &env.db,
             env.secret_keys.as_ref(),

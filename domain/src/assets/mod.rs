@@ -11,6 +11,9 @@ use uuid::Uuid;
 
 use crate::{ServiceError, time};
 
+mod lookups;
+pub use lookups::ContentLookups;
+
 pub struct NewAsset<'a> {
     pub project_id: Uuid,
     pub kind: &'static str,
@@ -60,7 +63,7 @@ pub async fn store<C: ConnectionTrait>(
 /// role (`kind`) on the same storage backend are one asset, its file written
 /// once. Best effort under concurrency: two identical files written at the
 /// same instant may both be stored (nothing is lost, a little space is).
-async fn existing<C: ConnectionTrait>(
+pub async fn existing<C: ConnectionTrait>(
     db: &C,
     project_id: Uuid,
     kind: &str,
@@ -136,9 +139,10 @@ async fn put_with<C: ConnectionTrait>(
 /// in the blocking call that made it, sparing a hop): its row, or the
 /// project's existing asset with the same content — then the file just
 /// written goes again (unless it is that asset's own file, which must then
-/// be synced before the rows commit: it was just replaced).
-pub async fn adopt_written<C: ConnectionTrait>(
-    db: &C,
+/// be synced before the rows commit: it was just replaced). `found`: that
+/// asset as the caller looked it up ([`existing`], or [`ContentLookups`]).
+pub async fn adopt_written(
+    found: Option<assets::Model>,
     files: &ProjectFiles,
     asset: NewAsset<'_>,
     sha256: String,
@@ -147,7 +151,7 @@ pub async fn adopt_written<C: ConnectionTrait>(
     let backend = files.backend();
     let key = ObjectKey::parse(asset.key)?;
     let size = asset.bytes.len();
-    if let Some(row) = existing(db, asset.project_id, asset.kind, &sha256, backend).await? {
+    if let Some(row) = found {
         if row.storage_key == key.as_str() {
             return Ok(Stored {
                 row,
