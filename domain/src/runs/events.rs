@@ -162,6 +162,18 @@ pub async fn append_many<C: ConnectionTrait>(
         return Ok(Vec::new());
     }
     let first = reserve_seqs(db, run_id, events.len() as i64).await?;
+    append_numbered(db, run_id, project_id, first, events).await
+}
+
+/// Like [`append_many`], numbered from `first`: sequence numbers the caller
+/// reserved in the same transaction (e.g. with the change they describe).
+pub async fn append_numbered<C: ConnectionTrait>(
+    db: &C,
+    run_id: Uuid,
+    project_id: Uuid,
+    first: i64,
+    events: Vec<(&str, Option<Uuid>, Value)>,
+) -> Result<Vec<RunEvent>, ServiceError> {
     let now = time::now();
     let rows: Vec<run_events::Model> = events
         .into_iter()

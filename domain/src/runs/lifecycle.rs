@@ -6,8 +6,10 @@
 
 use chrono::Utc;
 use entities::{assets, projects, run_jobs, runs};
-use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType};
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query};
+use sea_orm::{
+    ColumnTrait, EntityTrait, IdenStatic, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -44,6 +46,11 @@ pub async fn start(
 ) -> Result<Start, ServiceError> {
     let txn = crate::db::begin_write(&deps.db).await?;
     crate::db::serialize(&txn, &format!("admission:{project_id}")).await?;
+    if let Some(event) = start_if_room(&txn, deps, run_id, project_id).await? {
+        crate::db::commit(txn).await?;
+        deps.hub.publish(event);
+        return Ok(Start::Drive);
+    }
     let current: Option<String> = runs::Entity::find_by_id(run_id)
         .select_only()
         .column(runs::Column::Status)
@@ -95,6 +102,56 @@ pub async fn start(
         deps.hub.publish(e);
     }
     Ok(Start::Drive)
+}
+
+/// The common case of [`start`] in one statement: a queued run whose project
+/// has room is marked running and its `run.started` numbered together (the
+/// caller holds the project's admission lock). `None`: not queued, or no
+/// room; the caller finds out which.
+async fn start_if_room<C: sea_orm::ConnectionTrait>(
+    txn: &C,
+    deps: &EngineDeps,
+    run_id: Uuid,
+    project_id: Uuid,
+) -> Result<Option<events::RunEvent>, ServiceError> {
+    let others_running = Query::select()
+        .expr(Expr::col(runs::Column::Id).count())
+        .from(runs::Entity)
+        .and_where(runs::Column::ProjectId.eq(project_id))
+        .and_where(runs::Column::Status.eq(RunStatus::Running))
+        .and_where(runs::Column::Id.ne(run_id))
+        .to_owned();
+    let now = Utc::now();
+    let update = Query::update()
+        .table(runs::Entity)
+        .value(runs::Column::Status, RunStatus::Running)
+        .value(runs::Column::StartedAt, now)
+        .value(runs::Column::UpdatedAt, now)
+        .value(
+            runs::Column::LastEventSeq,
+            Expr::col(runs::Column::LastEventSeq).add(1),
+        )
+        .and_where(runs::Column::Id.eq(run_id))
+        .and_where(runs::Column::Status.eq(RunStatus::Queued))
+        .and_where(
+            Expr::SubQuery(None, Box::new(others_running.into()))
+                .lt(deps.config.max_runs_per_project as i64),
+        )
+        .returning_col(runs::Column::LastEventSeq)
+        .to_owned();
+    let Some(row) = txn.query_one(&update).await? else {
+        return Ok(None);
+    };
+    let seq: i64 = row.try_get("", runs::Column::LastEventSeq.as_str())?;
+    let started = events::append_numbered(
+        txn,
+        run_id,
+        project_id,
+        seq,
+        vec![("run.started", None, json!({}))],
+    )
+    .await?;
+    Ok(started.into_iter().next())
 }
 
 /// What a run's workers share, read by its first scheduling pass: the run
