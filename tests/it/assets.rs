@@ -571,7 +571,13 @@ async fn coalesced_content_lookups_answer_each_candidate_for_its_own_scope() {
     let mut projects = Vec::new();
     for slug in ["mine", "theirs"] {
         let b = app.create_project(&token, slug, slug).await;
-        projects.push(b["project"]["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap());
+        projects.push(
+            b["project"]["id"]
+                .as_str()
+                .unwrap()
+                .parse::<uuid::Uuid>()
+                .unwrap(),
+        );
     }
     let row = |project_id, kind: &str, content: &str, age_s: i64| {
         let key = format!("k/{}", uuid::Uuid::now_v7());
@@ -638,5 +644,11 @@ async fn coalesced_content_lookups_answer_each_candidate_for_its_own_scope() {
         }
     }
     // Another backend holds nothing.
-    assert!(lookups.existing(mine, "generated", &sha("a"), "s3").await.unwrap().is_none());
+    assert!(
+        lookups
+            .existing(mine, "generated", &sha("a"), "s3")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

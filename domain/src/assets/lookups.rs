@@ -111,9 +111,7 @@ async fn answer(db: &DatabaseConnection, scope: &Scope, lookups: Vec<Lookup>) {
                 .filter_map(|row| Some((row.sha256.clone()?, row)))
                 .collect();
             for lookup in lookups {
-                let _ = lookup
-                    .reply
-                    .send(Ok(by_hash.get(&lookup.sha256).cloned()));
+                let _ = lookup.reply.send(Ok(by_hash.get(&lookup.sha256).cloned()));
             }
         }
         Err(e) => {

@@ -283,9 +283,7 @@ pub(super) async fn free_result(
     let stored = match written {
         Some(written) => {
             let written = written?;
-            let found = env
-                .existing_asset(run.project_id, asset.kind, &sha)
-                .await?;
+            let found = env.existing_asset(run.project_id, asset.kind, &sha).await?;
             registry::adopt_written(found, &env.store, asset, sha.clone(), written).await?
         }
         None => registry::put_unsynced(&env.db, &env.store, asset, Some(sha.clone())).await?,
