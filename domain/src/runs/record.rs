@@ -172,6 +172,7 @@ fn candidate_rows(
         status: status.into(),
         asset_id: Some(asset_id),
         final_asset_id: Some(final_asset_id),
+        final_recorded: true,
         report: Some(report),
     };
     (rows, result)

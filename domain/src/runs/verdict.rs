@@ -49,9 +49,12 @@ pub(super) async fn finish_job(
         job_id: Some(job.id),
         payload,
     };
-    let winner = select_winner(&candidates).and_then(|w| Some((w.index, w.final_asset_id?)));
+    let winner = select_winner(&candidates)
+        .and_then(|w| Some((w.index, w.final_asset_id?, w.final_recorded)));
+    // The last stage of a chain unblocks nothing.
+    let chain_ends = job.meta_json.get("last_stage") == Some(&json!(true));
     let (outcome, completion) = match winner {
-        Some((index, asset_id)) => (
+        Some((index, asset_id, winner_recorded)) => (
             JobOutcome::Done {
                 final_asset_id: asset_id,
                 selected_index: index,
@@ -61,6 +64,8 @@ pub(super) async fn finish_job(
                 status: JobStatus::Done,
                 last_error: None,
                 winner: Some((index, asset_id)),
+                winner_recorded,
+                chain_ends,
                 events: vec![
                     event(
                         "job.winner_selected",
@@ -91,6 +96,8 @@ pub(super) async fn finish_job(
                     status: JobStatus::Failed,
                     last_error: Some(reason.into()),
                     winner: None,
+                    winner_recorded: false,
+                    chain_ends,
                     events: vec![event(
                         "job.failed",
                         json!({ "job_key": job.job_key, "reason": reason }),
@@ -129,6 +136,7 @@ mod tests {
             status: status.into(),
             asset_id: Some(Uuid::now_v7()),
             final_asset_id: None,
+            final_recorded: true,
             report: Some(GuardReport {
                 chroma_delta: 0.0,
                 hard_failures: hard,

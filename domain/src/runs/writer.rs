@@ -56,6 +56,12 @@ pub struct JobCompletion {
     pub last_error: Option<String>,
     /// Selected candidate index and its asset.
     pub winner: Option<(i32, Uuid)>,
+    /// The winner's candidate row already records that asset as its final
+    /// one (decided in this attempt): not updated again.
+    pub winner_recorded: bool,
+    /// No job of the chain waits on this one (its last stage): there is no
+    /// child to unblock.
+    pub chain_ends: bool,
     /// Recorded only if the verdict is applied.
     pub events: Vec<PendingEvent>,
 }
@@ -376,13 +382,18 @@ async fn complete_job<C: ConnectionTrait>(db: &C, c: &JobCompletion) -> Result<b
     if changed == 0 {
         return Ok(false);
     }
-    if let Some((index, asset_id)) = c.winner {
+    let Some((index, asset_id)) = c.winner else {
+        return Ok(true);
+    };
+    if !c.winner_recorded {
         run_candidates::Entity::update_many()
             .col_expr(run_candidates::Column::FinalAssetId, Expr::value(asset_id))
             .filter(run_candidates::Column::JobId.eq(c.job_id))
             .filter(run_candidates::Column::CandidateIndex.eq(index))
             .exec(db)
             .await?;
+    }
+    if !c.chain_ends {
         // The winner is the input of the job's next stage.
         run_jobs::Entity::update_many()
             .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Pending))

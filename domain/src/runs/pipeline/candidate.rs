@@ -26,6 +26,9 @@ pub(in crate::runs) struct CandidateResult {
     pub asset_id: Option<Uuid>,
     /// After the post-process passes (the output itself when none ran).
     pub final_asset_id: Option<Uuid>,
+    /// The candidate's row already records `final_asset_id` as its final
+    /// asset (nothing to update when it wins).
+    pub final_recorded: bool,
     pub report: Option<GuardReport>,
 }
 
@@ -36,6 +39,7 @@ impl CandidateResult {
             status: CandidateStatus::Failed.into(),
             asset_id: None,
             final_asset_id: None,
+            final_recorded: false,
             report: None,
         }
     }
@@ -74,6 +78,7 @@ pub(super) async fn candidate(
                 status: existing.status,
                 asset_id: existing.output_asset_id,
                 final_asset_id: existing.final_asset_id.or(existing.output_asset_id),
+                final_recorded: existing.final_asset_id.is_some(),
                 report: Some(GuardReport {
                     chroma_delta: 0.0,
                     hard_failures: existing.rank_hard_failures as u32,
