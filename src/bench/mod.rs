@@ -302,7 +302,13 @@ struct Round {
     efficiency_end_to_end: f64,
 }
 
-async fn round(settings: &Settings, o: &BenchOptions, size: (u32, u32)) -> Result<Round, CliError> {
+/// One round; its files stay in `kept` until every round is measured.
+async fn round(
+    settings: &Settings,
+    o: &BenchOptions,
+    size: (u32, u32),
+    kept: &mut Vec<FreshDir>,
+) -> Result<Round, CliError> {
     let n = o.scenes * o.candidates;
     // Every round on fresh files (and, on SQLite, a fresh database).
     let dir = FreshDir::new(&settings.data_dir, "bench-engine")?;
@@ -374,6 +380,7 @@ async fn round(settings: &Settings, o: &BenchOptions, size: (u32, u32)) -> Resul
     require_done("latency-bound run", &l.status)?;
     let ideal =
         Duration::from_millis(o.latency_ms) * o.latency_calls.div_ceil(o.concurrency as u32);
+    kept.push(dir);
     Ok(Round {
         distinct,
         baseline_rate,
@@ -411,8 +418,13 @@ pub async fn run(settings: Settings, o: BenchOptions) -> Result<(), CliError> {
     );
     let bar = indicatif::ProgressBar::new(u64::from(o.rounds));
     let mut rounds = Vec::new();
+    // Every round's files are removed at the end, not between rounds: on
+    // ext4, files created soon after many were deleted cost far more CPU
+    // (the inode allocator skips recently freed inodes), which would be
+    // measured as the next round's disk speed.
+    let mut kept = Vec::new();
     for _ in 0..o.rounds.max(1) {
-        rounds.push(round(&settings, &o, size).await?);
+        rounds.push(round(&settings, &o, size, &mut kept).await?);
         bar.inc(1);
     }
     bar.finish_and_clear();
