@@ -8,8 +8,8 @@
 //! moment and commits it in one transaction with multi-row inserts. Under
 //! light load a batch is a single request (no added latency); under heavy
 //! load batches grow and the cost per row falls. The files the rows point at
-//! are made durable in a stage of their own just before (one sync for the
-//! batch), so one batch's files sync while the batch before it commits.
+//! are made durable in a stage of their own just before (all of a batch's
+//! together), so one batch's files sync while the batch before it commits.
 //!
 //! A batch that fails is retried request by request, so an error reaches only
 //! the request that caused it. Events get their per-run sequence numbers
