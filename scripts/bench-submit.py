@@ -6,7 +6,9 @@ Starts `atelier serve` on a fresh database (and a data directory on
 (the local provider, a 16x16 sample scene) and reads back each run's
 timestamps: request sent (here) -> run row written (`runs.created_at`) ->
 owner recorded (`run_owners.claimed_at`) -> run started (`runs.started_at`)
--> its first job leased (`run_jobs.started_at`), and the HTTP answer. The
+-> its first job leased (`run_jobs.started_at`) -> that job's worker
+recording its provider call (`provider_calls.created_at`: the worker is
+at work), and the HTTP answer. The
 first runs are left out (warm-up). Several binaries are measured in
 alternating rounds, so their figures compare on the same machine state.
 
@@ -35,7 +37,9 @@ STEPS = [
     ("run written -> owner recorded", 1, 2),
     ("owner recorded -> run started", 2, 3),
     ("run started -> first job leased", 3, 4),
+    ("first job leased -> its call recorded", 4, 5),
     ("sent -> first job leased", 0, 4),
+    ("sent -> first call recorded", 0, 5),
 ]
 
 
@@ -85,18 +89,20 @@ def measure(binary, admin_url, runs):
         time.sleep(1.0)
         rows = psql(url, "SELECT r.id, extract(epoch from r.created_at), extract(epoch from o.claimed_at), "
                          "extract(epoch from r.started_at), "
-                         "(SELECT extract(epoch from min(j.started_at)) FROM run_jobs j WHERE j.run_id = r.id) "
+                         "(SELECT extract(epoch from min(j.started_at)) FROM run_jobs j WHERE j.run_id = r.id), "
+                         "(SELECT extract(epoch from min(c.created_at)) FROM provider_calls c WHERE c.run_id = r.id) "
                          "FROM runs r LEFT JOIN run_owners o ON o.run_id = r.id")
         at = {}
         for line in rows.strip().splitlines():
             cells = line.split(",")
-            at[cells[0]] = [float(c) for c in cells[1:]]
+            at[cells[0]] = [float(c) if c else None for c in cells[1:]]
         out = {label: [] for label, _, _ in STEPS}
         out["sent -> answered"] = []
         for run, began, answered in sent[5:]:
             points = [began] + at[run]
             for label, a, b in STEPS:
-                out[label].append((points[b] - points[a]) * 1000)
+                if points[a] is not None and points[b] is not None:
+                    out[label].append((points[b] - points[a]) * 1000)
             out["sent -> answered"].append((answered - began) * 1000)
         return out
     finally:
@@ -119,7 +125,8 @@ def main():
     for r in range(args.rounds):
         for b in args.bins:
             for label, values in measure(b, args.admin_url, args.runs).items():
-                medians[b].setdefault(label, []).append(statistics.median(values))
+                if values:
+                    medians[b].setdefault(label, []).append(statistics.median(values))
             print(f"round {r + 1}: {b} done", flush=True)
     print("p50 per round, ms: min / median / max over rounds")
     for b in args.bins:

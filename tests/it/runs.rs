@@ -612,6 +612,59 @@ async fn jobs_of_a_run_respect_the_concurrency_bound() {
     assert!(max_overlap >= 2, "jobs never ran in parallel");
 }
 
+/// A run that starts with room has its first ready jobs (up to the bound)
+/// leased in the transaction that starts it: the same timestamp as the run's
+/// start, their `job.started` numbered right after `run.started`; the rest
+/// are leased by scheduling passes as jobs finish.
+#[actix_web::test]
+async fn a_run_starts_with_its_first_jobs_leased_in_the_same_transaction() {
+    let app = TestApp::spawn_with(|s| s.engine.max_jobs_per_run = 2).await;
+    let token = project(&app).await;
+    let (s, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:1", "sample:2", "sample:3"], "stage": "style", "candidates": 1, "wait": true})).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["run"]["status"], "done", "{b}");
+    let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
+    let run = entities::runs::Entity::find_by_id(run_id)
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut jobs = entities::run_jobs::Entity::find()
+        .filter(entities::run_jobs::Column::RunId.eq(run_id))
+        .all(&app.db)
+        .await
+        .unwrap();
+    jobs.sort_by_key(|j| (j.created_at, j.id));
+    let with_the_start: Vec<_> = jobs
+        .iter()
+        .map(|j| j.started_at == run.started_at)
+        .collect();
+    assert_eq!(with_the_start, [true, true, false], "{jobs:?}");
+    assert!(jobs.iter().all(|j| j.attempt == 1 && j.lease_epoch == 1));
+    let events = entities::run_events::Entity::find()
+        .filter(entities::run_events::Column::RunId.eq(run_id))
+        .all(&app.db)
+        .await
+        .unwrap();
+    let at = |seq: i64| {
+        let e = events.iter().find(|e| e.seq == seq).unwrap();
+        (e.event_type.as_str(), e.job_id, e.created_at)
+    };
+    assert_eq!(at(1).0, "run.queued");
+    let started = at(2);
+    assert_eq!(started.0, "run.started");
+    for (seq, job) in [(3, &jobs[0]), (4, &jobs[1])] {
+        assert_eq!(at(seq), ("job.started", Some(job.id), started.2));
+    }
+    let mut seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    seqs.sort();
+    assert_eq!(
+        seqs,
+        (1..=events.len() as i64).collect::<Vec<_>>(),
+        "a gap in the run's events"
+    );
+}
+
 async fn wait_status(app: &TestApp, token: &str, run_id: &str, want: &[&str]) -> Value {
     for _ in 0..200 {
         let (_, d) = app

@@ -15,7 +15,7 @@ use super::project::RunFinished;
 use super::worker::WorkerActor;
 use domain::runs::job_outcome;
 use domain::runs::lease::Fence;
-use domain::runs::lifecycle::{self, RunShared, Start, Step};
+use domain::runs::lifecycle::{self, Leased, RunShared, Start, Step};
 use domain::runs::pipeline::JobOutcome;
 
 pub struct RunActor {
@@ -85,26 +85,7 @@ impl RunActor {
             .map(|result, act, ctx| {
                 act.scheduling = false;
                 match result {
-                    Ok(Step::Start {
-                        shared,
-                        provider_code,
-                        provider,
-                        jobs,
-                    }) => {
-                        act.cached = Some((*shared).clone());
-                        for job in jobs {
-                            act.running.insert(job.id);
-                            WorkerActor::new(
-                                act.deps.clone(),
-                                (*shared).clone(),
-                                job,
-                                (provider_code.clone(), provider.clone()),
-                                &act.span,
-                                ctx.address().recipient(),
-                            )
-                            .start();
-                        }
-                    }
+                    Ok(Step::Start(leased)) => act.start_workers(*leased, ctx),
                     Ok(Step::Finish) if act.running.is_empty() => act.finish(ctx),
                     Ok(Step::Yield) if act.running.is_empty() => act.give_up(ctx),
                     Ok(_) => {}
@@ -118,6 +99,29 @@ impl RunActor {
                 }
             })
             .spawn(ctx);
+    }
+
+    /// One WorkerActor per job leased to this node.
+    fn start_workers(&mut self, leased: Leased, ctx: &mut Context<Self>) {
+        let Leased {
+            shared,
+            provider_code,
+            provider,
+            jobs,
+        } = leased;
+        for job in jobs {
+            self.running.insert(job.id);
+            WorkerActor::new(
+                self.deps.clone(),
+                shared.clone(),
+                job,
+                (provider_code.clone(), provider.clone()),
+                &self.span,
+                ctx.address().recipient(),
+            )
+            .start();
+        }
+        self.cached = Some(shared);
     }
 
     /// Stops driving a run another node took over, without finishing it.
@@ -173,11 +177,14 @@ impl Actor for RunActor {
                     act.finished = true;
                     act.owner.do_send(RunFinished {
                         run_id: act.run_id,
-                        deferred: start == Start::NoRoom,
+                        deferred: matches!(start, Start::NoRoom),
                     });
                     ctx.stop();
                 }
-                Ok(Start::Drive) => act.schedule(ctx),
+                // Started with its first jobs leased: the next pass comes
+                // when one of them reports (or at the interval).
+                Ok(Start::Drive(Some(leased))) => act.start_workers(*leased, ctx),
+                Ok(Start::Drive(None)) => act.schedule(ctx),
                 Err(e) => {
                     tracing::error!(run_id = %act.run_id, error = %e, "cannot start run");
                     act.schedule(ctx);

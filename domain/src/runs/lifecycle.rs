@@ -5,10 +5,10 @@
 //! engine's RunActor calls these; they hold no state of their own.
 
 use chrono::Utc;
-use entities::{assets, projects, run_jobs, runs};
+use entities::{assets, projects, run_jobs, run_owners, runs};
 use sea_orm::sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query};
 use sea_orm::{
-    ColumnTrait, EntityTrait, IdenStatic, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -20,10 +20,12 @@ use crate::ServiceError;
 use crate::status::{JobStatus, RunStatus};
 
 /// What starting a run found.
-#[derive(Debug, PartialEq, Eq)]
 pub enum Start {
-    /// Drive it: it is running (now, or since before).
-    Drive,
+    /// Drive it: it is running (now, or since before). `Some`: it started
+    /// just now and its first ready jobs were leased to this node in the
+    /// same transaction; their workers start at once, without waiting for a
+    /// scheduling pass.
+    Drive(Option<Box<Leased>>),
     /// Nothing to drive: the run is already finished (a duplicate submission
     /// that raced with recovery, or a cancel that came first).
     Nothing,
@@ -46,10 +48,19 @@ pub async fn start(
 ) -> Result<Start, ServiceError> {
     let txn = crate::db::begin_write(&deps.db).await?;
     crate::db::serialize(&txn, &format!("admission:{project_id}")).await?;
-    if let Some(event) = start_if_room(&txn, deps, run_id, project_id).await? {
+    if let Some(started) = start_if_room(&txn, deps, run_id, project_id).await? {
         crate::db::commit(txn).await?;
-        deps.hub.publish(event);
-        return Ok(Start::Drive);
+        for e in started.events {
+            deps.hub.publish(e);
+        }
+        let first = if started.jobs.is_empty() {
+            None
+        } else {
+            Some(Box::new(
+                leased(deps, None, std::sync::Arc::new(started.run), started.jobs).await?,
+            ))
+        };
+        return Ok(Start::Drive(first));
     }
     let current: Option<String> = runs::Entity::find_by_id(run_id)
         .select_only()
@@ -66,7 +77,7 @@ pub async fn start(
     {
         let canceled = current.is_some_and(|s| s == RunStatus::Canceled);
         return Ok(if canceled && store::has_open_jobs(&txn, run_id).await? {
-            Start::Drive
+            Start::Drive(None)
         } else {
             Start::Nothing
         });
@@ -101,19 +112,51 @@ pub async fn start(
     if let Some(e) = event {
         deps.hub.publish(e);
     }
-    Ok(Start::Drive)
+    Ok(Start::Drive(None))
 }
 
-/// The common case of [`start`] in one statement: a queued run whose project
-/// has room is marked running and its `run.started` numbered together (the
-/// caller holds the project's admission lock). `None`: not queued, or no
-/// room; the caller finds out which.
+/// A run [`start_if_room`] started: the run as updated, its first jobs as
+/// leased, and the events numbering both (`run.started`, then each
+/// `job.started`), to publish once committed.
+struct Started {
+    run: runs::Model,
+    jobs: Vec<run_jobs::Model>,
+    events: Vec<events::RunEvent>,
+}
+
+/// The common case of [`start`]: a queued run whose project has room is
+/// marked running (one conditional update, which also numbers its events)
+/// and, when this node owns it and may lease, its first ready jobs are
+/// leased in the same transaction — what the run's first scheduling pass
+/// would do a moment later, without that pass's reads and second
+/// transaction. The caller holds the project's admission lock. `None`: not
+/// queued, or no room; the caller finds out which.
 async fn start_if_room<C: sea_orm::ConnectionTrait>(
     txn: &C,
     deps: &EngineDeps,
     run_id: Uuid,
     project_id: Uuid,
-) -> Result<Option<events::RunEvent>, ServiceError> {
+) -> Result<Option<Started>, ServiceError> {
+    let now = Utc::now();
+    // Picked (and on PostgreSQL row-locked) before the run is marked, so
+    // the update can number their `job.started` events with its own. Only
+    // a run this node owns: another node's (adopted, or not yet claimed)
+    // leases nothing until a scheduling pass has checked its owner.
+    let ready: Vec<Uuid> = if may_lease(deps) {
+        let owned_here = Query::select()
+            .expr(Expr::val(1))
+            .from(run_owners::Entity)
+            .and_where(run_owners::Column::RunId.eq(run_id))
+            .and_where(run_owners::Column::NodeId.eq(deps.node_id.as_str()))
+            .to_owned();
+        ready_jobs(run_id, deps.config.max_jobs_per_run)
+            .filter(Expr::exists(owned_here))
+            .into_tuple()
+            .all(txn)
+            .await?
+    } else {
+        Vec::new()
+    };
     let others_running = Query::select()
         .expr(Expr::col(runs::Column::Id).count())
         .from(runs::Entity)
@@ -121,7 +164,6 @@ async fn start_if_room<C: sea_orm::ConnectionTrait>(
         .and_where(runs::Column::Status.eq(RunStatus::Running))
         .and_where(runs::Column::Id.ne(run_id))
         .to_owned();
-    let now = Utc::now();
     let update = Query::update()
         .table(runs::Entity)
         .value(runs::Column::Status, RunStatus::Running)
@@ -129,7 +171,7 @@ async fn start_if_room<C: sea_orm::ConnectionTrait>(
         .value(runs::Column::UpdatedAt, now)
         .value(
             runs::Column::LastEventSeq,
-            Expr::col(runs::Column::LastEventSeq).add(1),
+            Expr::col(runs::Column::LastEventSeq).add(1 + ready.len() as i64),
         )
         .and_where(runs::Column::Id.eq(run_id))
         .and_where(runs::Column::Status.eq(RunStatus::Queued))
@@ -137,21 +179,36 @@ async fn start_if_room<C: sea_orm::ConnectionTrait>(
             Expr::SubQuery(None, Box::new(others_running.into()))
                 .lt(deps.config.max_runs_per_project as i64),
         )
-        .returning_col(runs::Column::LastEventSeq)
+        .returning_all()
         .to_owned();
     let Some(row) = txn.query_one(&update).await? else {
         return Ok(None);
     };
-    let seq: i64 = row.try_get("", runs::Column::LastEventSeq.as_str())?;
-    let started = events::append_numbered(
-        txn,
-        run_id,
-        project_id,
-        seq,
-        vec![("run.started", None, json!({}))],
-    )
-    .await?;
-    Ok(started.into_iter().next())
+    let run = runs::Model::from_query_result(&row, "")?;
+    let jobs = lease(txn, deps, &ready, now).await?;
+    if jobs.len() != ready.len() {
+        // Locked (PostgreSQL) or inside the only write transaction
+        // (SQLite): cannot happen; refused rather than leave a gap in the
+        // run's event numbers.
+        return Err(ServiceError::Internal(format!(
+            "{} of {} ready jobs leased at the start of run {run_id}",
+            jobs.len(),
+            ready.len()
+        )));
+    }
+    let mut numbered = vec![("run.started", None, json!({}))];
+    numbered.extend(started_events(&jobs));
+    let first = run.last_event_seq - ready.len() as i64;
+    let events = events::append_numbered(txn, run_id, project_id, first, numbered).await?;
+    Ok(Some(Started { run, jobs, events }))
+}
+
+/// Whether this node may lease jobs now: reaching the database, not paused
+/// by the operator, not shutting down.
+fn may_lease(deps: &EngineDeps) -> bool {
+    deps.reachability.reachable()
+        && !deps.paused_all.load(std::sync::atomic::Ordering::SeqCst)
+        && !deps.drain.is_draining()
 }
 
 /// What a run's workers share, read by its first scheduling pass: the run
@@ -164,16 +221,19 @@ pub struct RunShared {
     pub project_slug: std::sync::Arc<str>,
 }
 
+/// Jobs leased to this node, with what their workers need.
+pub struct Leased {
+    pub shared: RunShared,
+    /// The run's provider code and the provider, resolved here once for
+    /// all its jobs (`None`: not configured on this node; the jobs fail).
+    pub provider_code: String,
+    pub provider: Option<std::sync::Arc<dyn providers::ImageProvider>>,
+    pub jobs: Vec<run_jobs::Model>,
+}
+
 /// What a scheduling pass of a run found to do.
 pub enum Step {
-    Start {
-        shared: Box<RunShared>,
-        /// The run's provider code and the provider, resolved here once for
-        /// all its jobs (`None`: not configured on this node; the jobs fail).
-        provider_code: String,
-        provider: Option<std::sync::Arc<dyn providers::ImageProvider>>,
-        jobs: Vec<run_jobs::Model>,
-    },
+    Start(Box<Leased>),
     Finish,
     Wait,
     /// Another live node drives the run now (it adopted the run while this
@@ -300,22 +360,9 @@ pub async fn next_step(
         // finish (or, shutting down, stop before their next call).
         return Ok(Step::Wait);
     }
-    // The ready jobs are read and leased in one transaction. On PostgreSQL
-    // the read takes their row locks `FOR UPDATE SKIP LOCKED`: a node racing
-    // for the same rows (one whose run was adopted from under it, before it
-    // has noticed) skips them instead of queueing behind this one. SQLite
-    // has no row locks; its write transaction already excludes every other
-    // writer. The update stays guarded on `pending` either way.
+    // The ready jobs are read and leased in one transaction.
     let txn = crate::db::begin_write(&deps.db).await?;
-    let ready = run_jobs::Entity::find()
-        .filter(run_jobs::Column::RunId.eq(run_id))
-        .filter(run_jobs::Column::Status.eq(JobStatus::Pending))
-        .order_by_asc(run_jobs::Column::CreatedAt)
-        .order_by_asc(run_jobs::Column::Id)
-        .limit(room as u64)
-        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
-        .all(&txn)
-        .await?;
+    let ready: Vec<Uuid> = ready_jobs(run_id, room).into_tuple().all(&txn).await?;
     if ready.is_empty() {
         crate::db::rollback(txn).await?;
         let undecided = run_jobs::Entity::find()
@@ -333,9 +380,51 @@ pub async fn next_step(
             Step::Wait
         });
     }
-    // One guarded statement leases them all; RETURNING gives the rows as leased.
+    let jobs = lease(&txn, deps, &ready, now).await?;
+    let started = events::append_many(&txn, run_id, run.project_id, started_events(&jobs)).await?;
+    crate::db::commit(txn).await?;
+    for e in started {
+        deps.hub.publish(e);
+    }
+    if jobs.is_empty() {
+        return Ok(Step::Wait);
+    }
+    Ok(Step::Start(Box::new(
+        leased(deps, cached, run, jobs).await?,
+    )))
+}
+
+/// The ids of up to `room` ready jobs of a run, in plan order. On
+/// PostgreSQL their rows are locked `FOR UPDATE SKIP LOCKED`: a node racing
+/// for the same rows (one whose run was adopted from under it, before it
+/// has noticed) skips them instead of queueing behind this one. SQLite has
+/// no row locks; its write transaction already excludes every other writer.
+fn ready_jobs(run_id: Uuid, room: usize) -> sea_orm::Select<run_jobs::Entity> {
+    run_jobs::Entity::find()
+        .select_only()
+        .column(run_jobs::Column::Id)
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .filter(run_jobs::Column::Status.eq(JobStatus::Pending))
+        .order_by_asc(run_jobs::Column::CreatedAt)
+        .order_by_asc(run_jobs::Column::Id)
+        .limit(room as u64)
+        .lock_with_behavior(LockType::Update, LockBehavior::SkipLocked)
+}
+
+/// Leases the jobs of `ready` that are still pending to this node (a new
+/// epoch, an attempt more) in one guarded statement; returns them as leased,
+/// in the order of `ready`.
+async fn lease<C: sea_orm::ConnectionTrait>(
+    txn: &C,
+    deps: &EngineDeps,
+    ready: &[Uuid],
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<run_jobs::Model>, ServiceError> {
+    if ready.is_empty() {
+        return Ok(Vec::new());
+    }
     let lease_until = now + chrono::Duration::from_std(deps.config.lease).unwrap_or_default();
-    let mut leased = run_jobs::Entity::update_many()
+    let mut jobs = run_jobs::Entity::update_many()
         .col_expr(run_jobs::Column::Status, Expr::value(JobStatus::Running))
         .col_expr(
             run_jobs::Column::LeaseOwner,
@@ -353,35 +442,37 @@ pub async fn next_step(
         )
         .col_expr(run_jobs::Column::StartedAt, Expr::value(now))
         .col_expr(run_jobs::Column::UpdatedAt, Expr::value(now))
-        .filter(run_jobs::Column::Id.is_in(ready.iter().map(|j| j.id)))
+        .filter(run_jobs::Column::Id.is_in(ready.iter().copied()))
         .filter(run_jobs::Column::Status.eq(JobStatus::Pending))
-        .exec_with_returning(&txn)
+        .exec_with_returning(txn)
         .await?;
-    // Plan order, as they were ready.
-    leased.sort_by_key(|j| ready.iter().position(|r| r.id == j.id));
-    let started = events::append_many(
-        &txn,
-        run_id,
-        run.project_id,
-        leased
-            .iter()
-            .map(|j| {
-                (
-                    "job.started",
-                    Some(j.id),
-                    json!({ "job_key": j.job_key, "stage": j.stage, "attempt": j.attempt }),
-                )
-            })
-            .collect(),
-    )
-    .await?;
-    crate::db::commit(txn).await?;
-    for e in started {
-        deps.hub.publish(e);
-    }
-    if leased.is_empty() {
-        return Ok(Step::Wait);
-    }
+    jobs.sort_by_key(|j| ready.iter().position(|id| *id == j.id));
+    Ok(jobs)
+}
+
+/// The `job.started` event of each job just leased.
+fn started_events(
+    jobs: &[run_jobs::Model],
+) -> Vec<(&'static str, Option<Uuid>, serde_json::Value)> {
+    jobs.iter()
+        .map(|j| {
+            (
+                "job.started",
+                Some(j.id),
+                json!({ "job_key": j.job_key, "stage": j.stage, "attempt": j.attempt }),
+            )
+        })
+        .collect()
+}
+
+/// Leased jobs with what their workers share: `cached` when the run's
+/// actor has it, else read now (the project's files and slug) for `run`.
+async fn leased(
+    deps: &EngineDeps,
+    cached: Option<RunShared>,
+    run: std::sync::Arc<runs::Model>,
+    jobs: Vec<run_jobs::Model>,
+) -> Result<Leased, ServiceError> {
     let shared = match cached {
         Some(shared) => shared,
         None => {
@@ -397,17 +488,17 @@ pub async fn next_step(
             }
         }
     };
-    let code = shared
+    let provider_code = shared
         .run
         .provider_code
         .clone()
         .unwrap_or_else(|| super::plan::DEFAULT_PROVIDER.to_string());
-    let provider = deps.provider(&code);
-    Ok(Step::Start {
-        shared: Box::new(shared),
-        provider_code: code,
+    let provider = deps.provider(&provider_code);
+    Ok(Leased {
+        shared,
+        provider_code,
         provider,
-        jobs: leased,
+        jobs,
     })
 }
 
