@@ -54,8 +54,14 @@ pub trait PaidCallLog: Send + Sync {
 /// execution, and where a project's queue is paused.
 #[async_trait]
 pub trait RunQueue: Send + Sync {
-    /// A persisted run is ready to execute (or to resume).
-    async fn submit(&self, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError>;
+    /// A persisted run is ready to execute (or to resume); `created` when
+    /// this process's trigger just created it.
+    async fn submit(
+        &self,
+        run_id: Uuid,
+        project_id: Uuid,
+        created: Option<crate::runs::lifecycle::Created>,
+    ) -> Result<(), ServiceError>;
     async fn set_paused(&self, project_id: Uuid, paused: bool) -> Result<(), ServiceError>;
 }
 
@@ -72,13 +78,18 @@ impl RunEngine<'_> {
     /// on (another node adopts it only if this one dies).
     pub async fn submit(&self, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
         crate::cluster::claim_run(&self.deps.db, run_id, &self.deps.node_id).await?;
-        self.queue.submit(run_id, project_id).await
+        self.queue.submit(run_id, project_id, None).await
     }
 
-    /// Hands a run recorded with this node as its owner (a trigger writes
-    /// the owner with the run) to this node's queue.
-    pub async fn submit_owned(&self, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
-        self.queue.submit(run_id, project_id).await
+    /// Hands a run its trigger just recorded, with this node as its owner,
+    /// to this node's queue.
+    pub async fn submit_created(
+        &self,
+        run_id: Uuid,
+        project_id: Uuid,
+        created: crate::runs::lifecycle::Created,
+    ) -> Result<(), ServiceError> {
+        self.queue.submit(run_id, project_id, Some(created)).await
     }
 
     pub async fn set_paused(&self, project_id: Uuid, paused: bool) -> Result<(), ServiceError> {

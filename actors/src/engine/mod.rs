@@ -44,6 +44,7 @@ use domain::ports::{RunEngine, RunQueue};
 use domain::runs::deps::governor;
 pub use domain::runs::deps::{EngineConfig, EngineDeps};
 use domain::runs::events::EventHub;
+use domain::runs::lifecycle::Created;
 use domain::runs::writer::RowWriter;
 
 /// What every actor of the tree shares: the domain's dependencies (reached
@@ -105,8 +106,13 @@ fn unavailable(e: actix::MailboxError) -> ServiceError {
 
 #[async_trait::async_trait]
 impl RunQueue for Engine {
-    async fn submit(&self, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
-        Engine::submit(self, run_id, project_id).await
+    async fn submit(
+        &self,
+        run_id: Uuid,
+        project_id: Uuid,
+        created: Option<Created>,
+    ) -> Result<(), ServiceError> {
+        Engine::submit(self, run_id, project_id, created).await
     }
 
     async fn set_paused(&self, project_id: Uuid, paused: bool) -> Result<(), ServiceError> {
@@ -229,13 +235,19 @@ impl Engine {
         }
     }
 
-    pub async fn submit(&self, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
+    pub async fn submit(
+        &self,
+        run_id: Uuid,
+        project_id: Uuid,
+        created: Option<Created>,
+    ) -> Result<(), ServiceError> {
         self.ask(
             "project",
             &self.project,
             project::SubmitRun {
                 run_id,
                 project_id,
+                created,
                 span: tracing::Span::current(),
             },
         )

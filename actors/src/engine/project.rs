@@ -15,7 +15,7 @@ use super::Shared;
 use super::run::{CancelActiveRun, RunActor};
 use domain::ServiceError;
 use domain::cluster::Control;
-use domain::runs::lifecycle;
+use domain::runs::lifecycle::{self, Created};
 
 const NAME: &str = "project";
 
@@ -25,6 +25,8 @@ struct Queued {
     run_id: Uuid,
     project_id: Uuid,
     origin: Span,
+    /// What its trigger handed over (a run created by this process).
+    created: Option<Created>,
 }
 
 pub struct ProjectActor {
@@ -98,6 +100,7 @@ impl ProjectActor {
                                     run_id: r.id,
                                     project_id: r.project_id,
                                     origin: Span::none(),
+                                    created: None,
                                 });
                             }
                         }
@@ -142,6 +145,7 @@ impl ProjectActor {
                 &queued.origin,
                 ctx.address().recipient(),
             )
+            .created(queued.created)
             .start();
             self.active.insert(run_id, (project_id, addr));
         }
@@ -173,6 +177,7 @@ impl Actor for ProjectActor {
                                         run_id: r.id,
                                         project_id: r.project_id,
                                         origin: Span::none(),
+                                        created: None,
                                     });
                                 }
                             }
@@ -205,6 +210,7 @@ pub struct SubmitRun {
     pub project_id: Uuid,
     /// The submitting request's span: the run's trace continues it.
     pub span: Span,
+    pub created: Option<Created>,
 }
 
 impl Handler<SubmitRun> for ProjectActor {
@@ -216,6 +222,7 @@ impl Handler<SubmitRun> for ProjectActor {
                 run_id: msg.run_id,
                 project_id: msg.project_id,
                 origin: msg.span,
+                created: msg.created,
             });
         }
         self.pump(ctx);
@@ -243,6 +250,7 @@ impl Handler<RunFinished> for ProjectActor {
                 run_id: msg.run_id,
                 project_id,
                 origin: Span::none(),
+                created: None,
             });
         }
         self.pump(ctx);

@@ -15,7 +15,7 @@ use super::project::RunFinished;
 use super::worker::WorkerActor;
 use domain::runs::job_outcome;
 use domain::runs::lease::Fence;
-use domain::runs::lifecycle::{self, Leased, RunShared, Start, Step};
+use domain::runs::lifecycle::{self, Created, Leased, RunShared, Start, Step};
 use domain::runs::pipeline::JobOutcome;
 
 pub struct RunActor {
@@ -30,6 +30,8 @@ pub struct RunActor {
     span: Span,
     /// What its workers share, as its first lease read it.
     cached: Option<RunShared>,
+    /// What the trigger that created the run handed over, if it did.
+    created: Option<Created>,
     scheduling: bool,
     /// A pass was requested while one was in flight: run another after it.
     rescan: bool,
@@ -52,10 +54,17 @@ impl RunActor {
             running: HashSet::new(),
             span: tracing::info_span!(parent: origin, "run", %run_id, %project_id),
             cached: None,
+            created: None,
             scheduling: false,
             rescan: false,
             finished: false,
         }
+    }
+
+    /// A run its trigger just created, with what the trigger handed over.
+    pub fn created(mut self, created: Option<Created>) -> Self {
+        self.created = created;
+        self
     }
 
     /// One scheduling pass: reclaim expired leases, lease ready jobs up to the
@@ -78,8 +87,8 @@ impl RunActor {
             .config
             .max_jobs_per_run
             .saturating_sub(self.running.len());
-        let cached = self.cached.clone();
-        async move { lifecycle::next_step(&deps, run_id, &mine, room, cached).await }
+        let (cached, created) = (self.cached.clone(), self.created.clone());
+        async move { lifecycle::next_step(&deps, run_id, &mine, room, cached, created.as_ref()).await }
             .instrument(self.span.clone())
             .into_actor(self)
             .map(|result, act, ctx| {
@@ -169,7 +178,8 @@ impl Actor for RunActor {
         ctx.set_mailbox_capacity(1024);
         let deps = self.deps.clone();
         let (run_id, project_id) = (self.run_id, self.project_id);
-        async move { lifecycle::start(&deps, run_id, project_id).await }
+        let created = self.created.clone();
+        async move { lifecycle::start(&deps, run_id, project_id, created.as_ref()).await }
             .instrument(self.span.clone())
             .into_actor(self)
             .map(|result, act, ctx| match result {

@@ -89,7 +89,7 @@ impl Actor for WorkerActor {
         self.deps.registry.worker_started();
         ctx.run_interval(self.deps.config.heartbeat, |act, ctx| act.heartbeat(ctx));
         let (provider_code, provider) = self.provider.clone();
-        let env = provider.map(|p| JobEnv::new(&self.deps, p, &self.run));
+        let env = provider.map(|p| JobEnv::new(&self.deps, p, &self.run, &self.job));
         let (run, job) = (self.run.run.clone(), self.job.clone());
         // The job body runs in its own task, off the actor thread (on the
         // multi-threaded runtime when there is one): a panic there ends that

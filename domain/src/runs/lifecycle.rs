@@ -40,11 +40,12 @@ pub enum Start {
 /// `max_runs_per_project` of one project. A canceled run with a job still
 /// open is driven: its scheduling passes lease nothing and settle what the
 /// jobs left once no live worker holds one.
-#[tracing::instrument(skip(deps))]
+#[tracing::instrument(skip(deps, created))]
 pub async fn start(
     deps: &EngineDeps,
     run_id: Uuid,
     project_id: Uuid,
+    created: Option<&Created>,
 ) -> Result<Start, ServiceError> {
     let txn = crate::db::begin_write(&deps.db).await?;
     crate::db::serialize(&txn, &format!("admission:{project_id}")).await?;
@@ -56,8 +57,9 @@ pub async fn start(
         let first = if started.jobs.is_empty() {
             None
         } else {
+            let run = std::sync::Arc::new(started.run);
             Some(Box::new(
-                leased(deps, None, std::sync::Arc::new(started.run), started.jobs).await?,
+                leased(deps, None, created, run, started.jobs).await?,
             ))
         };
         return Ok(Start::Drive(first));
@@ -219,6 +221,30 @@ pub struct RunShared {
     pub run: std::sync::Arc<runs::Model>,
     pub store: storage::ProjectFiles,
     pub project_slug: std::sync::Arc<str>,
+    /// The run was created by this process's trigger (see [`Created`]).
+    pub created_here: bool,
+}
+
+impl RunShared {
+    /// Whether this leased job is certainly at its first claim with nothing
+    /// recorded for it: its run was created by this process's trigger
+    /// (every job of it began at epoch 0, and only a lease raises that), it
+    /// is at epoch 1 (never reclaimed), and it is not a retry (a retry's
+    /// calls share the failed attempt's keys, and its results are reused).
+    /// Runs imported, restored or created before lease epochs existed are
+    /// never taken for fresh.
+    pub fn first_claim(&self, job: &run_jobs::Model) -> bool {
+        self.created_here && job.lease_epoch == 1 && job.retry_of_job_id.is_none()
+    }
+}
+
+/// What a trigger hands to the engine with the run it just created: the
+/// project's files and slug it already read (the run's workers need them),
+/// and so the knowledge that the run is new.
+#[derive(Clone)]
+pub struct Created {
+    pub store: storage::ProjectFiles,
+    pub project_slug: std::sync::Arc<str>,
 }
 
 /// Jobs leased to this node, with what their workers need.
@@ -252,6 +278,7 @@ pub async fn next_step(
     mine: &[Uuid],
     room: usize,
     cached: Option<RunShared>,
+    created: Option<&Created>,
 ) -> Result<Step, ServiceError> {
     if !deps.reachability.reachable() {
         // Cut off from the database: nothing is leased until it is back
@@ -390,7 +417,7 @@ pub async fn next_step(
         return Ok(Step::Wait);
     }
     Ok(Step::Start(Box::new(
-        leased(deps, cached, run, jobs).await?,
+        leased(deps, cached, created, run, jobs).await?,
     )))
 }
 
@@ -466,16 +493,24 @@ fn started_events(
 }
 
 /// Leased jobs with what their workers share: `cached` when the run's
-/// actor has it, else read now (the project's files and slug) for `run`.
+/// actor has it, else from what its trigger handed over (`created`), else
+/// read now (the project's files and slug) for `run`.
 async fn leased(
     deps: &EngineDeps,
     cached: Option<RunShared>,
+    created: Option<&Created>,
     run: std::sync::Arc<runs::Model>,
     jobs: Vec<run_jobs::Model>,
 ) -> Result<Leased, ServiceError> {
-    let shared = match cached {
-        Some(shared) => shared,
-        None => {
+    let shared = match (cached, created) {
+        (Some(shared), _) => shared,
+        (None, Some(created)) => RunShared {
+            run,
+            store: created.store.clone(),
+            project_slug: created.project_slug.clone(),
+            created_here: true,
+        },
+        (None, None) => {
             let project = projects::Entity::find_by_id(run.project_id)
                 .one(&deps.db)
                 .await?
@@ -485,6 +520,7 @@ async fn leased(
                     .await?,
                 project_slug: project.slug.into(),
                 run,
+                created_here: false,
             }
         }
     };

@@ -196,7 +196,13 @@ pub async fn trigger(
     if plan.mode == Mode::Run {
         // Owned by this node since its commit: straight to the queue, and
         // only then read back for the answer.
-        engine.submit_owned(created.run.id, project.id).await?;
+        let here = super::lifecycle::Created {
+            store: store_.clone(),
+            project_slug: project.slug.as_str().into(),
+        };
+        engine
+            .submit_created(created.run.id, project.id, here)
+            .await?;
     }
     created.run = store::run_by_id(db, created.run.id).await?;
     Ok(Triggered { plan, created })

@@ -92,6 +92,10 @@ pub struct JobEnv {
     pub content: Option<registry::ContentLookups>,
     /// For the URLs in events.
     pub project_slug: Arc<str>,
+    /// The job is at its first claim with nothing recorded for it yet
+    /// (`RunShared::first_claim`): its earlier decisions and calls are not
+    /// looked up.
+    pub first_claim: bool,
 }
 
 impl JobEnv {
@@ -101,6 +105,7 @@ impl JobEnv {
         deps: &super::deps::EngineDeps,
         provider: Arc<dyn ImageProvider>,
         shared: &super::lifecycle::RunShared,
+        job: &run_jobs::Model,
     ) -> Self {
         let (run, store) = (&shared.run, shared.store.clone());
         Self {
@@ -122,6 +127,7 @@ impl JobEnv {
             cancel: Arc::default(),
             content: deps.content.clone(),
             project_slug: shared.project_slug.clone(),
+            first_claim: shared.first_claim(job),
             project_budget_usd: serde_json::from_value::<super::manifest::Manifest>(
                 run.settings_snapshot_json.clone(),
             )
@@ -293,23 +299,29 @@ pub async fn run_job(
             )));
         }
     };
-    // What an earlier attempt of this job already decided or paid for.
-    let mut decided: HashMap<i32, run_candidates::Model> = run_candidates::Entity::find()
-        .filter(run_candidates::Column::JobId.eq(job.id))
-        .all(&env.db)
-        .await?
-        .into_iter()
-        .map(|c| (c.candidate_index, c))
-        .collect();
     // Candidates are numbered from 1, as v1 numbers them.
     let keys: Vec<String> = (1..=candidates).map(|i| call_key(run, job, i)).collect();
-    let mut calls: HashMap<String, provider_calls::Model> = provider_calls::Entity::find()
-        .filter(provider_calls::Column::IdempotencyKey.is_in(keys.clone()))
-        .all(&env.db)
-        .await?
-        .into_iter()
-        .map(|c| (c.idempotency_key.clone(), c))
-        .collect();
+    // What an earlier attempt of this job already decided or paid for:
+    // nothing, at a first claim (no reads then).
+    let (mut decided, mut calls) = if env.first_claim {
+        (HashMap::new(), HashMap::new())
+    } else {
+        let decided: HashMap<i32, run_candidates::Model> = run_candidates::Entity::find()
+            .filter(run_candidates::Column::JobId.eq(job.id))
+            .all(&env.db)
+            .await?
+            .into_iter()
+            .map(|c| (c.candidate_index, c))
+            .collect();
+        let calls: HashMap<String, provider_calls::Model> = provider_calls::Entity::find()
+            .filter(provider_calls::Column::IdempotencyKey.is_in(keys.clone()))
+            .all(&env.db)
+            .await?
+            .into_iter()
+            .map(|c| (c.idempotency_key.clone(), c))
+            .collect();
+        (decided, calls)
+    };
     if env.cancel.canceled(&env.db, run.id, job.id).await? {
         return Ok(JobOutcome::Canceled);
     }
