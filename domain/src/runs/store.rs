@@ -110,7 +110,9 @@ pub async fn create_run(
         plan_json,
         budget_usd: plan.budget_usd,
         estimated_cost_usd: plan.estimated_cost_usd,
-        last_event_seq: 0,
+        // Its first event (below) is numbered with the insert, not by a
+        // second statement.
+        last_event_seq: 1,
         run_log_key: None,
         last_error: None,
         started_at: None,
@@ -208,15 +210,20 @@ pub async fn create_run(
             .exec_without_returning(&txn)
             .await?;
     }
-    let event = events::append(
+    let event = events::append_numbered(
         &txn,
         run_id,
         project.id,
-        if dry { "run.planned" } else { "run.queued" },
-        None,
-        json!({ "jobs": plan.jobs, "candidates": plan.candidates, "estimated_cost_usd": plan.estimated_cost_usd }),
+        run.last_event_seq,
+        vec![(
+            if dry { "run.planned" } else { "run.queued" },
+            None,
+            json!({ "jobs": plan.jobs, "candidates": plan.candidates, "estimated_cost_usd": plan.estimated_cost_usd }),
+        )],
     )
-    .await?;
+    .await?
+    .pop()
+    .ok_or_else(|| ServiceError::Internal("event not appended".into()))?;
     let audit_id = audit::record(
         &txn,
         AuditEntry {
@@ -254,11 +261,19 @@ pub(crate) async fn refuse_when_full<C: ConnectionTrait>(
     max: usize,
     own: u64,
 ) -> Result<(), ServiceError> {
-    let open = runs::Entity::find()
+    refuse_if_full(open_runs(db).await?.saturating_sub(own), max)
+}
+
+/// How many runs are queued or running.
+pub(crate) async fn open_runs<C: ConnectionTrait>(db: &C) -> Result<u64, ServiceError> {
+    Ok(runs::Entity::find()
         .filter(runs::Column::Status.is_in([RunStatus::Queued, RunStatus::Running]))
         .count(db)
-        .await?
-        .saturating_sub(own);
+        .await?)
+}
+
+/// `429 queue_full` when `open` runs reach `max`.
+pub(crate) fn refuse_if_full(open: u64, max: usize) -> Result<(), ServiceError> {
     if open as usize >= max {
         return Err(ServiceError::Busy {
             code: "queue_full",

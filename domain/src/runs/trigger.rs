@@ -33,7 +33,20 @@ pub async fn trigger(
             format!("Provider '{}' is not configured", valid.provider),
         )
     })?;
-    let store_ = crate::projects::project_files(db, deps.file_access(), project).await?;
+    let keys = deps.secret_keys.as_ref();
+    // A paid run's independent reads, asked together (each is a round trip
+    // to the database); their answers are checked below in the usual order.
+    let files = crate::projects::project_files(db, deps.file_access(), project);
+    let (store_, provider_key, queued) = if valid.mode == Mode::Run {
+        let (files, key, open) = tokio::join!(
+            files,
+            crate::secrets::provider_key(db, keys, project.id, &valid.provider),
+            store::open_runs(db),
+        );
+        (files?, Some(key), Some(open))
+    } else {
+        (files.await?, None, None)
+    };
     if valid.mode == Mode::Run {
         // Paid results need somewhere to go: refuse before anything is spent.
         store_.check_writable()?;
@@ -85,11 +98,14 @@ pub async fn trigger(
     if plan.mode == Mode::Run {
         // Credentials (the project's own key, else the adapter's) and
         // settings, before anything is persisted or paid.
-        let keys = deps.secret_keys.as_ref();
         let own_key = |code: String| async move {
             crate::secrets::provider_key(db, keys, project.id, &code).await
         };
-        if own_key(valid.provider.clone()).await?.is_none() {
+        let provider_key = match provider_key {
+            Some(read) => read,
+            None => own_key(valid.provider.clone()).await,
+        };
+        if provider_key?.is_none() {
             provider.preflight().map_err(|e| {
                 ServiceError::validation(
                     "provider_not_configured",
@@ -156,7 +172,11 @@ pub async fn trigger(
         }
         // A cheap early refusal; the authoritative check is atomic with the
         // insert (`store::create_run`).
-        store::refuse_when_full(db, deps.config.max_queued_runs, 0).await?;
+        let open = match queued {
+            Some(open) => open?,
+            None => store::open_runs(db).await?,
+        };
+        store::refuse_if_full(open, deps.config.max_queued_runs)?;
     }
     // Style references: the request's, else the manifest's; checked like scenes.
     let style_refs = if plan.style_refs.is_empty() {
