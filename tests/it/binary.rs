@@ -190,6 +190,11 @@ impl Deployment {
 
     /// Every server log of this deployment, concatenated.
     pub fn logs(&self) -> String {
+        self.each_log().concat()
+    }
+
+    /// Each server's log, in the order they were started.
+    pub fn each_log(&self) -> Vec<String> {
         (1..=self.starts)
             .map(|i| {
                 std::fs::read_to_string(self.dir.path().join(format!("serve-{i}.log")))

@@ -207,6 +207,34 @@ impl Cluster {
     }
 }
 
+/// A failed scenario shows what its nodes logged (which node saw which
+/// as dead, adopted what, gave up what): the assertion alone cannot tell.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (i, log) in self.deploy.each_log().iter().enumerate() {
+            // Migrations, their notices and TLS set-up are alike on every node.
+            let lines: Vec<&str> = log
+                .lines()
+                .filter(|l| {
+                    !["migration", "postgres::notice", "rustls"]
+                        .iter()
+                        .any(|n| l.contains(n))
+                })
+                .collect();
+            let tail = &lines[lines.len().saturating_sub(150)..];
+            eprintln!(
+                "--- server start {} of this deployment, last {} lines ---\n{}",
+                i + 1,
+                tail.len(),
+                tail.join("\n")
+            );
+        }
+    }
+}
+
 /// Sequence numbers a run-scoped feed sent, until `run.finished`.
 async fn seqs_until_finished(ws: &mut Ws) -> Vec<i64> {
     let mut seqs = Vec::new();
