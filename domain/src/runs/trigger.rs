@@ -37,20 +37,19 @@ pub async fn trigger(
     // A paid run's independent reads, asked together (each is a round trip
     // to the database); their answers are checked below in the usual order.
     let files = crate::projects::project_files(db, deps.file_access(), project);
-    let (store_, provider_key, queued) = if valid.mode == Mode::Run {
+    let (store_, paid_reads) = if valid.mode == Mode::Run {
         let (files, key, open) = tokio::join!(
             files,
             crate::secrets::provider_key(db, keys, project.id, &valid.provider),
             store::open_runs(db),
         );
-        (files?, Some(key), Some(open))
-    } else {
-        (files.await?, None, None)
-    };
-    if valid.mode == Mode::Run {
+        let store_ = files?;
         // Paid results need somewhere to go: refuse before anything is spent.
         store_.check_writable()?;
-    }
+        (store_, Some((key, open)))
+    } else {
+        (files.await?, None)
+    };
     let resolved = scenes::resolve(
         db,
         project.id,
@@ -95,15 +94,12 @@ pub async fn trigger(
         &pass_price,
     )?;
 
-    if plan.mode == Mode::Run {
+    // A paid run (the plan keeps the request's mode).
+    if let Some((provider_key, open_runs)) = paid_reads {
         // Credentials (the project's own key, else the adapter's) and
         // settings, before anything is persisted or paid.
         let own_key = |code: String| async move {
             crate::secrets::provider_key(db, keys, project.id, &code).await
-        };
-        let provider_key = match provider_key {
-            Some(read) => read,
-            None => own_key(valid.provider.clone()).await,
         };
         if provider_key?.is_none() {
             provider.preflight().map_err(|e| {
@@ -172,11 +168,7 @@ pub async fn trigger(
         }
         // A cheap early refusal; the authoritative check is atomic with the
         // insert (`store::create_run`).
-        let open = match queued {
-            Some(open) => open?,
-            None => store::open_runs(db).await?,
-        };
-        store::refuse_if_full(open, deps.config.max_queued_runs)?;
+        store::refuse_if_full(open_runs?, deps.config.max_queued_runs)?;
     }
     // Style references: the request's, else the manifest's; checked like scenes.
     let style_refs = if plan.style_refs.is_empty() {
