@@ -301,43 +301,64 @@ pub async fn run_job(
     };
     // Candidates are numbered from 1, as v1 numbers them.
     let keys: Vec<String> = (1..=candidates).map(|i| call_key(run, job, i)).collect();
-    // What an earlier attempt of this job already decided or paid for:
-    // nothing, at a first claim (no reads then).
-    let (mut decided, mut calls) = if env.first_claim {
-        (HashMap::new(), HashMap::new())
-    } else {
-        let decided: HashMap<i32, run_candidates::Model> = run_candidates::Entity::find()
-            .filter(run_candidates::Column::JobId.eq(job.id))
-            .all(&env.db)
-            .await?
+    // What an earlier attempt of this job already decided or paid for
+    // (nothing, at a first claim: no reads then), a cancel, the input, the
+    // style references and the project's key: independent reads, asked
+    // together, each a round trip before the first call.
+    let earlier = async {
+        if env.first_claim {
+            return Ok((HashMap::new(), HashMap::new()));
+        }
+        let (decided, calls) = tokio::join!(
+            run_candidates::Entity::find()
+                .filter(run_candidates::Column::JobId.eq(job.id))
+                .all(&env.db),
+            provider_calls::Entity::find()
+                .filter(provider_calls::Column::IdempotencyKey.is_in(keys.clone()))
+                .all(&env.db),
+        );
+        let decided: HashMap<i32, run_candidates::Model> = decided?
             .into_iter()
             .map(|c| (c.candidate_index, c))
             .collect();
-        let calls: HashMap<String, provider_calls::Model> = provider_calls::Entity::find()
-            .filter(provider_calls::Column::IdempotencyKey.is_in(keys.clone()))
-            .all(&env.db)
-            .await?
+        let calls: HashMap<String, provider_calls::Model> = calls?
             .into_iter()
             .map(|c| (c.idempotency_key.clone(), c))
             .collect();
-        (decided, calls)
+        Ok::<_, ServiceError>((decided, calls))
     };
-    if env.cancel.canceled(&env.db, run.id, job.id).await? {
+    let input = async {
+        let Some(id) = input_id else {
+            return Ok(None);
+        };
+        let (_, input_bytes) = registry::load_bytes(&env.db, &env.store, id).await?;
+        let limits = env.limits;
+        Ok::<_, ServiceError>(Some(
+            cpu(move || imaging::decode(&input_bytes, limits))
+                .await?
+                .map_err(|e| ServiceError::Internal(format!("input image: {e}")))?,
+        ))
+    };
+    let api_key = crate::secrets::provider_key(
+        &env.db,
+        env.secret_keys.as_ref(),
+        run.project_id,
+        env.provider.code(),
+    );
+    let (canceled, earlier, input, references, api_key) = tokio::join!(
+        env.cancel.canceled(&env.db, run.id, job.id),
+        earlier,
+        input,
+        load_references(env, run),
+        api_key,
+    );
+    if canceled? {
         return Ok(JobOutcome::Canceled);
     }
-    let input = match input_id {
-        Some(id) => {
-            let (_, input_bytes) = registry::load_bytes(&env.db, &env.store, id).await?;
-            let limits = env.limits;
-            Some(
-                cpu(move || imaging::decode(&input_bytes, limits))
-                    .await?
-                    .map_err(|e| ServiceError::Internal(format!("input image: {e}")))?,
-            )
-        }
-        None => None,
-    };
-    let references = Arc::new(load_references(env, run).await?);
+    let (mut decided, mut calls) = earlier?;
+    let input = input?;
+    let references = Arc::new(references?);
+    let api_key = api_key?;
     let options = manifest.generation.image.clone();
     let shape = CallShape {
         input_images: u32::from(input.is_some()) + references.len() as u32,
@@ -405,13 +426,7 @@ pub async fn run_job(
         postprocess: (last_stage && passes::any_enabled(&manifest.postprocess))
             .then_some(&manifest.postprocess),
         references,
-        api_key: crate::secrets::provider_key(
-            &env.db,
-            env.secret_keys.as_ref(),
-            run.project_id,
-            env.provider.code(),
-        )
-        .await?,
+        api_key,
         options,
         plan: CallPlan {
             bound_usd: bound,
