@@ -55,13 +55,20 @@ pub trait PaidCallLog: Send + Sync {
 #[async_trait]
 pub trait RunQueue: Send + Sync {
     /// A persisted run is ready to execute (or to resume); `created` when
-    /// this process's trigger just created it.
+    /// this process's trigger just created it, `started` when that trigger
+    /// also started it and leased its first jobs here (its RunActor starts
+    /// their workers at once, outside the queue: the run is running).
     async fn submit(
         &self,
         run_id: Uuid,
         project_id: Uuid,
         created: Option<crate::runs::lifecycle::Created>,
+        started: Option<Box<crate::runs::lifecycle::Leased>>,
     ) -> Result<(), ServiceError>;
+    /// Whether this node's queue would start a run of the project at once:
+    /// none of its runs waiting here, the project not paused, room on this
+    /// node. (Room across the cluster is the database's to say.)
+    async fn would_admit(&self, project_id: Uuid) -> bool;
     async fn set_paused(&self, project_id: Uuid, paused: bool) -> Result<(), ServiceError>;
 }
 
@@ -78,18 +85,21 @@ impl RunEngine<'_> {
     /// on (another node adopts it only if this one dies).
     pub async fn submit(&self, run_id: Uuid, project_id: Uuid) -> Result<(), ServiceError> {
         crate::cluster::claim_run(&self.deps.db, run_id, &self.deps.node_id).await?;
-        self.queue.submit(run_id, project_id, None).await
+        self.queue.submit(run_id, project_id, None, None).await
     }
 
     /// Hands a run its trigger just recorded, with this node as its owner,
-    /// to this node's queue.
+    /// to this node's queue (`started`: the trigger started it too).
     pub async fn submit_created(
         &self,
         run_id: Uuid,
         project_id: Uuid,
         created: crate::runs::lifecycle::Created,
+        started: Option<Box<crate::runs::lifecycle::Leased>>,
     ) -> Result<(), ServiceError> {
-        self.queue.submit(run_id, project_id, Some(created)).await
+        self.queue
+            .submit(run_id, project_id, Some(created), started)
+            .await
     }
 
     pub async fn set_paused(&self, project_id: Uuid, paused: bool) -> Result<(), ServiceError> {

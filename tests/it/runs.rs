@@ -615,15 +615,51 @@ async fn jobs_of_a_run_respect_the_concurrency_bound() {
 /// A run that starts with room has its first ready jobs (up to the bound)
 /// leased in the transaction that starts it: the same timestamp as the run's
 /// start, their `job.started` numbered right after `run.started`; the rest
-/// are leased by scheduling passes as jobs finish.
+/// are leased by scheduling passes as jobs finish. With nothing of its
+/// project waiting, that transaction is its trigger's own (one commit, the
+/// run queued, started and at work); queued behind a pause, it is the
+/// queue's start once resumed.
 #[actix_web::test]
 async fn a_run_starts_with_its_first_jobs_leased_in_the_same_transaction() {
     let app = TestApp::spawn_with(|s| s.engine.max_jobs_per_run = 2).await;
     let token = project(&app).await;
-    let (s, b) = trigger(&app, &token, json!({"mode": "run", "scene_refs": ["sample:1", "sample:2", "sample:3"], "stage": "style", "candidates": 1, "wait": true})).await;
+    let body = json!({"mode": "run", "scene_refs": ["sample:1", "sample:2", "sample:3"], "stage": "style", "candidates": 1, "wait": true});
+    let (s, b) = trigger(&app, &token, body.clone()).await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["run"]["status"], "done", "{b}");
-    let run_id: uuid::Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
+    let (queued, started) = started_with_first_jobs(&app, b["run_id"].as_str().unwrap()).await;
+    assert_eq!(queued, started, "not started by its trigger's transaction");
+
+    let (s, q) = app
+        .post("/api/projects/book/queue/pause", &token, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{q}");
+    let mut queued_body = body;
+    queued_body["wait"] = json!(false);
+    let (s, b) = trigger(&app, &token, queued_body).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        b["run"]["status"], "queued",
+        "a paused queue's run started: {b}"
+    );
+    let run_id = b["run_id"].as_str().unwrap();
+    let (s, q) = app
+        .post("/api/projects/book/queue/resume", &token, json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{q}");
+    wait_status(&app, &token, run_id, &["done"]).await;
+    let (queued, started) = started_with_first_jobs(&app, run_id).await;
+    assert!(queued < started, "started before its queue was resumed");
+}
+
+/// Checks a finished three-job run started with its first two jobs leased
+/// (bound 2) and numbered gap-free; returns when `run.queued` and
+/// `run.started` were recorded.
+async fn started_with_first_jobs(
+    app: &TestApp,
+    run_id: &str,
+) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+    let run_id: uuid::Uuid = run_id.parse().unwrap();
     let run = entities::runs::Entity::find_by_id(run_id)
         .one(&app.db)
         .await
@@ -650,7 +686,8 @@ async fn a_run_starts_with_its_first_jobs_leased_in_the_same_transaction() {
         let e = events.iter().find(|e| e.seq == seq).unwrap();
         (e.event_type.as_str(), e.job_id, e.created_at)
     };
-    assert_eq!(at(1).0, "run.queued");
+    let queued = at(1);
+    assert_eq!(queued.0, "run.queued");
     let started = at(2);
     assert_eq!(started.0, "run.started");
     for (seq, job) in [(3, &jobs[0]), (4, &jobs[1])] {
@@ -663,6 +700,7 @@ async fn a_run_starts_with_its_first_jobs_leased_in_the_same_transaction() {
         (1..=events.len() as i64).collect::<Vec<_>>(),
         "a gap in the run's events"
     );
+    (queued.2, started.2)
 }
 
 async fn wait_status(app: &TestApp, token: &str, run_id: &str, want: &[&str]) -> Value {

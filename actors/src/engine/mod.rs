@@ -44,7 +44,7 @@ use domain::ports::{RunEngine, RunQueue};
 use domain::runs::deps::governor;
 pub use domain::runs::deps::{EngineConfig, EngineDeps};
 use domain::runs::events::EventHub;
-use domain::runs::lifecycle::Created;
+use domain::runs::lifecycle::{Created, Leased};
 use domain::runs::writer::RowWriter;
 
 /// What every actor of the tree shares: the domain's dependencies (reached
@@ -111,8 +111,16 @@ impl RunQueue for Engine {
         run_id: Uuid,
         project_id: Uuid,
         created: Option<Created>,
+        started: Option<Box<Leased>>,
     ) -> Result<(), ServiceError> {
-        Engine::submit(self, run_id, project_id, created).await
+        Engine::submit(self, run_id, project_id, created, started).await
+    }
+
+    async fn would_admit(&self, project_id: Uuid) -> bool {
+        // Not answering is "no": the run goes the queue's way.
+        self.ask("project", &self.project, project::WouldAdmit { project_id })
+            .await
+            .unwrap_or(false)
     }
 
     async fn set_paused(&self, project_id: Uuid, paused: bool) -> Result<(), ServiceError> {
@@ -240,6 +248,7 @@ impl Engine {
         run_id: Uuid,
         project_id: Uuid,
         created: Option<Created>,
+        started: Option<Box<Leased>>,
     ) -> Result<(), ServiceError> {
         self.ask(
             "project",
@@ -248,6 +257,7 @@ impl Engine {
                 run_id,
                 project_id,
                 created,
+                started,
                 span: tracing::Span::current(),
             },
         )

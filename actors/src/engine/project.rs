@@ -15,7 +15,7 @@ use super::Shared;
 use super::run::{CancelActiveRun, RunActor};
 use domain::ServiceError;
 use domain::cluster::Control;
-use domain::runs::lifecycle::{self, Created};
+use domain::runs::lifecycle::{self, Created, Leased};
 
 const NAME: &str = "project";
 
@@ -211,12 +211,33 @@ pub struct SubmitRun {
     /// The submitting request's span: the run's trace continues it.
     pub span: Span,
     pub created: Option<Created>,
+    /// Its trigger started it and leased its first jobs here: it is
+    /// running, and is driven at once, outside the queue.
+    pub started: Option<Box<Leased>>,
 }
 
 impl Handler<SubmitRun> for ProjectActor {
     type Result = ();
 
     fn handle(&mut self, msg: SubmitRun, ctx: &mut Context<Self>) {
+        if let Some(first) = msg.started {
+            // (An adoption pass that read it before this message queued it.)
+            self.queue.retain(|q| q.run_id != msg.run_id);
+            if !self.active.contains_key(&msg.run_id) {
+                let addr = RunActor::new(
+                    self.deps.clone(),
+                    msg.run_id,
+                    msg.project_id,
+                    &msg.span,
+                    ctx.address().recipient(),
+                )
+                .created(msg.created)
+                .started(first)
+                .start();
+                self.active.insert(msg.run_id, (msg.project_id, addr));
+            }
+            return;
+        }
         if !self.queue.iter().any(|q| q.run_id == msg.run_id) {
             self.queue.push_back(Queued {
                 run_id: msg.run_id,
@@ -226,6 +247,31 @@ impl Handler<SubmitRun> for ProjectActor {
             });
         }
         self.pump(ctx);
+    }
+}
+
+/// Whether a run of the project submitted now would start at once here:
+/// processing not paused or draining, the project not paused, none of its
+/// runs waiting in this node's queue (FIFO), and room on this node.
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct WouldAdmit {
+    pub project_id: Uuid,
+}
+
+impl Handler<WouldAdmit> for ProjectActor {
+    type Result = bool;
+
+    fn handle(&mut self, msg: WouldAdmit, _: &mut Context<Self>) -> bool {
+        let p = msg.project_id;
+        !self
+            .deps
+            .paused_all
+            .load(std::sync::atomic::Ordering::SeqCst)
+            && !self.deps.drain.is_draining()
+            && !self.paused.contains(&p)
+            && !self.queue.iter().any(|q| q.project_id == p)
+            && self.active_in(p) < self.deps.config.max_runs_per_project
     }
 }
 

@@ -32,6 +32,9 @@ pub struct RunActor {
     cached: Option<RunShared>,
     /// What the trigger that created the run handed over, if it did.
     created: Option<Created>,
+    /// The jobs its trigger leased when it started the run, until their
+    /// workers start.
+    first: Option<Box<Leased>>,
     scheduling: bool,
     /// A pass was requested while one was in flight: run another after it.
     rescan: bool,
@@ -55,6 +58,7 @@ impl RunActor {
             span: tracing::info_span!(parent: origin, "run", %run_id, %project_id),
             cached: None,
             created: None,
+            first: None,
             scheduling: false,
             rescan: false,
             finished: false,
@@ -64,6 +68,13 @@ impl RunActor {
     /// A run its trigger just created, with what the trigger handed over.
     pub fn created(mut self, created: Option<Created>) -> Self {
         self.created = created;
+        self
+    }
+
+    /// A run its trigger started, with the jobs it leased here: their
+    /// workers start with the actor, without [`lifecycle::start`].
+    pub fn started(mut self, first: Box<Leased>) -> Self {
+        self.first = Some(first);
         self
     }
 
@@ -176,6 +187,15 @@ impl Actor for RunActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(1024);
+        // Picks up leases that expired (e.g. a worker of a crashed process).
+        let every = self.deps.config.heartbeat;
+        ctx.run_interval(every, |act, ctx| act.schedule(ctx));
+        if let Some(first) = self.first.take() {
+            // Started by its trigger: the next pass comes when one of these
+            // jobs reports (or at the interval).
+            self.start_workers(*first, ctx);
+            return;
+        }
         let deps = self.deps.clone();
         let (run_id, project_id) = (self.run_id, self.project_id);
         let created = self.created.clone();
@@ -201,9 +221,6 @@ impl Actor for RunActor {
                 }
             })
             .wait(ctx);
-        // Picks up leases that expired (e.g. a worker of a crashed process).
-        let every = self.deps.config.heartbeat;
-        ctx.run_interval(every, |act, ctx| act.schedule(ctx));
     }
 }
 

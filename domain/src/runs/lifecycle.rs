@@ -159,6 +159,30 @@ async fn start_if_room<C: sea_orm::ConnectionTrait>(
     } else {
         Vec::new()
     };
+    let Some(run) = mark_started(txn, deps, run_id, project_id, ready.len(), now).await? else {
+        return Ok(None);
+    };
+    let jobs = lease_all(txn, deps, run_id, &ready, now).await?;
+    let mut numbered = vec![("run.started", None, json!({}))];
+    numbered.extend(started_events(&jobs));
+    let first = run.last_event_seq - ready.len() as i64;
+    let events = events::append_numbered(txn, run_id, project_id, first, numbered).await?;
+    Ok(Some(Started { run, jobs, events }))
+}
+
+/// The conditional start itself: a queued run is marked running only while
+/// its project's other running runs (counted in the same statement) are
+/// below `max_runs_per_project`, and `1 + jobs` event numbers are reserved
+/// (`run.started`, then a `job.started` for each job leased with it). The
+/// caller holds the project's admission lock. `None`: not queued, or no room.
+async fn mark_started<C: sea_orm::ConnectionTrait>(
+    txn: &C,
+    deps: &EngineDeps,
+    run_id: Uuid,
+    project_id: Uuid,
+    jobs: usize,
+    now: chrono::DateTime<Utc>,
+) -> Result<Option<runs::Model>, ServiceError> {
     let others_running = Query::select()
         .expr(Expr::col(runs::Column::Id).count())
         .from(runs::Entity)
@@ -173,7 +197,7 @@ async fn start_if_room<C: sea_orm::ConnectionTrait>(
         .value(runs::Column::UpdatedAt, now)
         .value(
             runs::Column::LastEventSeq,
-            Expr::col(runs::Column::LastEventSeq).add(1 + ready.len() as i64),
+            Expr::col(runs::Column::LastEventSeq).add(1 + jobs as i64),
         )
         .and_where(runs::Column::Id.eq(run_id))
         .and_where(runs::Column::Status.eq(RunStatus::Queued))
@@ -183,31 +207,71 @@ async fn start_if_room<C: sea_orm::ConnectionTrait>(
         )
         .returning_all()
         .to_owned();
-    let Some(row) = txn.query_one(&update).await? else {
-        return Ok(None);
-    };
-    let run = runs::Model::from_query_result(&row, "")?;
-    let jobs = lease(txn, deps, &ready, now).await?;
+    match txn.query_one(&update).await? {
+        Some(row) => Ok(Some(runs::Model::from_query_result(&row, "")?)),
+        None => Ok(None),
+    }
+}
+
+/// [`lease`] of jobs the caller picked (and on PostgreSQL locked) or
+/// inserted in the same transaction: every one of them is leased, or the
+/// whole is refused rather than leave a gap in the run's event numbers.
+async fn lease_all<C: sea_orm::ConnectionTrait>(
+    txn: &C,
+    deps: &EngineDeps,
+    run_id: Uuid,
+    ready: &[Uuid],
+    now: chrono::DateTime<Utc>,
+) -> Result<Vec<run_jobs::Model>, ServiceError> {
+    let jobs = lease(txn, deps, ready, now).await?;
     if jobs.len() != ready.len() {
-        // Locked (PostgreSQL) or inside the only write transaction
-        // (SQLite): cannot happen; refused rather than leave a gap in the
-        // run's event numbers.
         return Err(ServiceError::Internal(format!(
             "{} of {} ready jobs leased at the start of run {run_id}",
             jobs.len(),
             ready.len()
         )));
     }
-    let mut numbered = vec![("run.started", None, json!({}))];
-    numbered.extend(started_events(&jobs));
-    let first = run.last_event_seq - ready.len() as i64;
-    let events = events::append_numbered(txn, run_id, project_id, first, numbered).await?;
-    Ok(Some(Started { run, jobs, events }))
+    Ok(jobs)
+}
+
+/// A run its own trigger started: the run as marked running, its first
+/// jobs as leased to this node, and the events that say so (`run.started`,
+/// then each `job.started`), numbered after the run's first event.
+pub struct StartedByTrigger {
+    pub run: runs::Model,
+    pub jobs: Vec<run_jobs::Model>,
+    pub events: Vec<(&'static str, Option<Uuid>, serde_json::Value)>,
+}
+
+/// Starts a run inside the transaction of the trigger that inserts it (see
+/// `store::create_run`) — when the project has room across the cluster, as
+/// [`start`] would find a moment later — and leases `pending` (the run's
+/// first ready jobs, this node its owner) with it: the run is started and
+/// at work with one commit, not two. The project's admission lock is taken
+/// here, after the trigger's queue-capacity lock (nothing takes the two the
+/// other way round). `None`: no room; the run stays queued and the queue
+/// starts it.
+pub(crate) async fn start_with_trigger<C: sea_orm::ConnectionTrait>(
+    txn: &C,
+    deps: &EngineDeps,
+    run_id: Uuid,
+    project_id: Uuid,
+    pending: &[Uuid],
+) -> Result<Option<StartedByTrigger>, ServiceError> {
+    crate::db::serialize(txn, &format!("admission:{project_id}")).await?;
+    let now = Utc::now();
+    let Some(run) = mark_started(txn, deps, run_id, project_id, pending.len(), now).await? else {
+        return Ok(None);
+    };
+    let jobs = lease_all(txn, deps, run_id, pending, now).await?;
+    let mut events = vec![("run.started", None, json!({}))];
+    events.extend(started_events(&jobs));
+    Ok(Some(StartedByTrigger { run, jobs, events }))
 }
 
 /// Whether this node may lease jobs now: reaching the database, not paused
 /// by the operator, not shutting down.
-fn may_lease(deps: &EngineDeps) -> bool {
+pub(crate) fn may_lease(deps: &EngineDeps) -> bool {
     deps.reachability.reachable()
         && !deps.paused_all.load(std::sync::atomic::Ordering::SeqCst)
         && !deps.drain.is_draining()
@@ -495,7 +559,7 @@ fn started_events(
 /// Leased jobs with what their workers share: `cached` when the run's
 /// actor has it, else from what its trigger handed over (`created`), else
 /// read now (the project's files and slug) for `run`.
-async fn leased(
+pub(crate) async fn leased(
     deps: &EngineDeps,
     cached: Option<RunShared>,
     created: Option<&Created>,

@@ -23,8 +23,12 @@ pub struct CreatedRun {
     /// As written (read it back for what the database made of it, e.g.
     /// JSON key order).
     pub run: runs::Model,
+    /// As written; the first ones as leased when `started`.
     pub jobs: Vec<run_jobs::Model>,
     pub audit_id: Uuid,
+    /// Started with its insert (see `create_run`'s `start_here`): the jobs
+    /// leased to this node, whose workers can start at once.
+    pub started: Option<Vec<run_jobs::Model>>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -40,6 +44,7 @@ pub async fn create_run(
     max_attempts: i32,
     max_open_runs: Option<usize>,
     owner: Option<&str>,
+    start_here: Option<&super::deps::EngineDeps>,
 ) -> Result<CreatedRun, ServiceError> {
     let now = time::now();
     let run_id = Uuid::now_v7();
@@ -210,20 +215,6 @@ pub async fn create_run(
             .exec_without_returning(&txn)
             .await?;
     }
-    let event = events::append_numbered(
-        &txn,
-        run_id,
-        project.id,
-        run.last_event_seq,
-        vec![(
-            if dry { "run.planned" } else { "run.queued" },
-            None,
-            json!({ "jobs": plan.jobs, "candidates": plan.candidates, "estimated_cost_usd": plan.estimated_cost_usd }),
-        )],
-    )
-    .await?
-    .pop()
-    .ok_or_else(|| ServiceError::Internal("event not appended".into()))?;
     let audit_id = audit::record(
         &txn,
         AuditEntry {
@@ -245,12 +236,48 @@ pub async fn create_run(
         crate::db::serialize(&txn, "run_admission").await?;
         refuse_when_full(&txn, max, 1).await?;
     }
+    // Started in this same transaction when the trigger's node would admit
+    // it at once and its project has room: its first ready jobs (stage one
+    // of the first scenes, in the order a scheduling pass leases them) are
+    // leased to this node, its owner.
+    let mut run = run;
+    let mut numbered = vec![(
+        if dry { "run.planned" } else { "run.queued" },
+        None,
+        json!({ "jobs": plan.jobs, "candidates": plan.candidates, "estimated_cost_usd": plan.estimated_cost_usd }),
+    )];
+    let mut started = None;
+    if let Some(deps) = start_here.filter(|_| !dry && owner.is_some()) {
+        let mut pending: Vec<Uuid> = jobs
+            .iter()
+            .filter(|j| j.status == JobStatus::Pending.as_str())
+            .map(|j| j.id)
+            .collect();
+        pending.sort();
+        pending.truncate(deps.config.max_jobs_per_run);
+        if let Some(first) =
+            super::lifecycle::start_with_trigger(&txn, deps, run_id, project.id, &pending).await?
+        {
+            run = first.run;
+            numbered.extend(first.events);
+            for leased in &first.jobs {
+                if let Some(j) = jobs.iter_mut().find(|j| j.id == leased.id) {
+                    *j = leased.clone();
+                }
+            }
+            started = Some(first.jobs);
+        }
+    }
+    let events = events::append_numbered(&txn, run_id, project.id, 1, numbered).await?;
     crate::db::commit(txn).await?;
-    hub.publish(event);
+    for e in events {
+        hub.publish(e);
+    }
     Ok(CreatedRun {
         run,
         jobs,
         audit_id,
+        started,
     })
 }
 

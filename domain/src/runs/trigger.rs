@@ -191,6 +191,13 @@ pub async fn trigger(
         scenes::Prompts::Refused,
     )
     .await?;
+    // Started with its insert when this node's queue would start it at once
+    // (nothing of the project waiting here, the project not paused, room on
+    // this node) and this node may lease: the database still checks the
+    // project's room across the cluster.
+    let start_here = plan.mode == Mode::Run
+        && super::lifecycle::may_lease(deps)
+        && engine.queue.would_admit(project.id).await;
     let mut created = store::create_run(
         db,
         &deps.hub,
@@ -203,17 +210,32 @@ pub async fn trigger(
         deps.config.job_max_attempts,
         Some(deps.config.max_queued_runs),
         Some(&deps.node_id),
+        start_here.then_some(deps),
     )
     .await?;
     if plan.mode == Mode::Run {
-        // Owned by this node since its commit: straight to the queue, and
-        // only then read back for the answer.
+        // Owned by this node since its commit: straight to the queue (with
+        // the workers of its first jobs when it started with its insert),
+        // and only then read back for the answer.
         let here = super::lifecycle::Created {
             store: store_.clone(),
             project_slug: project.slug.as_str().into(),
         };
+        let first = match created.started.take() {
+            Some(jobs) => Some(Box::new(
+                super::lifecycle::leased(
+                    deps,
+                    None,
+                    Some(&here),
+                    std::sync::Arc::new(created.run.clone()),
+                    jobs,
+                )
+                .await?,
+            )),
+            None => None,
+        };
         engine
-            .submit_created(created.run.id, project.id, here)
+            .submit_created(created.run.id, project.id, here, first)
             .await?;
     }
     created.run = store::run_by_id(db, created.run.id).await?;
