@@ -63,11 +63,20 @@ pub fn is_deadlock(e: &DbErr) -> bool {
 /// transaction-scoped advisory lock; SQLite's write transactions are
 /// serialised already (`BEGIN IMMEDIATE`).
 pub async fn serialize<C: ConnectionTrait>(txn: &C, name: &str) -> Result<(), DbErr> {
-    if txn.get_database_backend() == DbBackend::Postgres {
+    serialize_all(txn, &[name]).await
+}
+
+/// [`serialize`] on each of `names`, with one statement (one round trip).
+/// Callers that take the same two name them in the same order.
+pub async fn serialize_all<C: ConnectionTrait>(txn: &C, names: &[&str]) -> Result<(), DbErr> {
+    if txn.get_database_backend() == DbBackend::Postgres && !names.is_empty() {
+        let locks: Vec<String> = (1..=names.len())
+            .map(|i| format!("pg_advisory_xact_lock(hashtext(${i}))"))
+            .collect();
         txn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT pg_advisory_xact_lock(hashtext($1))",
-            [format!("atelier:{name}").into()],
+            format!("SELECT {}", locks.join(", ")),
+            names.iter().map(|n| format!("atelier:{n}").into()),
         ))
         .await?;
     }

@@ -247,10 +247,10 @@ pub struct StartedByTrigger {
 /// `store::create_run`) — when the project has room across the cluster, as
 /// [`start`] would find a moment later — and leases `pending` (the run's
 /// first ready jobs, this node its owner) with it: the run is started and
-/// at work with one commit, not two. The project's admission lock is taken
-/// here, after the trigger's queue-capacity lock (nothing takes the two the
-/// other way round). `None`: no room; the run stays queued and the queue
-/// starts it.
+/// at work with one commit, not two. The caller holds the project's
+/// admission lock (the trigger takes it with its queue-capacity lock, in
+/// that order; nothing takes the two the other way round). `None`: no room;
+/// the run stays queued and the queue starts it.
 pub(crate) async fn start_with_trigger<C: sea_orm::ConnectionTrait>(
     txn: &C,
     deps: &EngineDeps,
@@ -258,7 +258,6 @@ pub(crate) async fn start_with_trigger<C: sea_orm::ConnectionTrait>(
     project_id: Uuid,
     pending: &[Uuid],
 ) -> Result<Option<StartedByTrigger>, ServiceError> {
-    crate::db::serialize(txn, &format!("admission:{project_id}")).await?;
     let now = Utc::now();
     let Some(run) = mark_started(txn, deps, run_id, project_id, pending.len(), now).await? else {
         return Ok(None);

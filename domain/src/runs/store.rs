@@ -232,9 +232,17 @@ pub async fn create_run(
     // triggers at once cannot both take the last place. Taken last, so the
     // lock every trigger of every node waits for is held only for the
     // count and the commit, not while the scenes' inputs are stored.
+    // A run started here (below) also needs its project's admission lock:
+    // taken with this one, in the one order every taker uses.
+    let start_here = start_here.filter(|_| !dry && owner.is_some());
     if let Some(max) = max_open_runs {
-        crate::db::serialize(&txn, "run_admission").await?;
+        let project_lock = format!("admission:{}", project.id);
+        let mut locks = vec!["run_admission"];
+        locks.extend(start_here.map(|_| project_lock.as_str()));
+        crate::db::serialize_all(&txn, &locks).await?;
         refuse_when_full(&txn, max, 1).await?;
+    } else if start_here.is_some() {
+        crate::db::serialize(&txn, &format!("admission:{}", project.id)).await?;
     }
     // Started in this same transaction when the trigger's node would admit
     // it at once and its project has room: its first ready jobs (stage one
@@ -247,7 +255,7 @@ pub async fn create_run(
         json!({ "jobs": plan.jobs, "candidates": plan.candidates, "estimated_cost_usd": plan.estimated_cost_usd }),
     )];
     let mut started = None;
-    if let Some(deps) = start_here.filter(|_| !dry && owner.is_some()) {
+    if let Some(deps) = start_here {
         let mut pending: Vec<Uuid> = jobs
             .iter()
             .filter(|j| j.status == JobStatus::Pending.as_str())
