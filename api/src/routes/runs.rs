@@ -115,12 +115,17 @@ pub async fn trigger_run(
     let ProjectAccess { project, principal } = access.authorize(&state).await?;
     let triggered =
         trigger::trigger(state.engine.run_engine(), &principal, &project, valid).await?;
-    let mut run = triggered.created.run.clone();
-    if body.wait.unwrap_or(false) && run.run_mode == "run" {
+    let run_id = triggered.created.run.id;
+    if body.wait.unwrap_or(false) && triggered.created.run.run_mode == "run" {
         let timeout = Duration::from_secs(body.wait_timeout_seconds.unwrap_or(300).clamp(1, 3600));
-        run = state.engine.wait_finished(run.id, timeout).await?;
+        state.engine.wait_finished(run_id, timeout).await?;
     }
-    let jobs = jobs_with_candidates(&state, run.id).await?;
+    // Read back as stored, the run and its jobs together.
+    let (run, jobs) = tokio::join!(
+        store::run_by_id(&state.db, run_id),
+        jobs_with_candidates(&state, run_id)
+    );
+    let (run, jobs) = (run?, jobs?);
     Ok(web::Json(TriggerResponse {
         ok: true,
         run_id: run.id,
@@ -142,8 +147,11 @@ async fn jobs_with_candidates(
     state: &AppState,
     run_id: Uuid,
 ) -> Result<Vec<Job>, domain::ServiceError> {
-    let jobs = store::jobs_of(&state.db, run_id).await?;
-    let candidates = store::candidates_of_run(&state.db, run_id).await?;
+    let (jobs, candidates) = tokio::join!(
+        store::jobs_of(&state.db, run_id),
+        store::candidates_of_run(&state.db, run_id)
+    );
+    let (jobs, candidates) = (jobs?, candidates?);
     let paths = asset_paths(
         state,
         jobs.iter().map(|j| j.final_asset_id).chain(

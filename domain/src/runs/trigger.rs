@@ -10,6 +10,8 @@ use crate::{Principal, ServiceError};
 
 pub struct Triggered {
     pub plan: Plan,
+    /// As written: an answer reads the run back (e.g. for the database's
+    /// key order in its JSON, and for how far it got meanwhile).
     pub created: CreatedRun,
 }
 
@@ -215,8 +217,7 @@ pub async fn trigger(
     .await?;
     if plan.mode == Mode::Run {
         // Owned by this node since its commit: straight to the queue (with
-        // the workers of its first jobs when it started with its insert),
-        // and only then read back for the answer.
+        // the workers of its first jobs when it started with its insert).
         let here = super::lifecycle::Created {
             store: store_.clone(),
             project_slug: project.slug.as_str().into(),
@@ -238,6 +239,5 @@ pub async fn trigger(
             .submit_created(created.run.id, project.id, here, first)
             .await?;
     }
-    created.run = store::run_by_id(db, created.run.id).await?;
     Ok(Triggered { plan, created })
 }
