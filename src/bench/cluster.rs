@@ -7,7 +7,8 @@
 //!    `FOR UPDATE SKIP LOCKED` dequeue/complete loop with the same number of
 //!    connections, measured in the same round.
 //! 2. Submit-to-start latency on an idle cluster: the trigger request sent
-//!    (wall clock here) to its job leased (`run_jobs.started_at`).
+//!    (wall clock here) to its job leased (`run_jobs.started_at`), and to
+//!    that job's worker recording its call (`provider_calls.created_at`).
 //! 3. Rescue after SIGKILL: a node killed with jobs in flight, to every job
 //!    it held leased again by a survivor (or settled); against the heartbeat.
 //! 4. Cancel across nodes: a cancel sent to one node, to the run another
@@ -391,9 +392,16 @@ async fn throughput(cluster: &Cluster, jobs: u32, round: u32) -> Result<f64, Cli
 }
 
 /// Submit-to-start on an idle cluster, in ms, one run of one scene at a
-/// time, round-robin over the nodes.
-async fn submit_to_start(cluster: &Cluster, samples: u32) -> Result<Vec<f64>, CliError> {
-    let mut out = Vec::new();
+/// time, round-robin over the nodes: to its job leased (the lease's
+/// timestamp, taken in the transaction that leases it, before its commit)
+/// and to that job's worker recording its provider call (the worker at
+/// work, after the lease committed).
+async fn submit_to_start(
+    cluster: &Cluster,
+    samples: u32,
+) -> Result<(Vec<f64>, Vec<f64>), CliError> {
+    let (mut leased, mut at_work) = (Vec::new(), Vec::new());
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
     for i in 0..samples {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let sent = Utc::now();
@@ -407,16 +415,19 @@ async fn submit_to_start(cluster: &Cluster, samples: u32) -> Result<Vec<f64>, Cl
             .db
             .query_one_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT min(started_at) FROM run_jobs WHERE run_id = $1",
+                "SELECT (SELECT min(started_at) FROM run_jobs WHERE run_id = $1), \
+                        (SELECT min(created_at) FROM provider_calls WHERE run_id = $1)",
                 [run.into()],
             ))
             .await
             .map_err(err)?
             .ok_or_else(|| err("no job"))?;
         let started: DateTime<Utc> = row.try_get_by_index(0).map_err(err)?;
-        out.push((started - sent).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        let called: DateTime<Utc> = row.try_get_by_index(1).map_err(err)?;
+        leased.push(ms(started - sent));
+        at_work.push(ms(called - sent));
     }
-    Ok(out)
+    Ok((leased, at_work))
 }
 
 /// Jobs of `run` in `running`, with their lease owner.
@@ -698,14 +709,14 @@ async fn engine_parts(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError
                 bare.push(b);
                 ratio.push(e / b);
             }
-            let mut latency = Vec::new();
+            let mut latency = (Vec::new(), Vec::new());
             if n == *o.nodes.iter().max().unwrap_or(&1) {
                 latency = submit_to_start(&cluster, o.samples).await?;
             }
             Ok((engine, bare, ratio, latency))
         }
         .await;
-        let (engine, bare, ratio, mut lat) = cluster.finish(measured).await?;
+        let (engine, bare, ratio, (mut lat, mut at_work)) = cluster.finish(measured).await?;
         let (e, b, r) = (spread(engine), spread(bare), spread(ratio));
         println!(
             "{n:>6} {:>8.0} / {:>6.0} / {:>6.0} {:>8.0} / {:>6.0} / {:>6.0} {:>6.2} / {:>5.2} / {:>5.2}",
@@ -714,12 +725,16 @@ async fn engine_parts(at: &Where<'_>, o: &ClusterOptions) -> Result<(), CliError
         by_nodes.push((n, e.1));
         if !lat.is_empty() {
             lat.sort_by(f64::total_cmp);
+            at_work.sort_by(f64::total_cmp);
             println!(
-                "2. submit-to-start on an idle cluster of {n} nodes, {} runs: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                "2. submit-to-start on an idle cluster of {n} nodes, {} runs: to the job leased p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; to its worker's call recorded p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 lat.len(),
                 percentile(&lat, 0.5),
                 percentile(&lat, 0.99),
-                percentile(&lat, 1.0)
+                percentile(&lat, 1.0),
+                percentile(&at_work, 0.5),
+                percentile(&at_work, 0.99),
+                percentile(&at_work, 1.0)
             );
         }
     }
