@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use reqwest::StatusCode;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, assert_error};
@@ -650,6 +650,54 @@ async fn a_run_starts_with_its_first_jobs_leased_in_the_same_transaction() {
     wait_status(&app, &token, run_id, &["done"]).await;
     let (queued, started) = started_with_first_jobs(&app, run_id).await;
     assert!(queued < started, "started before its queue was resumed");
+}
+
+/// A trigger stores its scenes' inputs before its transaction, side by side:
+/// the same image twice is still one asset (shared by both scenes' jobs),
+/// and an image the project already holds is reused, not stored again.
+#[actix_web::test]
+async fn a_triggers_inputs_are_stored_once_per_content() {
+    let app = TestApp::spawn().await;
+    let token = project(&app).await;
+    let inputs = |run_id: &str| {
+        let run_id: uuid::Uuid = run_id.parse().unwrap();
+        let db = app.db.clone();
+        async move {
+            let mut jobs = entities::run_jobs::Entity::find()
+                .filter(entities::run_jobs::Column::RunId.eq(run_id))
+                .all(&db)
+                .await
+                .unwrap();
+            // In scene order, as the engine leases them.
+            jobs.sort_by_key(|j| (j.created_at, j.id));
+            jobs.iter()
+                .map(|j| j.input_asset_id.unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    let count = || async {
+        entities::assets::Entity::find()
+            .filter(entities::assets::Column::Kind.eq("input"))
+            .count(&app.db)
+            .await
+            .unwrap()
+    };
+    let body = json!({"mode": "dry", "scene_refs": ["sample:5@32x32", "sample:6@32x32", "sample:5@32x32"], "stage": "style"});
+    let (s, b) = trigger(&app, &token, body.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let first = inputs(b["run_id"].as_str().unwrap()).await;
+    assert_eq!(first.len(), 3);
+    assert_eq!(first[0], first[2], "the same image stored twice");
+    assert_ne!(first[0], first[1]);
+    assert_eq!(count().await, 2);
+    let (s, b) = trigger(&app, &token, body).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let mut again = inputs(b["run_id"].as_str().unwrap()).await;
+    let mut first = first;
+    again.sort();
+    first.sort();
+    assert_eq!(again, first, "the project's inputs were not reused");
+    assert_eq!(count().await, 2);
 }
 
 /// Checks a finished three-job run started with its first two jobs leased

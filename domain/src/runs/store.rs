@@ -3,6 +3,7 @@
 //! provider is called.
 
 use entities::{projects, run_candidates, run_jobs, runs};
+use futures_util::{StreamExt, TryStreamExt};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect,
@@ -30,6 +31,11 @@ pub struct CreatedRun {
     /// leased to this node, whose workers can start at once.
     pub started: Option<Vec<run_jobs::Model>>,
 }
+
+/// Scene inputs stored (and looked up) at once by a trigger.
+const INPUTS_AT_ONCE: usize = 8;
+/// Asset rows per multi-row insert (bind parameters far below the limits).
+const ASSET_ROWS_PER_INSERT: usize = 200;
 
 #[allow(clippy::too_many_arguments)]
 pub async fn create_run(
@@ -61,35 +67,91 @@ pub async fn create_run(
             .flatten()
     });
     let max_open_runs = max_open_runs.filter(|_| !dry);
-    let txn = crate::db::begin_write(db).await?;
-    // Style references: project assets (content-addressed, shared by runs),
-    // handed to providers with every job's input.
-    let mut reference_ids = Vec::new();
-    for r in style_refs {
-        // Resolved with prompts refused: always an image.
-        let SceneContent::Image(img) = r.content else {
-            continue;
+    // The files of the style references (project assets, content-addressed,
+    // shared by runs, handed to providers with every job's input) and of the
+    // scenes' inputs are stored, and the project's existing assets with the
+    // same content looked up, before the transaction and side by side: the
+    // transaction only inserts rows. (A file whose row then fails to commit
+    // is harmless: content-addressed, written whole again by a retry.)
+    let kept = |content: SceneContent| match content {
+        SceneContent::Image(img) => Ok(img),
+        SceneContent::Prompt(description) => Err(description),
+    };
+    let references = futures_util::future::try_join_all(
+        style_refs
+            .into_iter()
+            // Resolved with prompts refused: always an image.
+            .filter_map(|r| kept(r.content).ok().map(|img| (r.reference, img)))
+            .map(|(reference, img)| async move {
+                let key = format!("references/{}.png", assets::sha256_hex(&img.png));
+                let asset = NewAsset {
+                    project_id: project.id,
+                    kind: "reference",
+                    key: &key,
+                    mime: "image/png",
+                    width: img.width,
+                    height: img.height,
+                    bytes: img.png,
+                    run_id: None,
+                    job_id: None,
+                    candidate_id: None,
+                    metadata: json!({ "style_ref": reference }),
+                };
+                assets::put(db, object_store, asset, None).await
+            }),
+    );
+    // A few at a time, in order: a long run's scenes do not take every
+    // connection of the pool.
+    let inputs = futures_util::stream::iter(scenes.into_iter().map(|scene| async move {
+        let input = match kept(scene.content) {
+            Ok(img) => {
+                let key = format!("inputs/{}.png", assets::sha256_hex(&img.png));
+                let asset = NewAsset {
+                    project_id: project.id,
+                    kind: "input",
+                    key: &key,
+                    mime: "image/png",
+                    width: img.width,
+                    height: img.height,
+                    bytes: img.png,
+                    run_id: Some(run_id),
+                    job_id: None,
+                    candidate_id: None,
+                    metadata: json!({ "scene_ref": scene.reference }),
+                };
+                Ok(assets::put(db, object_store, asset, None).await?)
+            }
+            Err(description) => Err(description),
         };
-        let asset = assets::store(
-            &txn,
-            object_store,
-            NewAsset {
-                project_id: project.id,
-                kind: "reference",
-                key: &format!("references/{}.png", assets::sha256_hex(&img.png)),
-                mime: "image/png",
-                width: img.width,
-                height: img.height,
-                bytes: img.png,
-                run_id: None,
-                job_id: None,
-                candidate_id: None,
-                metadata: json!({ "style_ref": r.reference }),
-            },
-        )
-        .await?;
-        reference_ids.push(asset.id);
-    }
+        Ok::<_, ServiceError>((scene.reference, input))
+    }))
+    .buffered(INPUTS_AT_ONCE)
+    .try_collect::<Vec<_>>();
+    let (references, inputs) = tokio::join!(references, inputs);
+    let (references, inputs) = (references?, inputs?);
+    // Rows to insert: one per new content (two scenes with the same image
+    // share one asset, as they would one after another).
+    let mut fresh: Vec<entities::assets::Model> = Vec::new();
+    let mut one_per_content = |stored: assets::Stored| -> Uuid {
+        if !stored.fresh {
+            return stored.row.id;
+        }
+        let same = |r: &&entities::assets::Model| {
+            r.sha256 == stored.row.sha256 && r.kind == stored.row.kind
+        };
+        if let Some(row) = fresh.iter().find(same) {
+            return row.id;
+        }
+        let id = stored.row.id;
+        fresh.push(stored.row);
+        id
+    };
+    let reference_ids: Vec<Uuid> = references.into_iter().map(&mut one_per_content).collect();
+    let scenes: Vec<(String, Result<Uuid, String>)> = inputs
+        .into_iter()
+        .map(|(reference, input)| (reference, input.map(&mut one_per_content)))
+        .collect();
+    let txn = crate::db::begin_write(db).await?;
     let mut plan_json = serde_json::to_value(plan).unwrap_or_default();
     if let Some(o) = plan_json.as_object_mut() {
         o.insert("style_ref_assets".into(), json!(reference_ids));
@@ -131,31 +193,21 @@ pub async fn create_run(
     if let Some(node) = owner.filter(|_| !dry) {
         crate::cluster::record_owner(&txn, run_id, node).await?;
     }
+    // The run's own inputs point at it: inserted after it.
+    for rows in fresh.chunks(ASSET_ROWS_PER_INSERT) {
+        entities::assets::Entity::insert_many(
+            rows.iter()
+                .cloned()
+                .map(entities::assets::ActiveModel::from),
+        )
+        .exec_without_returning(&txn)
+        .await?;
+    }
     let mut jobs = Vec::new();
-    for (i, scene) in scenes.into_iter().enumerate() {
-        let (input, description) = match scene.content {
-            SceneContent::Image(img) => {
-                let asset = assets::store(
-                    &txn,
-                    object_store,
-                    NewAsset {
-                        project_id: project.id,
-                        kind: "input",
-                        key: &format!("inputs/{}.png", assets::sha256_hex(&img.png)),
-                        mime: "image/png",
-                        width: img.width,
-                        height: img.height,
-                        bytes: img.png,
-                        run_id: Some(run_id),
-                        job_id: None,
-                        candidate_id: None,
-                        metadata: json!({ "scene_ref": scene.reference }),
-                    },
-                )
-                .await?;
-                (Some(asset.id), None)
-            }
-            SceneContent::Prompt(description) => (None, Some(description)),
+    for (i, (reference, input)) in scenes.into_iter().enumerate() {
+        let (input, description) = match input {
+            Ok(id) => (Some(id), None),
+            Err(description) => (None, Some(description)),
         };
         let mut parent: Option<Uuid> = None;
         for (stage_index, stage) in plan.stages.iter().enumerate() {
@@ -163,8 +215,8 @@ pub async fn create_run(
                 id: Uuid::now_v7(),
                 project_id: project.id,
                 run_id,
-                job_key: job_key(stage.stage, i, &scene.reference),
-                scene_ref: Some(scene.reference.clone()),
+                job_key: job_key(stage.stage, i, &reference),
+                scene_ref: Some(reference.clone()),
                 stage: stage.stage.as_str().into(),
                 stage_index: stage_index as i32,
                 parent_job_id: parent,
