@@ -20,7 +20,6 @@ timestamps have millisecond resolution.
 import argparse
 import collections
 import datetime
-import json
 import os
 import re
 import shutil
@@ -28,11 +27,10 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-free_port = __import__("bench-footprint").free_port
+footprint = __import__("bench-footprint")
 
 LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \S+ \[\d+\] \S+@(\S+) LOG:  (?:statement|execute [^:]*): (.*)$")
 
@@ -58,50 +56,37 @@ def main():
     url = args.admin_url.rsplit("/", 1)[0] + "/" + name
     data = f"/dev/shm/{name}"
     os.makedirs(data)
-    port = free_port()
+    port = footprint.free_port()
     env = dict(os.environ, DATABASE_URL=url, ATELIER_AUTH__DEV_BYPASS="true", RUST_LOG="warn",
                ATELIER_ENGINE__MAX_RUNS_PER_PROJECT="1000", ATELIER_ENGINE__MAX_QUEUED_RUNS="10000")
-    server = subprocess.Popen([args.bin, "--data-dir", data, "serve", "--bind", f"127.0.0.1:{port}"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
 
-    def call(method, path, body=None):
-        req = urllib.request.Request(base + path, method=method,
-                                     data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req) as r:
-            return json.loads(r.read())
+    def start():
+        node = subprocess.Popen([args.bin, "--data-dir", data, "serve", "--bind", f"127.0.0.1:{port}"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        footprint.wait_health(port, time.monotonic())
+        return node
 
+    def trigger(n):
+        footprint.request(port, "POST", "/api/projects/bench/runs/trigger",
+                          body={"mode": "run", "scene_refs": [f"sample:{n}@16x16"], "stage": "style",
+                                "candidates": 1})
+
+    server = start()
     try:
-        for _ in range(1200):
-            try:
-                call("GET", "/health")
-                break
-            except Exception:
-                time.sleep(0.05)
-        call("POST", "/api/projects", {"name": "Bench", "slug": "bench"})
+        footprint.request(port, "POST", "/api/projects", body={"name": "Bench", "slug": "bench"})
         for i in range(5):
-            call("POST", "/api/projects/bench/runs/trigger",
-                 {"mode": "run", "scene_refs": [f"sample:{900 + i}@16x16"], "stage": "style", "candidates": 1})
+            trigger(900 + i)
         time.sleep(0.5)
         psql(args.admin_url, f"ALTER DATABASE {name} SET log_statement = 'all'")
-        # New sessions log; the pool's open ones do not: restart the node.
+        # New sessions log; the pool's open ones do not: start the node again.
         server.terminate()
         server.wait()
-        server = subprocess.Popen([args.bin, "--data-dir", data, "serve", "--bind", f"127.0.0.1:{port}"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(1200):
-            try:
-                call("GET", "/health")
-                break
-            except Exception:
-                time.sleep(0.05)
+        server = start()
         time.sleep(0.5)
         offset = os.path.getsize(args.log)
         for i in range(args.runs):
             time.sleep(0.12)
-            call("POST", "/api/projects/bench/runs/trigger",
-                 {"mode": "run", "scene_refs": [f"sample:{1000 + i}@16x16"], "stage": "style", "candidates": 1})
+            trigger(1000 + i)
         time.sleep(0.5)
     finally:
         server.terminate()

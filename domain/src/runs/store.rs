@@ -8,13 +8,13 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use storage::ProjectFiles;
 use uuid::Uuid;
 
 use super::events::{self, EventHub};
 use super::plan::{Mode, Plan, job_key};
-use super::scenes::{ResolvedScene, SceneContent};
+use super::scenes::{ResolvedScene, SceneContent, SceneImage};
 use crate::assets::{self, NewAsset};
 use crate::audit::{self, AuditEntry};
 use crate::status::{JobStatus, RunStatus};
@@ -77,27 +77,32 @@ pub async fn create_run(
         SceneContent::Image(img) => Ok(img),
         SceneContent::Prompt(description) => Err(description),
     };
+    let image = |img: SceneImage, kind: &'static str, run_id: Option<Uuid>, metadata: Value| async move {
+        let sha = assets::sha256_hex(&img.png);
+        // `references/…` or `inputs/…`, named by content.
+        let key = format!("{kind}s/{sha}.png");
+        let asset = NewAsset {
+            project_id: project.id,
+            kind,
+            key: &key,
+            mime: "image/png",
+            width: img.width,
+            height: img.height,
+            bytes: img.png,
+            run_id,
+            job_id: None,
+            candidate_id: None,
+            metadata,
+        };
+        assets::put(db, object_store, asset, Some(sha)).await
+    };
     let references = futures_util::future::try_join_all(
         style_refs
             .into_iter()
             // Resolved with prompts refused: always an image.
             .filter_map(|r| kept(r.content).ok().map(|img| (r.reference, img)))
-            .map(|(reference, img)| async move {
-                let key = format!("references/{}.png", assets::sha256_hex(&img.png));
-                let asset = NewAsset {
-                    project_id: project.id,
-                    kind: "reference",
-                    key: &key,
-                    mime: "image/png",
-                    width: img.width,
-                    height: img.height,
-                    bytes: img.png,
-                    run_id: None,
-                    job_id: None,
-                    candidate_id: None,
-                    metadata: json!({ "style_ref": reference }),
-                };
-                assets::put(db, object_store, asset, None).await
+            .map(|(reference, img)| {
+                image(img, "reference", None, json!({ "style_ref": reference }))
             }),
     );
     // A few at a time, in order: a long run's scenes do not take every
@@ -105,21 +110,8 @@ pub async fn create_run(
     let inputs = futures_util::stream::iter(scenes.into_iter().map(|scene| async move {
         let input = match kept(scene.content) {
             Ok(img) => {
-                let key = format!("inputs/{}.png", assets::sha256_hex(&img.png));
-                let asset = NewAsset {
-                    project_id: project.id,
-                    kind: "input",
-                    key: &key,
-                    mime: "image/png",
-                    width: img.width,
-                    height: img.height,
-                    bytes: img.png,
-                    run_id: Some(run_id),
-                    job_id: None,
-                    candidate_id: None,
-                    metadata: json!({ "scene_ref": scene.reference }),
-                };
-                Ok(assets::put(db, object_store, asset, None).await?)
+                let metadata = json!({ "scene_ref": scene.reference });
+                Ok(image(img, "input", Some(run_id), metadata).await?)
             }
             Err(description) => Err(description),
         };
