@@ -192,8 +192,12 @@ impl Actor for RunActor {
         ctx.run_interval(every, |act, ctx| act.schedule(ctx));
         if let Some(first) = self.first.take() {
             // Started by its trigger: the next pass comes when one of these
-            // jobs reports (or at the interval).
+            // jobs reports (or at the interval; at once if there were none).
+            let none = first.jobs.is_empty();
             self.start_workers(*first, ctx);
+            if none {
+                self.schedule(ctx);
+            }
             return;
         }
         let deps = self.deps.clone();

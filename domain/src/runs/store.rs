@@ -275,9 +275,9 @@ pub async fn create_run(
     // Admission against the queue's capacity, atomic with the insert: two
     // triggers at once cannot both take the last place. Taken last, so the
     // lock every trigger of every node waits for is held only for the
-    // count and the commit, not while the scenes' inputs are stored.
-    // A run started here (below) also needs its project's admission lock:
-    // taken with this one, in the one order every taker uses.
+    // count, a start and the commit. A run started here (below) also needs
+    // its project's admission lock: taken with this one, in the one order
+    // every taker of both uses.
     let start_here = start_here.filter(|_| !dry && owner.is_some());
     if let Some(max) = max_open_runs {
         let project_lock = format!("admission:{}", project.id);
