@@ -222,6 +222,10 @@ async fn heavy_passes_run(stub: &OpenAiStub) -> (Deployment, Server, String, Uui
 #[actix_web::test]
 async fn a_paid_result_is_durable_before_its_passes_run() {
     let stub = OpenAiStub::start().await;
+    // Each call takes long enough that the next result cannot also arrive
+    // between the first one's record and the kill: the second server has
+    // results of its own to deliver (and to measure below).
+    stub.set_latency(Duration::from_millis(500));
     let (mut deploy, mut first, token, run_id) = heavy_passes_run(&stub).await;
     let db = deploy.connect().await;
     // The first result is on record as paid and stored ...
