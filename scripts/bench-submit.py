@@ -8,7 +8,8 @@ timestamps: request sent (here) -> run row written (`runs.created_at`) ->
 owner recorded (`run_owners.claimed_at`) -> run started (`runs.started_at`)
 -> its first job leased (`run_jobs.started_at`) -> that job's worker
 recording its provider call (`provider_calls.created_at`: the worker is
-at work), and the HTTP answer. The
+at work) -> the call's result recorded (`provider_calls.finished_at`; the
+built-in provider answers at once), and the HTTP answer. The
 first runs are left out (warm-up). Several binaries are measured in
 alternating rounds, so their figures compare on the same machine state.
 
@@ -38,8 +39,10 @@ STEPS = [
     ("owner recorded -> run started", 2, 3),
     ("run started -> first job leased", 3, 4),
     ("first job leased -> its call recorded", 4, 5),
+    ("its call recorded -> first call finished", 5, 6),
     ("sent -> first job leased", 0, 4),
     ("sent -> first call recorded", 0, 5),
+    ("sent -> first call finished", 0, 6),
 ]
 
 
@@ -90,7 +93,8 @@ def measure(binary, admin_url, runs):
         rows = psql(url, "SELECT r.id, extract(epoch from r.created_at), extract(epoch from o.claimed_at), "
                          "extract(epoch from r.started_at), "
                          "(SELECT extract(epoch from min(j.started_at)) FROM run_jobs j WHERE j.run_id = r.id), "
-                         "(SELECT extract(epoch from min(c.created_at)) FROM provider_calls c WHERE c.run_id = r.id) "
+                         "(SELECT extract(epoch from min(c.created_at)) FROM provider_calls c WHERE c.run_id = r.id), "
+                         "(SELECT extract(epoch from min(c.finished_at)) FROM provider_calls c WHERE c.run_id = r.id) "
                          "FROM runs r LEFT JOIN run_owners o ON o.run_id = r.id")
         at = {}
         for line in rows.strip().splitlines():

@@ -1,6 +1,7 @@
 //! The row writer's durability order: the files a batch points at are made
 //! durable before its transaction begins, and when one cannot be, nothing of
-//! the batch commits.
+//! the batch commits. And its fencing: a worker's rows are written only
+//! while its lease holds.
 
 use entities::assets;
 use reqwest::StatusCode;
@@ -152,4 +153,111 @@ async fn a_batch_commits_only_after_its_files_are_durable_and_not_at_all_if_one_
     // The service keeps answering.
     let (s, _) = app.get("/api/projects/durable", &token).await;
     assert_eq!(s, StatusCode::OK);
+}
+
+/// A worker's call records (what a job writes before its first calls; on
+/// PostgreSQL one statement with its fence) are written only while its lease
+/// holds: a stale epoch writes nothing and gets `lease_lost`; a completion
+/// of a recorded call updates it.
+#[actix_web::test]
+async fn call_records_are_written_only_under_their_lease() {
+    use domain::runs::lease::{Fence, is_lost};
+    use domain::runs::writer::Rows;
+    use entities::{provider_calls, run_jobs};
+    use sea_orm::{ColumnTrait, QueryFilter};
+
+    let app = TestApp::spawn().await;
+    let token = app.bootstrap_token().await;
+    app.create_project(&token, "Fenced", "fenced").await;
+    let (s, b) = app
+        .post(
+            "/api/projects/fenced/runs/trigger",
+            &token,
+            json!({"mode": "dry", "scene_refs": ["sample:1"], "stage": "style"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let run_id: Uuid = b["run_id"].as_str().unwrap().parse().unwrap();
+    let job = run_jobs::Entity::find()
+        .filter(run_jobs::Column::RunId.eq(run_id))
+        .one(&app.db)
+        .await
+        .unwrap()
+        .unwrap();
+    let writer = domain::runs::writer::RowWriter::start(app.db.clone(), app.hub.clone());
+    let now = chrono::Utc::now();
+    let call = |n: u32| provider_calls::Model {
+        id: Uuid::now_v7(),
+        project_id: job.project_id,
+        idempotency_key: format!("{run_id}:{}:c{n}", job.job_key),
+        run_id: Some(run_id),
+        job_id: Some(job.id),
+        candidate_id: None,
+        provider_code: "local".into(),
+        operation: "generate".into(),
+        model_name: None,
+        status: "pending".into(),
+        attempt: 0,
+        reserved_cost_usd: 0.0,
+        actual_cost_usd: None,
+        request_json: json!({"candidate_index": n}),
+        response_json: json!({}),
+        result_asset_id: None,
+        provider_request_id: None,
+        error_code: None,
+        error_message: None,
+        started_at: None,
+        sent_at: None,
+        sent_attempts: 0,
+        possibly_billed_usd: 0.0,
+        finished_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    let held = Fence::of(&job);
+    let stale = Fence {
+        epoch: job.lease_epoch + 1,
+        ..held
+    };
+    let stored = |id: Uuid| {
+        let db = app.db.clone();
+        async move {
+            provider_calls::Entity::find_by_id(id)
+                .one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let calls = |rows: Vec<provider_calls::Model>| Rows {
+        provider_calls: rows,
+        ..Default::default()
+    };
+
+    let (first, second) = (call(1), call(2));
+    writer
+        .write(Some(held), calls(vec![first.clone(), second.clone()]))
+        .await
+        .unwrap();
+    assert!(stored(first.id).await.is_some() && stored(second.id).await.is_some());
+
+    let late = call(3);
+    let refused = writer.write(Some(stale), calls(vec![late.clone()])).await;
+    assert!(refused.as_ref().is_err_and(is_lost), "{refused:?}");
+    assert!(stored(late.id).await.is_none(), "a late write was stored");
+
+    let done = provider_calls::Model {
+        status: "succeeded".into(),
+        attempt: 1,
+        finished_at: Some(now),
+        ..first.clone()
+    };
+    let refused = writer.write(Some(stale), calls(vec![done.clone()])).await;
+    assert!(refused.as_ref().is_err_and(is_lost), "{refused:?}");
+    assert_eq!(stored(first.id).await.unwrap().status, "pending");
+    writer.write(Some(held), calls(vec![done])).await.unwrap();
+    let completed = stored(first.id).await.unwrap();
+    assert_eq!(
+        (completed.status.as_str(), completed.attempt),
+        ("succeeded", 1)
+    );
 }

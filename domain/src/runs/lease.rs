@@ -7,7 +7,8 @@
 //! A worker carries the epoch it claimed ([`Fence`]) and each of its writes
 //! first checks it in the same transaction ([`hold`]) — a guarded update of
 //! the job row, so on PostgreSQL the row stays locked until the write
-//! commits and a reclaim waits for it. A node that wakes after its lease was
+//! commits and a reclaim waits for it (or in the same statement, with the
+//! row share-locked: the row writer's call records, `writer::fenced_calls`). A node that wakes after its lease was
 //! taken (a long pause, a stalled network) has its late writes refused.
 
 use chrono::{DateTime, Utc};

@@ -11,6 +11,10 @@
 //! are made durable in a stage of their own just before (all of a batch's
 //! together), so one batch's files sync while the batch before it commits.
 //!
+//! A batch that is one worker's call records and nothing else (what a job
+//! writes before its first calls, at idle) is one statement on PostgreSQL,
+//! its fence inside it ([`fenced_calls`]).
+//!
 //! A batch that fails is retried request by request, so an error reaches only
 //! the request that caused it. Events get their per-run sequence numbers
 //! inside the batch's transaction and are published after it commits.
@@ -249,6 +253,11 @@ async fn write_rows(
     db: &DatabaseConnection,
     requests: &[(&Rows, Option<Fence>)],
 ) -> Result<(Vec<RunEvent>, Vec<Result<Applied, ServiceError>>), ServiceError> {
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres
+        && let Some((rows, fence)) = only_fenced_calls(requests)
+    {
+        return fenced_calls(db, rows, fence).await;
+    }
     let txn = crate::db::begin_write(db).await?;
     let fences: Vec<Fence> = requests.iter().filter_map(|r| r.1).collect();
     let held = lease::holding(&txn, &fences).await?;
@@ -266,26 +275,7 @@ async fn write_rows(
         provider_calls::Entity::insert_many(
             chunk.into_iter().map(provider_calls::ActiveModel::from),
         )
-        .on_conflict(
-            OnConflict::column(provider_calls::Column::Id)
-                // A completion: what the call delivered; an earlier attempt's
-                // error no longer describes it.
-                .update_columns([
-                    provider_calls::Column::Status,
-                    provider_calls::Column::ModelName,
-                    provider_calls::Column::Attempt,
-                    provider_calls::Column::ActualCostUsd,
-                    provider_calls::Column::ResultAssetId,
-                    provider_calls::Column::ProviderRequestId,
-                    provider_calls::Column::ResponseJson,
-                    provider_calls::Column::ErrorCode,
-                    provider_calls::Column::ErrorMessage,
-                    provider_calls::Column::SentAt,
-                    provider_calls::Column::FinishedAt,
-                    provider_calls::Column::UpdatedAt,
-                ])
-                .to_owned(),
-        )
+        .on_conflict(call_upsert())
         .exec_without_returning(&txn)
         .await?;
     }
@@ -342,6 +332,113 @@ async fn write_rows(
     .await?;
     crate::db::commit(txn).await?;
     Ok((events.into_iter().map(RunEvent::from).collect(), applied))
+}
+
+/// Provider calls are upserted by id: a call is recorded before it is made
+/// and completed afterwards.
+fn call_upsert() -> OnConflict {
+    OnConflict::column(provider_calls::Column::Id)
+        // A completion: what the call delivered; an earlier attempt's
+        // error no longer describes it.
+        .update_columns([
+            provider_calls::Column::Status,
+            provider_calls::Column::ModelName,
+            provider_calls::Column::Attempt,
+            provider_calls::Column::ActualCostUsd,
+            provider_calls::Column::ResultAssetId,
+            provider_calls::Column::ProviderRequestId,
+            provider_calls::Column::ResponseJson,
+            provider_calls::Column::ErrorCode,
+            provider_calls::Column::ErrorMessage,
+            provider_calls::Column::SentAt,
+            provider_calls::Column::FinishedAt,
+            provider_calls::Column::UpdatedAt,
+        ])
+        .to_owned()
+}
+
+/// Whether a batch is one worker's call records and nothing else (what a
+/// job writes before its first calls), written on PostgreSQL by
+/// [`fenced_calls`] in one statement.
+fn only_fenced_calls<'a>(requests: &[(&'a Rows, Option<Fence>)]) -> Option<(&'a Rows, Fence)> {
+    let [(rows, Some(fence))] = requests else {
+        return None;
+    };
+    let Rows {
+        assets,
+        provider_calls,
+        cost_events,
+        links,
+        candidates,
+        quality_reports,
+        events,
+        completions,
+        files,
+    } = rows;
+    (!provider_calls.is_empty()
+        && assets.is_empty()
+        && cost_events.is_empty()
+        && links.is_empty()
+        && candidates.is_empty()
+        && quality_reports.is_empty()
+        && events.is_empty()
+        && completions.is_empty()
+        && files.is_empty())
+    .then_some((*rows, *fence))
+}
+
+/// One worker's call records upserted with its fence in the same statement
+/// (`INSERT … SELECT … WHERE EXISTS (the job at this epoch FOR SHARE)`):
+/// written only while the lease holds, and a reclaim waits for the
+/// statement, as it waits for a batch's transaction — one round trip where
+/// a transaction takes four (begin, fence, insert, commit).
+async fn fenced_calls(
+    db: &DatabaseConnection,
+    rows: &Rows,
+    fence: Fence,
+) -> Result<(Vec<RunEvent>, Vec<Result<Applied, ServiceError>>), ServiceError> {
+    use sea_orm::sea_query::{Query, SelectStatement, UnionType};
+    use sea_orm::{ActiveModelTrait, IdenStatic, Iterable};
+    let held = Query::select()
+        .expr(Expr::val(1))
+        .from(run_jobs::Entity)
+        .and_where(run_jobs::Column::Id.eq(fence.job_id))
+        .and_where(run_jobs::Column::LeaseEpoch.eq(fence.epoch))
+        .lock_shared()
+        .to_owned();
+    let columns: Vec<provider_calls::Column> = provider_calls::Column::iter().collect();
+    let mut select: Option<SelectStatement> = None;
+    for call in &rows.provider_calls {
+        let call = provider_calls::ActiveModel::from(call.clone());
+        let mut row = Query::select();
+        for c in &columns {
+            let value = call.get(*c).into_value().ok_or_else(|| {
+                ServiceError::Internal(format!("call record without {}", c.as_str()))
+            })?;
+            row.expr(Expr::val(value));
+        }
+        row.and_where(Expr::exists(held.clone()));
+        match select.as_mut() {
+            Some(first) => {
+                first.union(UnionType::All, row);
+            }
+            None => select = Some(row),
+        }
+    }
+    let select = select.ok_or_else(|| ServiceError::Internal("no call record".into()))?;
+    let insert = Query::insert()
+        .into_table(provider_calls::Entity)
+        .columns(columns)
+        .select_from(select)
+        .map_err(|e| ServiceError::Internal(format!("call records: {e}")))?
+        .on_conflict(call_upsert())
+        .to_owned();
+    let written = db.execute(&insert).await?.rows_affected();
+    if written == 0 {
+        tracing::warn!(job_id = %fence.job_id, epoch = fence.epoch, "lease lost: a late write was refused");
+        return Ok((Vec::new(), vec![Err(lease::lost(&fence))]));
+    }
+    Ok((Vec::new(), vec![Ok(Vec::new())]))
 }
 
 async fn complete_job<C: ConnectionTrait>(db: &C, c: &JobCompletion) -> Result<bool, ServiceError> {
