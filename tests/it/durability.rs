@@ -185,34 +185,16 @@ async fn call_records_are_written_only_under_their_lease() {
         .unwrap()
         .unwrap();
     let writer = domain::runs::writer::RowWriter::start(app.db.clone(), app.hub.clone());
-    let now = chrono::Utc::now();
     let call = |n: u32| provider_calls::Model {
-        id: Uuid::now_v7(),
-        project_id: job.project_id,
-        idempotency_key: format!("{run_id}:{}:c{n}", job.job_key),
         run_id: Some(run_id),
         job_id: Some(job.id),
-        candidate_id: None,
-        provider_code: "local".into(),
-        operation: "generate".into(),
-        model_name: None,
-        status: "pending".into(),
-        attempt: 0,
-        reserved_cost_usd: 0.0,
-        actual_cost_usd: None,
         request_json: json!({"candidate_index": n}),
-        response_json: json!({}),
-        result_asset_id: None,
-        provider_request_id: None,
-        error_code: None,
-        error_message: None,
-        started_at: None,
-        sent_at: None,
-        sent_attempts: 0,
-        possibly_billed_usd: 0.0,
-        finished_at: None,
-        created_at: now,
-        updated_at: now,
+        ..crate::helpers::pending_call(
+            job.project_id,
+            format!("{run_id}:{}:c{n}", job.job_key),
+            "local",
+            "generate",
+        )
     };
     let held = Fence::of(&job);
     let stale = Fence {
@@ -248,7 +230,7 @@ async fn call_records_are_written_only_under_their_lease() {
     let done = provider_calls::Model {
         status: "succeeded".into(),
         attempt: 1,
-        finished_at: Some(now),
+        finished_at: Some(chrono::Utc::now()),
         ..first.clone()
     };
     let refused = writer.write(Some(stale), calls(vec![done.clone()])).await;

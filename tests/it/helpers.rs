@@ -233,6 +233,45 @@ impl TestApp {
 /// `want_code` in `error_detail.code`, and v1's code in `error_code`: the
 /// same, or `validation_error` for a 400 validation failure v1 had no code
 /// of its own for.
+/// A provider call record before its first attempt (status `pending`,
+/// nothing reserved), for tests that write records themselves.
+pub fn pending_call(
+    project_id: uuid::Uuid,
+    idempotency_key: String,
+    provider_code: &str,
+    operation: &str,
+) -> entities::provider_calls::Model {
+    let now = chrono::Utc::now();
+    entities::provider_calls::Model {
+        id: uuid::Uuid::now_v7(),
+        project_id,
+        idempotency_key,
+        run_id: None,
+        job_id: None,
+        candidate_id: None,
+        provider_code: provider_code.into(),
+        operation: operation.into(),
+        model_name: None,
+        status: "pending".into(),
+        attempt: 0,
+        reserved_cost_usd: 0.0,
+        actual_cost_usd: None,
+        request_json: serde_json::json!({}),
+        response_json: serde_json::json!({}),
+        result_asset_id: None,
+        provider_request_id: None,
+        error_code: None,
+        error_message: None,
+        started_at: None,
+        sent_at: None,
+        sent_attempts: 0,
+        possibly_billed_usd: 0.0,
+        finished_at: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
 pub fn assert_error(status: StatusCode, body: &Value, want_status: u16, want_code: &str) {
     assert_eq!(status.as_u16(), want_status, "{body}");
     assert_eq!(body["ok"], json!(false), "{body}");

@@ -384,36 +384,8 @@ async fn racing_reservations_never_take_more_than_the_budget_whoever_asks() {
     let project = app.create_project(&token, "Race", "race").await;
     let project_id: uuid::Uuid = project["project"]["id"].as_str().unwrap().parse().unwrap();
     // Twenty calls of 0.05 USD each, outside any run, against 0.50 USD.
-    let now = chrono::Utc::now();
     let calls: Vec<entities::provider_calls::Model> = (0..20)
-        .map(|i| entities::provider_calls::Model {
-            id: uuid::Uuid::now_v7(),
-            project_id,
-            idempotency_key: format!("race:{i}"),
-            run_id: None,
-            job_id: None,
-            candidate_id: None,
-            provider_code: "openai".into(),
-            operation: "speech".into(),
-            model_name: None,
-            status: "pending".into(),
-            attempt: 0,
-            reserved_cost_usd: 0.0,
-            actual_cost_usd: None,
-            request_json: json!({}),
-            response_json: json!({}),
-            result_asset_id: None,
-            provider_request_id: None,
-            error_code: None,
-            error_message: None,
-            started_at: None,
-            sent_at: None,
-            sent_attempts: 0,
-            possibly_billed_usd: 0.0,
-            finished_at: None,
-            created_at: now,
-            updated_at: now,
-        })
+        .map(|i| crate::helpers::pending_call(project_id, format!("race:{i}"), "openai", "speech"))
         .collect();
     entities::provider_calls::Entity::insert_many(
         calls
