@@ -113,7 +113,18 @@ impl RunQueue for Engine {
         created: Option<Created>,
         started: Option<Box<Leased>>,
     ) -> Result<(), ServiceError> {
-        Engine::submit(self, run_id, project_id, created, started).await
+        self.ask(
+            "project",
+            &self.project,
+            project::SubmitRun {
+                run_id,
+                project_id,
+                created,
+                started,
+                span: tracing::Span::current(),
+            },
+        )
+        .await
     }
 
     async fn would_admit(&self, project_id: Uuid) -> bool {
@@ -241,27 +252,6 @@ impl Engine {
             Ok(answer) => answer.map_err(unavailable),
             Err(_) => Err(unavailable(actix::MailboxError::Timeout)),
         }
-    }
-
-    pub async fn submit(
-        &self,
-        run_id: Uuid,
-        project_id: Uuid,
-        created: Option<Created>,
-        started: Option<Box<Leased>>,
-    ) -> Result<(), ServiceError> {
-        self.ask(
-            "project",
-            &self.project,
-            project::SubmitRun {
-                run_id,
-                project_id,
-                created,
-                started,
-                span: tracing::Span::current(),
-            },
-        )
-        .await
     }
 
     pub async fn cancel_run(
